@@ -1,0 +1,1 @@
+"""Path-divergence label pipeline (see issue 4)."""

@@ -1,0 +1,1 @@
+"""Evaluation: tasks, graders, the testbed task generators, sweeps and reports."""

@@ -1,0 +1,58 @@
+"""Fixed-seed train / validation / test splits of the testbed families.
+
+Splits are disjoint by construction: every problem is drawn from its own seeded stream,
+and validation/test prompts are removed from the training stream by prompt text.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+
+from evals.testbed.code_tasks import generate_code
+from evals.testbed.math_tasks import generate_math
+from evals.testbed.problem import Problem
+
+FAMILIES: dict[str, Callable[[random.Random], Problem]] = {"math": generate_math, "code": generate_code}
+SPLIT_SEEDS = {"train": 1, "validation": 2, "test": 3}
+HELDOUT_SIZE = 1000
+
+
+def _stream(family: str, split: str) -> Iterator[Problem]:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown testbed family {family!r}; known: {', '.join(FAMILIES)}")
+    rng = random.Random(f"{family}-{SPLIT_SEEDS[split]}")
+    while True:
+        yield FAMILIES[family](rng)
+
+
+def heldout(family: str, split: str, n: int) -> list[Problem]:
+    """The first n problems of the validation or test split (deduplicated, at most HELDOUT_SIZE)."""
+    if split not in ("validation", "test"):
+        raise ValueError(f"held-out split must be validation or test, got {split!r}")
+    if n > HELDOUT_SIZE:
+        raise ValueError(f"at most {HELDOUT_SIZE} held-out problems per split, asked for {n}")
+    seen: set[str] = set()
+    out: list[Problem] = []
+    for problem in _stream(family, split):
+        if problem.prompt not in seen:
+            seen.add(problem.prompt)
+            out.append(problem)
+        if len(out) == n:
+            return out
+    raise AssertionError("unreachable: the stream is infinite")
+
+
+def heldout_prompts(families: list[str]) -> frozenset[str]:
+    """Every validation and test prompt of the given families (what training must never see)."""
+    return frozenset(p.prompt for f in families for s in ("validation", "test") for p in heldout(f, s, HELDOUT_SIZE))
+
+
+def sample_train(rng: random.Random, n: int, families: list[str], excluded: frozenset[str] | None = None) -> list[Problem]:
+    """n training problems, families drawn uniformly, none whose prompt is held out."""
+    excluded = heldout_prompts(families) if excluded is None else excluded
+    out: list[Problem] = []
+    while len(out) < n:
+        problem = FAMILIES[rng.choice(families)](rng)
+        if problem.prompt not in excluded:
+            out.append(problem)
+    return out

@@ -1,0 +1,152 @@
+"""Train a testbed model (Llama architecture) from scratch on the testbed families.
+
+Loss is on the assistant's answer only. Checkpoints (model, optimizer, step) are written
+every `ckpt_every` steps and training resumes from the latest one, so a killed run loses
+at most that many steps. Batches are a function of (seed, step): a resumed run sees the
+same data it would have seen.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from evals.testbed.splits import FAMILIES, heldout_prompts, sample_train
+from evals.testbed.tokenizer import chat_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+
+
+SHAPES: dict[str, ModelShape] = {
+    "slm": ModelShape(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=384),
+    "llm": ModelShape(hidden_size=256, num_layers=6, num_heads=8, num_kv_heads=4, intermediate_size=768),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    size: str
+    tokenizer_dir: Path
+    out_dir: Path
+    ckpt_dir: Path
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.1
+    ckpt_every: int = 100
+    seed: int = 0
+    threads: int = 2
+    families: tuple[str, ...] = field(default_factory=lambda: tuple(FAMILIES))
+
+    def __post_init__(self) -> None:
+        if self.size not in SHAPES:
+            raise ValueError(f"unknown testbed model size {self.size!r}; known: {', '.join(SHAPES)}")
+        if self.steps <= 0 or self.batch_size <= 0:
+            raise ValueError("steps and batch_size must be positive")
+
+
+def build_model(shape: ModelShape, vocab_size: int, eos_id: int, pad_id: int) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_layers, num_attention_heads=shape.num_heads,
+        num_key_value_heads=shape.num_kv_heads, max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=None, eos_token_id=eos_id, pad_token_id=pad_id, rope_theta=10000.0,
+    )
+    return LlamaForCausalLM(config)
+
+
+def _lr_at(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_batch(tokenizer, cfg: TrainConfig, step: int, excluded: frozenset[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, labels) [batch, max_len]; labels are -100 on the prompt and on padding."""
+    rng = random.Random(f"{cfg.seed}-{step}")
+    problems = sample_train(rng, cfg.batch_size, list(cfg.families), excluded)
+    rows: list[tuple[list[int], int]] = []
+    for p in problems:
+        prompt_len = len(tokenizer(chat_text(p.prompt))["input_ids"])
+        rows.append((tokenizer(chat_text(p.prompt, p.solution))["input_ids"], prompt_len))
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (ids, prompt_len) in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
+    return input_ids, labels
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train (or resume) and save the final model + tokenizer to cfg.out_dir."""
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_dir)
+    model = build_model(SHAPES[cfg.size], len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    cfg.ckpt_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = cfg.ckpt_dir / "last.pt"
+    start, tokens_seen, train_seconds = 0, 0, 0.0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, tokens_seen, train_seconds = state["step"], state["tokens"], state["seconds"]
+        log.info("resumed %s from step %d", cfg.size, start)
+    excluded = heldout_prompts(list(cfg.families))
+    model.train()
+    t_last = time.perf_counter()
+    for step in range(start, cfg.steps):
+        input_ids, labels = make_batch(tokenizer, cfg, step, excluded)
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(cfg, step)
+        loss = model(input_ids=input_ids, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        tokens_seen += int((input_ids != tokenizer.pad_token_id).sum())
+        if (step + 1) % 20 == 0:
+            now = time.perf_counter()
+            train_seconds += now - t_last
+            t_last = now
+            log.info("%s step %d/%d loss %.4f lr %.2e tokens %d (%.0f s)", cfg.size, step + 1, cfg.steps,
+                     loss.item(), _lr_at(cfg, step), tokens_seen, train_seconds)
+        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+            tmp = ckpt_path.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step + 1,
+                        "tokens": tokens_seen, "seconds": train_seconds}, tmp)
+            tmp.replace(ckpt_path)
+    model.eval()
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(cfg.out_dir)
+    tokenizer.save_pretrained(cfg.out_dir)
+    n_params = sum(p.numel() for p in model.parameters())
+    info = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+            "shape": asdict(SHAPES[cfg.size]), "parameters": n_params, "train_tokens": tokens_seen,
+            "train_seconds": round(train_seconds, 1)}
+    (cfg.out_dir / "training.json").write_text(json.dumps(info, indent=2))
+    return cfg.out_dir

@@ -1,0 +1,1 @@
+"""Routing: features from SLM outputs, the router network, training, calibration and policies."""

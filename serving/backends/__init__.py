@@ -1,0 +1,1 @@
+"""Model backends: the one interface through which everything runs a model."""

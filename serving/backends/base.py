@@ -1,0 +1,56 @@
+"""The backend contract.
+
+A backend holds KV-cached sequences and runs them in batches. The routed decoder, the
+label pipeline and the evals talk only to this protocol, never to transformers or sglang,
+which is what lets the same decoding code run on the CPU default and on SGLang GPUs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class StepOutput:
+    """What one pass returns for one sequence: one row per appended position."""
+
+    logits: torch.Tensor  # [n_new, vocab] float32
+    hidden: torch.Tensor | None  # [n_new, hidden] float32, last layer after the final norm; None unless asked
+
+    def __post_init__(self) -> None:
+        assert self.logits.dim() == 2, f"logits must be [n_new, vocab], got {tuple(self.logits.shape)}"
+        assert self.hidden is None or self.hidden.shape[0] == self.logits.shape[0], "hidden/logits row mismatch"
+
+
+class SequenceHandle(Protocol):
+    """Opaque per-sequence state owned by a backend."""
+
+    @property
+    def length(self) -> int: ...
+
+
+class Backend(Protocol):
+    """KV-cached batched forward passes over token ids."""
+
+    vocab_size: int
+    hidden_size: int
+    max_length: int  # the model's context length in tokens
+    model_id: str
+
+    def open(self, prompts: list[list[int]], want_hidden: bool = False) -> list[tuple[SequenceHandle, StepOutput]]:
+        """Prefill one new sequence per prompt, in one batched pass."""
+        ...
+
+    def extend(self, seqs: list[SequenceHandle], new_ids: list[list[int]], want_hidden: bool = False) -> list[StepOutput]:
+        """Append one or more tokens to each sequence in one batched pass."""
+        ...
+
+    def truncate(self, seq: SequenceHandle, length: int) -> None:
+        """Drop the cached positions at and past `length`."""
+        ...
+
+    def close(self, seq: SequenceHandle) -> None:
+        """Free the sequence's memory; the handle may not be used again."""
+        ...

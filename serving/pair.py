@@ -1,0 +1,124 @@
+"""Model pairs: presets and explicit SLM/LLM directories, loaded behind backends with one tokenizer."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from router.policies import RoutingPolicy
+from serving.backends.base import Backend
+from serving.generation import Generation
+from serving.sampling import SamplingParams
+from serving.sequential import StopRule, generate_sequential
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODELS_DIR = REPO_ROOT / "models"
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    name: str
+    slm: Path
+    llm: Path
+
+
+PRESETS: dict[str, PairSpec] = {
+    "testbed": PairSpec("testbed", MODELS_DIR / "testbed" / "slm", MODELS_DIR / "testbed" / "llm"),
+}
+
+
+def resolve_pair(pair: str | None, slm: str | None, llm: str | None) -> PairSpec:
+    """A preset by name, or explicit directories (which take precedence over the preset's)."""
+    if slm or llm:
+        if not (slm and llm):
+            raise ValueError("give both --slm and --llm, or a --pair preset")
+        return PairSpec("custom", Path(slm), Path(llm))
+    name = pair or "testbed"
+    if name not in PRESETS:
+        raise ValueError(f"unknown pair {name!r}; presets: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+@dataclass
+class ModelPair:
+    """The two backends of a routed pair and the tokenizer they share."""
+
+    spec: PairSpec
+    slm: Backend
+    llm: Backend
+    tokenizer: object  # a transformers tokenizer
+
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        ids = set()
+        for source in (self.tokenizer.eos_token_id, getattr(self.slm, "eos_token_ids", None)):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(source)
+        return frozenset(ids)
+
+    @property
+    def context_length(self) -> int:
+        return min(self.slm.max_length, self.llm.max_length)
+
+    def stop_rule(self) -> StopRule:
+        return StopRule(self.eos_ids, lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False),
+                        self.context_length)
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"the model {self.spec.slm} has no chat template; use /v1/completions")
+        ids = self.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return list(ids)
+
+    def encode_text(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    def check_prompt(self, ids: list[int]) -> None:
+        """User-facing validation of a prompt against the context."""
+        if not ids:
+            raise ValueError("the prompt is empty")
+        if len(ids) >= self.context_length:
+            raise ValueError(f"the prompt has {len(ids)} tokens; the context is {self.context_length}")
+
+    def generate(self, policy: RoutingPolicy, prompts: list[list[int]], params: list[SamplingParams]) -> list[Generation]:
+        """Sequential routed decoding of token-id prompts on this pair."""
+        for ids in prompts:
+            self.check_prompt(ids)
+        return generate_sequential(self.slm, self.llm, policy, prompts, params, self.stop_rule())
+
+
+def _check_model_dir(path: Path, role: str) -> None:
+    if not path.is_dir():
+        raise FileNotFoundError(f"{role} model directory not found: {path}")
+    for name in ("config.json",):
+        if not (path / name).exists():
+            raise FileNotFoundError(f"{role} model at {path} is missing {name}")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise FileNotFoundError(f"{role} model at {path} has no weights (*.safetensors)")
+
+
+def load_pair(spec: PairSpec, device: str | None = None) -> ModelPair:
+    """Load both models on the transformers backend and check that they share the SLM's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from serving.backends.hf import HFBackend
+
+    _check_model_dir(spec.slm, "SLM")
+    _check_model_dir(spec.llm, "LLM")
+    tokenizer = AutoTokenizer.from_pretrained(spec.slm)
+    llm_tokenizer = AutoTokenizer.from_pretrained(spec.llm)
+    if tokenizer.get_vocab() != llm_tokenizer.get_vocab():
+        raise ValueError(f"the SLM ({spec.slm}) and LLM ({spec.llm}) tokenizers differ; "
+                         "this pair needs cross-tokenizer routing")
+    slm, llm = HFBackend(spec.slm, device), HFBackend(spec.llm, device)
+    for role, backend in (("SLM", slm), ("LLM", llm)):
+        if len(tokenizer) > backend.vocab_size:
+            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the {role} ({backend.model_id}) "
+                             f"only {backend.vocab_size}: they do not belong together")
+    return ModelPair(spec, slm, llm, tokenizer)

@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny random models of several architectures (fakes first) and the testbed pair."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TESTBED = REPO / "models" / "testbed"
+TOKENIZER_DIR = TESTBED / "tokenizer"
+
+
+def _tiny_config(arch: str, vocab: int):
+    from transformers import Gemma3TextConfig, LlamaConfig, Qwen2Config
+
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    if arch == "llama":
+        return LlamaConfig(**common)
+    if arch == "qwen2":
+        return Qwen2Config(**common)
+    if arch == "gemma3":  # a 4-token sliding window so batched/cached passes cross it
+        return Gemma3TextConfig(**common, head_dim=16, sliding_window=4,
+                                layer_types=["sliding_attention", "sliding_attention", "full_attention"])
+    raise ValueError(arch)
+
+
+def make_tiny_model(path: Path, arch: str, seed: int = 0, vocab: int | None = None) -> Path:
+    """A randomly initialised model of `arch` saved with the testbed tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(_tiny_config(arch, vocab or len(tok)))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    return {arch: make_tiny_model(root / arch, arch) for arch in ("llama", "qwen2", "gemma3")}
+
+
+@pytest.fixture(scope="session")
+def testbed_dirs() -> dict[str, Path]:
+    dirs = {"slm": TESTBED / "slm", "llm": TESTBED / "llm"}
+    for role, d in dirs.items():
+        assert (d / "model.safetensors").exists(), f"testbed {role} weights missing at {d}"
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    from serving.real_models import smollm2_dir as convert
+
+    try:
+        return convert()
+    except FileNotFoundError as exc:
+        pytest.skip(f"SmolLM2 weights not installed: {exc}")

@@ -1,0 +1,48 @@
+"""The r2r CLI as a user runs it: a real subprocess."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+QUESTION = "Ava has 12 apples. Then Ava finds 5 more apples. How many apples does Ava have now?"
+
+
+def r2r(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from serving.cli import main_entry; main_entry()", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_generate_json(testbed_dirs) -> None:
+    out = r2r("generate", "--pair", "testbed", "--policy", "random", "--rate", "0.5", "--max-tokens", "30",
+              "--json", QUESTION, "Cara has 7 coins. How many coins does Cara have now?")
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        assert set(row) >= {"text", "token_ids", "sources", "stats"}
+        assert len(row["sources"]) == len(row["token_ids"]) > 0
+        assert set(row["sources"]) <= {"slm", "llm"}
+        assert row["stats"]["llm_tokens"] == row["sources"].count("llm")
+
+
+def test_generate_pretty_output(testbed_dirs) -> None:
+    out = r2r("generate", "--policy", "entropy", "--threshold", "0.05", "--max-tokens", "20", QUESTION)
+    assert out.returncode == 0, out.stderr
+    assert "from the LLM" in out.stdout
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["generate", "--pair", "nope", "hi"], "unknown pair"),
+    (["generate", "--slm", "/nonexistent", "--llm", "/nonexistent", "hi"], "not found"),
+    (["generate", "   "], "empty"),
+    (["generate", "--max-tokens", "100000", "hi"], "context"),
+    (["generate", "--policy", "random", "hi"], "rate"),
+])
+def test_bad_input_is_one_line_exit_2(testbed_dirs, args: list[str], fragment: str) -> None:
+    out = r2r(*args)
+    assert out.returncode == 2, out.stderr
+    assert fragment in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr

@@ -1,0 +1,83 @@
+"""The transformers backend against independent references: a plain full forward pass,
+one-at-a-time extends, and fresh sequences."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from serving.backends.hf import HFBackend
+
+ATOL = 2e-4
+PROMPTS = [[5, 17, 40, 41, 42, 7], [9, 9], [12, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39]]
+NEW = [[50], [51, 52, 53], [54, 55]]
+
+
+def full_forward(backend: HFBackend, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference: logits and post-norm hidden of one uncached pass over the whole sequence."""
+    with torch.inference_mode():
+        out = backend.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+    return out.logits[0].float(), out.hidden_states[-1][0].float()
+
+
+def check_backend(backend: HFBackend) -> None:
+    # batched open == full forward, per prompt
+    opened = backend.open(PROMPTS, want_hidden=True)
+    for (seq, out), ids in zip(opened, PROMPTS):
+        ref_logits, ref_hidden = full_forward(backend, ids)
+        assert seq.length == len(ids)
+        torch.testing.assert_close(out.logits, ref_logits, atol=ATOL, rtol=0)
+        torch.testing.assert_close(out.hidden, ref_hidden, atol=ATOL, rtol=0)
+    # batched extend (different past lengths, different numbers of new tokens) == one-at-a-time extend
+    batched = backend.extend([s for s, _ in opened], NEW, want_hidden=True)
+    singles = []
+    for ids, new in zip(PROMPTS, NEW):
+        (seq, _), = backend.open([ids])
+        singles.append(backend.extend([seq], [new], want_hidden=True)[0])
+    for b, s, ids, new in zip(batched, singles, PROMPTS, NEW):
+        torch.testing.assert_close(b.logits, s.logits, atol=ATOL, rtol=0)
+        torch.testing.assert_close(b.hidden, s.hidden, atol=ATOL, rtol=0)
+        torch.testing.assert_close(b.logits, full_forward(backend, ids + new)[0][-len(new):], atol=ATOL, rtol=0)
+    # extending k tokens at once == k single extends
+    ids, new = PROMPTS[0], [60, 61, 62, 63, 64]
+    (seq_a, _), (seq_b, _) = backend.open([ids, ids])
+    at_once = backend.extend([seq_a], [new])[0].logits
+    one_by_one = torch.cat([backend.extend([seq_b], [[t]])[0].logits for t in new])
+    torch.testing.assert_close(at_once, one_by_one, atol=ATOL, rtol=0)
+    # truncate then extend == a fresh sequence with the same tokens
+    backend.truncate(seq_a, len(ids) + 2)
+    after = backend.extend([seq_a], [[70, 71]])[0].logits
+    (fresh, _), = backend.open([ids + new[:2]])
+    torch.testing.assert_close(after, backend.extend([fresh], [[70, 71]])[0].logits, atol=ATOL, rtol=0)
+    assert seq_a.length == len(ids) + 4
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_backend_matches_references_on_tiny_models(tiny_models, arch: str) -> None:
+    check_backend(HFBackend(tiny_models[arch]))
+
+
+@pytest.mark.parametrize("role", ["slm", "llm"])
+def test_backend_matches_references_on_testbed(testbed_dirs, role: str) -> None:
+    check_backend(HFBackend(testbed_dirs[role]))
+
+
+def test_extend_past_context_is_a_clear_error(tiny_models) -> None:
+    backend = HFBackend(tiny_models["llama"])
+    (seq, _), = backend.open([[1, 2, 3]])
+    with pytest.raises(ValueError, match="context"):
+        backend.extend([seq], [[4] * backend.max_length])
+
+
+def test_open_rejects_empty_prompt(tiny_models) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        HFBackend(tiny_models["llama"]).open([[]])
+
+
+def test_missing_model_dir_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        HFBackend(tmp_path / "nowhere")
+
+
+@pytest.mark.slow
+def test_backend_on_smollm2(smollm2_dir) -> None:
+    check_backend(HFBackend(smollm2_dir))

@@ -1,0 +1,32 @@
+"""Pair loading: mismatched tokenizers and models are clear errors."""
+from __future__ import annotations
+
+import pytest
+
+from serving.pair import PairSpec, load_pair, resolve_pair
+
+from .conftest import make_tiny_model
+
+
+def test_tokenizer_larger_than_model_vocab_is_rejected(tmp_path, tiny_models) -> None:
+    small_vocab = make_tiny_model(tmp_path / "small", "llama", vocab=100)
+    with pytest.raises(ValueError, match="do not belong together"):
+        load_pair(PairSpec("x", small_vocab, tiny_models["llama"]), "cpu")
+
+
+def test_different_tokenizers_are_rejected(tmp_path, tiny_models) -> None:
+    from transformers import AutoTokenizer
+
+    other = make_tiny_model(tmp_path / "other", "llama")
+    tok = AutoTokenizer.from_pretrained(other)
+    tok.add_tokens(["<|extra|>"])
+    tok.save_pretrained(other)
+    with pytest.raises(ValueError, match="tokenizers differ"):
+        load_pair(PairSpec("x", tiny_models["llama"], other), "cpu")
+
+
+def test_resolve_pair_errors() -> None:
+    with pytest.raises(ValueError, match="unknown pair"):
+        resolve_pair("nope", None, None)
+    with pytest.raises(ValueError, match="both"):
+        resolve_pair(None, "/a", None)

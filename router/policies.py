@@ -23,7 +23,7 @@ class PolicyKind(str, Enum):
     RANDOM = "random"
     CONFIDENCE = "confidence"
     ENTROPY = "entropy"
-    ROUTER = "router"
+    LEARNED = "learned"
 
 
 @dataclass

@@ -20,15 +20,18 @@ def _add_pair_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pair", default=None, help="a preset pair (default: testbed)")
     p.add_argument("--slm", default=None, help="SLM model directory (with --llm, instead of --pair)")
     p.add_argument("--llm", default=None, help="LLM model directory (with --slm, instead of --pair)")
+    p.add_argument("--router", default=None, help="router checkpoint directory (default: the preset's)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
-def _add_policy_args(p: argparse.ArgumentParser, default_policy: str = "entropy") -> None:
-    p.add_argument("--policy", default=default_policy, choices=[k.value for k in PolicyKind],
-                   help=f"routing policy (default: {default_policy})")
-    p.add_argument("--threshold", type=float, default=0.1,
-                   help="route a token to the LLM when the policy's score exceeds this (default: 0.1)")
-    p.add_argument("--rate", type=float, default=None, help="LLM rate for the random policy")
+def _add_policy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", default=None, choices=[k.value for k in PolicyKind],
+                   help="routing policy (default: learned when the pair has a router, else entropy)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="route a token to the LLM when the policy's score exceeds this "
+                        "(default: 0.1 for confidence/entropy, the calibrated one for learned)")
+    p.add_argument("--llm-share", "--rate", dest="llm_share", type=float, default=None,
+                   help="LLM token share: the random policy's rate, or a budget for the learned router")
     p.add_argument("--mode", default="sequential", choices=["sequential"], help="routing mode")
 
 
@@ -59,10 +62,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pair_args(srv)
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)
-    srv.add_argument("--policy", default="entropy", choices=[k.value for k in PolicyKind],
-                     help="default policy for requests that do not set one")
-    srv.add_argument("--threshold", type=float, default=0.1, help="default routing threshold")
+    srv.add_argument("--policy", default=None, choices=[k.value for k in PolicyKind],
+                     help="default policy for requests that do not set one (default: learned when the pair "
+                          "has a router, else entropy)")
+    srv.add_argument("--threshold", type=float, default=None, help="default routing threshold")
     srv.add_argument("--model-name", default=None, help="the model id clients ask for (default: r2r-<pair>)")
+
+    lab = sub.add_parser("label", help="label path-divergent tokens between the SLM and LLM (resumable)")
+    _add_pair_args(lab)
+    lab.add_argument("--prompts", required=True,
+                     help="testbed-<family>:<n>, a JSONL file (prompt or messages per line), or hf:<name>[:split]")
+    lab.add_argument("--verifier", default="answer", choices=["answer", "judge", "embedding"])
+    lab.add_argument("--judge-model", default=None, help="instruct model directory for --verifier judge")
+    lab.add_argument("--out", type=Path, required=True, help="output directory (re-run to resume)")
+    lab.add_argument("--chunk-size", type=int, default=100, help="prompts per shard")
+    lab.add_argument("--batch-size", type=int, default=32)
+    lab.add_argument("--max-new-tokens", type=int, default=256)
+    lab.add_argument("--top-k", type=int, default=32, help="top-k log-probs stored as router features")
+
+    tr = sub.add_parser("train-router", help="train the router on label directories and calibrate its threshold")
+    _add_pair_args(tr)
+    tr.add_argument("--labels", type=Path, nargs="+", required=True, help="label directories from `r2r label`")
+    tr.add_argument("--out", type=Path, required=True)
+    tr.add_argument("--recall", type=float, default=0.95, help="target recall of divergent tokens (default 0.95)")
+    tr.add_argument("--llm-share", type=float, default=None, help="calibrate to this LLM share instead of recall")
+    tr.add_argument("--width", type=int, default=256)
+    tr.add_argument("--depth", type=int, default=3)
+    tr.add_argument("--epochs", type=int, default=30)
+    tr.add_argument("--seed", type=int, default=0)
 
     bench = sub.add_parser("bench", help="benchmarks, JSON out")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
@@ -110,13 +137,13 @@ def _quiet_libraries() -> None:
 def _load_pair(args: argparse.Namespace):
     from serving.pair import load_pair, resolve_pair
 
-    return load_pair(resolve_pair(args.pair, args.slm, args.llm), args.device)
+    return load_pair(resolve_pair(args.pair, args.slm, args.llm, args.router), args.device)
 
 
-def _policy(args: argparse.Namespace):
-    from router.policies import make_policy
-
-    return make_policy(args.policy, threshold=args.threshold, rate=args.rate, seed=args.seed or 0)
+def _threshold(kind: PolicyKind, args: argparse.Namespace) -> float | None:
+    if args.threshold is None and args.llm_share is None and kind in (PolicyKind.CONFIDENCE, PolicyKind.ENTROPY):
+        return 0.1
+    return args.threshold
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -124,10 +151,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             top_k=args.top_k, seed=args.seed, stop=tuple(args.stop))
-    policy = _policy(args)
     if any(not p.strip() for p in args.prompts):
         raise ValueError("the prompt is empty")
     pair = _load_pair(args)
+    kind = PolicyKind(args.policy) if args.policy else pair.default_policy
+    policy = pair.policy(kind, _threshold(kind, args), args.llm_share, args.seed or 0)
     ids = [pair.encode_text(p) if args.raw else pair.encode_chat([{"role": "user", "content": p}])
            for p in args.prompts]
     for i in ids:
@@ -151,7 +179,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     pair = _load_pair(args)
     cfg = ServeConfig(host=args.host, port=args.port, model_name=args.model_name or f"r2r-{pair.spec.name}",
-                      policy=PolicyKind(args.policy), threshold=args.threshold)
+                      policy=PolicyKind(args.policy) if args.policy else None, threshold=args.threshold)
     serve(pair, cfg)
     return 0
 
@@ -202,7 +230,82 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"generate": _cmd_generate, "serve": _cmd_serve, "bench": _cmd_bench, "testbed": _cmd_testbed}
+def _cmd_label(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from data_gen.pipeline import STAGES, LabelConfig, LabelPipeline
+    from data_gen.prompts import load_prompts
+    from data_gen.verifiers import AnswerVerifier, EmbeddingVerifier, JudgeVerifier, minilm_dir
+
+    prompts = load_prompts(args.prompts)
+    cfg = LabelConfig(out_dir=args.out, verifier=args.verifier, chunk_size=args.chunk_size,
+                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, top_k=args.top_k)
+    pair = _load_pair(args)
+    if args.verifier == "answer":
+        verifier = AnswerVerifier()
+    elif args.verifier == "embedding":
+        verifier = EmbeddingVerifier(minilm_dir())
+    else:
+        if not args.judge_model:
+            raise ValueError("--verifier judge needs --judge-model DIR (an instruct chat model)")
+        from transformers import AutoTokenizer
+
+        from serving.backends.hf import HFBackend
+
+        verifier = JudgeVerifier(HFBackend(args.judge_model, args.device), AutoTokenizer.from_pretrained(args.judge_model))
+    pipeline = LabelPipeline(pair, verifier, cfg, prompts)
+    with Progress(TextColumn("{task.description:>12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+        tasks = {name: bar.add_task(name, total=None) for name in STAGES}
+        counts = pipeline.run(lambda stage, done, total: bar.update(tasks[stage], completed=done, total=total))
+    last = counts.get("last_run", {})
+    print(f"{counts['tokens']} tokens labeled, {counts.get('mismatches', 0)} mismatches, "
+          f"{counts.get('divergent', 0)} divergent ({counts.get('divergent_rate', 0):.2%}); this run: "
+          f"{last.get('tokens_labeled', 0)} tokens in {last.get('seconds', 0)} s "
+          f"({last.get('tokens_per_second', 0)} tokens/s) -> {args.out}")
+    return 0
+
+
+def _cmd_train_router(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from data_gen.shards import load_labels
+    from router.fit import SLMInfo, fit_router, label_tensors
+    from router.model import RouterConfig
+    from router.train import TrainConfig
+    from serving.backends.fingerprint import tokenizer_fingerprint
+
+    pair = _load_pair(args)
+    slm = SLMInfo(str(pair.spec.slm), pair.slm.fingerprint, tokenizer_fingerprint(pair.tokenizer),
+                  pair.slm.hidden_size, pair.slm.embed(torch.arange(pair.slm.vocab_size)))
+    columns: dict[str, list] = {}
+    label_meta = []
+    top_k = None
+    for root in args.labels:
+        ds, manifest = load_labels(root)
+        ident = manifest["identity"]
+        if ident["slm"] != slm.fingerprint or ident["tokenizer"] != slm.tokenizer_fingerprint:
+            raise ValueError(f"{root} was labeled with another SLM or tokenizer (SLM {ident['slm']}, tokenizer "
+                             f"{ident['tokenizer']}) than {pair.spec.slm} ({slm.fingerprint}, {slm.tokenizer_fingerprint})")
+        k = ident["settings"]["top_k"]
+        if top_k is not None and k != top_k:
+            raise ValueError(f"{root} stores top-{k} features, the other label sets top-{top_k}")
+        top_k = k
+        part = ds.select_columns(["data_id", "hidden", "slm_token", "topk", "divergent"]).with_format("numpy")[:]
+        for key, value in part.items():
+            columns.setdefault(key, []).append(np.asarray(value))
+        label_meta.append({"dir": str(root), **manifest.get("counts", {})})
+    data = label_tensors({k: np.concatenate(v) for k, v in columns.items()})
+    rcfg = RouterConfig(hidden_size=slm.hidden_size, embed_size=slm.embeddings.shape[1], top_k=top_k,
+                        width=args.width, depth=args.depth)
+    tcfg = TrainConfig(epochs=args.epochs, seed=args.seed, target_recall=args.recall, target_share=args.llm_share)
+    report = fit_router(data, slm, rcfg, tcfg, args.out, label_meta)
+    print(json.dumps(report["validation"], indent=2))
+    return 0
+
+
+_COMMANDS = {"generate": _cmd_generate, "serve": _cmd_serve, "bench": _cmd_bench, "testbed": _cmd_testbed,
+             "label": _cmd_label, "train-router": _cmd_train_router}
 
 
 def main_entry() -> None:

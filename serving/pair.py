@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from router.policies import RoutingPolicy
+import torch
+
+from router.checkpoint import LearnedPolicy, load_router
+from router.policies import PolicyKind, RoutingPolicy, make_policy
 from serving.backends.base import Backend
 from serving.generation import Generation
 from serving.sampling import SamplingParams
@@ -22,23 +25,27 @@ class PairSpec:
     name: str
     slm: Path
     llm: Path
+    router: Path | None = None  # a trained router checkpoint for this SLM
 
 
 PRESETS: dict[str, PairSpec] = {
-    "testbed": PairSpec("testbed", MODELS_DIR / "testbed" / "slm", MODELS_DIR / "testbed" / "llm"),
+    "testbed": PairSpec("testbed", MODELS_DIR / "testbed" / "slm", MODELS_DIR / "testbed" / "llm",
+                        MODELS_DIR / "testbed" / "router"),
 }
 
 
-def resolve_pair(pair: str | None, slm: str | None, llm: str | None) -> PairSpec:
-    """A preset by name, or explicit directories (which take precedence over the preset's)."""
+def resolve_pair(pair: str | None, slm: str | None, llm: str | None, router: str | None = None) -> PairSpec:
+    """A preset by name, or explicit directories; --router overrides the preset's router."""
     if slm or llm:
         if not (slm and llm):
             raise ValueError("give both --slm and --llm, or a --pair preset")
-        return PairSpec("custom", Path(slm), Path(llm))
-    name = pair or "testbed"
-    if name not in PRESETS:
-        raise ValueError(f"unknown pair {name!r}; presets: {', '.join(PRESETS)}")
-    return PRESETS[name]
+        spec = PairSpec("custom", Path(slm), Path(llm))
+    else:
+        name = pair or "testbed"
+        if name not in PRESETS:
+            raise ValueError(f"unknown pair {name!r}; presets: {', '.join(PRESETS)}")
+        spec = PRESETS[name]
+    return replace(spec, router=Path(router)) if router else spec
 
 
 @dataclass
@@ -49,6 +56,38 @@ class ModelPair:
     slm: Backend
     llm: Backend
     tokenizer: object  # a transformers tokenizer
+    _router: LearnedPolicy | None = field(default=None, repr=False)
+
+    @property
+    def default_policy(self) -> PolicyKind:
+        """Learned when the pair has a router checkpoint, else entropy routing."""
+        has_router = self.spec.router is not None and (self.spec.router / "router.json").exists()
+        return PolicyKind.LEARNED if has_router else PolicyKind.ENTROPY
+
+    def learned_policy(self) -> LearnedPolicy:
+        """The pair's trained router (loaded once), checked against this SLM."""
+        if self._router is None:
+            if self.spec.router is None:
+                raise ValueError("this pair has no trained router; pass --router DIR")
+            table = self.slm.embed(torch.arange(self.slm.vocab_size))
+            self._router = load_router(self.spec.router, self.slm.fingerprint, table)
+        return self._router
+
+    def policy(self, kind: PolicyKind | str, threshold: float | None = None, llm_share: float | None = None,
+               seed: int = 0) -> RoutingPolicy:
+        """A routing policy for this pair. `llm_share` is the random policy's rate, or a budget the
+        learned router's threshold is set to (from its validation calibration)."""
+        kind = PolicyKind(kind)
+        if kind == PolicyKind.LEARNED:
+            router = self.learned_policy()
+            if threshold is not None and llm_share is not None:
+                raise ValueError("give either a threshold or an llm_share, not both")
+            if llm_share is not None:
+                return router.with_threshold(router.threshold_for_share(llm_share))
+            return router.with_threshold(threshold) if threshold is not None else router
+        if llm_share is not None and kind != PolicyKind.RANDOM:
+            raise ValueError(f"llm_share applies to the learned and random policies, not {kind.value}")
+        return make_policy(kind, threshold=threshold, rate=llm_share, seed=seed)
 
     @property
     def eos_ids(self) -> frozenset[int]:

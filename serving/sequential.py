@@ -64,12 +64,12 @@ class StopRule:
             return FinishReason.LENGTH
         return None
 
-    def final_text(self, live: _Live) -> str:
-        ids = live.out.token_ids
+    def text_of(self, ids: list[int], stop: tuple[str, ...] = ()) -> str:
+        """Decoded text without a final EOS, cut before the first stop string."""
         if ids and ids[-1] in self.eos_ids:
             ids = ids[:-1]
         text = self.decode(ids)
-        cuts = [text.index(s) for s in live.params.stop if s in text]
+        cuts = [text.index(s) for s in stop if s in text]
         return text[: min(cuts)] if cuts else text
 
 
@@ -122,7 +122,7 @@ def generate_sequential(
         slm.close(lv.slm)
         if lv.llm is not None:
             llm.close(lv.llm)
-        lv.out.text = stop_rule.final_text(lv)
+        lv.out.text = stop_rule.text_of(lv.out.token_ids, lv.params.stop)
         lv.out.stats.seconds = elapsed
     return [lv.out for lv in lives]
 

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from router.policies import PolicyKind, RoutingPolicy, make_policy
+from router.policies import PolicyKind, RoutingPolicy
 from serving.generation import Generation
 from serving.pair import ModelPair
 from serving.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, error_body, new_id, now
@@ -25,21 +25,23 @@ from serving.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
+DEFAULT_CONFIDENCE_THRESHOLD = 0.1
+
 
 @dataclass(frozen=True)
 class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     model_name: str = "r2r-testbed"
-    policy: PolicyKind = PolicyKind.ENTROPY
-    threshold: float = 0.1
+    policy: PolicyKind | None = None  # None: learned when the pair has a router, else entropy
+    threshold: float | None = None  # None: the learned router's calibrated one, 0.1 for confidence/entropy
     default_max_tokens: int = 256
     seed: int = 0
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be in 1..65535, got {self.port}")
-        if not 0.0 <= self.threshold <= 1.0:
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
 
 
@@ -57,13 +59,16 @@ class RoutedService:
     def __init__(self, pair: ModelPair, cfg: ServeConfig) -> None:
         self.pair, self.cfg = pair, cfg
         self._lock = threading.Lock()
+        self.default_policy = cfg.policy or pair.default_policy
 
     def policy_for(self, req: SamplingFields) -> RoutingPolicy:
-        kind = req.policy or (PolicyKind.RANDOM if req.llm_share is not None else self.cfg.policy)
+        kind = req.policy or self.default_policy
         threshold = req.threshold if req.threshold is not None else self.cfg.threshold
+        if threshold is None and req.llm_share is None and kind in (PolicyKind.CONFIDENCE, PolicyKind.ENTROPY):
+            threshold = DEFAULT_CONFIDENCE_THRESHOLD
         try:
-            return make_policy(kind, threshold=threshold, rate=req.llm_share, seed=self.cfg.seed)
-        except ValueError as exc:
+            return self.pair.policy(kind, threshold, req.llm_share, self.cfg.seed)
+        except (ValueError, FileNotFoundError) as exc:
             raise UserError(str(exc), param="policy") from exc
 
     def params_for(self, req: SamplingFields, prompt_len: int) -> SamplingParams:

@@ -81,3 +81,24 @@ def test_missing_model_dir_is_a_clear_error(tmp_path) -> None:
 @pytest.mark.slow
 def test_backend_on_smollm2(smollm2_dir) -> None:
     check_backend(HFBackend(smollm2_dir))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_resident_batch_with_truncation_and_ragged_steps(tiny_models, arch: str) -> None:
+    """A batch kept resident across steps of different widths and in-place truncations
+    (speculative rejection) gives the same logits as fresh sequences with the same tokens."""
+    backend = HFBackend(tiny_models[arch])
+    prompts = [[3, 4, 5, 6, 7, 8, 9], [10, 11]]
+    seqs = [s for s, _ in backend.open(prompts)]
+    tokens = [list(p) for p in prompts]
+    steps = [([20, 21, 22], [23]), ([24], [25, 26, 27, 28]), ([29, 30], [31])]
+    for step, (a, b) in enumerate(steps):
+        outs = backend.extend(seqs, [a, b])
+        tokens[0] += a
+        tokens[1] += b
+        if step == 1:  # reject the last two tokens of row 1 while it stays resident
+            backend.truncate(seqs[1], seqs[1].length - 2)
+            tokens[1] = tokens[1][:-2]
+    for ids, out, new in zip(tokens, outs, steps[-1]):
+        want = full_forward(backend, ids)[0][-len(new):]
+        torch.testing.assert_close(out.logits, want, atol=ATOL, rtol=0)

@@ -38,6 +38,7 @@ class Backend(Protocol):
     hidden_size: int
     max_length: int  # the model's context length in tokens
     model_id: str
+    fingerprint: str  # content hash of the weights, recorded in labels and router checkpoints
 
     def open(self, prompts: list[list[int]], want_hidden: bool = False) -> list[tuple[SequenceHandle, StepOutput]]:
         """Prefill one new sequence per prompt, in one batched pass."""
@@ -53,4 +54,8 @@ class Backend(Protocol):
 
     def close(self, seq: SequenceHandle) -> None:
         """Free the sequence's memory; the handle may not be used again."""
+        ...
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input-embedding rows of token ids: [...] -> [..., hidden] float32 (router features)."""
         ...

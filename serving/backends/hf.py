@@ -1,50 +1,114 @@
 """The transformers backend: any HF causal LM directory, CPU or CUDA.
 
-Each sequence keeps its own per-layer K/V tensors. A batched `extend` lays the sequences
-out in one padded batch, left-padding the cached past and right-padding the new tokens:
+KV layout. Sequences that run together live in one *resident batch*: a cache whose layers
+keep [batch, kv_heads, columns, head_dim] buffers with spare capacity, plus per-row masks
+of which columns hold real positions. Calling `extend` again with the same sequences (the
+decode loop) appends in place: no copy of the past. A call with another set of sequences
+first *evicts* the resident rows into per-sequence buffers and builds a new resident batch.
 
-    [ pad .. pad | past_i | new_i | pad .. pad ]
-      max_past - past_i      W - new_i
-
-so every query row (real or padding) can attend to at least one real key and no softmax
-row is fully masked (which would produce NaNs that leak through 0 * NaN). Positions are
-passed explicitly, so padding never shifts RoPE.
+Within a batch each row's columns are [past | hole | new | pad]: a row's own past starts at
+column 0 and new tokens of all rows start at the same column. Because columns and positions
+no longer line up, the attention masks are built here from positions, not left to the
+model: a query at position q sees the row's valid keys at positions <= q (and > q - window
+on sliding-window layers). Padding queries take the row's last real position, so no
+softmax row is fully masked (which would give NaNs that leak through 0 * NaN). Positions
+are passed explicitly, so holes and padding never shift RoPE. `truncate` only masks
+columns; holes are compacted at the next rebuild.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers.cache_utils import Cache, DynamicLayer
 
 from serving.backends.base import StepOutput
+from serving.backends.fingerprint import model_fingerprint
 
 log = logging.getLogger(__name__)
 
 
+def _attend(query_pos: torch.Tensor, res: _Resident, window: int | None) -> torch.Tensor:
+    """[batch, 1, width, columns] bool: query (row, j) may attend column c."""
+    q = query_pos.unsqueeze(2)  # [batch, width, 1]
+    k = res.pos.unsqueeze(1)  # [batch, 1, columns]
+    allowed = res.valid.unsqueeze(1) & (k <= q)
+    if window is not None:
+        allowed &= (q - k) < window
+    return allowed.unsqueeze(1)
+
+
+class _GrowableLayer(DynamicLayer):
+    """A cache layer with spare capacity: appending writes in place instead of concatenating."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
+        super().__init__()
+        self.is_initialized, self.device = True, keys.device
+        batch, heads, cols, dim = keys.shape
+        self._k = keys.new_empty((batch, heads, max(capacity, cols), dim))
+        self._v = values.new_empty((batch, heads, max(capacity, cols), dim))
+        self._k[:, :, :cols] = keys
+        self._v[:, :, :cols] = values
+        self.cols = cols
+
+    @property
+    def keys(self) -> torch.Tensor:
+        return self._k[:, :, : self.cols]
+
+    @keys.setter
+    def keys(self, value: torch.Tensor | None) -> None:
+        assert value is None, "keys are written through update()"
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self._v[:, :, : self.cols]
+
+    @values.setter
+    def values(self, value: torch.Tensor | None) -> None:
+        assert value is None, "values are written through update()"
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        n = key_states.shape[2]
+        if self.cols + n > self._k.shape[2]:
+            grow = max(2 * self._k.shape[2], self.cols + n)
+            self._k = torch.cat([self._k, self._k.new_empty((*self._k.shape[:2], grow - self._k.shape[2],
+                                                               self._k.shape[3]))], dim=2)
+            self._v = torch.cat([self._v, self._v.new_empty((*self._v.shape[:2], grow - self._v.shape[2],
+                                                               self._v.shape[3]))], dim=2)
+        self._k[:, :, self.cols : self.cols + n] = key_states
+        self._v[:, :, self.cols : self.cols + n] = value_states
+        self.cols += n
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.cols
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.cols + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+
 @dataclass
 class HFSequence:
-    """Per-sequence KV cache in one growable buffer.
+    """One sequence. Its KV is either in `kv` ([layers, 2, kv_heads, length, head_dim]) or, while
+    `row` is set, in the backend's resident batch at that row."""
 
-    `kv` is [layers, 2, kv_heads, capacity, head_dim]; positions past `length` are stale.
-    """
-
-    kv: torch.Tensor | None = None
     length: int = 0
+    kv: torch.Tensor | None = None
+    row: int | None = None
     closed: bool = False
 
-    def append(self, new_kv: torch.Tensor) -> None:
-        """Write new_kv [layers, 2, kv_heads, n, head_dim] after the current length."""
-        n = new_kv.shape[3]
-        if self.kv is None or self.length + n > self.kv.shape[3]:
-            capacity = max(64, 2 * (self.length + n))
-            grown = new_kv.new_empty((*new_kv.shape[:3], capacity, new_kv.shape[4]))
-            if self.kv is not None:
-                grown[:, :, :, : self.length] = self.kv[:, :, :, : self.length]
-            self.kv = grown
-        self.kv[:, :, :, self.length : self.length + n] = new_kv
-        self.length += n
+
+@dataclass
+class _Resident:
+    seqs: list[HFSequence]
+    cache: object  # transformers Cache over _GrowableLayer
+    valid: torch.Tensor  # [batch, columns] bool: the column holds a real position of that row
+    pos: torch.Tensor  # [batch, columns] long: the position stored in each column (-1 for none)
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -65,14 +129,22 @@ class HFBackend:
         self.device = pick_device(device)
         self.model_id = str(model_dir)
         config = AutoConfig.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        # sdpa: the boolean masks built in _masks are its format (True = attend)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+        self.model = self.model.to(self.device).eval()
         text_config = config.get_text_config(decoder=True)
-        self.config = text_config
         self.vocab_size = int(text_config.vocab_size)
         self.hidden_size = int(text_config.hidden_size)
         self.num_layers = int(text_config.num_hidden_layers)
+        heads = int(text_config.num_attention_heads)
+        self.kv_heads = int(getattr(text_config, "num_key_value_heads", None) or heads)
+        self.head_dim = int(getattr(text_config, "head_dim", None) or self.hidden_size // heads)
+        self.layer_types = sorted(set(getattr(text_config, "layer_types", None) or []))
+        self.sliding_window = getattr(text_config, "sliding_window", None)
         self.max_length = int(getattr(text_config, "max_position_embeddings", 2048))
         self.forward_passes = 0
+        self.fingerprint = model_fingerprint(path)
+        self._resident: _Resident | None = None
 
     # -- contract ---------------------------------------------------------------------------
     def open(self, prompts: list[list[int]], want_hidden: bool = False) -> list[tuple[HFSequence, StepOutput]]:
@@ -86,59 +158,113 @@ class HFBackend:
         assert len(seqs) == len(new_ids), f"{len(seqs)} sequences but {len(new_ids)} token lists"
         assert all(len(ids) > 0 for ids in new_ids), "every sequence must get at least one new token"
         assert not any(s.closed for s in seqs), "extend on a closed sequence"
+        assert len({id(s) for s in seqs}) == len(seqs), "a sequence appears twice in one batch"
         for seq, ids in zip(seqs, new_ids):
             if seq.length + len(ids) > self.max_length:
                 raise ValueError(f"sequence would reach {seq.length + len(ids)} tokens; the context is {self.max_length}")
         with torch.inference_mode():
-            return self._forward(seqs, new_ids, want_hidden)
+            if not self._is_resident(seqs):
+                self._rebuild(seqs)
+            return self._forward(new_ids, want_hidden)
 
     def truncate(self, seq: HFSequence, length: int) -> None:
         assert 0 <= length <= seq.length, f"truncate to {length} outside [0, {seq.length}]"
+        if seq.row is not None:
+            res = self._resident
+            with torch.inference_mode():  # the masks are inference tensors
+                res.valid[seq.row] &= res.pos[seq.row] < length
+        else:
+            seq.kv = None if seq.kv is None else seq.kv[:, :, :, :length]
         seq.length = length
 
     def close(self, seq: HFSequence) -> None:
-        seq.kv = None
-        seq.closed = True
+        seq.kv, seq.closed = None, True
+        if seq.row is not None:
+            with torch.inference_mode():
+                self._resident.valid[seq.row] = False
 
-    # -- internals --------------------------------------------------------------------------
-    def _forward(self, seqs: list[HFSequence], new_ids: list[list[int]], want_hidden: bool) -> list[StepOutput]:
-        from transformers import DynamicCache
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input-embedding rows of token ids: [...] -> [..., hidden] float32 on the CPU."""
+        with torch.inference_mode():
+            return self.model.get_input_embeddings()(ids.to(self.device)).float().cpu()
 
-        batch = len(seqs)
-        max_past = max(s.length for s in seqs)
-        width = max(len(ids) for ids in new_ids)
+    def _masks(self, query_pos: torch.Tensor, res: _Resident) -> torch.Tensor | dict[str, torch.Tensor]:
+        """A 4D mask, or one per layer type for models that mix full and sliding-window layers."""
+        if not self.layer_types:
+            return _attend(query_pos, res, None).to(self.device)
+        return {kind: _attend(query_pos, res, self.sliding_window if "sliding" in kind else None).to(self.device)
+                for kind in self.layer_types}
+
+    # -- resident batch ---------------------------------------------------------------------
+    def _is_resident(self, seqs: list[HFSequence]) -> bool:
+        res = self._resident
+        if res is None or len(res.seqs) != len(seqs) or any(a is not b for a, b in zip(res.seqs, seqs)):
+            return False
+        # compact when holes (truncated or padded columns) outweigh the real positions
+        return res.valid.shape[1] <= 2 * max(s.length for s in seqs) + 64
+
+    def _evict(self) -> None:
+        """Move every live row of the resident batch into its sequence's own buffer."""
+        res, self._resident = self._resident, None
+        if res is None:
+            return
+        keys = torch.stack([layer.keys for layer in res.cache.layers])  # [layers, batch, kv_heads, cols, hd]
+        values = torch.stack([layer.values for layer in res.cache.layers])
+        for row, seq in enumerate(res.seqs):
+            seq.row = None
+            if seq.closed:
+                continue
+            cols = torch.nonzero(res.valid[row]).squeeze(1).to(keys.device)
+            seq.kv = torch.stack([keys[:, row].index_select(2, cols), values[:, row].index_select(2, cols)], dim=1)
+            assert seq.kv.shape[3] == seq.length, f"evicted {seq.kv.shape[3]} positions for length {seq.length}"
+
+    def _rebuild(self, seqs: list[HFSequence]) -> None:
+        """Make `seqs` the resident batch, rows in the given order, pasts left-aligned."""
+        self._evict()
+        batch, max_past = len(seqs), max(s.length for s in seqs)
+        valid = torch.zeros((batch, max_past), dtype=torch.bool)
+        pos = torch.full((batch, max_past), -1, dtype=torch.long)
+        # past: [layers, 2, batch, kv_heads, max_past, head_dim]
+        past = torch.zeros((self.num_layers, 2, batch, self.kv_heads, max_past, self.head_dim),
+                           dtype=self.model.dtype, device=self.device)
+        for row, seq in enumerate(seqs):
+            if seq.length:
+                past[:, :, row, :, : seq.length] = seq.kv
+                valid[row, : seq.length] = True
+                pos[row, : seq.length] = torch.arange(seq.length)
+            seq.row, seq.kv = row, None
+        capacity = 2 * max_past + 64
+        cache = Cache(layers=[_GrowableLayer(past[i, 0], past[i, 1], capacity) for i in range(self.num_layers)])
+        self._resident = _Resident(list(seqs), cache, valid, pos)
+
+    def _forward(self, new_ids: list[list[int]], want_hidden: bool) -> list[StepOutput]:
+        res = self._resident
+        batch, width, cols = len(res.seqs), max(len(ids) for ids in new_ids), res.valid.shape[1]
         input_ids = torch.zeros((batch, width), dtype=torch.long)
+        new_pos = torch.full((batch, width), -1, dtype=torch.long)
         position_ids = torch.zeros((batch, width), dtype=torch.long)
-        mask = torch.zeros((batch, max_past + width), dtype=torch.long)
-        for i, (seq, ids) in enumerate(zip(seqs, new_ids)):
+        for row, (seq, ids) in enumerate(zip(res.seqs, new_ids)):
             n = len(ids)
-            input_ids[i, :n] = torch.tensor(ids)
-            position_ids[i, :n] = torch.arange(seq.length, seq.length + n)
-            position_ids[i, n:] = seq.length + n - 1  # padding rows reuse the last real position
-            mask[i, max_past - seq.length : max_past + n] = 1
-        cache = DynamicCache()
-        if max_past > 0:
-            template = next(s.kv for s in seqs if s.length)
-            past = template.new_zeros((*template.shape[:2], batch, template.shape[2], max_past, template.shape[4]))
-            for i, seq in enumerate(seqs):  # past: [layers, 2, batch, kv_heads, max_past, head_dim]
-                if seq.length:
-                    past[:, :, i, :, max_past - seq.length :] = seq.kv[:, :, :, : seq.length]
-            for layer in range(self.num_layers):
-                cache.update(past[layer, 0], past[layer, 1], layer)
+            input_ids[row, :n] = torch.tensor(ids)
+            new_pos[row, :n] = torch.arange(seq.length, seq.length + n)
+            position_ids[row] = new_pos[row].clamp(min=0)
+            position_ids[row, n:] = seq.length + n - 1  # padding rows reuse the last real position
+        res.valid = torch.cat([res.valid, new_pos >= 0], dim=1)
+        res.pos = torch.cat([res.pos, new_pos], dim=1)
         dev = self.device
         out = self.model(
-            input_ids=input_ids.to(dev), position_ids=position_ids.to(dev), attention_mask=mask.to(dev),
-            cache=cache, use_cache=True, output_hidden_states=want_hidden,
+            input_ids=input_ids.to(dev), position_ids=position_ids.to(dev),
+            attention_mask=self._masks(position_ids, res), cache=res.cache, use_cache=True,
+            output_hidden_states=want_hidden,
         )
         self.forward_passes += 1
+        assert res.cache.layers[0].get_seq_length() == cols + width, "cache and masks out of step"
         logits = out.logits.float()  # [batch, width, vocab]
         hidden = out.hidden_states[-1].float() if want_hidden else None  # [batch, width, hidden]
-        new_kv = torch.stack(  # [layers, 2, batch, kv_heads, width, head_dim]
-            [torch.stack([layer.keys[:, :, max_past:], layer.values[:, :, max_past:]]) for layer in cache.layers]
-        )
         results: list[StepOutput] = []
-        for i, (seq, ids) in enumerate(zip(seqs, new_ids)):
+        for row, (seq, ids) in enumerate(zip(res.seqs, new_ids)):
             n = len(ids)
-            seq.append(new_kv[:, :, i, :, :n])
-            results.append(StepOutput(logits=logits[i, :n].cpu(), hidden=None if hidden is None else hidden[i, :n].cpu()))
+            seq.length += n
+            results.append(StepOutput(logits=logits[row, :n].cpu(),
+                                      hidden=None if hidden is None else hidden[row, :n].cpu()))
         return results

@@ -1,0 +1,202 @@
+"""The label pipeline: reference -> mismatch -> continuation -> verify -> labels, per chunk of prompts.
+
+Glossary
+  reference     the LLM's greedy answer to a prompt: the path the SLM should follow.
+  mismatch      a response position where the teacher-forced SLM's top token differs from
+                the reference token (a candidate).
+  continuation  the LLM continuing the SLM branch (prefix + SLM token) to the verifier's stop.
+  divergent     a mismatch the verifier says changes the path (label 1); matches and neutral
+                mismatches are label 0.
+
+Prompts are processed in chunks; each (stage, chunk) output is one atomic shard (see
+data_gen.shards), so a killed run resumes at the first missing shard with no duplicated or
+lost rows.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data_gen.prompts import PromptRecord
+from data_gen.shards import ShardStore
+from data_gen.verifiers import SENTENCE_STOPS, Candidate, Continuation, Verifier
+from router.features import topk_logprobs
+from router.policies import AlwaysSLM
+from serving.backends.fingerprint import tokenizer_fingerprint
+from serving.pair import ModelPair
+from serving.sampling import SamplingParams
+from serving.sequential import StopRule, generate_sequential
+
+log = logging.getLogger(__name__)
+
+STAGES = ("reference", "mismatch", "continuation", "verify", "labels")
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    out_dir: Path
+    verifier: str = "answer"
+    chunk_size: int = 100  # prompts per shard
+    batch_size: int = 32  # sequences per model pass
+    max_new_tokens: int = 256  # reference and answer-continuation length limit
+    sentence_max_tokens: int = 48  # continuation limit in sentence mode
+    top_k: int = 32
+
+    def __post_init__(self) -> None:
+        if min(self.chunk_size, self.batch_size, self.max_new_tokens, self.sentence_max_tokens, self.top_k) < 1:
+            raise ValueError(f"label sizes must be positive: {self}")
+
+    def settings(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "out_dir"}
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class LabelPipeline:
+    def __init__(self, pair: ModelPair, verifier: Verifier, cfg: LabelConfig, prompts: list[PromptRecord]) -> None:
+        self.pair, self.verifier, self.cfg, self.prompts = pair, verifier, cfg, prompts
+        identity = {"slm": pair.slm.fingerprint, "llm": pair.llm.fingerprint,
+                    "tokenizer": tokenizer_fingerprint(pair.tokenizer), "settings": cfg.settings(),
+                    "prompt_ids": [p.id for p in prompts][:3] + [len(prompts)]}
+        self.store = ShardStore(cfg.out_dir, identity)
+        self.greedy_llm_rule = pair.stop_rule()
+
+    # -- stages ------------------------------------------------------------------------------
+    def reference(self, chunk: list[PromptRecord]) -> dict:
+        prompts = [self.pair.encode_chat(p.chat()) for p in chunk]
+        gens = []
+        for batch in _batches(prompts, self.cfg.batch_size):
+            gens += generate_sequential(self.pair.llm, self.pair.llm, AlwaysSLM(), batch,
+                                        [SamplingParams(max_tokens=self.cfg.max_new_tokens)] * len(batch),
+                                        self.greedy_llm_rule)
+        return {"data_id": [p.id for p in chunk], "prompt_ids": prompts, "ref_ids": [g.token_ids for g in gens],
+                "finished": [g.finish_reason.value == "stop" for g in gens]}
+
+    def mismatch(self, ref: dict) -> dict:
+        """Teacher-force the SLM over prompt + reference (one pass per sequence batch)."""
+        rows: dict[str, list] = {k: [] for k in ("data_id", "position", "slm_token", "ref_token", "mismatch")}
+        hidden, topk = [], []
+        items = [(d, p, r) for d, p, r, f in zip(ref["data_id"], ref["prompt_ids"], ref["ref_ids"], ref["finished"]) if f]
+        for batch in _batches(items, self.cfg.batch_size):
+            outs = self.pair.slm.open([p + r for _, p, r in batch], want_hidden=True)
+            for (data_id, p, r), (seq, out) in zip(batch, outs):
+                self.pair.slm.close(seq)
+                span = slice(len(p) - 1, len(p) + len(r) - 1)  # rows predicting each reference token
+                logits = out.logits[span]  # [len(r), vocab]
+                pred = logits.argmax(-1).tolist()
+                rows["data_id"] += [data_id] * len(r)
+                rows["position"] += list(range(len(r)))
+                rows["slm_token"] += pred
+                rows["ref_token"] += r
+                rows["mismatch"] += [a != b for a, b in zip(pred, r)]
+                hidden.append(out.hidden[span].numpy())
+                topk.append(topk_logprobs(logits, self.cfg.top_k).numpy())
+        rows["hidden"] = np.concatenate(hidden) if hidden else np.zeros((0, self.pair.slm.hidden_size), np.float32)
+        rows["topk"] = np.concatenate(topk) if topk else np.zeros((0, self.cfg.top_k), np.float32)
+        return rows
+
+    def continuation(self, ref: dict, mism) -> dict:
+        """The LLM continues every candidate's SLM branch; the reference branch is cut from the reference."""
+        refs = {d: (p, r) for d, p, r in zip(ref["data_id"], ref["prompt_ids"], ref["ref_ids"])}
+        cands = [(d, pos, tok) for d, pos, tok, m in zip(mism["data_id"], mism["position"], mism["slm_token"],
+                                                         mism["mismatch"]) if m]
+        sentence = self.verifier.continuation == Continuation.SENTENCE
+        max_tokens = self.cfg.sentence_max_tokens if sentence else self.cfg.max_new_tokens
+        stops = SENTENCE_STOPS if sentence else ()
+        decode = self.greedy_llm_rule.decode
+        out: dict[str, list] = {"data_id": [], "position": [], "context": [], "slm_branch": [], "ref_branch": []}
+        for batch in _batches(cands, self.cfg.batch_size):
+            prompts = [refs[d][0] + refs[d][1][:pos] + [tok] for d, pos, tok in batch]
+            room = [self.pair.context_length - len(p) for p in prompts]
+            params = [SamplingParams(max_tokens=max(1, min(max_tokens, r - 1)), stop=stops) for r in room]
+            gens = generate_sequential(self.pair.llm, self.pair.llm, AlwaysSLM(), prompts, params, self.greedy_llm_rule)
+            for (d, pos, tok), g in zip(batch, gens):
+                r = refs[d][1]
+                ref_tail = self._cut(decode(r[pos:]), stops) if sentence else self.greedy_llm_rule.text_of(r[pos:])
+                out["data_id"].append(d)
+                out["position"].append(pos)
+                out["context"].append(decode(r[:pos]))
+                out["slm_branch"].append(self._cut(decode([tok]) + g.text, stops) if sentence else decode([tok]) + g.text)
+                out["ref_branch"].append(ref_tail)
+        return out
+
+    @staticmethod
+    def _cut(text: str, stops: tuple[str, ...]) -> str:
+        """Text up to and including the first sentence stop after its first character."""
+        ends = [i for s in stops if (i := text.find(s, 1)) >= 0]
+        return text[: min(ends) + 1] if ends else text
+
+    def verify(self, cont) -> dict:
+        cands = [Candidate(c, s, r) for c, s, r in zip(cont["context"], cont["slm_branch"], cont["ref_branch"])]
+        labels: list[int] = []
+        for batch in _batches(cands, self.cfg.batch_size):
+            labels += self.verifier.label(batch)
+        return {"data_id": list(cont["data_id"]), "position": list(cont["position"]), "divergent": labels}
+
+    @staticmethod
+    def labels(mism, ver) -> dict:
+        div = {(d, p): y for d, p, y in zip(ver["data_id"], ver["position"], ver["divergent"])}
+        rows = {k: mism[k] for k in ("data_id", "position", "slm_token", "ref_token", "mismatch", "hidden", "topk")}
+        rows["divergent"] = [div.get((d, p), 0) for d, p in zip(mism["data_id"], mism["position"])]
+        return rows
+
+    # -- driver ------------------------------------------------------------------------------
+    def run(self, on_progress: Callable[[str, int, int], None] | None = None) -> dict:
+        """Run every missing shard; returns the counts written into the manifest."""
+        from datasets import Dataset
+
+        chunks = _batches(self.prompts, self.cfg.chunk_size)
+        report = on_progress or (lambda stage, done, total: None)
+        start, labeled_now = time.perf_counter(), 0
+        for index, chunk in enumerate(chunks):
+            data: dict = {}
+
+            def stage(name: str, make: Callable[[], dict]) -> object:
+                if self.store.has(name, index):
+                    ds = self.store.load(name, index)
+                else:
+                    ds = Dataset.from_dict(make())
+                    self.store.save(name, index, ds)
+                report(name, index + 1, len(chunks))
+                data[name] = ds
+                return ds
+
+            if self.store.has("labels", index):
+                for name in STAGES:
+                    report(name, index + 1, len(chunks))
+                continue
+            ref = stage("reference", lambda: self.reference(chunk))
+            mism = stage("mismatch", lambda: self.mismatch(ref[:]))
+            cols = ["data_id", "position", "slm_token", "mismatch"]
+            cont = stage("continuation", lambda: self.continuation(ref[:], mism.select_columns(cols)[:]))
+            ver = stage("verify", lambda: self.verify(cont[:]))
+            stage("labels", lambda: self.labels(mism.with_format("numpy")[:], ver[:]))
+            labeled_now += len(mism)
+        elapsed = time.perf_counter() - start
+        counts = self.counts()
+        counts["last_run"] = {"tokens_labeled": labeled_now, "seconds": round(elapsed, 1),
+                              "tokens_per_second": round(labeled_now / elapsed, 1) if elapsed else 0.0}
+        self.store.set_counts(counts)
+        return counts
+
+    def counts(self) -> dict:
+        from datasets import concatenate_datasets
+
+        shards = [self.store.load("labels", i) for i in range(len(_batches(self.prompts, self.cfg.chunk_size)))
+                  if self.store.has("labels", i)]
+        if not shards:
+            return {"tokens": 0}
+        ds = concatenate_datasets(shards).select_columns(["mismatch", "divergent"])
+        mismatch, divergent = np.asarray(ds["mismatch"]), np.asarray(ds["divergent"])
+        n = len(ds)
+        return {"prompts_done": sum(len(set(s["data_id"])) for s in shards), "tokens": n,
+                "mismatches": int(mismatch.sum()), "divergent": int(divergent.sum()),
+                "mismatch_rate": float(mismatch.mean()), "divergent_rate": float(divergent.mean())}

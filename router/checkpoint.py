@@ -1,0 +1,82 @@
+"""Router checkpoints (safetensors + JSON) and the learned routing policy.
+
+The JSON records the SLM and tokenizer fingerprints the router was trained for; loading it
+next to another SLM is an error, because its features would mean something else.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from router.features import features_from_outputs
+from router.model import RouterConfig, RouterNet
+from router.policies import PolicyKind, RouteInput
+
+WEIGHTS, CONFIG = "router.safetensors", "router.json"
+SHARE_GRID = [round(x, 2) for x in np.arange(0.01, 1.0, 0.01)]
+
+
+def share_curve(val_probs: np.ndarray) -> list[list[float]]:
+    """[(llm_share, threshold)] on validation tokens: the threshold that routes that share."""
+    return [[s, float(np.quantile(val_probs, 1.0 - s))] for s in SHARE_GRID]
+
+
+def save_router(out_dir: Path, net: RouterNet, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out_dir / WEIGHTS))
+    (out_dir / CONFIG).write_text(json.dumps({"config": net.cfg.to_json(), **meta}, indent=2) + "\n")
+
+
+@dataclass
+class LearnedPolicy:
+    """The trained router as a RoutingPolicy: score = sigmoid(router(features))."""
+
+    net: RouterNet
+    threshold: float
+    curve: list[list[float]] = field(default_factory=list)
+    kind: PolicyKind = PolicyKind.LEARNED
+    needs_hidden: bool = True
+
+    def scores(self, inputs: RouteInput) -> torch.Tensor:
+        assert inputs.hidden is not None, "the learned router needs the SLM's hidden states"
+        feats = features_from_outputs(inputs.logits, inputs.hidden, self.net.cfg.top_k)
+        with torch.inference_mode():
+            return torch.sigmoid(self.net(feats))
+
+    def threshold_for_share(self, share: float) -> float:
+        """The validation-calibrated threshold that routes about `share` of tokens to the LLM."""
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"llm_share must be in [0, 1], got {share}")
+        if share <= 0.0:
+            return 1.0
+        if share >= 1.0:
+            return -1.0
+        shares = [s for s, _ in self.curve]
+        thresholds = [t for _, t in self.curve]
+        return float(np.interp(share, shares, thresholds))
+
+    def with_threshold(self, threshold: float) -> LearnedPolicy:
+        return LearnedPolicy(self.net, threshold, self.curve)
+
+
+def load_router(router_dir: Path, slm_fingerprint: str, embeddings: torch.Tensor) -> LearnedPolicy:
+    """Load a router for the SLM with `slm_fingerprint`; `embeddings` is that SLM's input table."""
+    from safetensors.torch import load_file
+
+    cfg_path, w_path = router_dir / CONFIG, router_dir / WEIGHTS
+    if not cfg_path.exists() or not w_path.exists():
+        raise FileNotFoundError(f"no router checkpoint at {router_dir} ({CONFIG} and {WEIGHTS} expected)")
+    meta = json.loads(cfg_path.read_text())
+    if meta.get("slm_fingerprint") != slm_fingerprint:
+        raise ValueError(f"the router at {router_dir} was trained for SLM {meta.get('slm_fingerprint')} "
+                         f"({meta.get('slm_dir')}), not this SLM ({slm_fingerprint})")
+    net = RouterNet(RouterConfig(**meta["config"]), embeddings)
+    net.load_state_dict(load_file(str(w_path)))
+    net.eval()
+    return LearnedPolicy(net, float(meta["threshold"]), meta.get("share_curve", []))

@@ -1,0 +1,51 @@
+"""Fit a router end to end: train, calibrate, save the checkpoint with its card metadata."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from router.checkpoint import save_router, share_curve
+from router.model import RouterConfig
+from router.train import LabelTensors, TrainConfig, predict, split_by_prompt, train_router
+
+
+@dataclass(frozen=True)
+class SLMInfo:
+    """What the router needs to know about its SLM."""
+
+    model_dir: str
+    fingerprint: str
+    tokenizer_fingerprint: str
+    hidden_size: int
+    embeddings: torch.Tensor  # [vocab, embed] the SLM's input embedding table
+
+
+def label_tensors(columns: dict) -> LabelTensors:
+    """From label columns (numpy): hidden, slm_token, topk, divergent, data_id."""
+    return LabelTensors(
+        hidden=torch.as_tensor(np.asarray(columns["hidden"], dtype=np.float32)),
+        token=torch.as_tensor(np.asarray(columns["slm_token"], dtype=np.int64)),
+        topk=torch.as_tensor(np.asarray(columns["topk"], dtype=np.float32)),
+        label=torch.as_tensor(np.asarray(columns["divergent"], dtype=np.float32)),
+        data_id=[str(d) for d in columns["data_id"]],
+    )
+
+
+def fit_router(data: LabelTensors, slm: SLMInfo, rcfg: RouterConfig, tcfg: TrainConfig, out: Path,
+               label_meta: dict) -> dict:
+    net, report = train_router(data, slm.embeddings, rcfg, tcfg)
+    _, val = split_by_prompt(data, tcfg.val_fraction, tcfg.seed)
+    meta = {
+        "slm_dir": slm.model_dir, "slm_fingerprint": slm.fingerprint, "tokenizer_fingerprint": slm.tokenizer_fingerprint,
+        "threshold": report["thresholds"]["default"], "thresholds": report["thresholds"],
+        "share_curve": share_curve(predict(net, val).numpy()), "trainable_parameters": net.n_trainable(),
+        "train_config": {k: v for k, v in tcfg.__dict__.items()}, "labels": label_meta,
+        "validation": report["validation"], "best_epoch": report["best_epoch"],
+    }
+    save_router(out, net, meta)
+    (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report

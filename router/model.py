@@ -1,0 +1,72 @@
+"""The router network: a residual MLP over [hidden, embed(top token), proj(top-k log-probs)].
+
+Sized to the SLM (the published 1024-wide, 6-block router for a 1.5B SLM is the reference
+point): width and depth are configs. The token embedding table is the SLM's, frozen, and
+supplied at construction; it is excluded from `trainable_state_dict`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from router.features import RouterFeatures
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    hidden_size: int  # the SLM's hidden size
+    embed_size: int  # the SLM's input embedding size
+    top_k: int = 32
+    width: int = 256
+    depth: int = 3
+    expansion: int = 4
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if min(self.hidden_size, self.embed_size, self.top_k, self.width, self.depth, self.expansion) < 1:
+            raise ValueError(f"router sizes must be positive: {self}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class _Block(nn.Module):
+    """Pre-LN residual MLP block."""
+
+    def __init__(self, width: int, expansion: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, width * expansion), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(width * expansion, width), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(self.norm(x))
+
+
+class RouterNet(nn.Module):
+    def __init__(self, cfg: RouterConfig, embeddings: torch.Tensor) -> None:
+        super().__init__()
+        assert embeddings.dim() == 2 and embeddings.shape[1] == cfg.embed_size, (
+            f"embedding table {tuple(embeddings.shape)} does not match embed_size {cfg.embed_size}")
+        self.cfg = cfg
+        self.register_buffer("embeddings", embeddings.float(), persistent=False)  # [vocab, embed] frozen
+        self.topk_proj = nn.Linear(cfg.top_k, cfg.hidden_size)
+        self.inp = nn.Linear(2 * cfg.hidden_size + cfg.embed_size, cfg.width)
+        self.blocks = nn.ModuleList(_Block(cfg.width, cfg.expansion, cfg.dropout) for _ in range(cfg.depth))
+        self.out_norm = nn.LayerNorm(cfg.width)
+        self.head = nn.Linear(cfg.width, 1)
+
+    def forward(self, feats: RouterFeatures) -> torch.Tensor:
+        """Divergence logits [batch]."""
+        x = torch.cat([feats.hidden, self.embeddings[feats.token], self.topk_proj(feats.topk)], dim=-1)
+        x = self.inp(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.out_norm(x)).squeeze(-1)
+
+    def n_trainable(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

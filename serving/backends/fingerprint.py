@@ -1,0 +1,37 @@
+"""Content fingerprints of model and tokenizer directories, recorded in every artifact made from them."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+_SAMPLE = 1 << 20  # hash the first and last MiB of large weight files: cheap and still content-sensitive
+
+
+def _hash_file(h: "hashlib._Hash", path: Path) -> None:
+    size = path.stat().st_size
+    h.update(f"{path.name}:{size}".encode())
+    with path.open("rb") as f:
+        if size <= 2 * _SAMPLE:
+            h.update(f.read())
+        else:
+            h.update(f.read(_SAMPLE))
+            f.seek(size - _SAMPLE)
+            h.update(f.read(_SAMPLE))
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """sha256 (16 hex chars) over config.json and the weight files."""
+    root = Path(model_dir)
+    h = hashlib.sha256()
+    for path in sorted([root / "config.json", *root.glob("*.safetensors")]):
+        if path.exists():
+            _hash_file(h, path)
+    return h.hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 (16 hex chars) of the vocabulary and special tokens: equal iff ids mean the same strings."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    h = hashlib.sha256(repr(vocab).encode())
+    h.update(repr(sorted(tokenizer.all_special_tokens)).encode())
+    return h.hexdigest()[:16]

@@ -47,6 +47,7 @@ class LabelConfig:
     max_new_tokens: int = 256  # reference and answer-continuation length limit
     sentence_max_tokens: int = 48  # continuation limit in sentence mode
     top_k: int = 32
+    keep_unfinished: bool = False  # label references that hit the length limit too (default: drop them)
 
     def __post_init__(self) -> None:
         if min(self.chunk_size, self.batch_size, self.max_new_tokens, self.sentence_max_tokens, self.top_k) < 1:
@@ -84,7 +85,8 @@ class LabelPipeline:
         """Teacher-force the SLM over prompt + reference (one pass per sequence batch)."""
         rows: dict[str, list] = {k: [] for k in ("data_id", "position", "slm_token", "ref_token", "mismatch")}
         hidden, topk = [], []
-        items = [(d, p, r) for d, p, r, f in zip(ref["data_id"], ref["prompt_ids"], ref["ref_ids"], ref["finished"]) if f]
+        items = [(d, p, r) for d, p, r, f in zip(ref["data_id"], ref["prompt_ids"], ref["ref_ids"], ref["finished"])
+                 if f or self.cfg.keep_unfinished]
         for batch in _batches(items, self.cfg.batch_size):
             outs = self.pair.slm.open([p + r for _, p, r in batch], want_hidden=True)
             for (data_id, p, r), (seq, out) in zip(batch, outs):

@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--batch-size", type=int, default=32)
     lab.add_argument("--max-new-tokens", type=int, default=256)
     lab.add_argument("--top-k", type=int, default=32, help="top-k log-probs stored as router features")
+    lab.add_argument("--keep-unfinished", action="store_true",
+                     help="also label references that hit --max-new-tokens (dropped by default)")
 
     tr = sub.add_parser("train-router", help="train the router on label directories and calibrate its threshold")
     _add_pair_args(tr)
@@ -239,7 +241,8 @@ def _cmd_label(args: argparse.Namespace) -> int:
 
     prompts = load_prompts(args.prompts)
     cfg = LabelConfig(out_dir=args.out, verifier=args.verifier, chunk_size=args.chunk_size,
-                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, top_k=args.top_k)
+                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, top_k=args.top_k,
+                      keep_unfinished=args.keep_unfinished)
     pair = _load_pair(args)
     if args.verifier == "answer":
         verifier = AnswerVerifier()

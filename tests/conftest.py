@@ -41,7 +41,9 @@ def make_tiny_model(path: Path, arch: str, seed: int = 0, vocab: int | None = No
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny")
-    return {arch: make_tiny_model(root / arch, arch) for arch in ("llama", "qwen2", "gemma3")}
+    models = {arch: make_tiny_model(root / arch, arch) for arch in ("llama", "qwen2", "gemma3")}
+    models["llama_b"] = make_tiny_model(root / "llama_b", "llama", seed=1)  # a second model, same tokenizer
+    return models
 
 
 @pytest.fixture(scope="session")

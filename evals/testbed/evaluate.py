@@ -9,8 +9,9 @@ from pathlib import Path
 
 from evals.testbed.problem import Problem, grade
 from evals.testbed.splits import FAMILIES, heldout
-from router.policies import AlwaysSLM
+from router.policies import AlwaysSLM, RoutingPolicy
 from serving.backends.base import Backend
+from serving.generation import Generation
 from serving.sampling import SamplingParams
 from serving.sequential import StopRule, generate_sequential
 
@@ -25,19 +26,25 @@ class EvalConfig:
     split: str = "test"
 
 
-def solve(backend: Backend, tokenizer, problems: list[Problem], batch_size: int) -> list[str]:
-    """Greedy completions of one model (routed decoding with always-SLM and the model as SLM)."""
+def solve_routed(slm: Backend, llm: Backend, policy: RoutingPolicy, tokenizer, problems: list[Problem],
+                 batch_size: int) -> list[Generation]:
+    """Greedy routed completions of testbed problems (chat-formatted prompts)."""
     from evals.testbed.tokenizer import chat_text
 
-    rule = StopRule(frozenset({tokenizer.eos_token_id}), tokenizer.decode, backend.max_length)
+    rule = StopRule(frozenset({tokenizer.eos_token_id}), tokenizer.decode, min(slm.max_length, llm.max_length))
     params = SamplingParams(max_tokens=MAX_NEW_TOKENS)
-    out: list[str] = []
+    out: list[Generation] = []
     for start in range(0, len(problems), batch_size):
         chunk = problems[start : start + batch_size]
         prompts = [tokenizer(chat_text(p.prompt))["input_ids"] for p in chunk]
-        gens = generate_sequential(backend, backend, AlwaysSLM(), prompts, [params] * len(chunk), rule)
-        out += [g.text for g in gens]
+        keys = list(range(start, start + len(chunk)))
+        out += generate_sequential(slm, llm, policy, prompts, [params] * len(chunk), rule, stream_keys=keys)
     return out
+
+
+def solve(backend: Backend, tokenizer, problems: list[Problem], batch_size: int) -> list[str]:
+    """Greedy completions of one model (routed decoding with always-SLM and the model as SLM)."""
+    return [g.text for g in solve_routed(backend, backend, AlwaysSLM(), tokenizer, problems, batch_size)]
 
 
 def decode_latency_ms(backend: Backend, prompt: list[int], n_tokens: int = 64, repeats: int = 3) -> float:

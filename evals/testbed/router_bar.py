@@ -1,0 +1,64 @@
+"""The router bar on the testbed: learned vs confidence vs random routing at one LLM share.
+
+For each family: SLM and LLM accuracy alone, then the learned router with its threshold set
+for the target share (from its validation calibration), and the two baselines calibrated
+to the LLM share the learned router actually produced: random at that rate, confidence
+(1 - SLM max probability) with the threshold that routes that share of the SLM's
+teacher-forced positions in the label data. Shares are measured, not assumed.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from evals.testbed.evaluate import solve_routed
+from evals.testbed.problem import grade
+from evals.testbed.splits import heldout
+from router.policies import AlwaysLLM, AlwaysSLM, ConfidencePolicy, RandomPolicy, RoutingPolicy
+from serving.pair import ModelPair
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RouterBarConfig:
+    target_share: float = 0.15
+    n_problems: int = 500
+    batch_size: int = 50
+    seed: int = 0
+
+
+def run_policy(pair: ModelPair, policy: RoutingPolicy, family: str, cfg: RouterBarConfig) -> dict:
+    problems = heldout(family, "test", cfg.n_problems)
+    gens = solve_routed(pair.slm, pair.llm, policy, pair.tokenizer, problems, cfg.batch_size)
+    tokens = sum(len(g.token_ids) for g in gens)
+    return {"accuracy": sum(grade(p, g.text) for p, g in zip(problems, gens)) / len(problems),
+            "llm_share": sum(g.stats.llm_tokens for g in gens) / max(1, tokens), "tokens": tokens}
+
+
+def confidence_threshold(top1_logprobs: np.ndarray, share: float) -> float:
+    """The 1 - max-prob threshold that routes `share` of the given positions."""
+    scores = 1.0 - np.exp(top1_logprobs)
+    return float(np.quantile(scores, 1.0 - share))
+
+
+def router_bar(pair: ModelPair, top1_by_family: dict[str, np.ndarray], cfg: RouterBarConfig) -> dict:
+    learned = pair.learned_policy()
+    result: dict = {"target_share": cfg.target_share, "n_problems": cfg.n_problems}
+    for family, top1 in top1_by_family.items():
+        row: dict = {}
+        row["slm"] = run_policy(pair, AlwaysSLM(), family, cfg)["accuracy"]
+        row["llm"] = run_policy(pair, AlwaysLLM(), family, cfg)["accuracy"]
+        row["learned"] = run_policy(pair, learned.with_threshold(learned.threshold_for_share(cfg.target_share)),
+                                    family, cfg)
+        share = row["learned"]["llm_share"]
+        row["confidence"] = run_policy(pair, ConfidencePolicy(threshold=confidence_threshold(top1, share)), family, cfg)
+        row["random"] = run_policy(pair, RandomPolicy(rate=share, seed=cfg.seed), family, cfg)
+        gap = row["llm"] - row["slm"]
+        for name in ("learned", "confidence", "random"):
+            row[name]["gap_recovered"] = (row[name]["accuracy"] - row["slm"]) / gap if gap else None
+        log.info("%s: %s", family, row)
+        result[family] = row
+    return result

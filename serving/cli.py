@@ -101,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--new-tokens", type=int, default=64)
     dec.add_argument("--repeats", type=int, default=3)
 
+    rb = bench_sub.add_parser("router", help="testbed router bar: learned vs confidence vs random at one LLM share")
+    _add_pair_args(rb)
+    rb.add_argument("--labels", type=Path, nargs="+", required=True,
+                    help="testbed label directories (their SLM confidences calibrate the confidence baseline)")
+    rb.add_argument("--share", type=float, default=0.15, help="target LLM-token share (default 0.15)")
+    rb.add_argument("--n", type=int, default=500, help="test problems per family")
+    rb.add_argument("--out", type=Path, default=Path("bench/router_testbed.json"))
+
     tb = sub.add_parser("testbed", help="build the testbed pair: task data, tokenizer, training, evaluation")
     tb_sub = tb.add_subparsers(dest="testbed", required=True)
     data = tb_sub.add_parser("data", help="write the held-out splits as JSONL and train the tokenizer")
@@ -187,16 +195,43 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from evals.testbed.splits import heldout
-    from serving.bench import DecodeBenchConfig, bench_decode
-
     pair = _load_pair(args)
-    prompts = [pair.encode_chat([{"role": "user", "content": p.prompt}]) for p in heldout("math", "test", 16)]
-    result = bench_decode(pair, prompts, DecodeBenchConfig(new_tokens=args.new_tokens, repeats=args.repeats))
+    if args.bench == "router":
+        result = _bench_router(pair, args)
+    else:
+        from evals.testbed.splits import heldout
+        from serving.bench import DecodeBenchConfig, bench_decode
+
+        prompts = [pair.encode_chat([{"role": "user", "content": p.prompt}]) for p in heldout("math", "test", 16)]
+        result = bench_decode(pair, prompts, DecodeBenchConfig(new_tokens=args.new_tokens, repeats=args.repeats))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _bench_router(pair, args: argparse.Namespace) -> dict:
+    import numpy as np
+
+    from data_gen.shards import load_labels
+    from evals.testbed.router_bar import RouterBarConfig, router_bar
+
+    top1: dict[str, list] = {}
+    for root in args.labels:
+        ds, _ = load_labels(root)
+        cols = ds.select_columns(["data_id", "topk"]).with_format("numpy")[:]
+        for data_id, topk in zip(cols["data_id"], cols["topk"]):
+            top1.setdefault(str(data_id).split("-")[0], []).append(topk[0])
+    unknown = set(top1) - {"math", "code"}
+    if unknown:
+        raise ValueError(f"the router bar needs testbed labels; found prompts of {sorted(unknown)}")
+    cfg = RouterBarConfig(target_share=args.share, n_problems=args.n)
+    result = router_bar(pair, {f: np.asarray(v) for f, v in sorted(top1.items())}, cfg)
+    if pair.spec.router is not None:
+        from evals.testbed.router_card import write_router_card
+
+        write_router_card(pair.spec.router, result)
+    return result
 
 
 def _cmd_testbed(args: argparse.Namespace) -> int:
@@ -303,6 +338,9 @@ def _cmd_train_router(args: argparse.Namespace) -> int:
                         width=args.width, depth=args.depth)
     tcfg = TrainConfig(epochs=args.epochs, seed=args.seed, target_recall=args.recall, target_share=args.llm_share)
     report = fit_router(data, slm, rcfg, tcfg, args.out, label_meta)
+    from evals.testbed.router_card import write_router_card
+
+    write_router_card(args.out, None)
     print(json.dumps(report["validation"], indent=2))
     return 0
 

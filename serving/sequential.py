@@ -52,15 +52,13 @@ class StopRule:
     decode: Callable[[list[int]], str]
     context_length: int
 
-    def check(self, live: _Live) -> FinishReason | None:
-        out = live.out
-        if out.token_ids and out.token_ids[-1] in self.eos_ids:
+    def check_tokens(self, prompt: list[int], ids: list[int], params: SamplingParams) -> FinishReason | None:
+        """Why generation must end after `ids`, or None to go on."""
+        if ids and ids[-1] in self.eos_ids:
             return FinishReason.STOP
-        if live.params.stop:
-            text = self.decode(out.token_ids)
-            if any(s in text for s in live.params.stop):
-                return FinishReason.STOP
-        if len(out.token_ids) >= live.params.max_tokens or len(live.tokens) >= self.context_length:
+        if params.stop and any(s in self.decode(ids) for s in params.stop):
+            return FinishReason.STOP
+        if len(ids) >= params.max_tokens or len(prompt) + len(ids) >= self.context_length:
             return FinishReason.LENGTH
         return None
 
@@ -107,7 +105,7 @@ def generate_sequential(
             lv.out.sources.append(Source.LLM if f else Source.SLM)
             lv.out.scores.append(float(score))
             lv.out.stats.llm_tokens += int(f)
-            reason = stop_rule.check(lv)
+            reason = stop_rule.check_tokens(lv.prompt, lv.out.token_ids, lv.params)
             if reason is not None:
                 lv.done, lv.out.finish_reason = True, reason
         active = [lv for lv in active if not lv.done]

@@ -1,0 +1,51 @@
+"""The testbed router's model card: labels, validation metrics and the held-out accuracy table."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def accuracy_table(bar: dict) -> list[str]:
+    lines = ["| family | SLM | LLM | learned (share) | confidence (share) | random (share) | gap recovered (learned) |",
+             "|---|---|---|---|---|---|---|"]
+    for family in ("math", "code"):
+        if family not in bar:
+            continue
+        r = bar[family]
+        cell = lambda p: f"{r[p]['accuracy']:.1%} ({r[p]['llm_share']:.1%})"  # noqa: E731
+        gap = r["learned"]["gap_recovered"]
+        lines.append(f"| {family} | {r['slm']:.1%} | {r['llm']:.1%} | {cell('learned')} | {cell('confidence')} | "
+                     f"{cell('random')} | {'n/a' if gap is None else f'{gap:.0%}'} |")
+    return lines
+
+
+def write_router_card(router_dir: Path, bar: dict | None) -> None:
+    meta = json.loads((router_dir / "router.json").read_text())
+    cfg, val = meta["config"], meta["validation"]
+    lines = [
+        "# r2r testbed router", "",
+        "Residual-MLP router over the testbed SLM's features (last hidden state, embedding of its top token, "
+        "sorted top-k log-probs), trained with class-balanced BCE on path-divergence labels from `r2r label "
+        "--verifier answer` (the LLM continues the SLM's branch to the final answer; divergent iff the answer changes).",
+        "", "| | |", "|---|---|",
+        f"| network | width {cfg['width']}, {cfg['depth']} residual blocks, top-{cfg['top_k']} log-probs; "
+        f"{meta['trainable_parameters']:,} trainable parameters |",
+        f"| SLM | {meta['slm_dir']} (fingerprint {meta['slm_fingerprint']}) |",
+    ]
+    for lab in meta["labels"]:
+        lines.append(f"| labels {Path(lab['dir']).name} | {lab.get('tokens', 0):,} tokens, "
+                     f"{lab.get('mismatches', 0):,} mismatches ({lab.get('mismatch_rate', 0):.1%}), "
+                     f"{lab.get('divergent', 0):,} divergent ({lab.get('divergent_rate', 0):.1%}) |")
+    lines += [
+        f"| validation (held-out prompts) | ROC-AUC {val['roc_auc']:.3f}, PR-AUC {val['pr_auc']:.3f}; at the stored "
+        f"threshold {val['threshold']:.3f}: recall {val['recall']:.1%}, precision {val['precision']:.1%}, "
+        f"LLM rate {val['llm_rate']:.1%} |",
+        f"| thresholds | recall {meta['thresholds']['recall']['target']:.0%} -> "
+        f"{meta['thresholds']['recall']['threshold']:.3f}; any LLM share via the stored share curve |",
+        "",
+    ]
+    if bar:
+        lines += [f"## Held-out accuracy ({bar['n_problems']} test problems per family, greedy, target LLM share "
+                  f"{bar['target_share']:.0%})", "", *accuracy_table(bar), ""]
+    lines += ["Reproduce: see \"Reproducing the numbers\" in the repository README.", ""]
+    (router_dir / "README.md").write_text("\n".join(lines))

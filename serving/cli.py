@@ -32,7 +32,9 @@ def _add_policy_args(p: argparse.ArgumentParser) -> None:
                         "(default: 0.1 for confidence/entropy, the calibrated one for learned)")
     p.add_argument("--llm-share", "--rate", dest="llm_share", type=float, default=None,
                    help="LLM token share: the random policy's rate, or a budget for the learned router")
-    p.add_argument("--mode", default="sequential", choices=["sequential"], help="routing mode")
+    p.add_argument("--mode", default="speculative", choices=["sequential", "speculative"],
+                   help="speculative (default): the SLM drafts blocks and the LLM verifies the flagged positions "
+                        "in one pass, same output as sequential")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -172,7 +174,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         if len(i) + params.max_tokens > pair.context_length:
             raise ValueError(f"--max-tokens {params.max_tokens} plus the {len(i)}-token prompt exceeds the "
                              f"context of {pair.context_length} tokens")
-    gens = pair.generate(policy, ids, [params] * len(ids))
+    from serving.pair import RoutingMode
+
+    gens = pair.generate(policy, ids, [params] * len(ids), RoutingMode(args.mode))
     if args.json:
         for g in gens:
             print(json.dumps(g.as_json()))

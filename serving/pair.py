@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 
 import torch
@@ -13,8 +14,14 @@ from serving.backends.base import Backend
 from serving.generation import Generation
 from serving.sampling import SamplingParams
 from serving.sequential import StopRule, generate_sequential
+from serving.speculative import generate_speculative
 
 log = logging.getLogger(__name__)
+
+
+class RoutingMode(str, Enum):
+    SEQUENTIAL = "sequential"
+    SPECULATIVE = "speculative"
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO_ROOT / "models"
@@ -125,11 +132,13 @@ class ModelPair:
         if len(ids) >= self.context_length:
             raise ValueError(f"the prompt has {len(ids)} tokens; the context is {self.context_length}")
 
-    def generate(self, policy: RoutingPolicy, prompts: list[list[int]], params: list[SamplingParams]) -> list[Generation]:
-        """Sequential routed decoding of token-id prompts on this pair."""
+    def generate(self, policy: RoutingPolicy, prompts: list[list[int]], params: list[SamplingParams],
+                 mode: RoutingMode = RoutingMode.SPECULATIVE) -> list[Generation]:
+        """Routed decoding of token-id prompts on this pair (speculative by default: same output, fewer LLM passes)."""
         for ids in prompts:
             self.check_prompt(ids)
-        return generate_sequential(self.slm, self.llm, policy, prompts, params, self.stop_rule())
+        decode = generate_speculative if mode == RoutingMode.SPECULATIVE else generate_sequential
+        return decode(self.slm, self.llm, policy, prompts, params, self.stop_rule())
 
 
 def _check_model_dir(path: Path, role: str) -> None:

@@ -29,7 +29,7 @@ class SamplingFields(BaseModel):
     policy: PolicyKind | None = None
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     llm_share: float | None = Field(default=None, ge=0.0, le=1.0)
-    mode: Literal["sequential"] | None = None
+    mode: Literal["sequential", "speculative"] | None = None
 
     @field_validator("stop")
     @classmethod

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from router.policies import PolicyKind, RoutingPolicy
 from serving.generation import Generation
-from serving.pair import ModelPair
+from serving.pair import ModelPair, RoutingMode
 from serving.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, error_body, new_id, now
 from serving.sampling import SamplingParams
 
@@ -95,8 +95,9 @@ class RoutedService:
             raise UserError("the prompt is empty", param="prompt")
         params = self.params_for(req, len(ids))
         policy = self.policy_for(req)
+        mode = RoutingMode(req.mode) if req.mode else RoutingMode.SPECULATIVE
         with self._lock:
-            return self.pair.generate(policy, [ids], [params])[0]
+            return self.pair.generate(policy, [ids], [params], mode)[0]
 
 
 def _usage(gen: Generation) -> dict[str, int]:

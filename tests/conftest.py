@@ -48,9 +48,9 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def testbed_dirs() -> dict[str, Path]:
-    dirs = {"slm": TESTBED / "slm", "llm": TESTBED / "llm"}
-    for role, d in dirs.items():
-        assert (d / "model.safetensors").exists(), f"testbed {role} weights missing at {d}"
+    dirs = {"slm": TESTBED / "slm", "llm": TESTBED / "llm", "router": TESTBED / "router"}
+    for role in ("slm", "llm"):
+        assert (dirs[role] / "model.safetensors").exists(), f"testbed {role} weights missing at {dirs[role]}"
     return dirs
 
 

@@ -7,7 +7,7 @@ import torch
 from evals.testbed.splits import heldout
 from router.policies import AlwaysLLM, AlwaysSLM, RandomPolicy
 from serving.generation import FinishReason, Source
-from serving.pair import ModelPair, PairSpec, load_pair
+from serving.pair import ModelPair, PairSpec, RoutingMode, load_pair
 from serving.sampling import SamplingParams
 from serving.sequential import generate_sequential
 
@@ -44,12 +44,13 @@ def assert_same_or_tie(model, prompt: list[int], got: list[int], want: list[int]
     assert margin < TIE_MARGIN, f"outputs differ at token {i} with logit margin {margin:.2e} (not a tie)"
 
 
+@pytest.mark.parametrize("mode", list(RoutingMode))
 @pytest.mark.parametrize("role", ["slm", "llm"])
-def test_single_policy_equals_model_alone(pair: ModelPair, prompts, role: str) -> None:
+def test_single_policy_equals_model_alone(pair: ModelPair, prompts, role: str, mode: RoutingMode) -> None:
     policy = AlwaysSLM() if role == "slm" else AlwaysLLM()
     backend = pair.slm if role == "slm" else pair.llm
     params = SamplingParams(max_tokens=48)
-    gens = pair.generate(policy, prompts, [params] * len(prompts))
+    gens = pair.generate(policy, prompts, [params] * len(prompts), mode)
     for prompt, gen in zip(prompts, gens):
         want = hf_greedy(backend.model, prompt, 48, pair.tokenizer.eos_token_id)
         assert_same_or_tie(backend.model, prompt, gen.token_ids, want)
@@ -59,7 +60,8 @@ def test_single_policy_equals_model_alone(pair: ModelPair, prompts, role: str) -
 def test_routed_tokens_come_from_the_right_model(pair: ModelPair, prompts) -> None:
     """Every token equals the argmax of the model that wrote it, recomputed from scratch on the prefix;
     the lazy LLM needs exactly one pass per routed token."""
-    gens = pair.generate(RandomPolicy(rate=0.3, seed=1), prompts[:3], [SamplingParams(max_tokens=24)] * 3)
+    gens = pair.generate(RandomPolicy(rate=0.3, seed=1), prompts[:3], [SamplingParams(max_tokens=24)] * 3,
+                         RoutingMode.SEQUENTIAL)
     for prompt, gen in zip(prompts, gens):
         assert 0 < gen.stats.llm_tokens < len(gen.token_ids), "a mixed routing"
         assert gen.stats.llm_passes == gen.stats.llm_tokens
@@ -80,27 +82,29 @@ def test_batched_equals_alone(pair: ModelPair, prompts) -> None:
         assert alone[0].token_ids == batched[i].token_ids
 
 
-def test_temperature_zero_is_greedy_and_seed_reproduces(pair: ModelPair, prompts) -> None:
+@pytest.mark.parametrize("mode", list(RoutingMode))
+def test_temperature_zero_is_greedy_and_seed_reproduces(pair: ModelPair, prompts, mode: RoutingMode) -> None:
     policy = RandomPolicy(rate=0.3, seed=3)
-    greedy = pair.generate(policy, prompts[:2], [SamplingParams(max_tokens=32)] * 2)
+    greedy = pair.generate(policy, prompts[:2], [SamplingParams(max_tokens=32)] * 2, mode)
     zero = pair.generate(policy, prompts[:2], [SamplingParams(max_tokens=32, temperature=0.0, top_p=0.5, top_k=3,
-                                                              seed=9)] * 2)
+                                                              seed=9)] * 2, mode)
     assert [g.token_ids for g in greedy] == [g.token_ids for g in zero]
     hot = [SamplingParams(max_tokens=32, temperature=1.5, seed=11)] * 2
-    a, b = pair.generate(policy, prompts[:2], hot), pair.generate(policy, prompts[:2], hot)
+    a, b = pair.generate(policy, prompts[:2], hot, mode), pair.generate(policy, prompts[:2], hot, mode)
     assert [g.token_ids for g in a] == [g.token_ids for g in b], "a fixed seed reproduces"
-    other = pair.generate(policy, prompts[:2], [SamplingParams(max_tokens=32, temperature=1.5, seed=12)] * 2)
+    other = pair.generate(policy, prompts[:2], [SamplingParams(max_tokens=32, temperature=1.5, seed=12)] * 2, mode)
     assert [g.token_ids for g in a] != [g.token_ids for g in other], "another seed gives another sample"
 
 
-def test_stops_on_eos_stop_string_and_max_tokens(pair: ModelPair, prompts) -> None:
+@pytest.mark.parametrize("mode", list(RoutingMode))
+def test_stops_on_eos_stop_string_and_max_tokens(pair: ModelPair, prompts, mode: RoutingMode) -> None:
     eos = pair.tokenizer.eos_token_id
-    full = pair.generate(AlwaysLLM(), prompts[:1], [SamplingParams(max_tokens=200)])[0]
+    full = pair.generate(AlwaysLLM(), prompts[:1], [SamplingParams(max_tokens=200)], mode)[0]
     assert full.finish_reason == FinishReason.STOP and full.token_ids[-1] == eos
     assert "<|end|>" not in full.text
-    cut = pair.generate(AlwaysLLM(), prompts[:1], [SamplingParams(max_tokens=200, stop=("####",))])[0]
+    cut = pair.generate(AlwaysLLM(), prompts[:1], [SamplingParams(max_tokens=200, stop=("####",))], mode)[0]
     assert cut.finish_reason == FinishReason.STOP and "####" not in cut.text
     assert full.text.startswith(cut.text) and len(cut.text) < len(full.text)
-    short = pair.generate(AlwaysLLM(), prompts[:1], [SamplingParams(max_tokens=5)])[0]
+    short = pair.generate(AlwaysLLM(), prompts[:1], [SamplingParams(max_tokens=5)], mode)[0]
     assert short.finish_reason == FinishReason.LENGTH and len(short.token_ids) == 5
     assert short.token_ids == full.token_ids[:5]

@@ -1,0 +1,61 @@
+"""A fake backend with hand-set logits: a pure function of the prefix, so exact distributions can be enumerated."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+
+from serving.backends.base import StepOutput
+
+
+@dataclass
+class FakeSequence:
+    tokens: list[int] = field(default_factory=list)
+    closed: bool = False
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+
+class FakeBackend:
+    """Next-token logits = a seeded pseudo-random function of the whole prefix (temperature `sharpness`)."""
+
+    def __init__(self, vocab: int, seed: int, sharpness: float = 2.0, hidden: int = 4, max_length: int = 64) -> None:
+        self.vocab_size, self.hidden_size, self.max_length = vocab, hidden, max_length
+        self.seed, self.sharpness = seed, sharpness
+        self.model_id = self.fingerprint = f"fake-{seed}"
+        self.forward_passes = 0
+
+    def logits_for(self, prefix: list[int]) -> torch.Tensor:
+        digest = hashlib.sha256(f"{self.seed}:{prefix}".encode()).digest()
+        g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+        return torch.randn(self.vocab_size, generator=g) * self.sharpness
+
+    def _outputs(self, seq: FakeSequence, n: int) -> StepOutput:
+        rows = [self.logits_for(seq.tokens[: len(seq.tokens) - n + i + 1]) for i in range(n)]
+        logits = torch.stack(rows)
+        return StepOutput(logits=logits, hidden=logits[:, : self.hidden_size].clone())
+
+    def open(self, prompts: list[list[int]], want_hidden: bool = False) -> list[tuple[FakeSequence, StepOutput]]:
+        self.forward_passes += 1
+        seqs = [FakeSequence(list(p)) for p in prompts]
+        return [(s, self._outputs(s, len(s.tokens))) for s in seqs]
+
+    def extend(self, seqs: list[FakeSequence], new_ids: list[list[int]], want_hidden: bool = False) -> list[StepOutput]:
+        self.forward_passes += 1
+        for s, ids in zip(seqs, new_ids):
+            assert not s.closed
+            s.tokens += ids
+        return [self._outputs(s, len(ids)) for s, ids in zip(seqs, new_ids)]
+
+    def truncate(self, seq: FakeSequence, length: int) -> None:
+        assert 0 <= length <= len(seq.tokens)
+        del seq.tokens[length:]
+
+    def close(self, seq: FakeSequence) -> None:
+        seq.closed = True
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(ids % self.hidden_size, self.hidden_size).float()

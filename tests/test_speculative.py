@@ -1,0 +1,108 @@
+"""Speculative routing against sequential routing: same tokens (greedy), same distribution (sampling),
+never more LLM passes."""
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+
+import pytest
+import torch
+
+from router.policies import ConfidencePolicy, RandomPolicy, RouteInput, flags
+from serving.sampling import SamplingParams, processed_probs
+from serving.sequential import StopRule, generate_sequential
+from serving.speculative import BlockConfig, generate_speculative
+
+from .fakes import FakeBackend
+
+VOCAB, EOS, MAX_TOKENS = 5, 4, 3
+
+
+def toy_rule() -> StopRule:
+    return StopRule(frozenset({EOS}), lambda ids: "".join(map(str, ids)), 64)
+
+
+def exact_sequential_distribution(slm: FakeBackend, llm: FakeBackend, policy, prompt: list[int],
+                                  params: SamplingParams) -> dict[tuple[int, ...], float]:
+    """Brute force: every token sequence up to MAX_TOKENS (or EOS) with its sequential-routing probability."""
+    out: dict[tuple[int, ...], float] = {}
+
+    def walk(prefix: list[int], prob: float) -> None:
+        if prefix and (prefix[-1] == EOS or len(prefix) == MAX_TOKENS):
+            out[tuple(prefix)] = out.get(tuple(prefix), 0.0) + prob
+            return
+        slm_logits = slm.logits_for(prompt + prefix)
+        routed = flags(policy, RouteInput(slm_logits[None], None, [len(prompt) + len(prefix)], [0]))[1][0]
+        model = llm if routed else slm
+        probs = processed_probs(model.logits_for(prompt + prefix), params)
+        for tok in range(VOCAB):
+            if probs[tok] > 0:
+                walk(prefix + [tok], prob * float(probs[tok]))
+
+    walk([], 1.0)
+    return out
+
+
+def pooled_cells(exact: dict, counts: Counter, n: int, min_expected: float = 5.0) -> tuple[list[float], list[float]]:
+    """Chi-square cells: sequences with enough expected mass on their own, the rare ones pooled into one."""
+    big = [s for s in sorted(exact) if exact[s] * n >= min_expected]
+    rare = [s for s in exact if exact[s] * n < min_expected]
+    observed = [counts.get(s, 0) for s in big] + ([sum(counts.get(s, 0) for s in rare)] if rare else [])
+    expected = [exact[s] * n for s in big] + ([sum(exact[s] for s in rare) * n] if rare else [])
+    assert len(big) >= 10, "enough cells for the test to have power"
+    scale = sum(observed) / sum(expected)  # the enumeration sums to 1 up to float rounding
+    return observed, [e * scale for e in expected]
+
+
+@pytest.mark.parametrize("params", [SamplingParams(max_tokens=MAX_TOKENS, temperature=1.0),
+                                    SamplingParams(max_tokens=MAX_TOKENS, temperature=0.8, top_p=0.9, top_k=4)])
+def test_sampling_distribution_matches_sequential(params: SamplingParams) -> None:
+    """Chi-square goodness of fit of 20k speculative samples against the enumerated sequential distribution,
+    at significance 0.001 (a correct implementation fails this one time in a thousand)."""
+    from scipy.stats import chisquare
+
+    slm, llm = FakeBackend(VOCAB, seed=1, sharpness=1.0), FakeBackend(VOCAB, seed=2, sharpness=1.5)
+    policy = ConfidencePolicy(threshold=0.55)
+    prompt = [0, 1]
+    exact = exact_sequential_distribution(slm, llm, policy, prompt, params)
+    assert abs(sum(exact.values()) - 1.0) < 1e-6
+    n = 20000
+    gens = generate_speculative(slm, llm, policy, [prompt] * n,
+                                [SamplingParams(**{**params.__dict__, "seed": i}) for i in range(n)], toy_rule(),
+                                block=BlockConfig(k_min=2, k_max=3))
+    counts = Counter(tuple(g.token_ids) for g in gens)
+    assert set(counts) <= set(exact), f"impossible sequences sampled: {set(counts) - set(exact)}"
+    observed, expected = pooled_cells(exact, counts, n)
+    pvalue = chisquare(observed, expected).pvalue
+    assert pvalue > 1e-3, f"speculative sampling differs from sequential routing (p = {pvalue:.2e})"
+    mixed = sum(1 for g in gens if 0 < g.stats.llm_tokens < len(g.token_ids))
+    assert mixed > n // 10, "the policy must route a real mix of positions for the test to mean anything"
+
+
+def test_naive_sampling_would_fail_the_same_test() -> None:
+    """The test has power: sampling flagged positions from the SLM (no correction) is rejected."""
+    from scipy.stats import chisquare
+
+    slm, llm = FakeBackend(VOCAB, seed=1, sharpness=1.0), FakeBackend(VOCAB, seed=2, sharpness=1.5)
+    policy = ConfidencePolicy(threshold=0.55)
+    params = SamplingParams(max_tokens=MAX_TOKENS, temperature=1.0)
+    exact = exact_sequential_distribution(slm, llm, policy, [0, 1], params)
+    slm_only = exact_sequential_distribution(slm, llm, ConfidencePolicy(threshold=1.0), [0, 1], params)
+    n = 20000
+    observed, expected = pooled_cells(exact, Counter({s: round(p * n) for s, p in slm_only.items()}), n)
+    assert chisquare(observed, expected).pvalue < 1e-3
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_greedy_equals_sequential_on_fakes(k: int) -> None:
+    slm, llm = FakeBackend(11, seed=3), FakeBackend(11, seed=4)
+    rule = StopRule(frozenset({10}), lambda ids: "", 64)
+    prompts = [[i, i + 1] for i in range(40)]
+    params = [SamplingParams(max_tokens=20)] * len(prompts)
+    for policy in (RandomPolicy(rate=0.3, seed=5), ConfidencePolicy(threshold=0.5)):
+        seq = generate_sequential(slm, llm, policy, prompts, params, rule)
+        spec = generate_speculative(slm, llm, policy, prompts, params, rule, block=BlockConfig(k_min=k, k_max=k))
+        for a, b in zip(seq, spec):
+            assert a.token_ids == b.token_ids and a.sources == b.sources and a.finish_reason == b.finish_reason
+            assert b.stats.llm_passes <= a.stats.llm_passes, "never more LLM passes than sequential routing"

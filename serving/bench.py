@@ -59,3 +59,57 @@ def bench_decode(pair: ModelPair, prompts: list[list[int]], cfg: DecodeBenchConf
                                          "measured_llm_share": round(share, 3)}
         result[f"batch_{batch}"] = entry
     return result
+
+
+@dataclass(frozen=True)
+class SpeculativeBenchConfig:
+    batch_sizes: tuple[int, ...] = (1, 16)
+    shares: tuple[float, ...] = (0.1, 0.2, 0.4)
+    n_prompts: int = 32
+    max_tokens: int = 200
+
+
+def _run_mode(decode, pair: ModelPair, policy: RoutingPolicy, prompts: list[list[int]], batch: int,
+              max_tokens: int) -> dict:
+    params = [SamplingParams(max_tokens=max_tokens)] * len(prompts)
+    rule = pair.stop_rule()
+    gens = []
+    start = time.perf_counter()
+    for i in range(0, len(prompts), batch):
+        gens += decode(pair.slm, pair.llm, policy, prompts[i : i + batch], params[i : i + batch], rule,
+                       stream_keys=list(range(i, i + batch)))
+    seconds = time.perf_counter() - start
+    tokens = sum(len(g.token_ids) for g in gens)
+    return {"tokens_per_s": tokens / seconds, "llm_passes_per_token": sum(g.stats.llm_passes for g in gens) / tokens,
+            "llm_share": sum(g.stats.llm_tokens for g in gens) / tokens,
+            "mean_accepted_block": tokens / max(1, sum(g.stats.blocks for g in gens)),
+            "token_ids": [g.token_ids for g in gens]}
+
+
+def bench_speculative(pair: ModelPair, prompts: list[list[int]], cfg: SpeculativeBenchConfig) -> dict:
+    """Sequential vs speculative routing with the learned router, at its calibrated threshold and at
+    thresholds for several LLM shares; outputs are checked identical (greedy) while being timed."""
+    from serving.speculative import generate_speculative
+
+    router = pair.learned_policy()
+    settings = {"calibrated": router} | {f"share_{s}": router.with_threshold(router.threshold_for_share(s))
+                                         for s in cfg.shares}
+    result: dict = {"config": {"n_prompts": len(prompts), "max_tokens": cfg.max_tokens, "pair": pair.spec.name,
+                               "calibrated_threshold": router.threshold}}
+    for batch in cfg.batch_sizes:
+        entry = {}
+        for name, policy in settings.items():
+            seq = _run_mode(generate_sequential, pair, policy, prompts, batch, cfg.max_tokens)
+            spec = _run_mode(generate_speculative, pair, policy, prompts, batch, cfg.max_tokens)
+            entry[name] = {
+                "threshold": round(policy.threshold, 4), "llm_share": round(seq["llm_share"], 4),
+                "sequential_tokens_per_s": round(seq["tokens_per_s"], 1),
+                "speculative_tokens_per_s": round(spec["tokens_per_s"], 1),
+                "speedup": round(spec["tokens_per_s"] / seq["tokens_per_s"], 3),
+                "sequential_llm_passes_per_token": round(seq["llm_passes_per_token"], 4),
+                "speculative_llm_passes_per_token": round(spec["llm_passes_per_token"], 4),
+                "mean_accepted_block": round(spec["mean_accepted_block"], 2),
+                "identical_outputs": seq["token_ids"] == spec["token_ids"],
+            }
+        result[f"batch_{batch}"] = entry
+    return result

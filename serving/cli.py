@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--new-tokens", type=int, default=64)
     dec.add_argument("--repeats", type=int, default=3)
 
+    sp = bench_sub.add_parser("speculative", help="sequential vs speculative routing throughput (learned router)")
+    _add_pair_args(sp)
+    sp.add_argument("--n", type=int, default=32, help="prompts (half math, half code test problems)")
+    sp.add_argument("--out", type=Path, default=Path("bench/speculative.json"))
+
     rb = bench_sub.add_parser("router", help="testbed router bar: learned vs confidence vs random at one LLM share")
     _add_pair_args(rb)
     rb.add_argument("--labels", type=Path, nargs="+", required=True,
@@ -118,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--tokenizer-dir", type=Path, default=TESTBED_DIR / "tokenizer")
     train = tb_sub.add_parser("train", help="train the SLM or LLM from scratch (resumable)")
     train.add_argument("--size", choices=["slm", "llm"], required=True)
-    train.add_argument("--steps", type=int, default=None, help="default: 800 (slm), 1200 (llm)")
+    train.add_argument("--steps", type=int, default=None, help="default: 800 (slm), 1700 (llm)")
     train.add_argument("--lr", type=float, default=None, help="default: 3e-3 (slm), 2e-3 (llm)")
     train.add_argument("--ckpt-dir", type=Path, default=None, help="default: runs/testbed/ckpt-<size>")
     train.add_argument("--threads", type=int, default=2)
@@ -202,6 +207,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     pair = _load_pair(args)
     if args.bench == "router":
         result = _bench_router(pair, args)
+    elif args.bench == "speculative":
+        from evals.testbed.splits import heldout
+        from serving.bench import SpeculativeBenchConfig, bench_speculative
+
+        problems = heldout("math", "test", args.n // 2) + heldout("code", "test", args.n - args.n // 2)
+        prompts = [pair.encode_chat([{"role": "user", "content": p.prompt}]) for p in problems]
+        result = bench_speculative(pair, prompts, SpeculativeBenchConfig(n_prompts=args.n))
     else:
         from evals.testbed.splits import heldout
         from serving.bench import DecodeBenchConfig, bench_decode
@@ -255,7 +267,7 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
     if args.testbed == "train":
         from evals.testbed.train import TrainConfig, train
 
-        defaults = {"slm": (800, 3e-3), "llm": (1200, 2e-3)}[args.size]
+        defaults = {"slm": (800, 3e-3), "llm": (1700, 2e-3)}[args.size]
         cfg = TrainConfig(size=args.size, tokenizer_dir=TESTBED_DIR / "tokenizer", out_dir=TESTBED_DIR / args.size,
                           ckpt_dir=args.ckpt_dir or Path(f"runs/testbed/ckpt-{args.size}"),
                           steps=args.steps or defaults[0], lr=args.lr or defaults[1], threads=args.threads,

@@ -20,6 +20,7 @@ class GenerationStats:
     llm_tokens: int = 0
     slm_passes: int = 0  # forward passes this sequence took part in
     llm_passes: int = 0
+    blocks: int = 0  # speculative rounds this sequence took part in (0 under sequential routing)
     seconds: float = 0.0
 
     def as_dict(self, n_tokens: int) -> dict[str, float | int]:

@@ -23,6 +23,7 @@ class RoutingMode(str, Enum):
     SEQUENTIAL = "sequential"
     SPECULATIVE = "speculative"
 
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO_ROOT / "models"
 

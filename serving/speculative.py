@@ -112,6 +112,7 @@ def generate_speculative(
                 lv.out.stats.slm_passes += 1
         for lv in active:
             lv.drafts, lv.drafting = [], True
+            lv.out.stats.blocks += 1
         active = [lv for lv in active if not lv.done]
     elapsed = time.perf_counter() - start
     for lv in lives:

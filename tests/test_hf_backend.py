@@ -102,3 +102,20 @@ def test_resident_batch_with_truncation_and_ragged_steps(tiny_models, arch: str)
     for ids, out, new in zip(tokens, outs, steps[-1]):
         want = full_forward(backend, ids)[0][-len(new):]
         torch.testing.assert_close(out.logits, want, atol=ATOL, rtol=0)
+
+
+def test_subset_calls_keep_the_batch_resident(tiny_models) -> None:
+    """Extending a subset of the resident batch (the others idle, one closed) gives the fresh-sequence logits."""
+    backend = HFBackend(tiny_models["gemma3"])
+    prompts = [[3, 4, 5], [6, 7, 8, 9, 10], [11, 12], [13]]
+    seqs = [s for s, _ in backend.open(prompts)]
+    backend.close(seqs[3])
+    resident = backend._resident
+    out = backend.extend(seqs[:2], [[20, 21], [22]])
+    assert backend._resident is resident, "a subset of at least half the rows runs without a rebuild"
+    torch.testing.assert_close(out[0].logits, full_forward(backend, prompts[0] + [20, 21])[0][-2:], atol=ATOL, rtol=0)
+    torch.testing.assert_close(out[1].logits, full_forward(backend, prompts[1] + [22])[0][-1:], atol=ATOL, rtol=0)
+    later = backend.extend(seqs[:3], [[23], [24], [25]])
+    torch.testing.assert_close(later[2].logits, full_forward(backend, prompts[2] + [25])[0][-1:], atol=ATOL, rtol=0)
+    torch.testing.assert_close(later[0].logits, full_forward(backend, prompts[0] + [20, 21, 23])[0][-1:],
+                               atol=ATOL, rtol=0)

@@ -37,6 +37,9 @@ def _attend(query_pos: torch.Tensor, res: _Resident, window: int | None) -> torc
     allowed = res.valid.unsqueeze(1) & (k <= q)
     if window is not None:
         allowed &= (q - k) < window
+    # a row left with no key (an idle closed row) may see column 0: its output is discarded, but a fully
+    # masked softmax row would be NaN
+    allowed[:, :, 0] |= ~allowed.any(dim=2)
     return allowed.unsqueeze(1)
 
 
@@ -165,7 +168,11 @@ class HFBackend:
         with torch.inference_mode():
             if not self._is_resident(seqs):
                 self._rebuild(seqs)
-            return self._forward(new_ids, want_hidden)
+            rows: list[list[int]] = [[] for _ in self._resident.seqs]  # idle resident rows get no tokens
+            for seq, ids in zip(seqs, new_ids):
+                rows[seq.row] = ids
+            outs = self._forward(rows, want_hidden)
+            return [outs[seq.row] for seq in seqs]
 
     def truncate(self, seq: HFSequence, length: int) -> None:
         assert 0 <= length <= seq.length, f"truncate to {length} outside [0, {seq.length}]"
@@ -197,11 +204,13 @@ class HFBackend:
 
     # -- resident batch ---------------------------------------------------------------------
     def _is_resident(self, seqs: list[HFSequence]) -> bool:
+        """Whether the resident batch can serve this call: it holds every sequence, at most half its
+        rows would sit idle (a subset runs with the other rows idle rather than paying a rebuild), and
+        holes (truncated or padded columns) do not outweigh the real positions."""
         res = self._resident
-        if res is None or len(res.seqs) != len(seqs) or any(a is not b for a, b in zip(res.seqs, seqs)):
+        if res is None or any(s.row is None for s in seqs) or 2 * len(seqs) < len(res.seqs):
             return False
-        # compact when holes (truncated or padded columns) outweigh the real positions
-        return res.valid.shape[1] <= 2 * max(s.length for s in seqs) + 64
+        return res.valid.shape[1] <= 2 * max(s.length for s in res.seqs) + 64
 
     def _evict(self) -> None:
         """Move every live row of the resident batch into its sequence's own buffer."""
@@ -237,7 +246,8 @@ class HFBackend:
         cache = Cache(layers=[_GrowableLayer(past[i, 0], past[i, 1], capacity) for i in range(self.num_layers)])
         self._resident = _Resident(list(seqs), cache, valid, pos)
 
-    def _forward(self, new_ids: list[list[int]], want_hidden: bool) -> list[StepOutput]:
+    def _forward(self, new_ids: list[list[int]], want_hidden: bool) -> list[StepOutput | None]:
+        """One pass over every resident row; rows with no new ids idle (their outputs are None)."""
         res = self._resident
         batch, width, cols = len(res.seqs), max(len(ids) for ids in new_ids), res.valid.shape[1]
         input_ids = torch.zeros((batch, width), dtype=torch.long)
@@ -248,7 +258,7 @@ class HFBackend:
             input_ids[row, :n] = torch.tensor(ids)
             new_pos[row, :n] = torch.arange(seq.length, seq.length + n)
             position_ids[row] = new_pos[row].clamp(min=0)
-            position_ids[row, n:] = seq.length + n - 1  # padding rows reuse the last real position
+            position_ids[row, n:] = max(seq.length + n - 1, 0)  # padding rows reuse the last real position
         res.valid = torch.cat([res.valid, new_pos >= 0], dim=1)
         res.pos = torch.cat([res.pos, new_pos], dim=1)
         dev = self.device
@@ -261,10 +271,10 @@ class HFBackend:
         assert res.cache.layers[0].get_seq_length() == cols + width, "cache and masks out of step"
         logits = out.logits.float()  # [batch, width, vocab]
         hidden = out.hidden_states[-1].float() if want_hidden else None  # [batch, width, hidden]
-        results: list[StepOutput] = []
+        results: list[StepOutput | None] = []
         for row, (seq, ids) in enumerate(zip(res.seqs, new_ids)):
             n = len(ids)
             seq.length += n
-            results.append(StepOutput(logits=logits[row, :n].cpu(),
-                                      hidden=None if hidden is None else hidden[row, :n].cpu()))
+            results.append(StepOutput(logits=logits[row, :n].cpu(), hidden=None if hidden is None else
+                                      hidden[row, :n].cpu()) if n else None)
         return results

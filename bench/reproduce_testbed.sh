@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Rebuild every committed testbed number after the two models are trained
+# (r2r testbed data; r2r testbed train --size slm; r2r testbed train --size llm --steps 1700).
+# Labels and runs go to data/ and runs/ (not committed); cards and bench JSON are committed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+R2R=${R2R:-.venv/bin/r2r}
+$R2R testbed eval --n 500
+for family in math code; do
+  $R2R label --prompts "testbed-$family:800" --verifier answer --batch-size 64 --out "data/labels/testbed-$family"
+done
+$R2R train-router --labels data/labels/testbed-math data/labels/testbed-code --out models/testbed/router
+$R2R bench router --labels data/labels/testbed-math data/labels/testbed-code --share 0.15 --out bench/router_testbed.json
+$R2R bench decode --out bench/decode.json
+$R2R bench speculative --out bench/speculative.json

@@ -1,9 +1,12 @@
 """Shared fixtures: tiny random models of several architectures (fakes first) and the testbed pair."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub: fail fast instead of waiting on one
 import torch
 
 REPO = Path(__file__).resolve().parents[1]

@@ -95,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--epochs", type=int, default=30)
     tr.add_argument("--seed", type=int, default=0)
 
+    ev = sub.add_parser("eval", help="benchmark tasks: sweep every policy, JSON and plots (resumable)")
+    ev.add_argument("target", nargs="?", help="a task name (see --list), or `report` to rebuild a run's report")
+    ev.add_argument("run_dir", nargs="?", type=Path, help="with `report`: the run directory")
+    ev.add_argument("--list", action="store_true", help="list the tasks")
+    _add_pair_args(ev)
+    ev.add_argument("--out", type=Path, default=None, help="run directory (default: runs/eval/<task>)")
+    ev.add_argument("--policies", nargs="+", default=None, choices=["slm", "llm", "learned", "random", "confidence"])
+    ev.add_argument("--limit", type=int, default=None, help="only the first N problems")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--mode", default="speculative", choices=["sequential", "speculative"])
+    ev.add_argument("--data-file", type=Path, default=None, help="local JSONL/parquet rows for a hub dataset")
+    ev.add_argument("--max-tokens", type=int, default=None, help="generation limit (default: the task's)")
+
     bench = sub.add_parser("bench", help="benchmarks, JSON out")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     dec = bench_sub.add_parser("decode", help="per-token latency: SLM, LLM and routed (random policy)")
@@ -224,6 +237,60 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from evals.report import write_report
+    from evals.tasks import TASKS, get_task
+
+    if args.list or not args.target:
+        for task in TASKS.values():
+            print(f"{task.name:15} {task.description}  [fields: {task.fields}]")
+        return 0
+    if args.target == "report":
+        if args.run_dir is None:
+            raise ValueError("usage: r2r eval report RUN_DIR")
+        summary = write_report(args.run_dir)
+        _print_eval_table(summary)
+        return 0
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from evals.sweep import DEFAULT_GRID, SweepConfig, run_sweep
+    from serving.pair import RoutingMode
+
+    task = get_task(args.target)
+    problems = task.load(args.data_file)[: args.limit]
+    out = args.out or Path("runs/eval") / task.name
+    pair = _load_pair(args)
+    kinds = tuple(PolicyKind(p) for p in args.policies) if args.policies else tuple(DEFAULT_GRID)
+    if PolicyKind.LEARNED in kinds:
+        pair.learned_policy()  # fail now, not after the other policies ran
+    cfg = SweepConfig(task=task.name, out_dir=out, policies=kinds, limit=args.limit, batch_size=args.batch_size,
+                      mode=RoutingMode(args.mode), max_tokens=args.max_tokens or task.max_tokens)
+    with Progress(TextColumn("{task.description:>18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+        bars: dict[str, int] = {}
+
+        def progress(key: str, done: int, total: int) -> None:
+            if key not in bars:
+                bars[key] = bar.add_task(key, total=total)
+            bar.update(bars[key], completed=done)
+
+        run_sweep(pair, task, problems, cfg, progress)
+    _print_eval_table(write_report(out))
+    print(f"report: {out / 'report.json'}, plots: {out}/accuracy_vs_*.png")
+    return 0
+
+
+def _print_eval_table(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("run", "n", "accuracy", "95% CI", "LLM share", "tokens/s")
+    for key, run in sorted(summary["runs"].items(), key=lambda kv: (kv[1]["policy"], kv[1]["llm_share"])):
+        lo, hi = run["ci95"]
+        table.add_row(key, str(run["n"]), f"{run['accuracy']:.1%}", f"{lo:.1%}-{hi:.1%}", f"{run['llm_share']:.1%}",
+                      f"{run['tokens_per_s']:.0f}")
+    Console().print(table)
 
 
 def _bench_router(pair, args: argparse.Namespace) -> dict:
@@ -362,7 +429,7 @@ def _cmd_train_router(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"generate": _cmd_generate, "serve": _cmd_serve, "bench": _cmd_bench, "testbed": _cmd_testbed,
-             "label": _cmd_label, "train-router": _cmd_train_router}
+             "label": _cmd_label, "train-router": _cmd_train_router, "eval": _cmd_eval}
 
 
 def main_entry() -> None:

@@ -1,0 +1,96 @@
+"""Policy sweeps: every policy at several thresholds on one task, resumable per problem.
+
+Each (policy, setting) run appends one JSON line per finished problem to runs/<key>.jsonl;
+re-running skips the problems already there, so a killed sweep loses at most one batch.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from evals.tasks import EvalProblem, Task
+from router.policies import PolicyKind, RoutingPolicy
+from serving.pair import ModelPair, RoutingMode
+from serving.sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+
+# the x-axis of each curve: learned = LLM-share budgets, random = rates, confidence/entropy = thresholds
+DEFAULT_GRID: dict[PolicyKind, tuple[float, ...]] = {
+    PolicyKind.SLM: (0.0,), PolicyKind.LLM: (1.0,),
+    PolicyKind.LEARNED: (0.05, 0.1, 0.15, 0.2, 0.3),
+    PolicyKind.RANDOM: (0.05, 0.1, 0.15, 0.2, 0.3),
+    PolicyKind.CONFIDENCE: (0.5, 0.3, 0.2, 0.1, 0.05),
+}
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    task: str
+    out_dir: Path
+    policies: tuple[PolicyKind, ...] = tuple(DEFAULT_GRID)
+    limit: int | None = None
+    batch_size: int = 16
+    mode: RoutingMode = RoutingMode.SPECULATIVE
+    max_tokens: int = 512
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be positive, got {self.limit}")
+
+
+def policy_for(pair: ModelPair, kind: PolicyKind, value: float, seed: int) -> RoutingPolicy:
+    if kind in (PolicyKind.LEARNED, PolicyKind.RANDOM):
+        return pair.policy(kind, llm_share=value, seed=seed)
+    if kind in (PolicyKind.SLM, PolicyKind.LLM):
+        return pair.policy(kind)
+    return pair.policy(kind, threshold=value)
+
+
+def _done(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    done = set()
+    for line in path.read_text().splitlines():
+        try:
+            done.add(json.loads(line)["id"])
+        except (json.JSONDecodeError, KeyError):
+            continue  # a line cut by a kill: that problem is redone
+    return done
+
+
+def run_sweep(pair: ModelPair, task: Task, problems: list[EvalProblem], cfg: SweepConfig, progress=None) -> None:
+    runs = cfg.out_dir / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    meta = {"task": task.name, "pair": pair.spec.name, "mode": cfg.mode.value, "n_problems": len(problems),
+            "max_tokens": cfg.max_tokens,
+            "slm_params": sum(p.numel() for p in pair.slm.model.parameters()),
+            "llm_params": sum(p.numel() for p in pair.llm.model.parameters())}
+    (cfg.out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+    prompts = {p.id: pair.encode_chat([{"role": "user", "content": p.prompt}]) for p in problems}
+    settings = [(k, v) for k in cfg.policies for v in DEFAULT_GRID[k]]
+    for kind, value in settings:
+        key = f"{kind.value}@{value}"
+        path = runs / f"{key}.jsonl"
+        done = _done(path)
+        todo = [p for p in problems if p.id not in done]
+        policy = policy_for(pair, kind, value, cfg.seed)
+        params = SamplingParams(max_tokens=cfg.max_tokens)
+        with path.open("a", encoding="utf-8") as out:
+            for i in range(0, len(todo), cfg.batch_size):
+                batch = todo[i : i + cfg.batch_size]
+                start = time.perf_counter()
+                gens = pair.generate(policy, [prompts[p.id] for p in batch], [params] * len(batch), cfg.mode)
+                seconds = time.perf_counter() - start
+                for p, g in zip(batch, gens):
+                    row = {"id": p.id, "correct": bool(task.grade(p, g.text)), "tokens": len(g.token_ids),
+                           "llm_tokens": g.stats.llm_tokens, "seconds": seconds / len(batch),
+                           "batch_seconds": seconds}
+                    out.write(json.dumps(row) + "\n")
+                out.flush()
+                if progress:
+                    progress(key, min(len(done) + i + len(batch), len(problems)), len(problems))

@@ -13,3 +13,8 @@ $R2R train-router --labels data/labels/testbed-math data/labels/testbed-code --o
 $R2R bench router --labels data/labels/testbed-math data/labels/testbed-code --share 0.15 --out bench/router_testbed.json
 $R2R bench decode --out bench/decode.json
 $R2R bench speculative --out bench/speculative.json
+for family in math code; do
+  $R2R eval "testbed-$family" --limit 200 --batch-size 25 --out "runs/eval/testbed-$family"
+  mkdir -p "bench/eval/testbed-$family"
+  cp runs/eval/testbed-$family/report.json runs/eval/testbed-$family/*.png "bench/eval/testbed-$family/"
+done

@@ -78,11 +78,6 @@ def test_missing_model_dir_is_a_clear_error(tmp_path) -> None:
         HFBackend(tmp_path / "nowhere")
 
 
-@pytest.mark.slow
-def test_backend_on_smollm2(smollm2_dir) -> None:
-    check_backend(HFBackend(smollm2_dir))
-
-
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_resident_batch_with_truncation_and_ragged_steps(tiny_models, arch: str) -> None:
     """A batch kept resident across steps of different widths and in-place truncations

@@ -123,3 +123,48 @@ def test_labels_hold_the_teacher_forced_slm(tmp_path: Path, tiny_pair, tiny_mode
         got = [t for d, t in zip(ref["data_id"], ref["slm_token"]) if d == data_id]
         assert got == want
     assert np.array_equal(np.array(ref["mismatch"]), np.array(ref["slm_token"]) != np.array(ref["ref_token"]))
+
+
+def test_embedding_verifier() -> None:
+    from data_gen.verifiers import EmbeddingVerifier, minilm_dir
+
+    try:
+        verifier = EmbeddingVerifier(minilm_dir(), threshold=0.9)
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    ctx = "We need the total. "
+    same = Candidate(ctx, "So the total is 12 apples.", "So the total is 12 apples.")
+    other = Candidate(ctx, "The weather in Paris is rainy today.", "So the total is 12 apples.")
+    assert verifier.label([same, other]) == [0, 1]
+
+
+def test_judge_verifier_parses_answers() -> None:
+    """The judge's prompt goes through the chat template; its first 0/1 is the label, none counts as divergent."""
+    from data_gen.verifiers import JudgeVerifier
+
+    from .fakes import FakeBackend
+
+    class DigitTokenizer:  # token i decodes to str(i); the fake judge's greedy answers are fixed per prompt
+        eos_token_id = 9
+
+        def apply_chat_template(self, messages, **_):
+            return {"input_ids": [len(messages[-1]["content"]) % 7 + 1]}
+
+        def decode(self, ids, **_):
+            return "".join(str(i) for i in ids)
+
+    backend = FakeBackend(10, seed=0)
+    judge = JudgeVerifier(backend, DigitTokenizer(), max_tokens=3)
+    cands = [Candidate("ctx ", "a" * n, "b") for n in range(7)]
+
+    def expected(c: Candidate) -> int:  # independent greedy decode of the fake judge
+        ids = judge.prompt(c)
+        out: list[int] = []
+        while len(out) < 3 and (not out or out[-1] != 9):
+            out.append(int(backend.logits_for(ids + out).argmax()))
+        text = "".join(str(i) for i in out if i != 9)
+        first = next((ch for ch in text if ch in "01"), None)
+        return int(first) if first is not None else 1
+
+    want = [expected(c) for c in cands]
+    assert judge.label(cands) == want

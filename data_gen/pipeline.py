@@ -31,7 +31,8 @@ from router.policies import AlwaysSLM
 from serving.backends.fingerprint import tokenizer_fingerprint
 from serving.pair import ModelPair
 from serving.sampling import SamplingParams
-from serving.sequential import StopRule, generate_sequential
+from serving.sequential import generate_sequential
+from serving.stopping import StopRule
 
 log = logging.getLogger(__name__)
 

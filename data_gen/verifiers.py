@@ -96,7 +96,8 @@ class JudgeVerifier:
     def label(self, candidates: list[Candidate]) -> list[int]:
         from router.policies import AlwaysSLM
         from serving.sampling import SamplingParams
-        from serving.sequential import StopRule, generate_sequential
+        from serving.sequential import generate_sequential
+        from serving.stopping import StopRule
 
         if not candidates:
             return []

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from evals.tasks import EvalProblem, Task
 from router.policies import PolicyKind, RoutingPolicy
-from serving.pair import ModelPair, RoutingMode
+from serving.generation import RoutingMode
+from serving.pair import ModelPair
 from serving.sampling import SamplingParams
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,8 @@ from router.policies import AlwaysSLM, RandomPolicy, RoutingPolicy
 from serving.backends.base import Backend
 from serving.pair import ModelPair
 from serving.sampling import SamplingParams
-from serving.sequential import StopRule, generate_sequential
+from serving.sequential import generate_sequential
+from serving.stopping import StopRule
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "has a router, else entropy)")
     srv.add_argument("--threshold", type=float, default=None, help="default routing threshold")
     srv.add_argument("--model-name", default=None, help="the model id clients ask for (default: r2r-<pair>)")
+    srv.add_argument("--mode", default="speculative", choices=["sequential", "speculative"])
+    srv.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on every route but /health")
+    srv.add_argument("--max-running", type=int, default=32, help="sequences decoded together (continuous batching)")
+    srv.add_argument("--max-queue", type=int, default=256, help="waiting requests before answering 429")
 
     lab = sub.add_parser("label", help="label path-divergent tokens between the SLM and LLM (resumable)")
     _add_pair_args(lab)
@@ -192,7 +196,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         if len(i) + params.max_tokens > pair.context_length:
             raise ValueError(f"--max-tokens {params.max_tokens} plus the {len(i)}-token prompt exceeds the "
                              f"context of {pair.context_length} tokens")
-    from serving.pair import RoutingMode
+    from serving.generation import RoutingMode
 
     gens = pair.generate(policy, ids, [params] * len(ids), RoutingMode(args.mode))
     if args.json:
@@ -207,11 +211,15 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from serving.generation import RoutingMode
+    from serving.scheduler import SchedulerConfig
     from serving.server import ServeConfig, serve
 
     pair = _load_pair(args)
     cfg = ServeConfig(host=args.host, port=args.port, model_name=args.model_name or f"r2r-{pair.spec.name}",
-                      policy=PolicyKind(args.policy) if args.policy else None, threshold=args.threshold)
+                      policy=PolicyKind(args.policy) if args.policy else None, threshold=args.threshold,
+                      mode=RoutingMode(args.mode), api_key=args.api_key,
+                      scheduler=SchedulerConfig(max_running=args.max_running, max_queue=args.max_queue))
     serve(pair, cfg)
     return 0
 
@@ -256,7 +264,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from evals.sweep import DEFAULT_GRID, SweepConfig, run_sweep
-    from serving.pair import RoutingMode
+    from serving.generation import RoutingMode
 
     task = get_task(args.target)
     problems = task.load(args.data_file)[: args.limit]

@@ -10,6 +10,11 @@ class Source(str, Enum):
     LLM = "llm"
 
 
+class RoutingMode(str, Enum):
+    SEQUENTIAL = "sequential"  # the reference: the LLM writes each flagged token in its own step
+    SPECULATIVE = "speculative"  # the SLM drafts a block; one LLM pass verifies its flagged positions
+
+
 class FinishReason(str, Enum):
     STOP = "stop"  # EOS or a stop string
     LENGTH = "length"  # max_tokens or the context limit

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from enum import Enum
 from pathlib import Path
 
 import torch
@@ -11,17 +10,13 @@ import torch
 from router.checkpoint import LearnedPolicy, load_router
 from router.policies import PolicyKind, RoutingPolicy, make_policy
 from serving.backends.base import Backend
-from serving.generation import Generation
+from serving.generation import Generation, RoutingMode
 from serving.sampling import SamplingParams
-from serving.sequential import StopRule, generate_sequential
+from serving.sequential import generate_sequential
 from serving.speculative import generate_speculative
+from serving.stopping import StopRule
 
 log = logging.getLogger(__name__)
-
-
-class RoutingMode(str, Enum):
-    SEQUENTIAL = "sequential"
-    SPECULATIVE = "speculative"
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

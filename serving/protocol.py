@@ -39,10 +39,14 @@ class SamplingFields(BaseModel):
             raise ValueError(f"stop must be up to {MAX_STOP_STRINGS} non-empty strings")
         return v
 
+    stream_options: dict | None = None
+    logprobs: bool | int | None = None
+    r2r_token_info: bool = False  # per-token source and router score on stream chunks (the playground)
+
     @model_validator(mode="after")
-    def _not_streaming(self) -> SamplingFields:
-        if self.stream:
-            raise ValueError("streaming is not supported yet; send stream=false")
+    def _supported(self) -> SamplingFields:
+        if self.logprobs:
+            raise ValueError("logprobs are not available from routed decoding yet")
         return self
 
     @property

@@ -1,27 +1,30 @@
-"""OpenAI-compatible HTTP server over a routed pair.
+"""OpenAI-compatible HTTP server over a routed pair, with continuous batching.
 
-Each handler validates (pydantic) -> converts to token ids, SamplingParams and a policy ->
-runs routed decoding in a worker thread -> answers in OpenAI's shape. Every error leaves
-as an OpenAI-style error body; the server never answers with a traceback.
+Each handler validates (pydantic) -> converts to token ids, SamplingParams, a policy and a
+mode -> submits a ticket to the scheduler -> streams (SSE) or waits for the result. Every
+error leaves as an OpenAI-style error body; the server never answers with a traceback.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from router.policies import PolicyKind, RoutingPolicy
-from serving.generation import Generation
-from serving.pair import ModelPair, RoutingMode
+from serving.engine import RoutedEngine
+from serving.generation import Generation, RoutingMode
+from serving.pair import ModelPair
 from serving.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, error_body, new_id, now
 from serving.sampling import SamplingParams
+from serving.scheduler import QueueFull, Scheduler, SchedulerConfig, Ticket
+from serving.text_stream import TextStream
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +38,12 @@ class ServeConfig:
     model_name: str = "r2r-testbed"
     policy: PolicyKind | None = None  # None: learned when the pair has a router, else entropy
     threshold: float | None = None  # None: the learned router's calibrated one, 0.1 for confidence/entropy
+    mode: RoutingMode = RoutingMode.SPECULATIVE
     default_max_tokens: int = 256
     seed: int = 0
+    api_key: str | None = None
+    max_body_bytes: int = 1 << 20
+    scheduler: SchedulerConfig = SchedulerConfig()
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -54,12 +61,12 @@ class UserError(ValueError):
 
 
 class RoutedService:
-    """Turns validated requests into routed generations; one generation runs at a time."""
+    """Turns validated requests into scheduler tickets."""
 
     def __init__(self, pair: ModelPair, cfg: ServeConfig) -> None:
         self.pair, self.cfg = pair, cfg
-        self._lock = threading.Lock()
         self.default_policy = cfg.policy or pair.default_policy
+        self.scheduler = Scheduler(RoutedEngine(pair.slm, pair.llm, pair.stop_rule()), cfg.scheduler)
 
     def policy_for(self, req: SamplingFields) -> RoutingPolicy:
         kind = req.policy or self.default_policy
@@ -84,20 +91,45 @@ class RoutedService:
         return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                               top_k=req.top_k, seed=req.seed, stop=req.stop_list)
 
-    def check_model(self, req: SamplingFields) -> None:
+    def ticket(self, ids: list[int], req: SamplingFields, notify) -> Ticket:
         if req.model != self.cfg.model_name:
             raise UserError(f"the model {req.model!r} does not exist; this server serves {self.cfg.model_name!r}",
                             status=404, param="model", code="model_not_found")
-
-    def run(self, ids: list[int], req: SamplingFields) -> Generation:
-        self.check_model(req)
         if not ids:
             raise UserError("the prompt is empty", param="prompt")
         params = self.params_for(req, len(ids))
-        policy = self.policy_for(req)
-        mode = RoutingMode(req.mode) if req.mode else RoutingMode.SPECULATIVE
-        with self._lock:
-            return self.pair.generate(policy, [ids], [params], mode)[0]
+        mode = RoutingMode(req.mode) if req.mode else self.cfg.mode
+        return Ticket(ids, params, self.policy_for(req), mode, notify)
+
+    def metrics_text(self) -> str:
+        m, s = self.scheduler.metrics, self.scheduler
+        share = m.llm_tokens / m.tokens if m.tokens else 0.0
+        lines = [
+            "# TYPE r2r_requests_total counter", f"r2r_requests_total {m.requests}",
+            "# TYPE r2r_requests_finished_total counter", f"r2r_requests_finished_total {m.finished}",
+            "# TYPE r2r_requests_cancelled_total counter", f"r2r_requests_cancelled_total {m.cancelled}",
+            "# TYPE r2r_requests_rejected_total counter", f"r2r_requests_rejected_total {m.rejected}",
+            "# TYPE r2r_tokens_total counter", f"r2r_tokens_total {m.tokens}",
+            "# TYPE r2r_llm_tokens_total counter", f"r2r_llm_tokens_total {m.llm_tokens}",
+            "# TYPE r2r_llm_share gauge", f"r2r_llm_share {share:.6f}",
+            "# TYPE r2r_queue_depth gauge", f"r2r_queue_depth {s.queue_depth}",
+            "# TYPE r2r_running_requests gauge", f"r2r_running_requests {s.running}",
+            "# TYPE r2r_active_sequences gauge", f"r2r_active_sequences {len(s.engine.active)}",
+            "# TYPE r2r_slm_open_sequences gauge",
+            f"r2r_slm_open_sequences {getattr(self.pair.slm, 'open_sequences', 0)}",
+            "# TYPE r2r_llm_open_sequences gauge",
+            f"r2r_llm_open_sequences {getattr(self.pair.llm, 'open_sequences', 0)}",
+            "# TYPE r2r_mean_batch_size gauge",
+            f"r2r_mean_batch_size {m.batch_size_sum / m.steps if m.steps else 0.0:.3f}",
+            "# TYPE r2r_request_latency_seconds histogram",
+        ]
+        cumulative = 0
+        for bound, count in zip([*map(str, m.latency.buckets), "+Inf"], m.latency.counts):
+            cumulative += count
+            lines.append(f'r2r_request_latency_seconds_bucket{{le="{bound}"}} {cumulative}')
+        lines += [f"r2r_request_latency_seconds_sum {m.latency.total:.6f}",
+                  f"r2r_request_latency_seconds_count {m.latency.n}"]
+        return "\n".join(lines) + "\n"
 
 
 def _usage(gen: Generation) -> dict[str, int]:
@@ -110,6 +142,17 @@ def build_app(pair: ModelPair, cfg: ServeConfig) -> FastAPI:
     """The FastAPI application serving `pair` under the OpenAI API."""
     service = RoutedService(pair, cfg)
     app = FastAPI(title="r2r", docs_url=None, redoc_url=None)
+    app.state.service = service
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next):
+        if cfg.api_key and request.url.path != "/health":
+            if request.headers.get("authorization", "") != f"Bearer {cfg.api_key}":
+                return JSONResponse(error_body("invalid or missing API key", code="invalid_api_key"), status_code=401)
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > cfg.max_body_bytes:
+            return JSONResponse(error_body(f"request body over {cfg.max_body_bytes} bytes"), status_code=413)
+        return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -135,31 +178,107 @@ def build_app(pair: ModelPair, cfg: ServeConfig) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(service.metrics_text(), media_type="text/plain; version=0.0.4")
+
     @app.get("/v1/models")
     async def models() -> dict:
         return {"object": "list", "data": [{"id": cfg.model_name, "object": "model", "created": now(),
                                             "owned_by": "r2r"}]}
 
+    async def run(request: Request, ids: list[int], req: SamplingFields, chat: bool):
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        ticket = service.ticket(ids, req, lambda: loop.call_soon_threadsafe(wake.set))
+        try:
+            service.scheduler.submit(ticket)
+        except QueueFull as exc:
+            raise UserError(str(exc), status=429, code="rate_limit_exceeded") from exc
+        rid, created = new_id("chatcmpl" if chat else "cmpl"), now()
+        if req.stream:
+            return StreamingResponse(_sse(request, ticket, wake, req, chat, rid, created),
+                                     media_type="text/event-stream")
+        try:
+            while ticket.result is None and ticket.error is None:
+                await wake.wait()
+                wake.clear()
+        except asyncio.CancelledError:
+            service.scheduler.cancel(ticket)
+            raise
+        if ticket.error:
+            raise UserError(ticket.error, status=500)
+        gen = ticket.result
+        choice = ({"index": 0, "message": {"role": "assistant", "content": gen.text}} if chat
+                  else {"index": 0, "text": gen.text})
+        choice |= {"finish_reason": gen.finish_reason.value, "logprobs": None}
+        return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
+                "model": cfg.model_name, "choices": [choice], "usage": _usage(gen)}
+
+    async def _sse(request: Request, ticket: Ticket, wake: asyncio.Event, req: SamplingFields, chat: bool,
+                   rid: str, created: int) -> AsyncIterator[str]:
+        stream = TextStream(lambda ids: pair.tokenizer.decode(ids), ticket.params.stop, pair.eos_ids)
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        sent_tokens = 0
+
+        def chunk(text: str, finish: str | None, extra: dict | None = None) -> str:
+            choice = ({"index": 0, "delta": ({"role": "assistant", "content": text} if sent_tokens == 0 and chat
+                                             else {"content": text})} if chat else {"index": 0, "text": text})
+            choice |= {"finish_reason": finish, "logprobs": None}
+            if extra:
+                choice |= extra
+            return "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": cfg.model_name,
+                                          "choices": [choice]}) + "\n\n"
+
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                if await request.is_disconnected():
+                    service.scheduler.cancel(ticket)
+                    return
+                if ticket.error:
+                    yield "data: " + json.dumps(error_body(ticket.error, kind="server_error")) + "\n\n"
+                    return
+                final = ticket.result is not None
+                ids = list(ticket.tokens)
+                if len(ids) > sent_tokens or final:
+                    text = stream.delta(ids, final)
+                    extra = None
+                    if req.r2r_token_info:
+                        extra = {"r2r": {"sources": ticket.sources[sent_tokens:len(ids)],
+                                         "scores": ticket.scores[sent_tokens:len(ids)]}}
+                    if text or extra:
+                        yield chunk(text, None, extra)
+                    sent_tokens = len(ids)
+                if final:
+                    gen = ticket.result
+                    yield chunk("", gen.finish_reason.value)
+                    if req.stream_options and req.stream_options.get("include_usage"):
+                        yield "data: " + json.dumps({"id": rid, "object": obj, "created": created,
+                                                     "model": cfg.model_name, "choices": [],
+                                                     "usage": _usage(gen)}) + "\n\n"
+                    yield "data: [DONE]\n\n"
+                    return
+        finally:  # the client went away mid-stream (the generator is closed): free its sequence
+            if ticket.result is None:
+                service.scheduler.cancel(ticket)
+
     @app.post("/v1/chat/completions")
-    async def chat(req: ChatCompletionRequest) -> dict:
+    async def chat(request: Request, req: ChatCompletionRequest):
         try:
             ids = pair.encode_chat([m.model_dump() for m in req.messages])
         except ValueError as exc:
             raise UserError(str(exc), param="messages") from exc
-        gen = await run_in_threadpool(service.run, ids, req)
-        return {"id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": cfg.model_name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text},
-                             "finish_reason": gen.finish_reason.value, "logprobs": None}],
-                "usage": _usage(gen)}
+        return await run(request, ids, req, chat=True)
 
     @app.post("/v1/completions")
-    async def completions(req: CompletionRequest) -> dict:
-        ids = pair.encode_text(req.prompt)
-        gen = await run_in_threadpool(service.run, ids, req)
-        return {"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": cfg.model_name,
-                "choices": [{"index": 0, "text": gen.text, "finish_reason": gen.finish_reason.value,
-                             "logprobs": None}],
-                "usage": _usage(gen)}
+    async def completions(request: Request, req: CompletionRequest):
+        return await run(request, pair.encode_text(req.prompt), req, chat=False)
+
+    @app.on_event("shutdown")
+    async def _shutdown() -> None:
+        service.scheduler.close()
 
     return app
 
@@ -167,6 +286,8 @@ def build_app(pair: ModelPair, cfg: ServeConfig) -> FastAPI:
 def serve(pair: ModelPair, cfg: ServeConfig) -> None:
     import uvicorn
 
+    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
+        log.warning("serving on %s without --api-key: anyone who can reach it can use it", cfg.host)
     log.info("serving %s on http://%s:%d", cfg.model_name, cfg.host, cfg.port)
     asyncio.run(uvicorn.Server(uvicorn.Config(build_app(pair, cfg), host=cfg.host, port=cfg.port,
                                               log_level="info")).serve())

@@ -7,7 +7,8 @@ import torch
 from evals.testbed.splits import heldout
 from router.policies import AlwaysLLM, AlwaysSLM, RandomPolicy
 from serving.generation import FinishReason, Source
-from serving.pair import ModelPair, PairSpec, RoutingMode, load_pair
+from serving.generation import RoutingMode
+from serving.pair import ModelPair, PairSpec, load_pair
 from serving.sampling import SamplingParams
 from serving.sequential import generate_sequential
 

@@ -1,10 +1,13 @@
 """The OpenAI-compatible endpoint, driven by real clients against a server on loopback."""
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
 from collections.abc import Iterator
+
+import json
 
 import httpx
 import pytest
@@ -23,14 +26,15 @@ def pair(testbed_dirs) -> ModelPair:
     return load_pair(PairSpec("testbed", testbed_dirs["slm"], testbed_dirs["llm"]), "cpu")
 
 
-@pytest.fixture(scope="module")
-def base_url(pair: ModelPair) -> Iterator[str]:
+@contextlib.contextmanager
+def running_server(pair: ModelPair, **cfg) -> Iterator[str]:
+    """A real uvicorn server on a free loopback port, in a thread."""
     import uvicorn
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(build_app(pair, ServeConfig(port=port, model_name=MODEL)),
+    server = uvicorn.Server(uvicorn.Config(build_app(pair, ServeConfig(port=port, model_name=MODEL, **cfg)),
                                           host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -38,9 +42,17 @@ def base_url(pair: ModelPair) -> Iterator[str]:
     while not server.started:
         assert time.monotonic() < deadline, "server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def base_url(pair: ModelPair) -> Iterator[str]:
+    with running_server(pair) as url:
+        yield url
 
 
 def test_chat_with_openai_client_matches_direct_decoding(base_url: str, pair: ModelPair) -> None:
@@ -94,3 +106,88 @@ def test_bad_requests_get_openai_errors(base_url: str, body, status: int, fragme
     error = resp.json()["error"]
     assert error["type"] and fragment in error["message"] + str(error["param"])
     assert httpx.get(f"{base_url}/health").status_code == 200, "the server keeps serving"
+
+
+def metric(base_url: str, name: str) -> float:
+    for line in httpx.get(f"{base_url}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"metric {name} missing")
+
+
+def test_streaming_matches_non_streaming(base_url: str) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{base_url}/v1", api_key="unused")
+    messages = [{"role": "user", "content": QUESTION}]
+    full = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=60)
+    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=60,
+                                                 stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == full.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+    raw = httpx.post(f"{base_url}/v1/completions", json={"model": MODEL, "prompt": "Ava has", "max_tokens": 5,
+                                                         "stream": True}).text
+    assert raw.rstrip().endswith("data: [DONE]")
+
+
+def test_concurrent_streams_with_disconnects(base_url: str) -> None:
+    """32 concurrent streaming clients, a third disconnect after a few chunks: the others get exactly their
+    lone greedy answer, nothing leaks, the server keeps serving."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from evals.testbed.splits import heldout
+
+    questions = [p.prompt for p in heldout("math", "validation", 16) + heldout("code", "validation", 16)]
+
+    def body(q: str, stream: bool) -> dict:
+        return {"model": MODEL, "messages": [{"role": "user", "content": q}], "temperature": 0, "max_tokens": 40,
+                "stream": stream}
+
+    alone = [httpx.post(f"{base_url}/v1/chat/completions", json=body(q, False), timeout=120).json()
+             ["choices"][0]["message"]["content"] for q in questions]
+
+    def client(i: int) -> str | None:
+        with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body(questions[i], True), timeout=120) as r:
+            text = ""
+            for n, line in enumerate(r.iter_lines()):
+                if i % 3 == 0 and n >= 3:
+                    return None  # disconnect midway
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    delta = json.loads(line[6:])["choices"][0]["delta"]
+                    text += delta.get("content") or ""
+            return text
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        results = list(pool.map(client, range(32)))
+    for i, (got, want) in enumerate(zip(results, alone)):
+        if i % 3:
+            assert got == want, f"client {i} got a different answer under load"
+    deadline = time.monotonic() + 10
+    while metric(base_url, "r2r_running_requests") or metric(base_url, "r2r_slm_open_sequences"):
+        assert time.monotonic() < deadline, "sequences leaked"
+        time.sleep(0.1)
+    assert metric(base_url, "r2r_llm_open_sequences") == 0
+    assert metric(base_url, "r2r_active_sequences") == 0
+    assert httpx.get(f"{base_url}/health").status_code == 200
+
+
+def test_api_key_and_queue_limit(pair: ModelPair) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving.scheduler import SchedulerConfig
+
+    with running_server(pair, api_key="sekrit", scheduler=SchedulerConfig(max_running=1, max_queue=1)) as url:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 60}
+        assert httpx.get(f"{url}/health").status_code == 200, "/health needs no key"
+        denied = httpx.post(f"{url}/v1/chat/completions", json=body)
+        assert denied.status_code == 401 and denied.json()["error"]["code"] == "invalid_api_key"
+        assert httpx.get(f"{url}/metrics").status_code == 401
+        auth = {"authorization": "Bearer sekrit"}
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            codes = list(pool.map(lambda _: httpx.post(f"{url}/v1/chat/completions", json=body, headers=auth,
+                                                       timeout=120).status_code, range(8)))
+        assert 200 in codes and 429 in codes and set(codes) <= {200, 429}, codes
+        big = httpx.post(f"{url}/v1/completions", content=b"x" * (2 << 20), headers=auth)
+        assert big.status_code == 413

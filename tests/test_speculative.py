@@ -11,7 +11,8 @@ import torch
 
 from router.policies import ConfidencePolicy, RandomPolicy, RouteInput, flags
 from serving.sampling import SamplingParams, processed_probs
-from serving.sequential import StopRule, generate_sequential
+from serving.sequential import generate_sequential
+from serving.stopping import StopRule
 from serving.speculative import BlockConfig, generate_speculative
 
 from .fakes import FakeBackend

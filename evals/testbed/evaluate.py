@@ -13,7 +13,8 @@ from router.policies import AlwaysSLM, RoutingPolicy
 from serving.backends.base import Backend
 from serving.generation import Generation
 from serving.sampling import SamplingParams
-from serving.sequential import StopRule, generate_sequential
+from serving.sequential import generate_sequential
+from serving.stopping import StopRule
 
 MAX_NEW_TOKENS = 200
 

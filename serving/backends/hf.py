@@ -146,6 +146,7 @@ class HFBackend:
         self.sliding_window = getattr(text_config, "sliding_window", None)
         self.max_length = int(getattr(text_config, "max_position_embeddings", 2048))
         self.forward_passes = 0
+        self.open_sequences = 0  # opened and not yet closed: what a leak check watches
         self.fingerprint = model_fingerprint(path)
         self._resident: _Resident | None = None
 
@@ -155,6 +156,7 @@ class HFBackend:
             raise ValueError("cannot open a sequence with an empty prompt")
         seqs = [HFSequence() for _ in prompts]
         outs = self.extend(seqs, prompts, want_hidden)
+        self.open_sequences += len(seqs)
         return list(zip(seqs, outs))
 
     def extend(self, seqs: list[HFSequence], new_ids: list[list[int]], want_hidden: bool = False) -> list[StepOutput]:
@@ -185,6 +187,8 @@ class HFBackend:
         seq.length = length
 
     def close(self, seq: HFSequence) -> None:
+        if not seq.closed:
+            self.open_sequences -= 1
         seq.kv, seq.closed = None, True
         if seq.row is not None:
             with torch.inference_mode():

@@ -1,0 +1,187 @@
+"""The routed decoding engine: live requests stepped together, requests joining and leaving between steps.
+
+Both routing modes run on the same request state; one `step` advances every active request
+by one token (sequential) or one block (speculative), with the SLM and LLM passes batched
+across requests. `generate_*` drive it to completion for a fixed batch; the server's
+scheduler adds and cancels requests between steps (continuous batching).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from router.policies import RouteInput, RoutingPolicy, flags
+from serving.backends.base import Backend, SequenceHandle, StepOutput
+from serving.generation import Generation, RoutingMode
+from serving.sampling import SamplingParams, make_generator
+from serving.stopping import StopRule
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    """Speculative block size: k ~ the expected run until a rejection, 1 / (flag rate * rejection rate),
+    estimated per request with an exponential moving average."""
+
+    k_min: int = 2
+    k_max: int = 16
+    ema: float = 0.2  # weight of the newest block in the rate estimates
+    init_flag_rate: float = 0.1
+    init_reject_rate: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k_min <= self.k_max:
+            raise ValueError(f"need 1 <= k_min <= k_max, got {self.k_min}, {self.k_max}")
+
+
+@dataclass
+class Draft:
+    token: int
+    flagged: bool
+    score: float
+    q: torch.Tensor | None  # [vocab] the SLM's processed distribution (sampling only)
+
+
+@dataclass
+class Request:
+    """Decoding state of one request."""
+
+    key: int  # stream key: seeded policies derive decisions from (seed, key, position)
+    prompt: list[int]
+    params: SamplingParams
+    policy: RoutingPolicy
+    mode: RoutingMode
+    generator: torch.Generator
+    slm: SequenceHandle
+    slm_out: StepOutput  # SLM outputs at the last position it holds
+    out: Generation
+    flag_rate: float = 0.1
+    reject_rate: float = 0.5
+    llm: SequenceHandle | None = None
+    llm_seen: int = 0  # tokens of prompt + output the LLM holds in its KV
+    drafts: list[Draft] = field(default_factory=list)
+    done: bool = False
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.prompt + self.out.token_ids
+
+
+def route(reqs: list[Request], positions: list[int]) -> tuple[list[float], list[bool]]:
+    """Router scores and flags at each request's current SLM outputs, grouped by policy."""
+    scores, flagged = [0.0] * len(reqs), [False] * len(reqs)
+    groups: dict[int, list[int]] = {}
+    for i, r in enumerate(reqs):
+        groups.setdefault(id(r.policy), []).append(i)
+    for idx in groups.values():
+        policy = reqs[idx[0]].policy
+        route_in = RouteInput(
+            logits=torch.stack([reqs[i].slm_out.logits[-1] for i in idx]),
+            hidden=torch.stack([reqs[i].slm_out.hidden[-1] for i in idx]) if policy.needs_hidden else None,
+            positions=[positions[i] for i in idx], stream_keys=[reqs[i].key for i in idx])
+        s, f = flags(policy, route_in)
+        for i, si, fi in zip(idx, s.tolist(), f.tolist()):
+            scores[i], flagged[i] = si, fi
+    return scores, flagged
+
+
+def slm_feed(slm: Backend, reqs: list[Request], tokens: list[int]) -> None:
+    """Append one token per request to the SLM in one batched pass."""
+    if not reqs:
+        return
+    hidden = any(r.policy.needs_hidden for r in reqs)
+    for r, o in zip(reqs, slm.extend([r.slm for r in reqs], [[t] for t in tokens], want_hidden=hidden)):
+        r.slm_out = o
+        r.out.stats.slm_passes += 1
+
+
+def llm_feed(llm: Backend, reqs: list[Request], feeds: list[list[int]]) -> list[StepOutput]:
+    """Give each request's LLM sequence its feed (opening it on first use); batched, one pass per kind."""
+    outs: dict[int, StepOutput] = {}
+    fresh = [i for i, r in enumerate(reqs) if r.llm is None]
+    if fresh:
+        for i, (seq, out) in zip(fresh, llm.open([feeds[i] for i in fresh])):
+            reqs[i].llm, outs[i] = seq, out
+    behind = [i for i in range(len(reqs)) if i not in outs]
+    if behind:
+        for i, out in zip(behind, llm.extend([reqs[i].llm for i in behind], [feeds[i] for i in behind])):
+            outs[i] = out
+    for r, feed in zip(reqs, feeds):
+        r.llm_seen += len(feed)
+        r.out.stats.llm_passes += 1
+    return [outs[i] for i in range(len(reqs))]
+
+
+class RoutedEngine:
+    """Active requests of one SLM/LLM pair, advanced together one step at a time."""
+
+    def __init__(self, slm: Backend, llm: Backend, stop_rule: StopRule, block: BlockConfig | None = None) -> None:
+        self.slm, self.llm, self.stop_rule = slm, llm, stop_rule
+        self.block = block or BlockConfig()
+        self.active: list[Request] = []
+
+    def add(self, prompts: list[list[int]], params: list[SamplingParams], policies: list[RoutingPolicy],
+            modes: list[RoutingMode], keys: list[int]) -> list[Request]:
+        """Prefill new requests (one batched SLM pass); they join the next step."""
+        assert len(prompts) == len(params) == len(policies) == len(modes) == len(keys), "one of each per request"
+        if not prompts:
+            return []
+        opened = self.slm.open(prompts, want_hidden=any(p.needs_hidden for p in policies))
+        reqs = [Request(k, list(p), sp, pol, m, make_generator(sp.seed), seq, out, Generation(prompt_tokens=len(p)),
+                        self.block.init_flag_rate, self.block.init_reject_rate)
+                for p, sp, pol, m, k, (seq, out) in zip(prompts, params, policies, modes, keys, opened)]
+        for r in reqs:
+            r.out.stats.slm_passes += 1
+        self.active += reqs
+        return reqs
+
+    def step(self) -> list[Request]:
+        """Advance every active request; returns the requests that finished in this step (their memory freed)."""
+        from serving.sequential import sequential_step
+        from serving.speculative import speculative_round
+
+        start = time.perf_counter()
+        seq = [r for r in self.active if r.mode == RoutingMode.SEQUENTIAL]
+        spec = [r for r in self.active if r.mode == RoutingMode.SPECULATIVE]
+        if seq:
+            sequential_step(self, seq)
+        if spec:
+            speculative_round(self, spec)
+        elapsed = time.perf_counter() - start
+        finished = [r for r in self.active if r.done]
+        for r in self.active:
+            r.out.stats.seconds += elapsed
+        for r in finished:
+            self._release(r)
+        self.active = [r for r in self.active if not r.done]
+        return finished
+
+    def cancel(self, req: Request) -> None:
+        """Drop a request now (a client went away); its KV is freed."""
+        if req in self.active:
+            self.active.remove(req)
+            self._release(req)
+
+    def _release(self, r: Request) -> None:
+        self.slm.close(r.slm)
+        if r.llm is not None:
+            self.llm.close(r.llm)
+        r.out.text = self.stop_rule.text_of(r.out.token_ids, r.params.stop)
+
+
+def run_to_completion(slm: Backend, llm: Backend, policy: RoutingPolicy, prompts: list[list[int]],
+                      params: list[SamplingParams], stop_rule: StopRule, mode: RoutingMode,
+                      stream_keys: list[int] | None = None, block: BlockConfig | None = None) -> list[Generation]:
+    """Decode a fixed batch of prompts to the end (the engine without a scheduler)."""
+    assert len(prompts) == len(params), "one SamplingParams per prompt"
+    engine = RoutedEngine(slm, llm, stop_rule, block)
+    keys = stream_keys if stream_keys is not None else list(range(len(prompts)))
+    reqs = engine.add(prompts, params, [policy] * len(prompts), [mode] * len(prompts), keys)
+    start = time.perf_counter()
+    while engine.active:
+        engine.step()
+    elapsed = time.perf_counter() - start
+    for r in reqs:
+        r.out.stats.seconds = elapsed
+    return [r.out for r in reqs]

@@ -1,0 +1,221 @@
+"""Continuous batching: one loop thread runs the routed engine for every concurrent request.
+
+Between two engine steps the loop admits queued requests (prefilled together), drops
+cancelled ones (their sequences closed and KV freed before the next step) and publishes
+each request's new tokens. Admission bounds memory: at most `max_running` sequences and
+`max_tokens` prompt+completion tokens in the running batch; the rest wait in a queue of at
+most `max_queue`, beyond which `submit` refuses (the server answers 429).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from router.policies import RoutingPolicy
+from serving.engine import Request, RoutedEngine
+from serving.generation import Generation, RoutingMode
+from serving.sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_running: int = 32
+    max_tokens: int = 65536  # prompt + max_tokens summed over running requests
+    max_queue: int = 256
+
+    def __post_init__(self) -> None:
+        if min(self.max_running, self.max_tokens, self.max_queue) < 1:
+            raise ValueError(f"scheduler limits must be positive: {self}")
+
+
+class QueueFull(Exception):
+    """The waiting queue is at its limit."""
+
+
+@dataclass
+class Ticket:
+    """One submitted request and what the loop has published for it."""
+
+    prompt: list[int]
+    params: SamplingParams
+    policy: RoutingPolicy
+    mode: RoutingMode
+    notify: Callable[[], None]  # called (from the loop thread) after each publication
+    key: int = 0
+    request: Request | None = None
+    tokens: list[int] = field(default_factory=list)  # published so far
+    sources: list[str] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    result: Generation | None = None  # set when finished
+    error: str | None = None
+    cancelled: bool = False
+    submitted: float = field(default_factory=time.monotonic)
+
+    @property
+    def budget(self) -> int:
+        return len(self.prompt) + self.params.max_tokens
+
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass
+class Histogram:
+    """Cumulative-bucket histogram in the Prometheus sense."""
+
+    buckets: tuple[float, ...] = LATENCY_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    total: float = 0.0
+    n: int = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[next((i for i, b in enumerate(self.buckets) if value <= b), len(self.buckets))] += 1
+        self.total += value
+        self.n += 1
+
+
+@dataclass
+class Metrics:
+    requests: int = 0
+    finished: int = 0
+    cancelled: int = 0
+    rejected: int = 0
+    tokens: int = 0
+    llm_tokens: int = 0
+    steps: int = 0
+    batch_size_sum: int = 0  # running requests summed over steps (mean batch = this / steps)
+    latency: Histogram = field(default_factory=Histogram)
+
+
+class Scheduler:
+    def __init__(self, engine: RoutedEngine, cfg: SchedulerConfig) -> None:
+        self.engine, self.cfg = engine, cfg
+        self.metrics = Metrics()
+        self._queue: deque[Ticket] = deque()
+        self._running: list[Ticket] = []
+        self._cancel: list[Ticket] = []
+        self._cv = threading.Condition()
+        self._stop = False
+        self._keys = 0
+        self._thread = threading.Thread(target=self._loop, name="r2r-scheduler", daemon=True)
+        self._thread.start()
+
+    # -- called from request handlers --------------------------------------------------------
+    def submit(self, ticket: Ticket) -> None:
+        with self._cv:
+            if len(self._queue) >= self.cfg.max_queue:
+                self.metrics.rejected += 1
+                raise QueueFull(f"the server is at capacity ({len(self._queue)} requests waiting); retry later")
+            self._keys += 1
+            ticket.key = self._keys
+            self.metrics.requests += 1
+            self._queue.append(ticket)
+            self._cv.notify()
+
+    def cancel(self, ticket: Ticket) -> None:
+        with self._cv:
+            if ticket.result is None and not ticket.cancelled:
+                ticket.cancelled = True
+                self._cancel.append(ticket)
+                self._cv.notify()
+
+    def close(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._thread.join(timeout=10)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stop and not self._queue and not self._running and not self._cancel:
+                    self._cv.wait()
+                if self._stop:
+                    return
+                cancels, self._cancel = self._cancel, []
+                admitted = self._admit()
+            try:
+                self._drop(cancels)
+                self._start(admitted)
+                if self._running:
+                    self.metrics.batch_size_sum += len(self._running)
+                    finished = self.engine.step()
+                    self.metrics.steps += 1
+                    self._publish(finished)
+            except Exception:  # keep serving: fail the requests in flight, not the server
+                log.exception("engine step failed")
+                self._fail_all("internal error while decoding")
+
+    def _admit(self) -> list[Ticket]:
+        admitted: list[Ticket] = []
+        in_flight = sum(t.budget for t in self._running)
+        while self._queue and len(self._running) + len(admitted) < self.cfg.max_running:
+            ticket = self._queue[0]
+            if ticket.cancelled:
+                self._queue.popleft()
+                continue
+            if admitted or self._running:
+                if in_flight + ticket.budget > self.cfg.max_tokens:
+                    break
+            self._queue.popleft()
+            in_flight += ticket.budget
+            admitted.append(ticket)
+        return admitted
+
+    def _start(self, tickets: list[Ticket]) -> None:
+        live = [t for t in tickets if not t.cancelled]
+        if not live:
+            return
+        reqs = self.engine.add([t.prompt for t in live], [t.params for t in live], [t.policy for t in live],
+                               [t.mode for t in live], [t.key for t in live])
+        for t, r in zip(live, reqs):
+            t.request = r
+        self._running += live
+
+    def _drop(self, cancels: list[Ticket]) -> None:
+        for t in cancels:
+            if t.request is not None and t in self._running:
+                self.engine.cancel(t.request)
+                self._running.remove(t)
+                self.metrics.cancelled += 1
+                t.notify()
+
+    def _publish(self, finished: list[Request]) -> None:
+        done_ids = {id(r) for r in finished}
+        for t in self._running:
+            out = t.request.out
+            if len(out.token_ids) > len(t.tokens):
+                t.tokens = list(out.token_ids)
+                t.sources = [s.value for s in out.sources]
+                t.scores = list(out.scores)
+            if id(t.request) in done_ids:
+                t.result = out
+                self.metrics.finished += 1
+                self.metrics.tokens += len(out.token_ids)
+                self.metrics.llm_tokens += out.stats.llm_tokens
+                self.metrics.latency.observe(time.monotonic() - t.submitted)
+            t.notify()
+        self._running = [t for t in self._running if t.result is None]
+
+    def _fail_all(self, message: str) -> None:
+        for t in self._running:
+            if t.request is not None:
+                self.engine.cancel(t.request)
+            t.error = message
+            t.notify()
+        self._running = []

@@ -18,3 +18,4 @@ for family in math code; do
   mkdir -p "bench/eval/testbed-$family"
   cp runs/eval/testbed-$family/report.json runs/eval/testbed-$family/*.png "bench/eval/testbed-$family/"
 done
+$R2R bench serve --out bench/serve.json

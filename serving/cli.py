@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n", type=int, default=32, help="prompts (half math, half code test problems)")
     sp.add_argument("--out", type=Path, default=Path("bench/speculative.json"))
 
+    sv = bench_sub.add_parser("serve", help="server throughput and p50/p95 latency at concurrency 1, 8, 32")
+    _add_pair_args(sv)
+    sv.add_argument("--out", type=Path, default=Path("bench/serve.json"))
+    sv.add_argument("--max-tokens", type=int, default=64)
+
     rb = bench_sub.add_parser("router", help="testbed router bar: learned vs confidence vs random at one LLM share")
     _add_pair_args(rb)
     rb.add_argument("--labels", type=Path, nargs="+", required=True,
@@ -225,6 +230,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.bench == "serve":
+        from evals.testbed.splits import heldout
+        from serving.bench_serve import ServeBenchConfig, bench_serve
+
+        serve_args = [flag for name in ("pair", "slm", "llm", "router", "device")
+                      if getattr(args, name) for flag in (f"--{name}", str(getattr(args, name)))]
+        prompts = [p.prompt for p in heldout("math", "test", 32) + heldout("code", "test", 32)]
+        result = bench_serve(serve_args, prompts, ServeBenchConfig(max_tokens=args.max_tokens))
+        return _write_bench(args.out, result)
     pair = _load_pair(args)
     if args.bench == "router":
         result = _bench_router(pair, args)
@@ -241,8 +255,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         prompts = [pair.encode_chat([{"role": "user", "content": p.prompt}]) for p in heldout("math", "test", 16)]
         result = bench_decode(pair, prompts, DecodeBenchConfig(new_tokens=args.new_tokens, repeats=args.repeats))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return _write_bench(args.out, result)
+
+
+def _write_bench(out: Path, result: dict) -> int:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
 

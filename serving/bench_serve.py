@@ -1,0 +1,94 @@
+"""`r2r bench serve`: throughput and latency of the HTTP server under concurrent load.
+
+The server runs in its own process (`r2r serve` on a free loopback port); this process is
+the load generator: `concurrency` client threads each send requests back to back.
+"""
+from __future__ import annotations
+
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServeBenchConfig:
+    concurrency: tuple[int, ...] = (1, 8, 32)
+    requests_per_client: int = 2
+    min_requests: int = 16
+    max_tokens: int = 64
+    startup_timeout_s: float = 120.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def bench_serve(serve_args: list[str], prompts: list[str], cfg: ServeBenchConfig) -> dict:
+    import httpx
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-c", "from serving.cli import main_entry; main_entry()", "serve",
+                               "--port", str(port), "--model-name", "bench", *serve_args],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + cfg.startup_timeout_s
+        while True:
+            if server.poll() is not None:
+                raise ValueError(f"the server exited: {server.stderr.read()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise ValueError("the server did not come up")
+            time.sleep(0.2)
+        result: dict = {"config": {"max_tokens": cfg.max_tokens, "server_args": serve_args}}
+        for c in cfg.concurrency:
+            n = max(cfg.min_requests, c * cfg.requests_per_client)
+
+            def one(i: int) -> tuple[float, int, bool]:
+                body = {"model": "bench", "messages": [{"role": "user", "content": prompts[i % len(prompts)]}],
+                        "temperature": 0, "max_tokens": cfg.max_tokens}
+                start = time.perf_counter()
+                try:
+                    r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=600)
+                    ok = r.status_code == 200
+                    tokens = r.json()["usage"]["completion_tokens"] if ok else 0
+                except httpx.HTTPError:
+                    ok, tokens = False, 0
+                return time.perf_counter() - start, tokens, ok
+
+            start = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=c) as pool:
+                rows = list(pool.map(one, range(n)))
+            wall = time.perf_counter() - start
+            latencies = [lat * 1000 for lat, _, ok in rows if ok]
+            result[f"concurrency_{c}"] = {
+                "requests": n, "tokens_per_s": round(sum(t for _, t, _ in rows) / wall, 1),
+                "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
+                "p95_ms": round(_percentile(latencies, 0.95), 1) if latencies else None,
+                "errors": sum(not ok for _, _, ok in rows),
+            }
+        base = result[f"concurrency_{cfg.concurrency[0]}"]["tokens_per_s"]
+        top = result[f"concurrency_{cfg.concurrency[-1]}"]["tokens_per_s"]
+        result["scaling"] = round(top / base, 2) if base else None
+        return result
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()

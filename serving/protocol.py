@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from router.policies import PolicyKind
 
 MAX_STOP_STRINGS = 4
+MAX_CHOICES = 8
 
 
 class SamplingFields(BaseModel):
@@ -23,7 +24,7 @@ class SamplingFields(BaseModel):
     top_k: int = Field(default=0, ge=0)
     seed: int | None = None
     stop: str | list[str] | None = None
-    n: int = Field(default=1, ge=1, le=1)
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     # routing extras
     policy: PolicyKind | None = None
@@ -47,6 +48,8 @@ class SamplingFields(BaseModel):
     def _supported(self) -> SamplingFields:
         if self.logprobs:
             raise ValueError("logprobs are not available from routed decoding yet")
+        if self.stream and self.n > 1:
+            raise ValueError("streaming supports n=1 only")
         return self
 
     @property

@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -91,13 +91,16 @@ class RoutedService:
         return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                               top_k=req.top_k, seed=req.seed, stop=req.stop_list)
 
-    def ticket(self, ids: list[int], req: SamplingFields, notify) -> Ticket:
+    def ticket(self, ids: list[int], req: SamplingFields, notify, choice: int = 0) -> Ticket:
+        """A scheduler ticket for one choice; choice i samples with seed + i so n choices differ."""
         if req.model != self.cfg.model_name:
             raise UserError(f"the model {req.model!r} does not exist; this server serves {self.cfg.model_name!r}",
                             status=404, param="model", code="model_not_found")
         if not ids:
             raise UserError("the prompt is empty", param="prompt")
         params = self.params_for(req, len(ids))
+        if choice and params.seed is not None:
+            params = replace(params, seed=params.seed + choice)
         mode = RoutingMode(req.mode) if req.mode else self.cfg.mode
         return Ticket(ids, params, self.policy_for(req), mode, notify)
 
@@ -190,30 +193,42 @@ def build_app(pair: ModelPair, cfg: ServeConfig) -> FastAPI:
     async def run(request: Request, ids: list[int], req: SamplingFields, chat: bool):
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
-        ticket = service.ticket(ids, req, lambda: loop.call_soon_threadsafe(wake.set))
+        tickets = [service.ticket(ids, req, lambda: loop.call_soon_threadsafe(wake.set), choice=i)
+                   for i in range(req.n)]
         try:
-            service.scheduler.submit(ticket)
+            for t in tickets:
+                service.scheduler.submit(t)
         except QueueFull as exc:
+            for t in tickets:
+                service.scheduler.cancel(t)
             raise UserError(str(exc), status=429, code="rate_limit_exceeded") from exc
         rid, created = new_id("chatcmpl" if chat else "cmpl"), now()
         if req.stream:
-            return StreamingResponse(_sse(request, ticket, wake, req, chat, rid, created),
+            return StreamingResponse(_sse(request, tickets[0], wake, req, chat, rid, created),
                                      media_type="text/event-stream")
         try:
-            while ticket.result is None and ticket.error is None:
+            while any(t.result is None and t.error is None for t in tickets):
                 await wake.wait()
                 wake.clear()
         except asyncio.CancelledError:
-            service.scheduler.cancel(ticket)
+            for t in tickets:
+                service.scheduler.cancel(t)
             raise
-        if ticket.error:
-            raise UserError(ticket.error, status=500)
-        gen = ticket.result
-        choice = ({"index": 0, "message": {"role": "assistant", "content": gen.text}} if chat
-                  else {"index": 0, "text": gen.text})
-        choice |= {"finish_reason": gen.finish_reason.value, "logprobs": None}
+        if any(t.error for t in tickets):
+            raise UserError(next(t.error for t in tickets if t.error), status=500)
+        choices = []
+        for i, t in enumerate(tickets):
+            gen = t.result
+            choice = ({"index": i, "message": {"role": "assistant", "content": gen.text}} if chat
+                      else {"index": i, "text": gen.text})
+            choices.append(choice | {"finish_reason": gen.finish_reason.value, "logprobs": None})
+        usage = _usage(tickets[0].result)
+        for t in tickets[1:]:
+            extra = _usage(t.result)
+            for k in ("completion_tokens", "total_tokens", "llm_tokens"):
+                usage[k] += extra[k] - (extra["prompt_tokens"] if k == "total_tokens" else 0)
         return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
-                "model": cfg.model_name, "choices": [choice], "usage": _usage(gen)}
+                "model": cfg.model_name, "choices": choices, "usage": usage}
 
     async def _sse(request: Request, ticket: Ticket, wake: asyncio.Event, req: SamplingFields, chat: bool,
                    rid: str, created: int) -> AsyncIterator[str]:

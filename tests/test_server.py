@@ -191,3 +191,18 @@ def test_api_key_and_queue_limit(pair: ModelPair) -> None:
         assert 200 in codes and 429 in codes and set(codes) <= {200, 429}, codes
         big = httpx.post(f"{url}/v1/completions", content=b"x" * (2 << 20), headers=auth)
         assert big.status_code == 413
+
+
+def test_n_choices(base_url: str) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{base_url}/v1", api_key="unused")
+    resp = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}],
+                                          temperature=1.0, seed=5, max_tokens=30, n=3)
+    assert [c.index for c in resp.choices] == [0, 1, 2]
+    lone = [client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}],
+                                           temperature=1.0, seed=5 + i, max_tokens=30) for i in range(3)]
+    assert [c.message.content for c in resp.choices] == [r.choices[0].message.content for r in lone], \
+        "choice i samples with seed + i"
+    assert resp.usage.completion_tokens == sum(r.usage.completion_tokens for r in lone)
+    assert resp.usage.prompt_tokens == lone[0].usage.prompt_tokens

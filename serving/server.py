@@ -11,10 +11,11 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from router.policies import PolicyKind, RoutingPolicy
@@ -24,11 +25,12 @@ from serving.pair import ModelPair
 from serving.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, error_body, new_id, now
 from serving.sampling import SamplingParams
 from serving.scheduler import QueueFull, Scheduler, SchedulerConfig, Ticket
-from serving.text_stream import TextStream
+from serving.text_stream import TextStream, token_texts
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIDENCE_THRESHOLD = 0.1
+PLAYGROUND = Path(__file__).parent / "static" / "playground.html"
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,7 @@ def build_app(pair: ModelPair, cfg: ServeConfig) -> FastAPI:
 
     @app.middleware("http")
     async def _guard(request: Request, call_next):
-        if cfg.api_key and request.url.path != "/health":
+        if cfg.api_key and request.url.path not in ("/health", "/"):  # the page asks for the key itself
             if request.headers.get("authorization", "") != f"Bearer {cfg.api_key}":
                 return JSONResponse(error_body("invalid or missing API key", code="invalid_api_key"), status_code=401)
         size = request.headers.get("content-length")
@@ -176,6 +178,10 @@ def build_app(pair: ModelPair, cfg: ServeConfig) -> FastAPI:
     async def _internal(_: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error")
         return JSONResponse(error_body("internal server error", kind="server_error"), status_code=500)
+
+    @app.get("/")
+    async def playground() -> HTMLResponse:
+        return HTMLResponse(PLAYGROUND.read_text(encoding="utf-8"))
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -233,6 +239,10 @@ def build_app(pair: ModelPair, cfg: ServeConfig) -> FastAPI:
     async def _sse(request: Request, ticket: Ticket, wake: asyncio.Event, req: SamplingFields, chat: bool,
                    rid: str, created: int) -> AsyncIterator[str]:
         stream = TextStream(lambda ids: pair.tokenizer.decode(ids), ticket.params.stop, pair.eos_ids)
+
+        def decode_visible(ids: list[int]) -> str:
+            return pair.tokenizer.decode(ids, skip_special_tokens=True)
+
         obj = "chat.completion.chunk" if chat else "text_completion"
         sent_tokens = 0
 
@@ -260,8 +270,9 @@ def build_app(pair: ModelPair, cfg: ServeConfig) -> FastAPI:
                 if len(ids) > sent_tokens or final:
                     text = stream.delta(ids, final)
                     extra = None
-                    if req.r2r_token_info:
-                        extra = {"r2r": {"sources": ticket.sources[sent_tokens:len(ids)],
+                    if req.r2r_token_info:  # per-token text, source and router score (the playground)
+                        extra = {"r2r": {"tokens": token_texts(decode_visible, ids, sent_tokens),
+                                         "sources": ticket.sources[sent_tokens:len(ids)],
                                          "scores": ticket.scores[sent_tokens:len(ids)]}}
                     if text or extra:
                         yield chunk(text, None, extra)

@@ -32,3 +32,14 @@ class TextStream:
         out = text[len(self.sent):] if text.startswith(self.sent) else ""
         self.sent += out
         return out
+
+
+def token_texts(decode: Callable[[list[int]], str], ids: list[int], start: int) -> list[str]:
+    """The text each of ids[start:] adds (decoding growing prefixes: a character may span tokens)."""
+    prev = decode(ids[:start])
+    out = []
+    for i in range(start, len(ids)):
+        cur = decode(ids[: i + 1])
+        out.append(cur[len(prev):] if cur.startswith(prev) else cur)
+        prev = cur
+    return out

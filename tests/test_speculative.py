@@ -107,3 +107,32 @@ def test_greedy_equals_sequential_on_fakes(k: int) -> None:
         for a, b in zip(seq, spec):
             assert a.token_ids == b.token_ids and a.sources == b.sources and a.finish_reason == b.finish_reason
             assert b.stats.llm_passes <= a.stats.llm_passes, "never more LLM passes than sequential routing"
+
+
+def test_engine_mixes_modes_policies_and_late_joiners() -> None:
+    """Continuous batching: requests of both modes and different policies, some joining mid-flight, each
+    get exactly the tokens they get alone."""
+    from serving.engine import RoutedEngine
+    from serving.generation import RoutingMode
+
+    slm, llm = FakeBackend(11, seed=3), FakeBackend(11, seed=4)
+    rule = StopRule(frozenset({10}), lambda ids: "", 64)
+    params = SamplingParams(max_tokens=15)
+    policies = [RandomPolicy(rate=0.3, seed=5), ConfidencePolicy(threshold=0.5)]
+    jobs = [([i, i + 2], policies[i % 2], list(RoutingMode)[i % 3 % 2], i) for i in range(9)]
+
+    def alone(prompt, policy, mode, key):
+        decode = generate_sequential if mode == RoutingMode.SEQUENTIAL else generate_speculative
+        return decode(slm, llm, policy, [prompt], [params], rule, stream_keys=[key])[0].token_ids
+
+    engine = RoutedEngine(slm, llm, rule)
+    reqs = []
+    for step in range(40):
+        if step % 2 == 0 and len(reqs) < len(jobs):  # one request joins every other step
+            prompt, policy, mode, key = jobs[len(reqs)]
+            reqs += engine.add([prompt], [params], [policy], [mode], [key])
+        if engine.active:
+            engine.step()
+    assert not engine.active and len(reqs) == len(jobs)
+    for (prompt, policy, mode, key), r in zip(jobs, reqs):
+        assert r.out.token_ids == alone(prompt, policy, mode, key), f"request {key} ({mode.value}) changed in a batch"

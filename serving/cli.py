@@ -22,6 +22,9 @@ def _add_pair_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--llm", default=None, help="LLM model directory (with --slm, instead of --pair)")
     p.add_argument("--router", default=None, help="router checkpoint directory (default: the preset's)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--backend", default="hf", choices=["hf", "sglang"],
+                   help="hf: transformers, CPU/GPU (default); sglang: GPU engines (pip install -e '.[sglang]')")
+    p.add_argument("--llm-tp", type=int, default=1, help="tensor-parallel GPUs for the LLM (sglang backend)")
 
 
 def _add_policy_args(p: argparse.ArgumentParser) -> None:
@@ -176,7 +179,10 @@ def _quiet_libraries() -> None:
 def _load_pair(args: argparse.Namespace):
     from serving.pair import load_pair, resolve_pair
 
-    return load_pair(resolve_pair(args.pair, args.slm, args.llm, args.router), args.device)
+    from serving.pair import BackendChoice
+
+    return load_pair(resolve_pair(args.pair, args.slm, args.llm, args.router), args.device,
+                     BackendChoice(kind=args.backend, llm_tp=args.llm_tp))
 
 
 def _threshold(kind: PolicyKind, args: argparse.Namespace) -> float | None:

@@ -34,6 +34,10 @@ class PairSpec:
 PRESETS: dict[str, PairSpec] = {
     "testbed": PairSpec("testbed", MODELS_DIR / "testbed" / "slm", MODELS_DIR / "testbed" / "llm",
                         MODELS_DIR / "testbed" / "router"),
+    # GPU pair of the published method; hub ids are fetched on first use (needs hub access), serve it with
+    # --backend sglang; a router comes from `r2r label` + `r2r train-router` on this pair (--router DIR)
+    "r1-1.5b-32b": PairSpec("r1-1.5b-32b", Path("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"),
+                            Path("deepseek-ai/DeepSeek-R1-Distill-Qwen-32B")),
 }
 
 
@@ -121,6 +125,17 @@ class ModelPair:
     def encode_text(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
+    def check_sampling(self, params: list[SamplingParams]) -> None:
+        """Backends without full-vocabulary distributions (SGLang) sample exactly only within their top-k;
+        anything else is refused rather than silently approximated."""
+        for b in (self.slm, self.llm):
+            if getattr(b, "exact_full_distribution", True):
+                continue
+            for p in params:
+                if not p.greedy and not 1 <= p.top_k <= b.returned_top_k:
+                    raise ValueError(f"{b.model_id} returns top-{b.returned_top_k} log-probs: sampling needs "
+                                     f"top_k in 1..{b.returned_top_k} to be exact (or temperature 0)")
+
     def check_prompt(self, ids: list[int]) -> None:
         """User-facing validation of a prompt against the context."""
         if not ids:
@@ -133,8 +148,22 @@ class ModelPair:
         """Routed decoding of token-id prompts on this pair (speculative by default: same output, fewer LLM passes)."""
         for ids in prompts:
             self.check_prompt(ids)
+        self.check_sampling(params)
         decode = generate_speculative if mode == RoutingMode.SPECULATIVE else generate_sequential
         return decode(self.slm, self.llm, policy, prompts, params, self.stop_rule())
+
+
+def resolve_model_dir(path: Path, role: str) -> Path:
+    """A local directory, or an `org/name` hub id downloaded once into the HF cache."""
+    if path.is_dir() or path.is_absolute() or len(path.parts) != 2:
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(path), allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.model"]))
+    except Exception as exc:  # the hub client raises many types for offline/unknown repos; all mean "not here"
+        raise FileNotFoundError(f"{role} model {path} is neither a directory nor a reachable hub id "
+                                f"({type(exc).__name__})") from exc
 
 
 def _check_model_dir(path: Path, role: str) -> None:
@@ -147,12 +176,39 @@ def _check_model_dir(path: Path, role: str) -> None:
         raise FileNotFoundError(f"{role} model at {path} has no weights (*.safetensors)")
 
 
-def load_pair(spec: PairSpec, device: str | None = None) -> ModelPair:
-    """Load both models on the transformers backend and check that they share the SLM's tokenizer."""
+@dataclass(frozen=True)
+class BackendChoice:
+    """Which runtime serves the pair. SGLang: both engines on the same GPUs, the LLM with tensor parallelism."""
+
+    kind: str = "hf"  # "hf" (transformers, CPU/GPU) or "sglang" (GPU)
+    llm_tp: int = 1
+    slm_mem_fraction: float = 0.15
+    llm_mem_fraction: float = 0.65
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("hf", "sglang"):
+            raise ValueError(f"unknown backend {self.kind!r}; use hf or sglang")
+        if self.llm_tp < 1:
+            raise ValueError(f"--llm-tp must be positive, got {self.llm_tp}")
+
+
+def _backends(spec: PairSpec, device: str | None, choice: BackendChoice) -> tuple[Backend, Backend]:
+    if choice.kind == "hf":
+        from serving.backends.hf import HFBackend
+
+        return HFBackend(spec.slm, device), HFBackend(spec.llm, device)
+    from serving.backends.sglang import SGLangBackend, SGLangConfig
+
+    return (SGLangBackend(SGLangConfig(str(spec.slm), mem_fraction_static=choice.slm_mem_fraction)),
+            SGLangBackend(SGLangConfig(str(spec.llm), tp_size=choice.llm_tp,
+                                       mem_fraction_static=choice.llm_mem_fraction)))
+
+
+def load_pair(spec: PairSpec, device: str | None = None, backend: BackendChoice | None = None) -> ModelPair:
+    """Load both models behind backends and check that they share the SLM's tokenizer."""
     from transformers import AutoTokenizer
 
-    from serving.backends.hf import HFBackend
-
+    spec = replace(spec, slm=resolve_model_dir(spec.slm, "SLM"), llm=resolve_model_dir(spec.llm, "LLM"))
     _check_model_dir(spec.slm, "SLM")
     _check_model_dir(spec.llm, "LLM")
     tokenizer = AutoTokenizer.from_pretrained(spec.slm)
@@ -160,9 +216,9 @@ def load_pair(spec: PairSpec, device: str | None = None) -> ModelPair:
     if tokenizer.get_vocab() != llm_tokenizer.get_vocab():
         raise ValueError(f"the SLM ({spec.slm}) and LLM ({spec.llm}) tokenizers differ; "
                          "this pair needs cross-tokenizer routing")
-    slm, llm = HFBackend(spec.slm, device), HFBackend(spec.llm, device)
-    for role, backend in (("SLM", slm), ("LLM", llm)):
-        if len(tokenizer) > backend.vocab_size:
-            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the {role} ({backend.model_id}) "
-                             f"only {backend.vocab_size}: they do not belong together")
+    slm, llm = _backends(spec, device, backend or BackendChoice())
+    for role, b in (("SLM", slm), ("LLM", llm)):
+        if len(tokenizer) > b.vocab_size:
+            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the {role} ({b.model_id}) "
+                             f"only {b.vocab_size}: they do not belong together")
     return ModelPair(spec, slm, llm, tokenizer)

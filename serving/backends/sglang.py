@@ -114,8 +114,10 @@ class SGLangBackend:
     exact_full_distribution = False
 
     def __init__(self, cfg: SGLangConfig) -> None:
-        import sglang  # GPU only: sglang needs CUDA
-
+        try:
+            import sglang  # GPU only: sglang needs CUDA
+        except ImportError as exc:
+            raise ValueError("the sglang backend needs sglang==0.5.23 and a CUDA GPU: pip install -e '.[sglang]'") from exc
         from transformers import AutoConfig
 
         path = Path(cfg.model_dir)

@@ -429,7 +429,9 @@ def _cmd_train_router(args: argparse.Namespace) -> int:
     from serving.backends.fingerprint import tokenizer_fingerprint
 
     pair = _load_pair(args)
-    slm = SLMInfo(str(pair.spec.slm), pair.slm.fingerprint, tokenizer_fingerprint(pair.tokenizer),
+    slm_dir = pair.spec.slm.resolve()
+    shown = slm_dir.relative_to(Path.cwd()) if slm_dir.is_relative_to(Path.cwd()) else slm_dir  # portable in cards
+    slm = SLMInfo(str(shown), pair.slm.fingerprint, tokenizer_fingerprint(pair.tokenizer),
                   pair.slm.hidden_size, pair.slm.embed(torch.arange(pair.slm.vocab_size)))
     columns: dict[str, list] = {}
     label_meta = []

@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pair_args(rb)
     rb.add_argument("--labels", type=Path, nargs="+", required=True,
                     help="testbed label directories (their SLM confidences calibrate the confidence baseline)")
-    rb.add_argument("--share", type=float, default=0.15, help="target LLM-token share (default 0.15)")
+    rb.add_argument("--share", default="math=0.15,code=0.15",
+                    help="the learned router's LLM-share budget per family, e.g. math=0.25,code=0.15")
     rb.add_argument("--n", type=int, default=500, help="test problems per family")
     rb.add_argument("--out", type=Path, default=Path("bench/router_testbed.json"))
 
@@ -340,7 +341,11 @@ def _bench_router(pair, args: argparse.Namespace) -> dict:
     unknown = set(top1) - {"math", "code"}
     if unknown:
         raise ValueError(f"the router bar needs testbed labels; found prompts of {sorted(unknown)}")
-    cfg = RouterBarConfig(target_share=args.share, n_problems=args.n)
+    try:
+        shares = {f: float(v) for f, v in (item.split("=") for item in args.share.split(","))}
+    except ValueError as exc:
+        raise ValueError(f"--share must look like math=0.2,code=0.15, got {args.share!r}") from exc
+    cfg = RouterBarConfig(target_share=shares, n_problems=args.n)
     result = router_bar(pair, {f: np.asarray(v) for f, v in sorted(top1.items())}, cfg)
     if pair.spec.router is not None:
         from evals.testbed.router_card import write_router_card

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RouterBarConfig:
-    target_share: float = 0.15
+    target_share: dict[str, float]  # per family: the learned router's LLM-share budget
     n_problems: int = 500
     batch_size: int = 50
     seed: int = 0
@@ -48,11 +48,13 @@ def router_bar(pair: ModelPair, top1_by_family: dict[str, np.ndarray], cfg: Rout
     learned = pair.learned_policy()
     result: dict = {"target_share": cfg.target_share, "n_problems": cfg.n_problems}
     for family, top1 in top1_by_family.items():
+        if family not in cfg.target_share:
+            continue
         row: dict = {}
         row["slm"] = run_policy(pair, AlwaysSLM(), family, cfg)["accuracy"]
         row["llm"] = run_policy(pair, AlwaysLLM(), family, cfg)["accuracy"]
-        row["learned"] = run_policy(pair, learned.with_threshold(learned.threshold_for_share(cfg.target_share)),
-                                    family, cfg)
+        budget = learned.threshold_for_share(cfg.target_share[family])
+        row["learned"] = run_policy(pair, learned.with_threshold(budget), family, cfg)
         share = row["learned"]["llm_share"]
         row["confidence"] = run_policy(pair, ConfidencePolicy(threshold=confidence_threshold(top1, share)), family, cfg)
         row["random"] = run_policy(pair, RandomPolicy(rate=share, seed=cfg.seed), family, cfg)

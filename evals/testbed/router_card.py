@@ -45,7 +45,9 @@ def write_router_card(router_dir: Path, bar: dict | None) -> None:
         "",
     ]
     if bar:
-        lines += [f"## Held-out accuracy ({bar['n_problems']} test problems per family, greedy, target LLM share "
-                  f"{bar['target_share']:.0%})", "", *accuracy_table(bar), ""]
+        budgets = ", ".join(f"{f} {v:.0%}" for f, v in bar["target_share"].items())
+        lines += [f"## Held-out accuracy ({bar['n_problems']} test problems per family, greedy; the learned router's "
+                  f"LLM-share budget: {budgets}; the baselines at the share it actually used)", "",
+                  *accuracy_table(bar), ""]
     lines += ["Reproduce: see \"Reproducing the numbers\" in the repository README.", ""]
     (router_dir / "README.md").write_text("\n".join(lines))

@@ -59,3 +59,13 @@ class Backend(Protocol):
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Input-embedding rows of token ids: [...] -> [..., hidden] float32 (router features)."""
         ...
+
+
+def open_by_extending(backend, new_sequence, prompts: list[list[int]], want_hidden: bool) -> list:
+    """`open` for backends whose prefill is an extend of empty sequences (both backends here)."""
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("cannot open a sequence with an empty prompt")
+    seqs = [new_sequence() for _ in prompts]
+    outs = backend.extend(seqs, prompts, want_hidden)
+    backend.open_sequences += len(seqs)
+    return list(zip(seqs, outs))

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from serving.backends.base import StepOutput
+from serving.backends.base import StepOutput, open_by_extending
 from serving.backends.fingerprint import model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -152,12 +152,7 @@ class HFBackend:
 
     # -- contract ---------------------------------------------------------------------------
     def open(self, prompts: list[list[int]], want_hidden: bool = False) -> list[tuple[HFSequence, StepOutput]]:
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("cannot open a sequence with an empty prompt")
-        seqs = [HFSequence() for _ in prompts]
-        outs = self.extend(seqs, prompts, want_hidden)
-        self.open_sequences += len(seqs)
-        return list(zip(seqs, outs))
+        return open_by_extending(self, HFSequence, prompts, want_hidden)
 
     def extend(self, seqs: list[HFSequence], new_ids: list[list[int]], want_hidden: bool = False) -> list[StepOutput]:
         assert len(seqs) == len(new_ids), f"{len(seqs)} sequences but {len(new_ids)} token lists"

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from serving.backends.base import StepOutput
+from serving.backends.base import StepOutput, open_by_extending
 from serving.backends.fingerprint import model_fingerprint
 
 
@@ -134,12 +134,7 @@ class SGLangBackend:
         self._embeddings: torch.Tensor | None = None
 
     def open(self, prompts: list[list[int]], want_hidden: bool = False) -> list[tuple[SGLangSequence, StepOutput]]:
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("cannot open a sequence with an empty prompt")
-        seqs = [SGLangSequence() for _ in prompts]
-        outs = self.extend(seqs, prompts, want_hidden)
-        self.open_sequences += len(seqs)
-        return list(zip(seqs, outs))
+        return open_by_extending(self, SGLangSequence, prompts, want_hidden)
 
     def extend(self, seqs: list[SGLangSequence], new_ids: list[list[int]], want_hidden: bool = False) -> list[StepOutput]:
         assert len(seqs) == len(new_ids) and all(new_ids), "one non-empty token list per sequence"

@@ -15,7 +15,7 @@ def accuracy_table(bar: dict) -> list[str]:
         cell = lambda p: f"{r[p]['accuracy']:.1%} ({r[p]['llm_share']:.1%})"  # noqa: E731
         gap = r["learned"]["gap_recovered"]
         lines.append(f"| {family} | {r['slm']:.1%} | {r['llm']:.1%} | {cell('learned')} | {cell('confidence')} | "
-                     f"{cell('random')} | {'n/a' if gap is None else f'{gap:.0%}'} |")
+                     f"{cell('random')} | {'n/a' if gap is None else f'{gap:.1%}'} |")
     return lines
 
 

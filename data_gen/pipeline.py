@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from data_gen.prompts import PromptRecord
 from data_gen.shards import ShardStore
@@ -32,7 +31,6 @@ from serving.backends.fingerprint import tokenizer_fingerprint
 from serving.pair import ModelPair
 from serving.sampling import SamplingParams
 from serving.sequential import generate_sequential
-from serving.stopping import StopRule
 
 log = logging.getLogger(__name__)
 

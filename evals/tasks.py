@@ -11,7 +11,7 @@ import gzip
 import json
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from evals.graders import CodeTests, extract_code, grade_choice, grade_code, grade_math

@@ -2,12 +2,9 @@
 never more LLM passes."""
 from __future__ import annotations
 
-import itertools
-import math
 from collections import Counter
 
 import pytest
-import torch
 
 from router.policies import ConfidencePolicy, RandomPolicy, RouteInput, flags
 from serving.sampling import SamplingParams, processed_probs

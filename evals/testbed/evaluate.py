@@ -105,7 +105,7 @@ def write_model_card(model_dir: Path, role: str, evaluation: dict, other: dict |
         f"| decode latency, batch 1 | {evaluation['ms_per_token_batch1']:.2f} ms/token |",
     ]
     if other is not None:
-        lines.append(f"| vs the other model | accuracy " + ", ".join(
+        lines.append("| vs the other model | accuracy " + ", ".join(
             f"{f}: {acc[f] - other['accuracy'][f]:+.1%}" for f in FAMILIES)
             + f"; latency ratio {evaluation['ms_per_token_batch1'] / other['ms_per_token_batch1']:.2f}x |")
     lines += ["", "Reproduce: `r2r testbed data && r2r testbed train --size slm && r2r testbed train --size llm "

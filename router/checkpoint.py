@@ -15,6 +15,7 @@ import torch
 from router.features import features_from_outputs
 from router.model import RouterConfig, RouterNet
 from router.policies import PolicyKind, RouteInput
+from router.train import share_threshold
 
 WEIGHTS, CONFIG = "router.safetensors", "router.json"
 SHARE_GRID = [round(x, 2) for x in np.arange(0.01, 1.0, 0.01)]
@@ -22,7 +23,7 @@ SHARE_GRID = [round(x, 2) for x in np.arange(0.01, 1.0, 0.01)]
 
 def share_curve(val_probs: np.ndarray) -> list[list[float]]:
     """[(llm_share, threshold)] on validation tokens: the threshold that routes that share."""
-    return [[s, float(np.quantile(val_probs, 1.0 - s))] for s in SHARE_GRID]
+    return [[s, share_threshold(val_probs, s)] for s in SHARE_GRID]
 
 
 def save_router(out_dir: Path, net: RouterNet, meta: dict) -> None:

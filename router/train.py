@@ -82,6 +82,11 @@ def predict(net: RouterNet, data: LabelTensors, batch: int = 8192) -> torch.Tens
     return torch.cat(out) if out else torch.zeros(0)
 
 
+def share_threshold(scores: np.ndarray, share: float) -> float:
+    """The threshold above which `share` of the given scores lie (routing is score > threshold)."""
+    return float(np.quantile(scores, 1.0 - share))
+
+
 def calibrate(probs: np.ndarray, labels: np.ndarray, target_recall: float | None, target_share: float | None) -> float:
     """Threshold for a recall target (smallest share with recall >= target) or an LLM-share budget.
 
@@ -89,7 +94,7 @@ def calibrate(probs: np.ndarray, labels: np.ndarray, target_recall: float | None
     """
     assert probs.shape == labels.shape, "one probability per label"
     if target_share is not None:
-        return float(np.quantile(probs, 1.0 - target_share))
+        return share_threshold(probs, target_share)
     positives = np.sort(probs[labels == 1])
     if positives.size == 0:
         raise ValueError("no divergent tokens in the validation labels: cannot calibrate for recall")

@@ -186,12 +186,6 @@ def _load_pair(args: argparse.Namespace):
                      BackendChoice(kind=args.backend, llm_tp=args.llm_tp))
 
 
-def _threshold(kind: PolicyKind, args: argparse.Namespace) -> float | None:
-    if args.threshold is None and args.llm_share is None and kind in (PolicyKind.CONFIDENCE, PolicyKind.ENTROPY):
-        return 0.1
-    return args.threshold
-
-
 def _cmd_generate(args: argparse.Namespace) -> int:
     from serving.sampling import SamplingParams
 
@@ -201,7 +195,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError("the prompt is empty")
     pair = _load_pair(args)
     kind = PolicyKind(args.policy) if args.policy else pair.default_policy
-    policy = pair.policy(kind, _threshold(kind, args), args.llm_share, args.seed or 0)
+    policy = pair.policy(kind, args.threshold, args.llm_share, args.seed or 0)
     ids = [pair.encode_text(p) if args.raw else pair.encode_chat([{"role": "user", "content": p}])
            for p in args.prompts]
     for i in ids:

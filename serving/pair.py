@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO_ROOT / "models"
+DEFAULT_CONFIDENCE_THRESHOLD = 0.1  # confidence/entropy routing when no threshold is given
 
 
 @dataclass(frozen=True)
@@ -94,17 +95,14 @@ class ModelPair:
             return router.with_threshold(threshold) if threshold is not None else router
         if llm_share is not None and kind != PolicyKind.RANDOM:
             raise ValueError(f"llm_share applies to the learned and random policies, not {kind.value}")
+        if threshold is None and kind in (PolicyKind.CONFIDENCE, PolicyKind.ENTROPY):
+            threshold = DEFAULT_CONFIDENCE_THRESHOLD
         return make_policy(kind, threshold=threshold, rate=llm_share, seed=seed)
 
     @property
     def eos_ids(self) -> frozenset[int]:
-        ids = set()
-        for source in (self.tokenizer.eos_token_id, getattr(self.slm, "eos_token_ids", None)):
-            if isinstance(source, int):
-                ids.add(source)
-            elif source:
-                ids.update(source)
-        return frozenset(ids)
+        eos = self.tokenizer.eos_token_id
+        return frozenset() if eos is None else frozenset({eos})
 
     @property
     def context_length(self) -> int:

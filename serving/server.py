@@ -29,7 +29,6 @@ from serving.text_stream import TextStream, token_texts
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIDENCE_THRESHOLD = 0.1
 PLAYGROUND = Path(__file__).parent / "static" / "playground.html"
 
 
@@ -73,8 +72,6 @@ class RoutedService:
     def policy_for(self, req: SamplingFields) -> RoutingPolicy:
         kind = req.policy or self.default_policy
         threshold = req.threshold if req.threshold is not None else self.cfg.threshold
-        if threshold is None and req.llm_share is None and kind in (PolicyKind.CONFIDENCE, PolicyKind.ENTROPY):
-            threshold = DEFAULT_CONFIDENCE_THRESHOLD
         try:
             return self.pair.policy(kind, threshold, req.llm_share, self.cfg.seed)
         except (ValueError, FileNotFoundError) as exc:

@@ -17,6 +17,7 @@ from evals.testbed.evaluate import solve_routed
 from evals.testbed.problem import grade
 from evals.testbed.splits import heldout
 from router.policies import AlwaysLLM, AlwaysSLM, ConfidencePolicy, RandomPolicy, RoutingPolicy
+from router.train import share_threshold
 from serving.pair import ModelPair
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,7 @@ def run_policy(pair: ModelPair, policy: RoutingPolicy, family: str, cfg: RouterB
 
 def confidence_threshold(top1_logprobs: np.ndarray, share: float) -> float:
     """The 1 - max-prob threshold that routes `share` of the given positions."""
-    scores = 1.0 - np.exp(top1_logprobs)
-    return float(np.quantile(scores, 1.0 - share))
+    return share_threshold(1.0 - np.exp(top1_logprobs), share)
 
 
 def router_bar(pair: ModelPair, top1_by_family: dict[str, np.ndarray], cfg: RouterBarConfig) -> dict:

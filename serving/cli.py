@@ -153,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=None, help="default: 3e-3 (slm), 2e-3 (llm)")
     train.add_argument("--ckpt-dir", type=Path, default=None, help="default: runs/testbed/ckpt-<size>")
     train.add_argument("--threads", type=int, default=2)
+    train.add_argument("--init-from", type=Path, default=None,
+                       help="start from this model directory's weights (continued training or a tokenizer transplant)")
+    train.add_argument("--family-weights", default=None, help="training mixture, e.g. math=1,code=3 (default: uniform)")
+    train.add_argument("--warmup", type=int, default=100, help="learning-rate warmup steps")
+    train.add_argument("--tokenizer-dir", type=Path, default=None, help="default: models/testbed/tokenizer")
+    train.add_argument("--out", type=Path, default=None, help="default: models/testbed/<size>")
     ev = tb_sub.add_parser("eval", help="held-out accuracy and latency of both models; writes the model cards")
     ev.add_argument("--n", type=int, default=500, help="problems per family")
     return parser
@@ -348,6 +354,23 @@ def _bench_router(pair, args: argparse.Namespace) -> dict:
     return result
 
 
+def _family_weights(spec: str | None) -> tuple[tuple[str, ...], tuple[float, ...] | None]:
+    """'math=1,code=3' -> (('math', 'code'), (1.0, 3.0)); None -> every family, uniform."""
+    from evals.testbed.splits import FAMILIES
+
+    if spec is None:
+        return tuple(FAMILIES), None
+    pairs = [part.split("=", 1) for part in spec.split(",")]
+    try:
+        weights = {name.strip(): float(value) for name, value in pairs}
+    except ValueError as exc:
+        raise SystemExit(f"--family-weights must look like math=1,code=3 (got {spec!r})") from exc
+    unknown = set(weights) - set(FAMILIES)
+    if unknown:
+        raise SystemExit(f"unknown testbed families {sorted(unknown)}; known: {', '.join(FAMILIES)}")
+    return tuple(weights), tuple(weights.values())
+
+
 def _cmd_testbed(args: argparse.Namespace) -> int:
     if args.testbed == "data":
         from evals.testbed.splits import FAMILIES, heldout
@@ -366,10 +389,13 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
         from evals.testbed.train import TrainConfig, train
 
         defaults = {"slm": (800, 3e-3), "llm": (1700, 2e-3)}[args.size]
-        cfg = TrainConfig(size=args.size, tokenizer_dir=TESTBED_DIR / "tokenizer", out_dir=TESTBED_DIR / args.size,
+        families, weights = _family_weights(args.family_weights)
+        cfg = TrainConfig(size=args.size, tokenizer_dir=args.tokenizer_dir or TESTBED_DIR / "tokenizer",
+                          out_dir=args.out or TESTBED_DIR / args.size,
                           ckpt_dir=args.ckpt_dir or Path(f"runs/testbed/ckpt-{args.size}"),
                           steps=args.steps or defaults[0], lr=args.lr or defaults[1], threads=args.threads,
-                          ckpt_every=50)
+                          ckpt_every=50, warmup_steps=args.warmup, families=families, family_weights=weights,
+                          init_from=args.init_from)
         print(f"saved {train(cfg)}")
         return 0
     from evals.testbed.evaluate import EvalConfig, evaluate_model, write_model_card

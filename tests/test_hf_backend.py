@@ -49,6 +49,14 @@ def check_backend(backend: HFBackend) -> None:
     (fresh, _), = backend.open([ids + new[:2]])
     torch.testing.assert_close(after, backend.extend([fresh], [[70, 71]])[0].logits, atol=ATOL, rtol=0)
     assert seq_a.length == len(ids) + 4
+    # a fork (of a resident row, and of an evicted one) == a fresh sequence; the source is untouched
+    for source in (seq_a, seq_b):
+        child = backend.fork(source, len(ids) + 1)
+        got = backend.extend([child], [[72, 73]])[0].logits
+        torch.testing.assert_close(got, full_forward(backend, ids + new[:1] + [72, 73])[0][-2:], atol=ATOL, rtol=0)
+    assert backend.extend([seq_b], [[74]])[0].logits.shape[0] == 1
+    torch.testing.assert_close(backend.extend([seq_b], [[75]])[0].logits,
+                               full_forward(backend, ids + new + [74, 75])[0][-1:], atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])

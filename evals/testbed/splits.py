@@ -47,12 +47,14 @@ def heldout_prompts(families: list[str]) -> frozenset[str]:
     return frozenset(p.prompt for f in families for s in ("validation", "test") for p in heldout(f, s, HELDOUT_SIZE))
 
 
-def sample_train(rng: random.Random, n: int, families: list[str], excluded: frozenset[str] | None = None) -> list[Problem]:
-    """n training problems, families drawn uniformly, none whose prompt is held out."""
+def sample_train(rng: random.Random, n: int, families: list[str], excluded: frozenset[str] | None = None,
+                 weights: list[float] | None = None) -> list[Problem]:
+    """n training problems, families drawn by `weights` (uniform by default), none whose prompt is held out."""
     excluded = heldout_prompts(families) if excluded is None else excluded
     out: list[Problem] = []
     while len(out) < n:
-        problem = FAMILIES[rng.choice(families)](rng)
+        family = rng.choice(families) if weights is None else rng.choices(families, weights)[0]
+        problem = FAMILIES[family](rng)
         if problem.prompt not in excluded:
             out.append(problem)
     return out

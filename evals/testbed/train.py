@@ -54,12 +54,18 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     families: tuple[str, ...] = field(default_factory=lambda: tuple(FAMILIES))
+    family_weights: tuple[float, ...] | None = None
+    init_from: Path | None = None
 
     def __post_init__(self) -> None:
         if self.size not in SHAPES:
             raise ValueError(f"unknown testbed model size {self.size!r}; known: {', '.join(SHAPES)}")
         if self.steps <= 0 or self.batch_size <= 0:
             raise ValueError("steps and batch_size must be positive")
+        if self.family_weights is not None and (
+            len(self.family_weights) != len(self.families) or min(self.family_weights) < 0 or not any(self.family_weights)
+        ):
+            raise ValueError("family_weights needs one non-negative weight per family, not all zero")
 
 
 def build_model(shape: ModelShape, vocab_size: int, eos_id: int, pad_id: int) -> torch.nn.Module:
@@ -84,7 +90,8 @@ def _lr_at(cfg: TrainConfig, step: int) -> float:
 def make_batch(tokenizer, cfg: TrainConfig, step: int, excluded: frozenset[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, labels) [batch, max_len]; labels are -100 on the prompt and on padding."""
     rng = random.Random(f"{cfg.seed}-{step}")
-    problems = sample_train(rng, cfg.batch_size, list(cfg.families), excluded)
+    weights = None if cfg.family_weights is None else list(cfg.family_weights)
+    problems = sample_train(rng, cfg.batch_size, list(cfg.families), excluded, weights)
     rows: list[tuple[list[int], int]] = []
     for p in problems:
         prompt_len = len(tokenizer(chat_text(p.prompt))["input_ids"])
@@ -99,13 +106,21 @@ def make_batch(tokenizer, cfg: TrainConfig, step: int, excluded: frozenset[str])
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Train (or resume) and save the final model + tokenizer to cfg.out_dir."""
+    """Train (or resume) and save the final model + tokenizer to cfg.out_dir.
+
+    With `init_from`, training starts from that model's weights instead of a random init
+    (a resumed checkpoint still wins); see `transplant` for a source with another tokenizer.
+    """
     from transformers import AutoTokenizer
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_dir)
     model = build_model(SHAPES[cfg.size], len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    if cfg.init_from is not None:
+        from evals.testbed.transplant import init_from_pretrained
+
+        init_from_pretrained(model, tokenizer, cfg.init_from)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     cfg.ckpt_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = cfg.ckpt_dir / "last.pt"

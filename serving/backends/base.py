@@ -56,6 +56,13 @@ class Backend(Protocol):
         """Free the sequence's memory; the handle may not be used again."""
         ...
 
+    def fork(self, seq: SequenceHandle, length: int) -> SequenceHandle:
+        """A new sequence holding a copy of `seq`'s first `length` positions (no forward pass).
+
+        Byte-level conditioning evaluates several tokenizations that share a prefix: each is a
+        fork of one cached sequence, so the shared prefix is never recomputed."""
+        ...
+
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Input-embedding rows of token ids: [...] -> [..., hidden] float32 (router features)."""
         ...

@@ -189,6 +189,14 @@ class HFBackend:
             with torch.inference_mode():
                 self._resident.valid[seq.row] = False
 
+    def fork(self, seq: HFSequence, length: int) -> HFSequence:
+        assert not seq.closed and 0 <= length <= seq.length, f"fork at {length} of a {seq.length}-token sequence"
+        with torch.inference_mode():
+            kv = self._resident_kv(seq) if seq.row is not None else seq.kv
+            copy = None if kv is None or length == 0 else kv[:, :, :, :length].clone()
+        self.open_sequences += 1
+        return HFSequence(length=length, kv=copy)
+
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Input-embedding rows of token ids: [...] -> [..., hidden] float32 on the CPU."""
         with torch.inference_mode():
@@ -216,15 +224,20 @@ class HFBackend:
         res, self._resident = self._resident, None
         if res is None:
             return
-        keys = torch.stack([layer.keys for layer in res.cache.layers])  # [layers, batch, kv_heads, cols, hd]
-        values = torch.stack([layer.values for layer in res.cache.layers])
-        for row, seq in enumerate(res.seqs):
+        for seq in res.seqs:
+            if not seq.closed:
+                seq.kv = self._resident_kv(seq, res)
             seq.row = None
-            if seq.closed:
-                continue
-            cols = torch.nonzero(res.valid[row]).squeeze(1).to(keys.device)
-            seq.kv = torch.stack([keys[:, row].index_select(2, cols), values[:, row].index_select(2, cols)], dim=1)
-            assert seq.kv.shape[3] == seq.length, f"evicted {seq.kv.shape[3]} positions for length {seq.length}"
+
+    def _resident_kv(self, seq: HFSequence, res: _Resident | None = None) -> torch.Tensor:
+        """A resident row's positions, gathered: [layers, 2, kv_heads, length, head_dim]."""
+        res = res or self._resident
+        layers = res.cache.layers
+        cols = torch.nonzero(res.valid[seq.row]).squeeze(1).to(layers[0].keys.device)
+        kv = torch.stack([torch.stack([layer.keys[seq.row].index_select(1, cols),
+                                       layer.values[seq.row].index_select(1, cols)]) for layer in layers])
+        assert kv.shape[3] == seq.length, f"gathered {kv.shape[3]} positions for length {seq.length}"
+        return kv
 
     def _rebuild(self, seqs: list[HFSequence]) -> None:
         """Make `seqs` the resident batch, rows in the given order, pasts left-aligned."""

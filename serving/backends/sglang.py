@@ -156,6 +156,12 @@ class SGLangBackend:
             self.open_sequences -= 1
         seq.tokens, seq.closed = [], True
 
+    def fork(self, seq: SGLangSequence, length: int) -> SGLangSequence:
+        """A copy of the token list: the radix cache already shares the prefix's KV."""
+        assert not seq.closed and 0 <= length <= seq.length, f"fork at {length} of a {seq.length}-token sequence"
+        self.open_sequences += 1
+        return SGLangSequence(tokens=seq.tokens[:length])
+
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """The SLM's input embeddings, read once from its safetensors (the engine does not expose them)."""
         if self._embeddings is None:

@@ -1,0 +1,133 @@
+"""A tokenizer's vocabulary as bytes, and which token sequences are canonical.
+
+Byte-level conditioning needs three facts per tokenizer that `tokenizer.decode` cannot give
+reliably (it cleans spaces, drops specials and emits U+FFFD for partial UTF-8): the exact bytes
+of every token id, the canonical encoding of a byte string, and which next tokens keep a
+canonical sequence canonical. Two vocabulary kinds are read: GPT-2 style byte-level BPE
+(token strings in the bytes<->unicode alphabet) and SentencePiece style (U+2581 for a space,
+`<0xNN>` byte-fallback pieces).
+
+Canonical means encode(decode(t)) == t. For BPE with pretokenizer splits, validity is prefix
+closed and pairwise: t + [v] is canonical iff t is and the pair (t[-1], v) is, so one boolean
+row per left token (computed by encoding every pair once, memoized) decides every step.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+from dataclasses import dataclass, field
+
+import torch
+
+END = 256  # the byte-distribution index of end of text (EOS or any other special token)
+_SPIECE_SPACE = "\u2581"
+
+
+def _gpt2_unicode_to_byte() -> dict[str, int]:
+    """The inverse of GPT-2's bytes_to_unicode table (transformers 5 no longer ships it)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+def _is_byte_level(tokenizer) -> bool:
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    return "ByteLevel" in json.dumps(spec.get("decoder")) or "ByteLevel" in json.dumps(spec.get("pre_tokenizer"))
+
+
+def _piece_bytes(piece: str, byte_level: bool, table: dict[str, int]) -> bytes:
+    if byte_level:
+        return bytes(table[c] for c in piece)
+    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+        return bytes([int(piece[3:5], 16)])
+    return piece.replace(_SPIECE_SPACE, " ").encode("utf-8")
+
+
+@dataclass
+class TokenBytes:
+    """Per id: its bytes (b"" for special tokens, which all map to END) and a prefix index."""
+
+    tokenizer: object
+    table: list[bytes]
+    special: torch.Tensor  # [vocab] bool
+    first_byte: torch.Tensor  # [vocab] long: the first byte, END for specials
+    _sorted: list[bytes] = field(repr=False, default_factory=list)
+    _sorted_ids: list[int] = field(repr=False, default_factory=list)
+    _valid_rows: dict[int | None, torch.Tensor] = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, vocab_size: int | None = None) -> TokenBytes:
+        """`vocab_size`: the model's logit width, which may exceed the tokenizer (padding rows are special)."""
+        byte_level = _is_byte_level(tokenizer)
+        to_byte = _gpt2_unicode_to_byte()
+        n = max(len(tokenizer), vocab_size or 0)
+        specials = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+        table: list[bytes] = [b""] * n
+        special = torch.ones(n, dtype=torch.bool)
+        for piece, i in tokenizer.get_vocab().items():
+            if i < n and i not in specials:
+                table[i] = _piece_bytes(piece, byte_level, to_byte)
+                special[i] = len(table[i]) == 0
+        first = torch.tensor([t[0] if t else END for t in table], dtype=torch.long)
+        order = sorted((t, i) for i, t in enumerate(table) if t)
+        return cls(tokenizer, table, special, first, [t for t, _ in order], [i for _, i in order])
+
+    @property
+    def max_len(self) -> int:
+        return max(len(t) for t in self.table)
+
+    def starting_with(self, prefix: bytes, longer: bool) -> list[int]:
+        """Ids whose bytes start with `prefix` (and, with `longer`, run past it)."""
+        lo = bisect.bisect_left(self._sorted, prefix)
+        hi = lo
+        while hi < len(self._sorted) and self._sorted[hi].startswith(prefix):
+            hi += 1
+        return [i for t, i in zip(self._sorted[lo:hi], self._sorted_ids[lo:hi]) if not longer or len(t) > len(prefix)]
+
+    def decode(self, ids: list[int]) -> bytes:
+        return b"".join(self.table[i] for i in ids)
+
+    def encode(self, data: bytes) -> list[int]:
+        """The canonical encoding of `data` (text only: special-token strings are not matched)."""
+        if not data:
+            return []
+        return self.tokenizer(data.decode("utf-8"), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def is_canonical(self, ids: list[int]) -> bool:
+        data = self.decode(ids)
+        try:
+            return self.encode(data) == list(ids)
+        except UnicodeDecodeError:
+            return True  # partial UTF-8 cannot be re-encoded as text; see valid_after
+
+    def valid_after(self, left: int | None) -> torch.Tensor:
+        """[vocab] bool: the tokens v for which [left, v] is canonical (left=None: v alone is).
+
+        Special tokens are always allowed (they end the text). Pairs whose bytes are not whole
+        UTF-8 text cannot be checked by the text tokenizer and count as valid."""
+        row = self._valid_rows.get(left)
+        if row is not None:
+            return row
+        head = b"" if left is None else self.table[left]
+        row = self.special.clone()
+        texts, ids = [], []
+        for v, tail in enumerate(self.table):
+            if not tail:
+                continue
+            try:
+                texts.append((head + tail).decode("utf-8"))
+                ids.append(v)
+            except UnicodeDecodeError:
+                row[v] = True
+        want = [[v] if left is None else [left, v] for v in ids]
+        encoded = self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        for v, enc, w in zip(ids, encoded, want):
+            row[v] = enc == w
+        self._valid_rows[left] = row
+        return row

@@ -1,0 +1,222 @@
+"""Brute-force references for the byte-level tests: tiny tokenizers, a table LM with a
+finite support, and the exact distribution over byte strings by enumeration.
+
+The enumeration uses the definition directly (every complete token sequence, each step's
+next-token distribution renormalized over the tokens that keep the *whole* sequence
+canonical, checked by re-encoding it), so it shares no code with the cover sum.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+
+CORPUS = ["ab ab abc", "ba cab ca", "aab bca abba", "c1 12 a2b", "cc ab12 b a"]
+
+
+def gpt2_style_tokenizer(vocab_size: int = 24):
+    """Byte-level BPE with the GPT-2 regex pretokenizer and digits split one per token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CORPUS * 5, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<eos>"],
+                                                            show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+
+
+def sentencepiece_style_tokenizer(vocab_size: int = 24):
+    """SentencePiece-style BPE: U+2581 for spaces (each starts a piece), byte fallback, digits split."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    pre = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.Metaspace(prepend_scheme="never")])
+    trained = Tokenizer(models.BPE())
+    trained.pre_tokenizer = pre
+    trained.train_from_iterator(CORPUS * 5, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<eos>"],
+                                                                show_progress=False))
+    spec = json.loads(trained.to_str())["model"]
+    vocab = dict(spec["vocab"])
+    for piece in ("<0xC3>", "<0xA9>"):  # byte-fallback pieces: 'é' is not in the vocabulary
+        vocab[piece] = len(vocab)
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in spec["merges"]]
+    tok = Tokenizer(models.BPE(vocab, merges, byte_fallback=True))
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.Sequence([decoders.Metaspace(prepend_scheme="never"), decoders.ByteFallback(), decoders.Fuse()])
+    tok.add_special_tokens(["<eos>"])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+
+
+@dataclass
+class _Seq:
+    tokens: list[int] = field(default_factory=list)
+    closed: bool = False
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+
+class TableLM:
+    """A backend whose logits are a fixed pseudo-random function of the token context.
+
+    Mass only on `allowed` ids and EOS; after `max_new` tokens beyond the context, only EOS,
+    so every text ends within a few tokens and the support can be enumerated."""
+
+    def __init__(self, vocab_size: int, allowed: list[int], eos: int, context_len: int, max_new: int, seed: int = 0):
+        self.vocab_size, self.hidden_size, self.max_length = vocab_size, 4, 10_000
+        self.allowed, self.eos, self.context_len, self.max_new, self.seed = allowed, eos, context_len, max_new, seed
+        self.forward_passes = self.open_sequences = 0
+
+    def logits_after(self, tokens: list[int]) -> torch.Tensor:
+        out = torch.full((self.vocab_size,), float("-inf"))
+        out[self.eos] = 0.0
+        if len(tokens) - self.context_len >= self.max_new:
+            return out
+        digest = hashlib.sha256(f"{self.seed}:{tokens}".encode()).digest()
+        gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+        scores = 2.0 * torch.randn(len(self.allowed) + 1, generator=gen)
+        out[self.allowed] = scores[:-1]
+        out[self.eos] = scores[-1] - 1.0
+        return out
+
+    def open(self, prompts, want_hidden=False):
+        seqs = [_Seq() for _ in prompts]
+        self.open_sequences += len(seqs)
+        return list(zip(seqs, self.extend(seqs, prompts, want_hidden)))
+
+    def extend(self, seqs, new_ids, want_hidden=False):
+        from serving.backends.base import StepOutput
+
+        self.forward_passes += 1
+        outs = []
+        for seq, ids in zip(seqs, new_ids):
+            assert ids and not seq.closed
+            rows = [self.logits_after(seq.tokens + ids[: k + 1]) for k in range(len(ids))]
+            seq.tokens += ids
+            outs.append(StepOutput(torch.stack(rows), torch.zeros(len(ids), 4) if want_hidden else None))
+        return outs
+
+    def fork(self, seq, length):
+        self.open_sequences += 1
+        return _Seq(seq.tokens[:length])
+
+    def truncate(self, seq, length):
+        del seq.tokens[length:]
+
+    def close(self, seq):
+        if not seq.closed:
+            self.open_sequences -= 1
+        seq.closed = True
+
+
+def token_bytes(tokenizer) -> dict[int, bytes]:
+    """Token id -> bytes, read independently of serving.token_bytes (via the decoder on one id)."""
+    out = {}
+    for i in range(len(tokenizer)):
+        if i in tokenizer.all_special_ids:
+            continue
+        out[i] = tokenizer.decode([i]).encode("utf-8")
+    return out
+
+
+def is_canonical(tokenizer, pieces: dict[int, bytes], ids: list[int]) -> bool:
+    text = b"".join(pieces[i] for i in ids).decode("utf-8")
+    return tokenizer(text, add_special_tokens=False)["input_ids"] == ids
+
+
+def enumerate_texts(lm: TableLM, tokenizer, context: list[int], canonical: bool = True) -> dict[bytes, float]:
+    """P(text) for every complete text, summed over its token sequences."""
+    pieces = token_bytes(tokenizer)
+    probs: dict[bytes, float] = defaultdict(float)
+
+    def walk(ids: list[int], p: float) -> None:
+        logp = torch.log_softmax(lm.logits_after(context + ids).double(), 0)
+        keep = [v for v in lm.allowed if logp[v] > float("-inf")
+                and (not canonical or is_canonical(tokenizer, pieces, ids + [v]))]
+        options = keep + [lm.eos]
+        z = torch.logsumexp(logp[options], 0)
+        probs[b"".join(pieces[i] for i in ids)] += p * float(torch.exp(logp[lm.eos] - z))
+        for v in keep:
+            walk(ids + [v], p * float(torch.exp(logp[v] - z)))
+
+    walk([], 1.0)
+    return dict(probs)
+
+
+def prefix_table(texts: dict[bytes, float]) -> tuple[dict[bytes, float], dict[bytes, torch.Tensor]]:
+    """P(text starts with x) and the exact next-byte distribution [257] for every prefix x."""
+    starts: dict[bytes, float] = defaultdict(float)
+    for text, p in texts.items():
+        for k in range(len(text) + 1):
+            starts[text[:k]] += p
+    nxt: dict[bytes, torch.Tensor] = {}
+    for x, px in starts.items():
+        row = torch.zeros(257, dtype=torch.float64)
+        row[256] = texts.get(x, 0.0) / px
+        for b in range(256):
+            row[b] = starts.get(x + bytes([b]), 0.0) / px
+        nxt[x] = row
+    return dict(starts), nxt
+
+
+class RestrictedHF:
+    """A real transformers model (through HFBackend: KV cache, forks, batching) with its
+    logits restricted like TableLM's, so its byte distribution can be enumerated too.
+    `logits_after` is the independent reference: one uncached forward over the tokens."""
+
+    def __init__(self, inner, allowed: list[int], eos: int, context_len: int, max_new: int):
+        self.inner, self.allowed, self.eos, self.context_len, self.max_new = inner, allowed, eos, context_len, max_new
+        self.vocab_size, self.hidden_size, self.max_length = inner.vocab_size, inner.hidden_size, inner.max_length
+        self._mask = torch.full((inner.vocab_size,), float("-inf"))
+        self._mask[allowed + [eos]] = 0.0
+
+    @property
+    def forward_passes(self) -> int:
+        return self.inner.forward_passes
+
+    @property
+    def open_sequences(self) -> int:
+        return self.inner.open_sequences
+
+    def _restrict(self, logits: torch.Tensor, first_pos: int) -> torch.Tensor:
+        out = logits + self._mask
+        for k in range(out.shape[0]):
+            if first_pos + k + 1 - self.context_len >= self.max_new:
+                out[k] = float("-inf")
+                out[k, self.eos] = 0.0
+        return out
+
+    def logits_after(self, tokens: list[int]) -> torch.Tensor:
+        with torch.inference_mode():
+            logits = self.inner.model(input_ids=torch.tensor([tokens])).logits[0, -1].float()
+        return self._restrict(logits[None], len(tokens) - 1)[0]
+
+    def open(self, prompts, want_hidden=False):
+        return [(seq, self._wrap(out, 0)) for seq, out in self.inner.open(prompts, want_hidden)]
+
+    def extend(self, seqs, new_ids, want_hidden=False):
+        starts = [s.length for s in seqs]
+        outs = self.inner.extend(seqs, new_ids, want_hidden)
+        return [self._wrap(out, start) for out, start in zip(outs, starts)]
+
+    def _wrap(self, out, start: int):
+        from serving.backends.base import StepOutput
+
+        return StepOutput(self._restrict(out.logits, start), out.hidden)
+
+    def fork(self, seq, length):
+        return self.inner.fork(seq, length)
+
+    def truncate(self, seq, length):
+        self.inner.truncate(seq, length)
+
+    def close(self, seq):
+        self.inner.close(seq)

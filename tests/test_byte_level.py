@@ -1,0 +1,172 @@
+"""Exact byte-level probabilities against brute-force enumeration (tests/byte_oracle.py)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests.byte_oracle import (RestrictedHF, TableLM, enumerate_texts, gpt2_style_tokenizer, prefix_table,
+                         sentencepiece_style_tokenizer)
+from serving.byte_level import ByteLevelLM
+from serving.token_bytes import END, TokenBytes
+
+TOKENIZERS = {"gpt2-bpe": gpt2_style_tokenizer, "spm-bpe-byte-fallback": sentencepiece_style_tokenizer}
+MAX_NEW = 3
+
+
+def _table_lm(tokenizer, seed: int = 0) -> TableLM:
+    vocab = TokenBytes.from_tokenizer(tokenizer)
+    allowed = [i for i, piece in enumerate(vocab.table) if piece and piece.isascii() and len(piece) <= 3]
+    return TableLM(len(tokenizer), allowed, tokenizer.eos_token_id, context_len=1, max_new=MAX_NEW, seed=seed)
+
+
+@pytest.fixture(scope="module", params=sorted(TOKENIZERS))
+def setup(request):
+    tokenizer = TOKENIZERS[request.param]()
+    lm = _table_lm(tokenizer)
+    texts = enumerate_texts(lm, tokenizer, [tokenizer.eos_token_id])
+    starts, nxt = prefix_table(texts)
+    return tokenizer, lm, texts, starts, nxt
+
+
+def test_enumeration_is_a_distribution(setup):
+    _, _, texts, starts, _ = setup
+    assert math.isclose(sum(texts.values()), 1.0, rel_tol=1e-9)
+    assert starts[b""] == pytest.approx(1.0)
+    assert len(texts) > 100, "the toy support should be rich enough to have ambiguous prefixes"
+
+
+def test_next_byte_and_prefix_prob_match_enumeration_on_every_prefix(setup):
+    tokenizer, lm, _, starts, nxt = setup
+    blm = ByteLevelLM(lm, tokenizer)
+    for x in sorted(starts):
+        (state,) = blm.start([None])
+        blm.push([state], [x])  # the whole prefix at once: the multi-byte (handoff) path
+        assert blm.prefix_logprob(state) == pytest.approx(math.log(starts[x]), abs=1e-5), x
+        got = torch.exp(blm.distribution(state))
+        assert torch.allclose(got, nxt[x], atol=1e-5), (x, got[nxt[x] > 0], nxt[x][nxt[x] > 0])
+        blm.close(state)
+    assert lm.open_sequences == 0, "every row sequence is closed"
+    assert torch.allclose(torch.exp(blm.next_byte_logprobs(x)), nxt[x], atol=1e-5)
+    assert blm.logprob(x) == pytest.approx(math.log(starts[x]), abs=1e-5)
+
+
+def test_incremental_state_one_byte_at_a_time_matches_enumeration(setup):
+    tokenizer, lm, texts, starts, nxt = setup
+    blm = ByteLevelLM(lm, tokenizer)
+    for text in sorted(texts, key=lambda t: -texts[t])[:40]:
+        (state,) = blm.start([None])
+        for k in range(len(text) + 1):
+            if k:
+                passes = lm.forward_passes
+                blm.push([state], [text[k - 1:k]])
+                assert lm.forward_passes - passes <= 1, "one batched pass per byte"
+            assert torch.allclose(torch.exp(blm.distribution(state)), nxt[text[:k]], atol=1e-5)
+            assert blm.prefix_logprob(state) == pytest.approx(math.log(starts[text[:k]]), abs=1e-5)
+        blm.close(state)
+
+
+def test_prefixes_end_mid_token_and_at_pretoken_boundaries(setup):
+    """The enumerated prefixes include both kinds of ends (so the tests above cover them)."""
+    tokenizer, _, _, starts, _ = setup
+    vocab = TokenBytes.from_tokenizer(tokenizer)
+    mid_token = [x for x in starts if x and vocab.encode(x) != vocab.encode(x + b"a")[: len(vocab.encode(x))]]
+    at_space = [x for x in starts if x.endswith(b" ")]
+    assert mid_token and at_space
+
+
+def test_naive_token_conditioning_is_biased(setup):
+    """Tokenize the prefix, read the next-token distribution: wrong on prefixes that end mid-token."""
+    tokenizer, lm, _, starts, nxt = setup
+    vocab = TokenBytes.from_tokenizer(tokenizer)
+    worst = 0.0
+    for x in starts:
+        ids = [tokenizer.eos_token_id] + vocab.encode(x)
+        if len(ids) - 1 >= MAX_NEW:
+            continue
+        probs = torch.softmax(lm.logits_after(ids).double(), 0)
+        naive = torch.zeros(257, dtype=torch.float64).index_add_(0, vocab.first_byte, probs)
+        worst = max(worst, float((naive - nxt[x]).abs().sum()) / 2)
+    assert worst > 0.2, f"naive conditioning should be far off somewhere (worst TV {worst:.3f})"
+
+
+def test_batched_states_evolve_independently(setup):
+    tokenizer, lm, texts, _, nxt = setup
+    blm = ByteLevelLM(lm, tokenizer)
+    picks = sorted(texts, key=lambda t: -len(t))[:6]
+    states = blm.start([None] * len(picks))
+    for k in range(max(len(t) for t in picks)):
+        passes = lm.forward_passes
+        blm.push(states, [t[k:k + 1] for t in picks])
+        assert lm.forward_passes - passes <= 1
+        for t, state in zip(picks, states):
+            assert torch.allclose(torch.exp(blm.distribution(state)), nxt[t[: k + 1] if k < len(t) else t], atol=1e-5)
+    for state in states:
+        blm.close(state)
+
+
+def test_leaf_sampling_then_token_level_continuation_is_exact(setup):
+    """Handoff semantics: sample a cover of x, continue token by token: P(text | starts with x)."""
+    tokenizer, lm, texts, starts, _ = setup
+    blm = ByteLevelLM(lm, tokenizer)
+    x = max((t for t in starts if 2 <= len(t) <= 3), key=lambda t: starts[t])
+    want = {t: p / starts[x] for t, p in texts.items() if t.startswith(x)}
+    gen = torch.Generator().manual_seed(0)
+    counts: dict[bytes, int] = {}
+    n = 4000
+    for _ in range(n):
+        (state,) = blm.start([None])
+        blm.push([state], [x])
+        while True:
+            leaf = blm.pick_leaf(state, gen)
+            if leaf.token == tokenizer.eos_token_id:
+                break
+            blm.commit(state, leaf)
+            blm.evaluate([state])
+        counts[state.text] = counts.get(state.text, 0) + 1
+        blm.close(state)
+    tv = 0.5 * sum(abs(counts.get(t, 0) / n - p) for t, p in want.items())
+    tv += 0.5 * sum(c / n for t, c in counts.items() if t not in want)
+    assert tv < 0.05, f"total variation {tv:.3f} from the exact conditional"
+
+
+@pytest.mark.parametrize("kind", sorted(TOKENIZERS))
+def test_real_transformer_through_the_hf_backend_matches_enumeration(tmp_path, kind: str):
+    """Same oracle with a (random, tiny) Llama behind HFBackend: forks, KV reuse, batched rows."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from serving.backends.hf import HFBackend
+
+    tokenizer = TOKENIZERS[kind]()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    table = _table_lm(tokenizer)
+    lm = RestrictedHF(HFBackend(tmp_path), table.allowed, tokenizer.eos_token_id, context_len=1, max_new=2)
+    texts = enumerate_texts(lm, tokenizer, [tokenizer.eos_token_id])
+    starts, nxt = prefix_table(texts)
+    blm = ByteLevelLM(lm, tokenizer)
+    picks = sorted(texts, key=lambda t: -texts[t])[:8]
+    states = blm.start([None] * len(picks))
+    for k in range(max(len(t) for t in picks) + 1):
+        if k:
+            blm.push(states, [t[k - 1:k] for t in picks])
+        for t, state in zip(picks, states):
+            x = t[:k]
+            assert torch.allclose(torch.exp(blm.distribution(state)), nxt[x], atol=1e-5), x
+            assert blm.prefix_logprob(state) == pytest.approx(math.log(starts[x]), abs=1e-5)
+    for state in states:
+        blm.close(state)
+    for x in sorted(starts, key=len)[-40:]:  # the longest prefixes in one jump
+        assert torch.allclose(torch.exp(blm.next_byte_logprobs(x)), nxt[x], atol=1e-5), x
+    assert lm.open_sequences == 0
+
+
+def test_token_bytes_reads_byte_fallback_and_spaces():
+    vocab = TokenBytes.from_tokenizer(sentencepiece_style_tokenizer())
+    ids = vocab.encode("ab é".encode())
+    assert vocab.decode(ids) == "ab é".encode()
+    assert any(vocab.table[i] == b"\xc3" for i in ids)
+    assert vocab.first_byte[vocab.tokenizer.eos_token_id] == END

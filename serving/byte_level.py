@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from serving.token_bytes import END, TokenBytes
+from serving.token_bytes import TokenBytes
 
 N_BINS = 257  # bytes 0..255 and END
 
@@ -41,6 +41,7 @@ class Row:
     cum: list[float]  # cum[j] = log P(ids[:j] | context); len(ids) + 1 entries
     next_logp: torch.Tensor | None = None  # [vocab] float64 canonical log-probs after ids; None while pending
     hidden: torch.Tensor | None = None  # the hidden state that predicted next_logp (when asked for)
+    logits: torch.Tensor | None = None  # [vocab] the raw logits behind next_logp (router features)
 
 
 @dataclass
@@ -117,6 +118,8 @@ class ByteLevelLM:
     # -- incremental states --------------------------------------------------------------------
     def start(self, contexts: list[list[int] | None], want_hidden: bool = False) -> list[ByteState]:
         """One state per context (default: BOS, or EOS for models without one), in one pass."""
+        if not contexts:
+            return []
         contexts = [list(c) if c is not None else list(self.default_context) for c in contexts]
         if any(not c for c in contexts):
             raise ValueError("a byte-level state needs a non-empty token context (this tokenizer has no BOS/EOS)")
@@ -124,7 +127,7 @@ class ByteLevelLM:
         states = []
         for context, (seq, out) in zip(contexts, opened):
             row = Row(0, [], seq, [0.0], self._next_logp(out.logits[-1], None),
-                      None if out.hidden is None else out.hidden[-1])
+                      None if out.hidden is None else out.hidden[-1], out.logits[-1])
             states.append(ByteState(context, b"", {0: row}))
         return states
 
@@ -218,6 +221,21 @@ class ByteLevelLM:
         state.own_boundary = True
         return added
 
+    def resync_naive(self, state: ByteState, chunk: bytes) -> None:
+        """The biased baseline: re-encode the whole text and condition on that token boundary.
+
+        (What a decode-to-text, re-encode, continue handoff does; the KV of the shared token
+        prefix is kept.) Evaluate the state afterwards."""
+        root = state.rows.pop(state.root.split)
+        self.close(state)
+        state.text += chunk
+        ids = self.vocab.encode(state.text)
+        lcp = _common_prefix(ids, root.ids)
+        lcp = min(lcp, root.seq.length - len(state.context) + 1, len(ids))
+        self.backend.truncate(root.seq, len(state.context) + lcp - 1)
+        state.rows = {len(state.text): Row(len(state.text), ids, root.seq, root.cum[: lcp + 1] + [0.0] * (len(ids) - lcp))}
+        state.own_boundary = True
+
     # -- internals -----------------------------------------------------------------------------
     def _needed_splits(self, state: ByteState) -> list[int]:
         n = len(state.text)
@@ -263,6 +281,7 @@ class ByteLevelLM:
         row.cum = cum
         row.next_logp = self._next_logp(out.logits[-1], row.ids[-1] if row.ids else None)
         row.hidden = None if out.hidden is None else out.hidden[-1]
+        row.logits = out.logits[-1]
         state.rows[row.split] = row
 
     def _next_logp(self, logits: torch.Tensor, left: int | None) -> torch.Tensor:

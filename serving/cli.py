@@ -374,7 +374,7 @@ def _family_weights(spec: str | None) -> tuple[tuple[str, ...], tuple[float, ...
 def _cmd_testbed(args: argparse.Namespace) -> int:
     if args.testbed == "data":
         from evals.testbed.splits import FAMILIES, heldout
-        from evals.testbed.tokenizer import train_tokenizer
+        from evals.testbed.tokenizer import train_tokenizer, train_tokenizer_x
 
         args.out.mkdir(parents=True, exist_ok=True)
         for family in FAMILIES:
@@ -383,7 +383,8 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
                         for p in heldout(family, split, 1000)]
                 (args.out / f"{family}-{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         train_tokenizer(args.tokenizer_dir)
-        print(f"wrote held-out splits to {args.out} and the tokenizer to {args.tokenizer_dir}")
+        train_tokenizer_x(args.tokenizer_dir.parent / "tokenizer-x")
+        print(f"wrote held-out splits to {args.out} and the tokenizers to {args.tokenizer_dir} (and tokenizer-x)")
         return 0
     if args.testbed == "train":
         from evals.testbed.train import TrainConfig, train

@@ -220,3 +220,38 @@ class RestrictedHF:
 
     def close(self, seq):
         self.inner.close(seq)
+
+
+def random_source(alphabet: bytes, max_len: int, seed: int) -> dict[bytes, float]:
+    """A random distribution over every string of up to max_len bytes from `alphabet`."""
+    from itertools import product
+
+    gen = torch.Generator().manual_seed(seed)
+    strings = [bytes(c) for n in range(max_len + 1) for c in product(alphabet, repeat=n)]
+    weights = torch.rand(len(strings), generator=gen, dtype=torch.float64) ** 3
+    weights /= weights.sum()
+    return dict(zip(strings, weights.tolist()))
+
+
+class SourceLM(TableLM):
+    """The exact token LM of a byte source under a tokenizer: P(next token | tokens) by summing the
+    source over the strings whose canonical encoding continues that way. Its byte distribution
+    *is* the source, whatever the tokenizer: two of them are one model with two tokenizers."""
+
+    def __init__(self, source: dict[bytes, float], tokenizer, context_len: int = 1):
+        super().__init__(len(tokenizer), [], tokenizer.eos_token_id, context_len, max_new=10**9)
+        self.prefix_mass: dict[tuple[int, ...], float] = defaultdict(float)
+        self.end_mass: dict[tuple[int, ...], float] = defaultdict(float)
+        for text, p in source.items():
+            ids = tuple(tokenizer(text.decode(), add_special_tokens=False)["input_ids"])
+            for k in range(len(ids) + 1):
+                self.prefix_mass[ids[:k]] += p
+            self.end_mass[ids] += p
+
+    def logits_after(self, tokens: list[int]) -> torch.Tensor:
+        t = tuple(tokens[self.context_len:])
+        mass = torch.zeros(self.vocab_size, dtype=torch.float64)
+        for v in range(self.vocab_size):
+            mass[v] = self.prefix_mass.get(t + (v,), 0.0)
+        mass[self.eos] = self.end_mass.get(t, 0.0)
+        return torch.log(mass).float()

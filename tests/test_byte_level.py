@@ -6,10 +6,16 @@ import math
 import pytest
 import torch
 
-from tests.byte_oracle import (RestrictedHF, TableLM, enumerate_texts, gpt2_style_tokenizer, prefix_table,
-                         sentencepiece_style_tokenizer)
 from serving.byte_level import ByteLevelLM
 from serving.token_bytes import END, TokenBytes
+from tests.byte_oracle import (
+    RestrictedHF,
+    TableLM,
+    enumerate_texts,
+    gpt2_style_tokenizer,
+    prefix_table,
+    sentencepiece_style_tokenizer,
+)
 
 TOKENIZERS = {"gpt2-bpe": gpt2_style_tokenizer, "spm-bpe-byte-fallback": sentencepiece_style_tokenizer}
 MAX_NEW = 3

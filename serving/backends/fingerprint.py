@@ -7,7 +7,7 @@ from pathlib import Path
 _SAMPLE = 1 << 20  # hash the first and last MiB of large weight files: cheap and still content-sensitive
 
 
-def _hash_file(h: "hashlib._Hash", path: Path) -> None:
+def _hash_file(h: hashlib._Hash, path: Path) -> None:
     size = path.stat().st_size
     h.update(f"{path.name}:{size}".encode())
     with path.open("rb") as f:

@@ -1,0 +1,91 @@
+"""Cross-tokenizer routing: one byte source behind two different tokenizers.
+
+`SourceLM` turns a byte distribution into the exact token LM of a tokenizer, so an SLM and an
+LLM with different tokenizers can be *the same model*: any routing between them must then
+sample exactly the source. Exact (byte-conditioned) handoff does; naive handoff (re-encode
+and continue after the forced token boundary) does not.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from router.policies import PolicyKind, make_policy
+from serving.byte_level import ByteLevelLM
+from serving.cross_tokenizer import Handoff, generate_cross
+from serving.sampling import SamplingParams
+from tests.byte_oracle import SourceLM, gpt2_style_tokenizer, random_source, sentencepiece_style_tokenizer
+
+N_SAMPLES = 8_000
+ALPHA = 1e-3  # significance of the goodness-of-fit test
+
+
+@pytest.fixture(scope="module")
+def source_pair():
+    source = random_source(b"ab ", max_len=4, seed=3)
+    tok_a, tok_b = gpt2_style_tokenizer(24), sentencepiece_style_tokenizer(16)
+    assert tok_a.get_vocab().keys() != {k.replace("\u2581", "\u0120") for k in tok_b.get_vocab()}
+    return source, ByteLevelLM(SourceLM(source, tok_a), tok_a), ByteLevelLM(SourceLM(source, tok_b), tok_b)
+
+
+def _fit(samples: list[bytes], want: dict[bytes, float]) -> float:
+    """Chi-square p-value of the samples against `want` (categories expecting < 5 pooled)."""
+    counts = Counter(samples)
+    n = len(samples)
+    keys = [k for k, p in want.items() if p * n >= 5]
+    observed = [counts.get(k, 0) for k in keys] + [n - sum(counts.get(k, 0) for k in keys)]
+    expected = [want[k] * n for k in keys] + [n - sum(want[k] * n for k in keys)]
+    return float(chisquare(observed, expected).pvalue)
+
+
+PREFIXES = [b"a", b"ab", b" a", b"ba "]  # end mid-token and at a space for both tokenizers
+
+
+def _handoffs(slm, llm, handoff: Handoff) -> list[bytes]:
+    """The LLM takes over after each prefix (written as prompt text): (prefix, continuation) samples."""
+    per = N_SAMPLES // len(PREFIXES)
+    prompts = [x.decode() for x in PREFIXES for _ in range(per)]
+    params = [SamplingParams(max_tokens=16, temperature=1.0, seed=i) for i in range(len(prompts))]
+    gens = generate_cross(slm, llm, make_policy(PolicyKind.LLM), prompts, params, handoff)
+    return [p.encode() + b"|" + g.text.encode() for p, g in zip(prompts, gens)]
+
+
+def _conditionals(source: dict[bytes, float]) -> dict[bytes, float]:
+    """P(prefix, continuation) with the prefixes equally weighted, as _handoffs samples them."""
+    out = {}
+    for x in PREFIXES:
+        px = sum(p for t, p in source.items() if t.startswith(x))
+        for t, p in source.items():
+            if t.startswith(x):
+                out[x + b"|" + t[len(x):]] = p / px / len(PREFIXES)
+    return out
+
+
+def test_one_model_two_tokenizers_agree_on_every_next_byte(source_pair):
+    source, a, b = source_pair
+    for prefix in [b"", b"a", b"ab", b"ab ", b"b a", b" ", b"aab", b"ba b"]:
+        torch.testing.assert_close(a.next_byte_logprobs(prefix).exp(), b.next_byte_logprobs(prefix).exp(),
+                                   atol=1e-6, rtol=0)
+
+
+def test_exact_handoff_continues_from_the_exact_byte_conditional(source_pair):
+    """Control passes to the other tokenizer's model mid-token: it samples P(continuation | bytes)."""
+    source, a, b = source_pair
+    assert _fit(_handoffs(a, b, Handoff.EXACT), _conditionals(source)) > ALPHA
+
+
+def test_naive_handoff_is_biased(source_pair):
+    source, a, b = source_pair
+    assert _fit(_handoffs(a, b, Handoff.NAIVE), _conditionals(source)) < 1e-6, \
+        "re-encoding the prefix forces a token boundary the model never saw there"
+
+
+def test_greedy_always_llm_equals_the_llm_alone(source_pair):
+    """With every piece routed, the output is the LLM's own greedy decode."""
+    _, a, b = source_pair
+    (routed,) = generate_cross(a, b, make_policy(PolicyKind.LLM), [""], [SamplingParams(max_tokens=16)])
+    (alone,) = generate_cross(b, b, make_policy(PolicyKind.SLM), [""], [SamplingParams(max_tokens=16)])
+    assert routed.text == alone.text and routed.stats.llm_tokens == len(routed.sources)

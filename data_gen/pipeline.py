@@ -61,10 +61,13 @@ def _batches(items: list, size: int) -> list[list]:
 
 
 class LabelPipeline:
+    """Shared-tokenizer pairs; `CrossLabelPipeline` (below) is the cross-tokenizer variant."""
+
     def __init__(self, pair: ModelPair, verifier: Verifier, cfg: LabelConfig, prompts: list[PromptRecord]) -> None:
         self.pair, self.verifier, self.cfg, self.prompts = pair, verifier, cfg, prompts
         identity = {"slm": pair.slm.fingerprint, "llm": pair.llm.fingerprint,
                     "tokenizer": tokenizer_fingerprint(pair.tokenizer), "settings": cfg.settings(),
+                    **({"llm_tokenizer": tokenizer_fingerprint(pair.llm_tokenizer)} if pair.cross else {}),
                     "prompt_ids": [p.id for p in prompts][:3] + [len(prompts)]}
         self.store = ShardStore(cfg.out_dir, identity)
         self.greedy_llm_rule = pair.stop_rule()
@@ -193,6 +196,7 @@ class LabelPipeline:
 
         shards = [self.store.load("labels", i) for i in range(len(_batches(self.prompts, self.cfg.chunk_size)))
                   if self.store.has("labels", i)]
+        shards = [s for s in shards if len(s)]
         if not shards:
             return {"tokens": 0}
         ds = concatenate_datasets(shards).select_columns(["mismatch", "divergent"])
@@ -201,3 +205,84 @@ class LabelPipeline:
         return {"prompts_done": sum(len(set(s["data_id"])) for s in shards), "tokens": n,
                 "mismatches": int(mismatch.sum()), "divergent": int(divergent.sum()),
                 "mismatch_rate": float(mismatch.mean()), "divergent_rate": float(divergent.mean())}
+
+
+class CrossLabelPipeline(LabelPipeline):
+    """Labels for a pair with different tokenizers: the same stages over bytes.
+
+    The reference is the LLM's text; the SLM is teacher-forced over its own encoding of it, and
+    a position is a mismatch when the SLM's top token's bytes are not what the reference text
+    continues with (a different segmentation of the same text is not a mismatch). The LLM
+    continues each SLM branch conditioned on its exact bytes (covers: serving.byte_level), so a
+    branch ending inside an LLM token is not biased."""
+
+    def reference(self, chunk: list[PromptRecord]) -> dict:
+        from serving.cross_tokenizer import generate_cross
+
+        slm_blm, llm_blm = self.pair.byte_models()
+        texts = [self._llm_prompt(p) for p in chunk]
+        gens = []
+        for batch in _batches(texts, self.cfg.batch_size):
+            gens += generate_cross(llm_blm, llm_blm, AlwaysSLM(), batch,
+                                   [SamplingParams(max_tokens=self.cfg.max_new_tokens)] * len(batch))
+        refs = [g.text for g in gens]
+        return {"data_id": [p.id for p in chunk], "prompt_ids": [self.pair.encode_chat(p.chat()) for p in chunk],
+                "ref_ids": [slm_blm.vocab.encode(r.encode()) for r in refs], "ref_text": refs,
+                "finished": [g.finish_reason.value == "stop" for g in gens]}
+
+    def mismatch(self, ref: dict) -> dict:
+        rows = super().mismatch(ref)
+        table = self.pair.byte_models()[0].vocab.table
+        refs = {d: r for d, r in zip(ref["data_id"], ref["ref_text"])}
+        offsets: dict = {}
+        for k, (d, pos, tok) in enumerate(zip(rows["data_id"], rows["position"], rows["slm_token"])):
+            if pos == 0:
+                offsets[d] = 0
+            ref_bytes = refs[d].encode()
+            here = offsets[d]
+            rows["mismatch"][k] = not (table[tok] and ref_bytes.startswith(table[tok], here))
+            offsets[d] = here + len(table[rows["ref_token"][k]])
+        return rows
+
+    def continuation(self, ref: dict, mism) -> dict:
+        from serving.cross_tokenizer import generate_cross
+
+        llm_blm = self.pair.byte_models()[1]
+        table = self.pair.byte_models()[0].vocab.table
+        refs = {d: (t, ids) for d, t, ids in zip(ref["data_id"], ref["ref_text"], ref["ref_ids"])}
+        prompts = {d: t for d, t in zip(ref["data_id"], self._llm_prompts(ref["data_id"]))}
+        cands = [(d, pos, tok) for d, pos, tok, m in zip(mism["data_id"], mism["position"], mism["slm_token"],
+                                                         mism["mismatch"]) if m]
+        sentence = self.verifier.continuation == Continuation.SENTENCE
+        max_tokens = self.cfg.sentence_max_tokens if sentence else self.cfg.max_new_tokens
+        stops = SENTENCE_STOPS if sentence else ()
+        out: dict[str, list] = {"data_id": [], "position": [], "context": [], "slm_branch": [], "ref_branch": []}
+        for batch in _batches(cands, self.cfg.batch_size):
+            contexts = [b"".join(table[i] for i in refs[d][1][:pos]).decode("utf-8", errors="replace")
+                        for d, pos, _ in batch]
+            firsts = [table[tok].decode("utf-8", errors="replace") for _, _, tok in batch]
+            texts = [prompts[d] + c + f for (d, _, _), c, f in zip(batch, contexts, firsts)]
+            params = [SamplingParams(max_tokens=max_tokens, stop=stops)] * len(batch)
+            gens = generate_cross(llm_blm, llm_blm, AlwaysSLM(), texts, params)
+            for (d, pos, _), context, first, g in zip(batch, contexts, firsts, gens):
+                ref_tail = refs[d][0][len(context):]
+                out["data_id"].append(d)
+                out["position"].append(pos)
+                out["context"].append(context)
+                out["slm_branch"].append(self._cut(first + g.text, stops) if sentence else first + g.text)
+                out["ref_branch"].append(self._cut(ref_tail, stops) if sentence else ref_tail)
+        return out
+
+    def _llm_prompt(self, record: PromptRecord) -> str:
+        tok = self.pair.llm_tokenizer
+        if getattr(tok, "chat_template", None):
+            return tok.apply_chat_template(record.chat(), tokenize=False, add_generation_prompt=True)
+        return self.pair.tokenizer.apply_chat_template(record.chat(), tokenize=False, add_generation_prompt=True)
+
+    def _llm_prompts(self, data_ids: list) -> list[str]:
+        by_id = {p.id: p for p in self.prompts}
+        return [self._llm_prompt(by_id[d]) for d in data_ids]
+
+
+def make_pipeline(pair: ModelPair, verifier: Verifier, cfg: LabelConfig, prompts: list[PromptRecord]) -> LabelPipeline:
+    return (CrossLabelPipeline if pair.cross else LabelPipeline)(pair, verifier, cfg, prompts)

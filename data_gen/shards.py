@@ -46,16 +46,21 @@ class ShardStore:
         return self._path(stage, index).is_dir()
 
     def load(self, stage: str, index: int) -> Dataset:
-        from datasets import load_from_disk
+        from datasets import Dataset, load_from_disk
 
-        return load_from_disk(str(self._path(stage, index)))
+        path = self._path(stage, index)
+        return Dataset.from_dict({}) if (path / EMPTY).exists() else load_from_disk(str(path))
 
     def save(self, stage: str, index: int, ds: Dataset) -> None:
         final = self._path(stage, index)
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        ds.save_to_disk(str(tmp))
+        if len(ds):
+            ds.save_to_disk(str(tmp))
+        else:  # arrow cannot read back a table with no rows and inferred null columns
+            tmp.mkdir()
+            (tmp / EMPTY).touch()
         tmp.rename(final)
 
     def shards(self, stage: str) -> list[Path]:
@@ -71,6 +76,9 @@ class ShardStore:
         tmp.replace(self.root / MANIFEST)
 
 
+EMPTY = "EMPTY"  # marks a shard whose stage produced no rows
+
+
 def load_labels(root: Path, stage: str = "labels") -> tuple[Dataset, dict]:
     """All shards of a finished label run, concatenated, and its manifest."""
     from datasets import concatenate_datasets, load_from_disk
@@ -82,7 +90,7 @@ def load_labels(root: Path, stage: str = "labels") -> tuple[Dataset, dict]:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"corrupt manifest {path}: {exc}") from exc
-    shards = sorted(p for p in (root / stage).glob("shard-*") if not p.name.endswith(".tmp"))
+    shards = sorted(p for p in (root / stage).glob("shard-*") if not p.name.endswith(".tmp") and not (p / EMPTY).exists())
     if not shards:
         raise ValueError(f"{root} has no {stage} shards; run `r2r label` to completion first")
     parts = []

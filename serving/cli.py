@@ -184,9 +184,7 @@ def _quiet_libraries() -> None:
 
 
 def _load_pair(args: argparse.Namespace):
-    from serving.pair import load_pair, resolve_pair
-
-    from serving.pair import BackendChoice
+    from serving.pair import BackendChoice, load_pair, resolve_pair
 
     return load_pair(resolve_pair(args.pair, args.slm, args.llm, args.router), args.device,
                      BackendChoice(kind=args.backend, llm_tp=args.llm_tp))
@@ -411,7 +409,7 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
 def _cmd_label(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from data_gen.pipeline import STAGES, LabelConfig, LabelPipeline
+    from data_gen.pipeline import STAGES, LabelConfig, make_pipeline
     from data_gen.prompts import load_prompts
     from data_gen.verifiers import AnswerVerifier, EmbeddingVerifier, JudgeVerifier, minilm_dir
 
@@ -432,7 +430,7 @@ def _cmd_label(args: argparse.Namespace) -> int:
         from serving.backends.hf import HFBackend
 
         verifier = JudgeVerifier(HFBackend(args.judge_model, args.device), AutoTokenizer.from_pretrained(args.judge_model))
-    pipeline = LabelPipeline(pair, verifier, cfg, prompts)
+    pipeline = make_pipeline(pair, verifier, cfg, prompts)
     with Progress(TextColumn("{task.description:>12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
         tasks = {name: bar.add_task(name, total=None) for name in STAGES}
         counts = pipeline.run(lambda stage, done, total: bar.update(tasks[stage], completed=done, total=total))

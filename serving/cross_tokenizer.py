@@ -17,13 +17,14 @@ beyond it (the LLM passes equal sequential routing's; the outputs are identical)
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 import torch
 
 from router.policies import RouteInput, RoutingPolicy, flags
 from serving.byte_level import ByteLevelLM, ByteState, Leaf
+from serving.engine import drain
 from serving.generation import FinishReason, Generation, RoutingMode, Source
 from serving.sampling import SamplingParams, make_generator, processed_probs
 from serving.token_bytes import END
@@ -66,7 +67,6 @@ class CrossRequest:
     llm_tail: bytes
     out: Generation
     text: bytes = b""  # generated so far
-    pieces: list[bytes] = field(default_factory=list)
     llm: ByteState | None = None  # opened on the first routed piece
     done: bool = False
 
@@ -94,8 +94,14 @@ class CrossEngine:
         self.context_length = context_length or min(slm.backend.max_length, llm.backend.max_length)
         self.active: list[CrossRequest] = []
 
-    def add(self, prompts: list[str], params: list[SamplingParams], policies: list[RoutingPolicy],
-            keys: list[int]) -> list[CrossRequest]:
+    def add(self, prompts: list[list[int]], params: list[SamplingParams], policies: list[RoutingPolicy],
+            modes: list[RoutingMode], keys: list[int]) -> list[CrossRequest]:
+        """Start requests from SLM prompt ids (the same interface as the shared-tokenizer engine)."""
+        decode = self.slm.blm.tokenizer.decode
+        return self.add_texts([decode(p, skip_special_tokens=False) for p in prompts], params, policies, keys)
+
+    def add_texts(self, prompts: list[str], params: list[SamplingParams], policies: list[RoutingPolicy],
+                  keys: list[int]) -> list[CrossRequest]:
         """Start requests from prompt texts (special tokens written out, as a chat template renders them)."""
         slm_views = [self.slm.context_and_tail(p) for p in prompts]
         hidden = any(p.needs_hidden for p in policies)
@@ -162,7 +168,7 @@ class CrossEngine:
             route_in = RouteInput(
                 logits=torch.stack([row.logits for row in rows]),
                 hidden=torch.stack([row.hidden for row in rows]) if policy.needs_hidden else None,
-                positions=[len(reqs[i].pieces) for i in idx], stream_keys=[reqs[i].key for i in idx])
+                positions=[len(reqs[i].out.pieces) for i in idx], stream_keys=[reqs[i].key for i in idx])
             s, f = flags(policy, route_in)
             for i, si, fi in zip(idx, s.tolist(), f.tolist()):
                 scores[i], flagged[i] = si, fi
@@ -192,11 +198,11 @@ class CrossEngine:
             return
         piece = blm.commit(state, leaf)
         r.text += piece
-        r.pieces.append(piece)
+        r.out.pieces.append(piece)
         text = r.text.decode("utf-8", errors="replace")
         if r.params.stop and any(s in text for s in r.params.stop):
             r.done, r.out.finish_reason = True, FinishReason.STOP
-        elif len(r.pieces) >= r.params.max_tokens or len(state.root.ids) + len(state.context) >= self.context_length - 1:
+        elif len(r.out.pieces) >= r.params.max_tokens or len(state.root.ids) + len(state.context) >= self.context_length - 1:
             r.done, r.out.finish_reason = True, FinishReason.LENGTH
 
     def _release(self, r: CrossRequest) -> None:
@@ -210,17 +216,8 @@ class CrossEngine:
 
 def generate_cross(slm: ByteLevelLM, llm: ByteLevelLM, policy: RoutingPolicy, prompts: list[str],
                    params: list[SamplingParams], handoff: Handoff = Handoff.EXACT,
-                   mode: RoutingMode = RoutingMode.SEQUENTIAL, stream_keys: list[int] | None = None) -> list[Generation]:
-    """Decode a fixed batch of prompt texts to the end. `mode` is accepted for symmetry with the
-    shared-tokenizer engine; both modes run the same schedule here (see the module docstring)."""
-    del mode
+                   stream_keys: list[int] | None = None) -> list[Generation]:
+    """Decode a fixed batch of prompt texts to the end (both routing modes run this schedule)."""
     engine = CrossEngine(slm, llm, handoff)
     keys = stream_keys if stream_keys is not None else list(range(len(prompts)))
-    reqs = engine.add(prompts, params, [policy] * len(prompts), keys)
-    start = time.perf_counter()
-    while engine.active:
-        engine.step()
-    elapsed = time.perf_counter() - start
-    for r in reqs:
-        r.out.stats.seconds = elapsed
-    return [r.out for r in reqs]
+    return drain(engine, engine.add_texts(prompts, params, [policy] * len(prompts), keys))

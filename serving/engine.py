@@ -170,14 +170,15 @@ class RoutedEngine:
         r.out.text = self.stop_rule.text_of(r.out.token_ids, r.params.stop)
 
 
-def run_to_completion(slm: Backend, llm: Backend, policy: RoutingPolicy, prompts: list[list[int]],
-                      params: list[SamplingParams], stop_rule: StopRule, mode: RoutingMode,
-                      stream_keys: list[int] | None = None, block: BlockConfig | None = None) -> list[Generation]:
-    """Decode a fixed batch of prompts to the end (the engine without a scheduler)."""
-    assert len(prompts) == len(params), "one SamplingParams per prompt"
-    engine = RoutedEngine(slm, llm, stop_rule, block)
+def run_engine(engine, prompts: list[list[int]], params: list[SamplingParams], policies: list[RoutingPolicy],
+               mode: RoutingMode, stream_keys: list[int] | None = None) -> list[Generation]:
+    """Drive any engine (token-level or cross-tokenizer) over a fixed batch until every request ends."""
     keys = stream_keys if stream_keys is not None else list(range(len(prompts)))
-    reqs = engine.add(prompts, params, [policy] * len(prompts), [mode] * len(prompts), keys)
+    return drain(engine, engine.add(prompts, params, policies, [mode] * len(prompts), keys))
+
+
+def drain(engine, reqs: list) -> list[Generation]:
+    """Step `engine` until nothing is active; each request's seconds = the wall time of the batch."""
     start = time.perf_counter()
     while engine.active:
         engine.step()
@@ -185,3 +186,12 @@ def run_to_completion(slm: Backend, llm: Backend, policy: RoutingPolicy, prompts
     for r in reqs:
         r.out.stats.seconds = elapsed
     return [r.out for r in reqs]
+
+
+def run_to_completion(slm: Backend, llm: Backend, policy: RoutingPolicy, prompts: list[list[int]],
+                      params: list[SamplingParams], stop_rule: StopRule, mode: RoutingMode,
+                      stream_keys: list[int] | None = None, block: BlockConfig | None = None) -> list[Generation]:
+    """Decode a fixed batch of prompts to the end (the engine without a scheduler)."""
+    assert len(prompts) == len(params), "one SamplingParams per prompt"
+    return run_engine(RoutedEngine(slm, llm, stop_rule, block), prompts, params, [policy] * len(prompts), mode,
+                      stream_keys)

@@ -58,13 +58,46 @@ def resolve_pair(pair: str | None, slm: str | None, llm: str | None, router: str
 
 @dataclass
 class ModelPair:
-    """The two backends of a routed pair and the tokenizer they share."""
+    """The two backends of a routed pair and their tokenizers (the SLM's unless the LLM's differs)."""
 
     spec: PairSpec
     slm: Backend
     llm: Backend
-    tokenizer: object  # a transformers tokenizer
+    tokenizer: object  # the SLM's transformers tokenizer: prompts and token-level outputs use it
+    llm_tokenizer: object | None = None  # set when the LLM's tokenizer differs: cross-tokenizer routing
     _router: LearnedPolicy | None = field(default=None, repr=False)
+    _byte_models: tuple | None = field(default=None, repr=False)
+
+    @property
+    def cross(self) -> bool:
+        """Different tokenizers: decoding shares bytes, not token ids (serving.cross_tokenizer)."""
+        return self.llm_tokenizer is not None
+
+    def byte_models(self) -> tuple:
+        """(SLM, LLM) as `ByteLevelLM`s over this pair's backends, built once."""
+        if self._byte_models is None:
+            from serving.byte_level import ByteLevelLM
+
+            self._byte_models = (ByteLevelLM(self.slm, self.tokenizer),
+                                 ByteLevelLM(self.llm, self.llm_tokenizer or self.tokenizer))
+        return self._byte_models
+
+    def engine(self):
+        """The decoding engine the scheduler drives: token-level, or byte-level for a cross pair."""
+        if self.cross:
+            from serving.cross_tokenizer import CrossEngine
+
+            return CrossEngine(*self.byte_models(), context_length=self.context_length)
+        from serving.engine import RoutedEngine
+
+        return RoutedEngine(self.slm, self.llm, self.stop_rule())
+
+    def decode_output(self, gen: Generation, n: int | None = None) -> str:
+        """The text of the first n output steps (all by default), special tokens dropped."""
+        if self.cross:
+            return b"".join(gen.pieces[:n]).decode("utf-8", errors="replace")
+        ids = gen.token_ids[:n]
+        return self.tokenizer.decode([i for i in ids if i not in self.eos_ids], skip_special_tokens=False)
 
     @property
     def default_policy(self) -> PolicyKind:
@@ -147,6 +180,10 @@ class ModelPair:
         for ids in prompts:
             self.check_prompt(ids)
         self.check_sampling(params)
+        if self.cross:
+            from serving.engine import run_engine
+
+            return run_engine(self.engine(), prompts, params, [policy] * len(prompts), mode)
         decode = generate_speculative if mode == RoutingMode.SPECULATIVE else generate_sequential
         return decode(self.slm, self.llm, policy, prompts, params, self.stop_rule())
 
@@ -211,12 +248,15 @@ def load_pair(spec: PairSpec, device: str | None = None, backend: BackendChoice 
     _check_model_dir(spec.llm, "LLM")
     tokenizer = AutoTokenizer.from_pretrained(spec.slm)
     llm_tokenizer = AutoTokenizer.from_pretrained(spec.llm)
-    if tokenizer.get_vocab() != llm_tokenizer.get_vocab():
-        raise ValueError(f"the SLM ({spec.slm}) and LLM ({spec.llm}) tokenizers differ; "
-                         "this pair needs cross-tokenizer routing")
-    slm, llm = _backends(spec, device, backend or BackendChoice())
-    for role, b in (("SLM", slm), ("LLM", llm)):
-        if len(tokenizer) > b.vocab_size:
-            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the {role} ({b.model_id}) "
+    cross = tokenizer.get_vocab() != llm_tokenizer.get_vocab()
+    choice = backend or BackendChoice()
+    if cross and choice.kind != "hf":
+        raise ValueError("cross-tokenizer pairs need full next-token distributions: use --backend hf")
+    slm, llm = _backends(spec, device, choice)
+    for role, b, tok in (("SLM", slm, tokenizer), ("LLM", llm, llm_tokenizer)):
+        if len(tok) > b.vocab_size:
+            raise ValueError(f"the tokenizer has {len(tok)} tokens but the {role} ({b.model_id}) "
                              f"only {b.vocab_size}: they do not belong together")
-    return ModelPair(spec, slm, llm, tokenizer)
+    if cross:
+        log.info("the SLM and LLM tokenizers differ: routing through exact byte-level handoff")
+    return ModelPair(spec, slm, llm, tokenizer, llm_tokenizer if cross else None)

@@ -16,7 +16,7 @@ import torch
 
 from router.policies import RoutingPolicy
 from serving.backends.base import Backend
-from serving.engine import RoutedEngine, Request, llm_feed, route, run_to_completion, slm_feed
+from serving.engine import Request, RoutedEngine, llm_feed, route, run_to_completion, slm_feed
 from serving.generation import Generation, RoutingMode, Source
 from serving.sampling import SamplingParams, choose_token
 from serving.stopping import StopRule

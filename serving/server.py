@@ -19,7 +19,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Str
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from router.policies import PolicyKind, RoutingPolicy
-from serving.engine import RoutedEngine
 from serving.generation import Generation, RoutingMode
 from serving.pair import ModelPair
 from serving.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, error_body, new_id, now
@@ -67,7 +66,7 @@ class RoutedService:
     def __init__(self, pair: ModelPair, cfg: ServeConfig) -> None:
         self.pair, self.cfg = pair, cfg
         self.default_policy = cfg.policy or pair.default_policy
-        self.scheduler = Scheduler(RoutedEngine(pair.slm, pair.llm, pair.stop_rule()), cfg.scheduler)
+        self.scheduler = Scheduler(pair.engine(), cfg.scheduler)
 
     def policy_for(self, req: SamplingFields) -> RoutingPolicy:
         kind = req.policy or self.default_policy
@@ -235,10 +234,16 @@ def build_app(pair: ModelPair, cfg: ServeConfig) -> FastAPI:
 
     async def _sse(request: Request, ticket: Ticket, wake: asyncio.Event, req: SamplingFields, chat: bool,
                    rid: str, created: int) -> AsyncIterator[str]:
-        stream = TextStream(lambda ids: pair.tokenizer.decode(ids), ticket.params.stop, pair.eos_ids)
+        if pair.cross:  # outputs are byte pieces: the ids only count them
+            def decode(ids: list[int]) -> str:
+                return pair.decode_output(ticket.request.out, len(ids))
 
-        def decode_visible(ids: list[int]) -> str:
-            return pair.tokenizer.decode(ids, skip_special_tokens=True)
+            stream, decode_visible = TextStream(decode, ticket.params.stop, frozenset()), decode
+        else:
+            stream = TextStream(lambda ids: pair.tokenizer.decode(ids), ticket.params.stop, pair.eos_ids)
+
+            def decode_visible(ids: list[int]) -> str:
+                return pair.tokenizer.decode(ids, skip_special_tokens=True)
 
         obj = "chat.completion.chunk" if chat else "text_completion"
         sent_tokens = 0

@@ -26,7 +26,7 @@ import torch
 
 from router.policies import RoutingPolicy
 from serving.backends.base import Backend
-from serving.engine import BlockConfig, Draft, RoutedEngine, Request, llm_feed, route, run_to_completion, slm_feed
+from serving.engine import BlockConfig, Draft, Request, RoutedEngine, llm_feed, route, run_to_completion, slm_feed
 from serving.generation import Generation, RoutingMode, Source
 from serving.sampling import SamplingParams, processed_probs
 from serving.stopping import StopRule

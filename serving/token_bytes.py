@@ -126,7 +126,7 @@ class TokenBytes:
             except UnicodeDecodeError:
                 row[v] = True
         want = [[v] if left is None else [left, v] for v in ids]
-        encoded = self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        encoded = self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"] if texts else []
         for v, enc, w in zip(ids, encoded, want):
             row[v] = enc == w
         self._valid_rows[left] = row

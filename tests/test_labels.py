@@ -168,3 +168,38 @@ def test_judge_verifier_parses_answers() -> None:
 
     want = [expected(c) for c in cands]
     assert judge.label(cands) == want
+
+
+def test_cross_tokenizer_labels_compare_bytes(tmp_path: Path, tiny_models) -> None:
+    """An LLM with another tokenizer: the reference is its text, the SLM is teacher-forced over its
+    own encoding of it, and a mismatch is a token whose bytes the reference text does not continue with."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok_x = AutoTokenizer.from_pretrained(Path(__file__).resolve().parents[1] / "models" / "testbed" / "tokenizer-x")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok_x), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                         eos_token_id=tok_x.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "llm-x")
+    tok_x.save_pretrained(tmp_path / "llm-x")
+    out = tmp_path / "x"
+    proc = r2r("label", "--slm", str(tiny_models["llama"]), "--llm", str(tmp_path / "llm-x"), "--prompts",
+               "testbed-math:2", "--max-new-tokens", "8", "--keep-unfinished", "--out", str(out))
+    _, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-2000:]
+    ds, manifest = load_labels(out)
+    assert "llm_tokenizer" in manifest["identity"]
+    refs = __import__("datasets").load_from_disk(str(out / "reference" / "shard-00000"))[:]
+    slm_tok = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    rows = ds.select_columns(["data_id", "position", "slm_token", "mismatch", "divergent"])[:]
+    for data_id, text, ref_ids in zip(refs["data_id"], refs["ref_text"], refs["ref_ids"]):
+        assert slm_tok.decode(ref_ids) == text, "the SLM is teacher-forced over the reference text itself"
+        mine = [(p, t, m) for d, p, t, m in zip(rows["data_id"], rows["position"], rows["slm_token"],
+                                                rows["mismatch"]) if d == data_id]
+        assert [p for p, _, _ in mine] == list(range(len(ref_ids)))
+        for pos, token, mismatch in mine:
+            rest = text[len(slm_tok.decode(ref_ids[:pos])):]
+            piece = slm_tok.decode([token])
+            assert mismatch == (not piece or not rest.startswith(piece)), (pos, piece, rest[:10])
+    assert all(m or not d for m, d in zip(rows["mismatch"], rows["divergent"]))

@@ -6,8 +6,16 @@ import math
 import pytest
 import torch
 
-from router.policies import (AlwaysLLM, AlwaysSLM, ConfidencePolicy, PolicyKind, RandomPolicy, RouteInput, flags,
-                             make_policy)
+from router.policies import (
+    AlwaysLLM,
+    AlwaysSLM,
+    ConfidencePolicy,
+    PolicyKind,
+    RandomPolicy,
+    RouteInput,
+    flags,
+    make_policy,
+)
 
 
 def inputs(logits: torch.Tensor, positions: list[int] | None = None, keys: list[int] | None = None) -> RouteInput:

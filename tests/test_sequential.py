@@ -6,8 +6,7 @@ import torch
 
 from evals.testbed.splits import heldout
 from router.policies import AlwaysLLM, AlwaysSLM, RandomPolicy
-from serving.generation import FinishReason, Source
-from serving.generation import RoutingMode
+from serving.generation import FinishReason, RoutingMode, Source
 from serving.pair import ModelPair, PairSpec, load_pair
 from serving.sampling import SamplingParams
 from serving.sequential import generate_sequential

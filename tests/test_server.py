@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
-
-import json
 
 import httpx
 import pytest

@@ -9,8 +9,8 @@ import pytest
 from router.policies import ConfidencePolicy, RandomPolicy, RouteInput, flags
 from serving.sampling import SamplingParams, processed_probs
 from serving.sequential import generate_sequential
-from serving.stopping import StopRule
 from serving.speculative import BlockConfig, generate_speculative
+from serving.stopping import StopRule
 
 from .fakes import FakeBackend
 

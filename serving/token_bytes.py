@@ -60,6 +60,7 @@ class TokenBytes:
     _sorted: list[bytes] = field(repr=False, default_factory=list)
     _sorted_ids: list[int] = field(repr=False, default_factory=list)
     _valid_rows: dict[int | None, torch.Tensor] = field(repr=False, default_factory=dict)
+    _checked: dict[int | None, torch.Tensor] = field(repr=False, default_factory=dict)
 
     @classmethod
     def from_tokenizer(cls, tokenizer, vocab_size: int | None = None) -> TokenBytes:
@@ -106,28 +107,33 @@ class TokenBytes:
         except UnicodeDecodeError:
             return True  # partial UTF-8 cannot be re-encoded as text; see valid_after
 
-    def valid_after(self, left: int | None) -> torch.Tensor:
+    def valid_after(self, left: int | None, ids: torch.Tensor | None = None) -> torch.Tensor:
         """[vocab] bool: the tokens v for which [left, v] is canonical (left=None: v alone is).
 
-        Special tokens are always allowed (they end the text). Pairs whose bytes are not whole
-        UTF-8 text cannot be checked by the text tokenizer and count as valid."""
+        Only the entries for `ids` (all when None) are guaranteed checked; unchecked entries read
+        True. Rows are memoized per left token. Special tokens are always allowed (they end the
+        text); pairs whose bytes are not whole UTF-8 text cannot be checked by the text
+        tokenizer and count as valid."""
         row = self._valid_rows.get(left)
-        if row is not None:
-            return row
+        if row is None:
+            row = self._valid_rows[left] = torch.ones(len(self.table), dtype=torch.bool)
+            self._checked[left] = self.special.clone()
+        checked = self._checked[left]
+        todo = (~checked).nonzero().squeeze(1) if ids is None else ids[~checked[ids]]
+        if todo.numel():
+            self._check_pairs(left, todo.tolist(), row)
+            checked[todo] = True
+        return row
+
+    def _check_pairs(self, left: int | None, candidates: list[int], row: torch.Tensor) -> None:
         head = b"" if left is None else self.table[left]
-        row = self.special.clone()
         texts, ids = [], []
-        for v, tail in enumerate(self.table):
-            if not tail:
-                continue
+        for v in candidates:
             try:
-                texts.append((head + tail).decode("utf-8"))
+                texts.append((head + self.table[v]).decode("utf-8"))
                 ids.append(v)
             except UnicodeDecodeError:
-                row[v] = True
-        want = [[v] if left is None else [left, v] for v in ids]
-        encoded = self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"] if texts else []
-        for v, enc, w in zip(ids, encoded, want):
-            row[v] = enc == w
-        self._valid_rows[left] = row
-        return row
+                pass
+        encoded = [e.ids for e in self.tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
+        for v, enc in zip(ids, encoded):
+            row[v] = enc == ([v] if left is None else [left, v])

@@ -1,0 +1,103 @@
+"""Cross-tokenizer routing on the testbed: does the exact byte-level handoff cost accuracy?
+
+Three pairs share the SLM and its learned router (same threshold per target share):
+  shared  SLM + LLM (one tokenizer, token-level routing: the reference point)
+  exact   SLM + llm-x (another tokenizer, byte-conditioned handoff)
+  naive   SLM + llm-x (decode to text, re-encode, continue after that token boundary)
+Shares, accuracy and the forward passes per output byte are measured, not assumed.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from evals.testbed.evaluate import solve_routed
+from evals.testbed.problem import grade
+from evals.testbed.splits import heldout
+from evals.testbed.tokenizer import chat_text
+from router.policies import RandomPolicy, RoutingPolicy
+from serving.cross_tokenizer import Handoff, generate_cross
+from serving.generation import Generation
+from serving.pair import ModelPair
+from serving.sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+MAX_NEW_TOKENS = 200
+
+
+@dataclass(frozen=True)
+class CrossBenchConfig:
+    shares: tuple[float, ...] = (0.15, 0.25)
+    families: tuple[str, ...] = ("math", "code")
+    n_problems: int = 200
+    batch_size: int = 50
+    cost_rate: float = 0.2  # the random policy's LLM rate for the passes-per-byte comparison
+    cost_problems: int = 50
+
+
+def _summary(problems, gens: list[Generation], texts: list[str]) -> dict:
+    steps = sum(len(g.token_ids) for g in gens)
+    return {"accuracy": sum(grade(p, t) for p, t in zip(problems, texts)) / len(problems),
+            "llm_share": sum(g.stats.llm_tokens for g in gens) / max(1, steps), "steps": steps}
+
+
+def run_shared(pair: ModelPair, policy: RoutingPolicy, problems, cfg: CrossBenchConfig) -> dict:
+    gens = solve_routed(pair.slm, pair.llm, policy, pair.tokenizer, problems, cfg.batch_size)
+    return _summary(problems, gens, [g.text for g in gens])
+
+
+def run_cross(cross: ModelPair, policy: RoutingPolicy, problems, handoff: Handoff, cfg: CrossBenchConfig) -> dict:
+    slm, llm = cross.byte_models()
+    gens: list[Generation] = []
+    params = SamplingParams(max_tokens=MAX_NEW_TOKENS)
+    for start in range(0, len(problems), cfg.batch_size):
+        chunk = problems[start:start + cfg.batch_size]
+        gens += generate_cross(slm, llm, policy, [chat_text(p.prompt) for p in chunk], [params] * len(chunk),
+                               handoff, stream_keys=list(range(start, start + len(chunk))))
+    return _summary(problems, gens, [g.text for g in gens])
+
+
+def handoff_cost(cross: ModelPair, prompts: list[str], handoff: Handoff, rate: float, batch_size: int,
+                 max_tokens: int = MAX_NEW_TOKENS) -> dict:
+    """Forward passes (both models) per output byte and output bytes/s under random routing."""
+    slm, llm = cross.byte_models()
+    policy = RandomPolicy(rate=rate, seed=0)
+    passes0 = cross.slm.forward_passes + cross.llm.forward_passes
+    start, out_bytes, llm_pieces, pieces = time.perf_counter(), 0, 0, 0
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i:i + batch_size]
+        gens = generate_cross(slm, llm, policy, chunk, [SamplingParams(max_tokens=max_tokens)] * len(chunk), handoff,
+                              stream_keys=list(range(i, i + len(chunk))))
+        out_bytes += sum(len(b"".join(g.pieces)) for g in gens)
+        llm_pieces += sum(g.stats.llm_tokens for g in gens)
+        pieces += sum(len(g.token_ids) for g in gens)
+    seconds = time.perf_counter() - start
+    passes = cross.slm.forward_passes + cross.llm.forward_passes - passes0
+    return {"passes_per_byte": passes / max(1, out_bytes), "bytes_per_s": out_bytes / seconds,
+            "output_bytes": out_bytes, "llm_share": llm_pieces / max(1, pieces), "seconds": round(seconds, 1)}
+
+
+def cross_bench(shared: ModelPair, cross: ModelPair, cfg: CrossBenchConfig) -> dict:
+    router = shared.learned_policy()
+    result: dict = {"config": cfg.__dict__ | {"shares": list(cfg.shares), "families": list(cfg.families)},
+                    "pairs": {"shared": [str(shared.spec.slm), str(shared.spec.llm)],
+                              "cross": [str(cross.spec.slm), str(cross.spec.llm)]}}
+    for family in cfg.families:
+        problems = heldout(family, "test", cfg.n_problems)
+        rows = {}
+        for share in cfg.shares:
+            policy = router.with_threshold(router.threshold_for_share(share))
+            row = {"shared": run_shared(shared, policy, problems, cfg),
+                   "exact": run_cross(cross, policy, problems, Handoff.EXACT, cfg),
+                   "naive": run_cross(cross, policy, problems, Handoff.NAIVE, cfg)}
+            row["exact_minus_shared"] = row["exact"]["accuracy"] - row["shared"]["accuracy"]
+            row["exact_minus_naive"] = row["exact"]["accuracy"] - row["naive"]["accuracy"]
+            log.info("%s share %.2f: %s", family, share, row)
+            rows[f"{share:.2f}"] = row
+        result[family] = rows
+    prompts = [chat_text(p.prompt) for p in heldout("math", "test", cfg.cost_problems)]
+    result["cost"] = {h.value: handoff_cost(cross, prompts, h, cfg.cost_rate, cfg.batch_size) for h in Handoff}
+    result["cost"]["exact_over_naive_passes"] = (result["cost"]["exact"]["passes_per_byte"]
+                                                 / result["cost"]["naive"]["passes_per_byte"])
+    return result

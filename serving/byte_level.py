@@ -246,15 +246,11 @@ class ByteLevelLM:
         n = len(state.text)
         if state.own_boundary:
             return [state.root.split]
-        splits = [n] if _is_complete_utf8(state.text) else []
+        splits = [n]
         for i in range(max(0, n - self.max_token_len + 1), n):
-            if self._is_char_boundary(state.text, i) and self.vocab.starting_with(state.text[i:], longer=True):
+            if self.vocab.starting_with(state.text[i:], longer=True):
                 splits.append(i)
         return sorted(splits)
-
-    @staticmethod
-    def _is_char_boundary(text: bytes, i: int) -> bool:
-        return i == len(text) or (text[i] & 0xC0) != 0x80
 
     def _plan_row(self, state: ByteState, split: int, row: Row | None) -> tuple[int, Row, list[int]]:
         """(first token index whose log-prob the pass yields, the row to fill, tokens to feed)."""
@@ -298,16 +294,6 @@ class ByteLevelLM:
         n_check = min(int((tail > self.unchecked_mass).sum()) + 1, self.max_checked)
         lp = lp.masked_fill(~self.vocab.valid_after(left, order[:n_check]), float("-inf"))
         return lp - torch.logsumexp(lp, 0)
-
-
-def _is_complete_utf8(text: bytes) -> bool:
-    """Whether text does not end inside a multi-byte character (only such text can be encoded)."""
-    for back in range(1, min(4, len(text)) + 1):
-        lead = text[-back]
-        if lead & 0xC0 != 0x80:
-            need = 1 if lead < 0x80 else 2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else 4
-            return need <= back
-    return not text
 
 
 def _scatter_logsumexp(values: torch.Tensor, index: torch.Tensor, bins: int) -> torch.Tensor:

@@ -59,6 +59,7 @@ class TokenBytes:
     first_byte: torch.Tensor  # [vocab] long: the first byte, END for specials
     _sorted: list[bytes] = field(repr=False, default_factory=list)
     _sorted_ids: list[int] = field(repr=False, default_factory=list)
+    _single_byte: dict[bytes, int] = field(repr=False, default_factory=dict)
     _valid_rows: dict[int | None, torch.Tensor] = field(repr=False, default_factory=dict)
     _checked: dict[int | None, torch.Tensor] = field(repr=False, default_factory=dict)
 
@@ -68,16 +69,19 @@ class TokenBytes:
         byte_level = _is_byte_level(tokenizer)
         to_byte = _gpt2_unicode_to_byte()
         n = max(len(tokenizer), vocab_size or 0)
-        specials = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+        added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        specials = set(tokenizer.all_special_ids) | {i for i, tok in added.items() if tok.special}
         table: list[bytes] = [b""] * n
         special = torch.ones(n, dtype=torch.bool)
         for piece, i in tokenizer.get_vocab().items():
             if i < n and i not in specials:
-                table[i] = _piece_bytes(piece, byte_level, to_byte)
+                # added (non-special) tokens, e.g. Gemma's whitespace runs, are stored as plain text
+                table[i] = added[i].content.encode("utf-8") if i in added else _piece_bytes(piece, byte_level, to_byte)
                 special[i] = len(table[i]) == 0
         first = torch.tensor([t[0] if t else END for t in table], dtype=torch.long)
         order = sorted((t, i) for i, t in enumerate(table) if t)
-        return cls(tokenizer, table, special, first, [t for t, _ in order], [i for _, i in order])
+        single = {t: i for t, i in order if len(t) == 1}
+        return cls(tokenizer, table, special, first, [t for t, _ in order], [i for _, i in order], single)
 
     @property
     def max_len(self) -> int:
@@ -95,10 +99,23 @@ class TokenBytes:
         return b"".join(self.table[i] for i in ids)
 
     def encode(self, data: bytes) -> list[int]:
-        """The canonical encoding of `data` (text only: special-token strings are not matched)."""
+        """The canonical encoding of `data` (special-token strings are not matched).
+
+        Bytes that are not UTF-8 text (a partial character, stray continuation bytes) cannot go
+        through the text tokenizer; they become single-byte tokens (byte-level BPE has one per
+        byte, SentencePiece its `<0xNN>` fallback pieces) between the encoded text runs."""
         if not data:
             return []
-        return self.tokenizer(data.decode("utf-8"), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            bad = data[err.start:err.end]
+            missing = [b for b in bad if bytes([b]) not in self._single_byte]
+            if missing:
+                raise ValueError(f"the tokenizer has no token for byte 0x{missing[0]:02x}") from err
+            return (self.encode(data[: err.start]) + [self._single_byte[bytes([b])] for b in bad]
+                    + self.encode(data[err.end:]))
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     def is_canonical(self, ids: list[int]) -> bool:
         data = self.decode(ids)

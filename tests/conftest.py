@@ -65,3 +65,13 @@ def smollm2_dir() -> Path:
         return convert()
     except FileNotFoundError as exc:
         pytest.skip(f"SmolLM2 weights not installed: {exc}")
+
+
+@pytest.fixture(scope="session")
+def gemma3_dir() -> Path:
+    from serving.real_models import gemma3_dir as convert
+
+    try:
+        return convert()
+    except FileNotFoundError as exc:
+        pytest.skip(f"Gemma 3 weights not installed (r2r models fetch smol-gemma): {exc}")

@@ -30,3 +30,47 @@ def test_humaneval_with_smollm2_alone(smollm2_dir, tmp_path) -> None:
     run = report["runs"]["slm@0.0"]
     assert run["n"] == 16 and run["complete"]
     assert all(p["tokens"] > 0 for p in run["problems"])
+
+
+TEXTS = ["hello world", " leading space", "two  spaces\n\n  indent", "café ☕ 日本語 🎉", "x = 12345\n\tdef f():"]
+
+
+@pytest.mark.slow
+def test_token_bytes_round_trip_real_tokenizers(smollm2_dir, gemma3_dir) -> None:
+    """GPT-2 byte-level BPE (SmolLM2) and SentencePiece with byte fallback and added whitespace tokens (Gemma 3)."""
+    from transformers import AutoTokenizer
+
+    from serving.token_bytes import TokenBytes
+
+    for model_dir in (smollm2_dir, gemma3_dir):
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        vocab = TokenBytes.from_tokenizer(tok)
+        for text in TEXTS:
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            assert vocab.decode(ids) == text.encode(), (model_dir.name, text)
+            assert vocab.encode(text.encode()) == ids
+        assert vocab.encode("é".encode()[:1]) and vocab.decode(vocab.encode(b"a\xc3")) == b"a\xc3"
+
+
+@pytest.mark.slow
+def test_byte_level_chain_rule_on_smollm2(smollm2_dir) -> None:
+    """log P(x + b) - log P(x) = log P(b | x) on a real 49k vocabulary, for prefixes ending mid-token."""
+    from serving.byte_level import ByteLevelLM
+
+    blm = ByteLevelLM.from_pretrained(smollm2_dir)
+    for x in [b"The capital of Fra", b"def fibonacci(n", b"Hello, wor"]:
+        dist = blm.next_byte_logprobs(x)
+        assert abs(float(dist.exp().sum()) - 1.0) < 1e-9
+        b = int(dist[:256].argmax())
+        assert abs(blm.logprob(x + bytes([b])) - blm.logprob(x) - float(dist[b])) < 1e-4
+    assert blm.backend.open_sequences == 0
+
+
+@pytest.mark.slow
+def test_smol_gemma_routes_end_to_end_through_the_cli(smollm2_dir, gemma3_dir) -> None:
+    proc = subprocess.run([sys.executable, "-c", "from serving.cli import main_entry; main_entry()", "generate",
+                           "--pair", "smol-gemma", "--policy", "random", "--llm-share", "0.4", "--max-tokens", "16",
+                           "--json", "What is the capital of France?"], capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["text"] and {"slm", "llm"} <= set(out["sources"])

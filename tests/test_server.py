@@ -205,3 +205,34 @@ def test_n_choices(base_url: str) -> None:
         "choice i samples with seed + i"
     assert resp.usage.completion_tokens == sum(r.usage.completion_tokens for r in lone)
     assert resp.usage.prompt_tokens == lone[0].usage.prompt_tokens
+
+
+def test_cross_tokenizer_pair_serves_and_streams(testbed_dirs, tmp_path) -> None:
+    """An LLM with another tokenizer behind the same API: direct decoding, streaming and usage agree."""
+    import torch
+    from openai import OpenAI
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok_x = AutoTokenizer.from_pretrained(testbed_dirs["slm"].parent / "tokenizer-x")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok_x), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                         eos_token_id=tok_x.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    tok_x.save_pretrained(tmp_path)
+    cross = load_pair(PairSpec("x", testbed_dirs["slm"], tmp_path, testbed_dirs["router"]), "cpu")
+    assert cross.cross
+    messages = [{"role": "user", "content": QUESTION}]
+    ids = cross.encode_chat(messages)
+    with running_server(cross) as url:
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused")
+        full = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=40,
+                                              extra_body={"llm_share": 0.3})
+        chunks = list(client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=40,
+                                                     extra_body={"llm_share": 0.3}, stream=True))
+        direct = cross.generate(cross.policy("learned", llm_share=0.3), [ids], [SamplingParams(max_tokens=40)])[0]
+        metrics = httpx.get(f"{url}/metrics").text
+    assert full.choices[0].message.content == direct.text
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == direct.text
+    assert full.usage.llm_tokens == direct.stats.llm_tokens > 0
+    assert "r2r_slm_open_sequences 0" in metrics and "r2r_llm_open_sequences 0" in metrics

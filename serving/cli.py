@@ -412,6 +412,17 @@ def _family_weights(spec: str | None) -> tuple[tuple[str, ...], tuple[float, ...
     return tuple(weights), tuple(weights.values())
 
 
+LLM_X_CARD = (
+    "The testbed LLM with another tokenizer (`models/testbed/tokenizer-x`: SentencePiece-style BPE, U+2581 spaces, "
+    "byte fallback, 1024 pieces learned separately) for cross-tokenizer routing. Same architecture and training "
+    "data as the LLM; started from the LLM's weights with each new embedding the mean of the LLM embeddings of "
+    "its text (vocabulary transplant), then trained on the testbed families. Its SLM partner shares nothing "
+    "with its tokenizer: routing between them goes through exact byte-level handoff.")
+LLM_X_REPRODUCE = ("Reproduce: `r2r testbed data` (writes tokenizer-x too), then `r2r testbed train --size llm "
+                   "--init-from models/testbed/llm --tokenizer-dir models/testbed/tokenizer-x --out models/testbed/llm-x "
+                   "--steps 500 --lr 1e-3 --warmup 50 --ckpt-dir runs/testbed/ckpt-llm-x`, `r2r testbed eval`.")
+
+
 def _cmd_testbed(args: argparse.Namespace) -> int:
     if args.testbed == "data":
         from evals.testbed.splits import FAMILIES, heldout
@@ -442,9 +453,12 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
         return 0
     from evals.testbed.evaluate import EvalConfig, evaluate_model, write_model_card
 
-    results = {size: evaluate_model(EvalConfig(TESTBED_DIR / size, n_problems=args.n)) for size in ("slm", "llm")}
+    sizes = ["slm", "llm"] + (["llm-x"] if (TESTBED_DIR / "llm-x" / "config.json").exists() else [])
+    results = {size: evaluate_model(EvalConfig(TESTBED_DIR / size, n_problems=args.n)) for size in sizes}
     write_model_card(TESTBED_DIR / "slm", "slm", results["slm"], results["llm"])
     write_model_card(TESTBED_DIR / "llm", "llm", results["llm"], results["slm"])
+    if "llm-x" in results:
+        write_model_card(TESTBED_DIR / "llm-x", "llm-x", results["llm-x"], results["slm"], LLM_X_CARD, LLM_X_REPRODUCE)
     print(json.dumps(results, indent=2))
     return 0
 

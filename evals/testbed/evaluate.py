@@ -81,7 +81,8 @@ def evaluate_model(cfg: EvalConfig) -> dict:
     return result
 
 
-def write_model_card(model_dir: Path, role: str, evaluation: dict, other: dict | None) -> None:
+def write_model_card(model_dir: Path, role: str, evaluation: dict, other: dict | None,
+                     description: str | None = None, reproduce: str | None = None) -> None:
     """README.md model card: config, parameter count, training tokens/time, accuracy, latency."""
     training = json.loads((model_dir / "training.json").read_text())
     config = json.loads((model_dir / "config.json").read_text())
@@ -90,7 +91,7 @@ def write_model_card(model_dir: Path, role: str, evaluation: dict, other: dict |
     lines = [
         f"# r2r testbed {role.upper()}",
         "",
-        f"A {config['model_type']} causal LM trained from scratch on the r2r testbed task families "
+        description or f"A {config['model_type']} causal LM trained from scratch on the r2r testbed task families "
         f"({', '.join(FAMILIES)}), the {'small' if role == 'slm' else 'large'} model of the embedded default pair.",
         "",
         "| | |", "|---|---|",
@@ -108,6 +109,6 @@ def write_model_card(model_dir: Path, role: str, evaluation: dict, other: dict |
         lines.append("| vs the other model | accuracy " + ", ".join(
             f"{f}: {acc[f] - other['accuracy'][f]:+.1%}" for f in FAMILIES)
             + f"; latency ratio {evaluation['ms_per_token_batch1'] / other['ms_per_token_batch1']:.2f}x |")
-    lines += ["", "Reproduce: `r2r testbed data && r2r testbed train --size slm && r2r testbed train --size llm "
-              "&& r2r testbed eval` (see the repository README).", ""]
+    lines += ["", reproduce or "Reproduce: `r2r testbed data && r2r testbed train --size slm && r2r testbed train "
+              "--size llm && r2r testbed eval` (see the repository README).", ""]
     (model_dir / "README.md").write_text("\n".join(lines))

@@ -140,12 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     cx = bench_sub.add_parser("cross-tokenizer", help="testbed: shared-tokenizer pair vs SLM+llm-x with exact and "
                               "naive handoff at the same router shares; passes per byte")
+    _add_pair_args(cx)
     cx.add_argument("--llm-x", type=Path, default=TESTBED_DIR / "llm-x", help="the LLM with the other tokenizer")
     cx.add_argument("--n", type=int, default=200, help="test problems per family")
     cx.add_argument("--shares", default="0.15,0.25", help="learned-router LLM shares")
     cx.add_argument("--out", type=Path, default=Path("bench/cross_tokenizer.json"))
     ho = bench_sub.add_parser("handoff", help="cost of exactness on a cross-tokenizer pair: passes per output byte "
                               "and bytes/s, exact vs naive handoff, same random routing")
+    _add_pair_args(ho)
     ho.add_argument("--n", type=int, default=8, help="prompts")
     ho.add_argument("--rate", type=float, default=0.2, help="random policy LLM rate")
     ho.add_argument("--max-tokens", type=int, default=48)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from router.policies import PolicyKind
 
+MAX_TOP_LOGPROBS = 20
 MAX_STOP_STRINGS = 4
 MAX_CHOICES = 8
 
@@ -41,16 +42,31 @@ class SamplingFields(BaseModel):
         return v
 
     stream_options: dict | None = None
-    logprobs: bool | int | None = None
+    logprobs: bool | int | None = None  # chat: bool (+ top_logprobs); completions: the number of top log-probs
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     r2r_token_info: bool = False  # per-token source and router score on stream chunks (the playground)
 
     @model_validator(mode="after")
     def _supported(self) -> SamplingFields:
-        if self.logprobs:
-            raise ValueError("logprobs are not available from routed decoding yet")
+        if not isinstance(self.logprobs, bool) and self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
+        if self.top_logprobs is not None and self.logprobs is not True:
+            raise ValueError("top_logprobs needs logprobs: true")
+        if self.logprob_count is not None and self.mode == "speculative":
+            raise ValueError("logprobs need mode 'sequential' (the default switches to it when logprobs are asked for): "
+                             "speculative routing accepts drafted tokens without every writer's distribution")
         if self.stream and self.n > 1:
             raise ValueError("streaming supports n=1 only")
         return self
+
+    @property
+    def logprob_count(self) -> int | None:
+        """How many top log-probs per token (0: only the chosen token's), or None when not asked for."""
+        if self.logprobs is None or self.logprobs is False:
+            return None
+        if self.logprobs is True:
+            return self.top_logprobs or 0
+        return int(self.logprobs)
 
     @property
     def stop_list(self) -> tuple[str, ...]:

@@ -16,6 +16,7 @@ class SamplingParams:
     top_k: int = 0  # 0 = no top-k cut
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
+    logprobs: int | None = None  # record each token's log-prob and this many top alternatives (sequential mode)
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -28,6 +29,8 @@ class SamplingParams:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            raise ValueError(f"logprobs must be in 0..20, got {self.logprobs}")
 
     @property
     def greedy(self) -> bool:

@@ -33,6 +33,8 @@ def sequential_step(engine: RoutedEngine, reqs: list[Request]) -> None:
     for r, score, f in zip(reqs, scores, flagged):
         logits = llm_logits[id(r)] if f else r.slm_out.logits[-1]
         r.out.token_ids.append(choose_token(logits, r.params, r.generator))
+        if r.params.logprobs is not None:
+            record_logprobs(r.out, logits, r.params.logprobs)
         r.out.sources.append(Source.LLM if f else Source.SLM)
         r.out.scores.append(float(score))
         r.out.stats.llm_tokens += int(f)
@@ -41,6 +43,14 @@ def sequential_step(engine: RoutedEngine, reqs: list[Request]) -> None:
             r.done, r.out.finish_reason = True, reason
     running = [r for r in reqs if not r.done]
     slm_feed(engine.slm, running, [r.out.token_ids[-1] for r in running])
+
+
+def record_logprobs(out: Generation, logits: torch.Tensor, k: int) -> None:
+    """The chosen token's log-prob under the model that wrote it, and the k most likely alternatives."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    out.logprobs.append(float(lp[out.token_ids[-1]]))
+    top = torch.topk(lp, k) if k else None
+    out.top_logprobs.append([] if top is None else list(zip(top.indices.tolist(), top.values.tolist())))
 
 
 def generate_sequential(slm: Backend, llm: Backend, policy: RoutingPolicy, prompts: list[list[int]],

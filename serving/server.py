@@ -86,8 +86,11 @@ class RoutedService:
             raise UserError(f"max_tokens={limit} plus the {prompt_len}-token prompt exceeds the context of "
                             f"{self.pair.context_length} tokens", param="max_tokens", code="context_length_exceeded")
         max_tokens = limit if limit is not None else min(self.cfg.default_max_tokens, room)
+        if req.logprob_count is not None and self.pair.cross:
+            raise UserError("logprobs are not available for a cross-tokenizer pair (its steps are byte pieces)",
+                            param="logprobs")
         return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
-                              top_k=req.top_k, seed=req.seed, stop=req.stop_list)
+                              top_k=req.top_k, seed=req.seed, stop=req.stop_list, logprobs=req.logprob_count)
 
     def ticket(self, ids: list[int], req: SamplingFields, notify, choice: int = 0) -> Ticket:
         """A scheduler ticket for one choice; choice i samples with seed + i so n choices differ."""
@@ -100,6 +103,8 @@ class RoutedService:
         if choice and params.seed is not None:
             params = replace(params, seed=params.seed + choice)
         mode = RoutingMode(req.mode) if req.mode else self.cfg.mode
+        if params.logprobs is not None:
+            mode = RoutingMode.SEQUENTIAL  # the protocol already refused an explicit speculative mode
         return Ticket(ids, params, self.policy_for(req), mode, notify)
 
     def metrics_text(self) -> str:
@@ -137,6 +142,25 @@ def _usage(gen: Generation) -> dict[str, int]:
     n = len(gen.token_ids)
     return {"prompt_tokens": gen.prompt_tokens, "completion_tokens": n, "total_tokens": gen.prompt_tokens + n,
             "llm_tokens": gen.stats.llm_tokens}
+
+
+def logprob_block(pair: ModelPair, gen: Generation, start: int, end: int, chat: bool) -> dict:
+    """OpenAI `logprobs` for tokens start..end (the EOS token is not reported)."""
+    decode = pair.tokenizer.decode
+    rows = [(i, gen.token_ids[i]) for i in range(start, min(end, len(gen.logprobs))) if gen.token_ids[i] not in pair.eos_ids]
+    if chat:
+        def entry(tok: int, lp: float) -> dict:
+            text = decode([tok])
+            return {"token": text, "logprob": lp, "bytes": list(text.encode())}
+
+        return {"content": [entry(t, gen.logprobs[i]) | {"top_logprobs": [entry(a, b) for a, b in gen.top_logprobs[i]]}
+                            for i, t in rows]}
+    offset = len(decode(gen.token_ids[:start]))
+    tokens = [decode([t]) for _, t in rows]
+    offsets = [offset + sum(len(x) for x in tokens[:k]) for k in range(len(tokens))]
+    return {"tokens": tokens, "token_logprobs": [gen.logprobs[i] for i, _ in rows],
+            "top_logprobs": [{decode([a]): b for a, b in gen.top_logprobs[i]} for i, _ in rows],
+            "text_offset": offsets}
 
 
 def build_app(pair: ModelPair, cfg: ServeConfig) -> FastAPI:
@@ -223,7 +247,8 @@ def build_app(pair: ModelPair, cfg: ServeConfig) -> FastAPI:
             gen = t.result
             choice = ({"index": i, "message": {"role": "assistant", "content": gen.text}} if chat
                       else {"index": i, "text": gen.text})
-            choices.append(choice | {"finish_reason": gen.finish_reason.value, "logprobs": None})
+            logprobs = logprob_block(pair, gen, 0, len(gen.token_ids), chat) if req.logprob_count is not None else None
+            choices.append(choice | {"finish_reason": gen.finish_reason.value, "logprobs": logprobs})
         usage = _usage(tickets[0].result)
         for t in tickets[1:]:
             extra = _usage(t.result)
@@ -276,6 +301,9 @@ def build_app(pair: ModelPair, cfg: ServeConfig) -> FastAPI:
                         extra = {"r2r": {"tokens": token_texts(decode_visible, ids, sent_tokens),
                                          "sources": ticket.sources[sent_tokens:len(ids)],
                                          "scores": ticket.scores[sent_tokens:len(ids)]}}
+                    if req.logprob_count is not None:
+                        extra = (extra or {}) | {"logprobs": logprob_block(pair, ticket.request.out, sent_tokens,
+                                                                           len(ids), chat)}
                     if text or extra:
                         yield chunk(text, None, extra)
                     sent_tokens = len(ids)

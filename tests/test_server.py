@@ -95,6 +95,11 @@ def test_completions_and_routing_extras(base_url: str) -> None:
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "threshold": 3}, 400, "threshold"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "policy": "psychic"}, 400, "policy"),
     ({"model": MODEL, "prompt": ""}, 400, "prompt"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "logprobs": True, "mode": "speculative"},
+     400, "sequential"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 3}, 400, "logprobs"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 50},
+     400, "top_logprobs"),
     ({"model": MODEL, "prompt": "x " * 5000}, 400, "context"),
 ])
 def test_bad_requests_get_openai_errors(base_url: str, body, status: int, fragment: str) -> None:
@@ -236,3 +241,33 @@ def test_cross_tokenizer_pair_serves_and_streams(testbed_dirs, tmp_path) -> None
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == direct.text
     assert full.usage.llm_tokens == direct.stats.llm_tokens > 0
     assert "r2r_slm_open_sequences 0" in metrics and "r2r_llm_open_sequences 0" in metrics
+
+
+def test_logprobs_match_the_writer_distribution(base_url: str, pair: ModelPair) -> None:
+    """Chat and completions log-probs, streamed and not, against an uncached forward pass of the model."""
+    import torch
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{base_url}/v1", api_key="unused")
+    messages = [{"role": "user", "content": QUESTION}]
+    resp = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=12,
+                                          logprobs=True, top_logprobs=3, extra_body={"policy": "llm"})
+    content = resp.choices[0].logprobs.content
+    assert "".join(c.token for c in content) == resp.choices[0].message.content
+    ids = pair.encode_chat(messages)
+    out = pair.generate(AlwaysLLM(), [ids], [SamplingParams(max_tokens=12)])[0].token_ids
+    with torch.inference_mode():
+        logits = pair.llm.model(input_ids=torch.tensor([ids + out])).logits[0, len(ids) - 1:-1]
+    want = torch.log_softmax(logits.float(), -1)
+    for k, entry in enumerate(content):
+        assert entry.logprob == pytest.approx(float(want[k, out[k]]), abs=1e-4)
+        assert len(entry.top_logprobs) == 3 and entry.top_logprobs[0].logprob >= entry.logprob - 1e-6
+    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=12,
+                                                 logprobs=True, stream=True, extra_body={"policy": "llm"}))
+    streamed = [c for ch in chunks if ch.choices and ch.choices[0].logprobs for c in ch.choices[0].logprobs.content]
+    assert [c.logprob for c in streamed] == pytest.approx([c.logprob for c in content], abs=1e-6)
+    comp = httpx.post(f"{base_url}/v1/completions", json={"model": MODEL, "prompt": "Ava has", "max_tokens": 5,
+                                                          "temperature": 0, "logprobs": 2}).json()
+    block = comp["choices"][0]["logprobs"]
+    assert "".join(block["tokens"]) == comp["choices"][0]["text"]
+    assert all(len(t) == 2 for t in block["top_logprobs"]) and block["text_offset"][0] == 0

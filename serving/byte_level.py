@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from serving.sampling import SamplingParams, processed_probs
 from serving.token_bytes import TokenBytes
 
 N_BINS = 257  # bytes 0..255 and END
@@ -198,18 +199,21 @@ class ByteLevelLM:
             acc = torch.logaddexp(acc, _scatter_logsumexp(weights, next_byte, N_BINS))
         return acc - torch.logsumexp(acc, 0)
 
-    def pick_leaf(self, state: ByteState, generator: torch.Generator | None = None) -> Leaf:
-        """The most probable cover (greedy), or one drawn with its probability (generator given)."""
+    def pick_leaf(self, state: ByteState, params: SamplingParams | None = None,
+                  generator: torch.Generator | None = None) -> Leaf:
+        """A cover of the state's text: the most probable one (greedy params, or no generator), else one
+        drawn with its probability after the params' temperature / top-k / top-p (none: T = 1)."""
         table = self.leaves(state)
-        rows = torch.cat([torch.full_like(ids, row.split) for row, ids, _, _ in table])
+        splits = torch.cat([torch.full_like(ids, row.split) for row, ids, _, _ in table])
         ids = torch.cat([ids for _, ids, _, _ in table])
         weights = torch.cat([w for _, _, w, _ in table])
         total = torch.logsumexp(weights, 0)
-        if generator is None:
+        if generator is None or (params is not None and params.greedy):
             k = int(torch.argmax(weights))
         else:
-            k = int(torch.multinomial(torch.exp(weights - total), 1, generator=generator))
-        return Leaf(int(rows[k]), int(ids[k]), float(weights[k] - total))
+            probs = torch.exp(weights - total) if params is None else processed_probs(weights.float(), params)
+            k = int(torch.multinomial(probs, 1, generator=generator))
+        return Leaf(int(splits[k]), int(ids[k]), float(weights[k] - total))
 
     def commit(self, state: ByteState, leaf: Leaf) -> bytes:
         """Continue from `leaf`: its token becomes the model's own; returns the bytes it adds."""

@@ -26,7 +26,7 @@ from router.policies import RouteInput, RoutingPolicy, flags
 from serving.byte_level import ByteLevelLM, ByteState, Leaf
 from serving.engine import drain
 from serving.generation import FinishReason, Generation, RoutingMode, Source
-from serving.sampling import SamplingParams, make_generator, processed_probs
+from serving.sampling import SamplingParams, make_generator
 from serving.token_bytes import END
 
 
@@ -71,19 +71,6 @@ class CrossRequest:
     done: bool = False
 
 
-def choose_leaf(blm: ByteLevelLM, state: ByteState, params: SamplingParams, gen: torch.Generator) -> Leaf:
-    """A cover of the state's text: the most probable (greedy) or drawn after temperature/top-k/top-p."""
-    table = blm.leaves(state)
-    splits = torch.cat([torch.full_like(ids, row.split) for row, ids, _, _ in table])
-    ids = torch.cat([ids for _, ids, _, _ in table])
-    weights = torch.cat([w for _, _, w, _ in table])
-    if params.greedy:
-        k = int(torch.argmax(weights))
-    else:
-        k = int(torch.multinomial(processed_probs(weights.float(), params), 1, generator=gen))
-    return Leaf(int(splits[k]), int(ids[k]), float(weights[k] - torch.logsumexp(weights, 0)))
-
-
 class CrossEngine:
     """Requests of one cross-tokenizer pair, advanced together one piece at a time."""
 
@@ -123,7 +110,7 @@ class CrossEngine:
                    any(r.policy.needs_hidden for r in reqs))
         for r in reqs:
             r.out.stats.slm_passes += 1
-        proposals = [choose_leaf(self.slm.blm, r.slm, r.params, r.generator) for r in reqs]
+        proposals = [self.slm.blm.pick_leaf(r.slm, r.params, r.generator) for r in reqs]
         scores, flagged = self._route(reqs, proposals)
         routed = [r for r, f in zip(reqs, flagged) if f]
         llm_leaves = dict(zip(map(id, routed), self._llm_leaves(routed)))
@@ -185,7 +172,7 @@ class CrossEngine:
         self._sync(self.llm.blm, [r.llm for r in reqs], [r.llm_tail + r.text for r in reqs], False)
         for r in reqs:
             r.out.stats.llm_passes += 1
-        return [choose_leaf(self.llm.blm, r.llm, r.params, r.generator) for r in reqs]
+        return [self.llm.blm.pick_leaf(r.llm, r.params, r.generator) for r in reqs]
 
     def _write(self, r: CrossRequest, blm: ByteLevelLM, state: ByteState, leaf: Leaf, source: Source,
                score: float) -> None:

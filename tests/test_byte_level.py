@@ -125,7 +125,7 @@ def test_leaf_sampling_then_token_level_continuation_is_exact(setup):
         (state,) = blm.start([None])
         blm.push([state], [x])
         while True:
-            leaf = blm.pick_leaf(state, gen)
+            leaf = blm.pick_leaf(state, generator=gen)
             if leaf.token == tokenizer.eos_token_id:
                 break
             blm.commit(state, leaf)

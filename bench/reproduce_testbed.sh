@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Rebuild every committed testbed number after the two models are trained
-# (r2r testbed data; r2r testbed train --size slm; r2r testbed train --size llm --steps 1700).
+# (r2r testbed data; r2r testbed train --size slm; r2r testbed train --size llm --steps 1700;
+#  r2r testbed train --size llm --init-from models/testbed/llm --tokenizer-dir models/testbed/tokenizer-x
+#      --out models/testbed/llm-x --steps 500 --lr 1e-3 --warmup 50 --ckpt-dir runs/testbed/ckpt-llm-x).
 # Labels and runs go to data/ and runs/ (not committed); cards and bench JSON are committed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,3 +21,6 @@ for family in math code; do
   cp runs/eval/testbed-$family/report.json runs/eval/testbed-$family/*.png "bench/eval/testbed-$family/"
 done
 $R2R bench serve --out bench/serve.json
+$R2R bench cross-tokenizer --n 500 --out bench/cross_tokenizer.json
+$R2R models fetch smol-gemma
+$R2R bench handoff --pair smol-gemma --n 8 --max-tokens 48 --out bench/handoff_smol_gemma.json

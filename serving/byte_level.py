@@ -293,9 +293,10 @@ class ByteLevelLM:
         lp = torch.log_softmax(logits.double(), dim=-1)
         if not self.canonical:
             return lp
-        order = torch.argsort(lp, descending=True)
-        tail = 1.0 - torch.cumsum(lp[order].exp(), 0)  # mass after each token in probability order
-        n_check = min(int((tail > self.unchecked_mass).sum()) + 1, self.max_checked)
+        head = torch.topk(lp, min(self.max_checked, lp.shape[0]))  # the probable head, in order
+        tail = 1.0 - torch.cumsum(head.values.exp(), 0)  # mass after each head token
+        n_check = min(int((tail > self.unchecked_mass).sum()) + 1, head.indices.shape[0])
+        order = head.indices
         lp = lp.masked_fill(~self.vocab.valid_after(left, order[:n_check]), float("-inf"))
         return lp - torch.logsumexp(lp, 0)
 

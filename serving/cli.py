@@ -235,7 +235,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from serving.render import print_generation
 
     for g in gens:
-        print_generation(g, pair.tokenizer)
+        print_generation(g, pair.decode_output)
     return 0
 
 

@@ -8,6 +8,9 @@ token: a *leaf* whose bytes run past the prefix (`serving.byte_level`). So a han
 middle of either model's token carries no tokenization bias. `Handoff.NAIVE` is the biased
 baseline: decode to text, re-encode it, continue after that token boundary.
 
+Exact means each handoff: the receiving model samples its P(continuation | exact bytes). The
+writer's token boundary is not passed on; the other tokenizer cannot express it.
+
 One step = one SLM pass (its pending token, or its covers after LLM bytes) for every request,
 the router on the SLM's proposal, and one LLM pass for the flagged requests. Speculative
 mode runs the same schedule: with different tokenizers a piece the LLM writes re-conditions

@@ -1,6 +1,8 @@
 """Terminal rendering of a routed generation: LLM-written tokens highlighted, then a stats line."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rich.console import Console
 from rich.text import Text
 
@@ -9,12 +11,13 @@ from serving.generation import Generation, Source
 LLM_STYLE = "bold black on yellow"
 
 
-def print_generation(gen: Generation, tokenizer, console: Console | None = None) -> None:
+def print_generation(gen: Generation, decode: Callable[[Generation, int], str], console: Console | None = None) -> None:
+    """`decode(gen, n)`: the text of the first n steps (`ModelPair.decode_output`; pieces for cross pairs)."""
     console = console or Console()
     text = Text()
     decoded = ""
     for i, source in enumerate(gen.sources):  # decode growing prefixes: a character may span tokens
-        current = tokenizer.decode(gen.token_ids[: i + 1])[: len(gen.text)]
+        current = decode(gen, i + 1)[: len(gen.text)]
         text.append(current[len(decoded) :], style=LLM_STYLE if source == Source.LLM else "")
         decoded = current
     console.print(text)

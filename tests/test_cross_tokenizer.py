@@ -2,8 +2,14 @@
 
 `SourceLM` turns a byte distribution into the exact token LM of a tokenizer, so an SLM and an
 LLM with different tokenizers can be *the same model*: any routing between them must then
-sample exactly the source. Exact (byte-conditioned) handoff does; naive handoff (re-encode
-and continue after the forced token boundary) does not.
+continue a byte prefix exactly as the source does. Exact (byte-conditioned) handoff does; naive
+handoff (re-encode and continue after the forced token boundary) does not.
+
+What is exact is each handoff: the model taking over samples P(continuation | bytes so far).
+Routing back and forth at the writers' token boundaries is not the source's distribution, not
+even for two copies of one model: that a token ended there is information the bytes do not
+carry and the other tokenizer cannot express (e.g. after "a" ended a token, "b" cannot follow if
+"ab" merges). So the tests hand off at prefixes chosen independently of any tokenization.
 """
 from __future__ import annotations
 

@@ -242,7 +242,8 @@ class ByteLevelLM:
         lcp = _common_prefix(ids, root.ids)
         lcp = min(lcp, root.seq.length - len(state.context) + 1, len(ids))
         self.backend.truncate(root.seq, len(state.context) + lcp - 1)
-        state.rows = {len(state.text): Row(len(state.text), ids, root.seq, root.cum[: lcp + 1] + [0.0] * (len(ids) - lcp))}
+        cum = root.cum[: lcp + 1] + [0.0] * (len(ids) - lcp)  # the tail is recomputed by evaluate()
+        state.rows = {len(state.text): Row(len(state.text), ids, root.seq, cum)}
         state.own_boundary = True
 
     # -- internals -----------------------------------------------------------------------------

@@ -553,7 +553,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"models": _cmd_models, "generate": _cmd_generate, "serve": _cmd_serve, "bench": _cmd_bench, "testbed": _cmd_testbed,
+_COMMANDS = {"models": _cmd_models, "generate": _cmd_generate, "serve": _cmd_serve, "bench": _cmd_bench,
+             "testbed": _cmd_testbed,
              "label": _cmd_label, "train-router": _cmd_train_router, "eval": _cmd_eval}
 
 

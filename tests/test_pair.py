@@ -1,9 +1,9 @@
-"""Pair loading: mismatched tokenizers and models are clear errors."""
+"""Pair loading: mismatched tokenizers and models are clear errors; different tokenizers make a cross pair."""
 from __future__ import annotations
 
 import pytest
 
-from serving.pair import PairSpec, load_pair, resolve_pair
+from serving.pair import BackendChoice, PairSpec, load_pair, resolve_pair
 
 from .conftest import make_tiny_model
 
@@ -14,15 +14,18 @@ def test_tokenizer_larger_than_model_vocab_is_rejected(tmp_path, tiny_models) ->
         load_pair(PairSpec("x", small_vocab, tiny_models["llama"]), "cpu")
 
 
-def test_different_tokenizers_are_rejected(tmp_path, tiny_models) -> None:
+def test_different_tokenizers_make_a_cross_tokenizer_pair(tmp_path, tiny_models) -> None:
     from transformers import AutoTokenizer
 
-    other = make_tiny_model(tmp_path / "other", "llama")
+    other = make_tiny_model(tmp_path / "other", "llama", vocab=513)
     tok = AutoTokenizer.from_pretrained(other)
     tok.add_tokens(["<|extra|>"])
     tok.save_pretrained(other)
-    with pytest.raises(ValueError, match="tokenizers differ"):
-        load_pair(PairSpec("x", tiny_models["llama"], other), "cpu")
+    pair = load_pair(PairSpec("x", tiny_models["llama"], other), "cpu")
+    assert pair.cross and len(pair.llm_tokenizer) == 513
+    assert not load_pair(PairSpec("y", tiny_models["llama"], tiny_models["llama_b"]), "cpu").cross
+    with pytest.raises(ValueError, match="full next-token distributions"):
+        load_pair(PairSpec("x", tiny_models["llama"], other), "cpu", BackendChoice("sglang"))
 
 
 def test_resolve_pair_errors() -> None:

@@ -25,9 +25,9 @@ from enum import Enum
 
 import torch
 
-from router.policies import RouteInput, RoutingPolicy, flags
+from router.policies import RoutingPolicy
 from serving.byte_level import ByteLevelLM, ByteState, Leaf
-from serving.engine import drain
+from serving.engine import drain, route_rows
 from serving.generation import FinishReason, Generation, RoutingMode, Source
 from serving.sampling import SamplingParams, make_generator
 from serving.token_bytes import END
@@ -147,22 +147,12 @@ class CrossEngine:
         else:
             blm.push(states, chunks, want_hidden)
 
-    def _route(self, reqs: list[CrossRequest], proposals: list[Leaf]) -> tuple[list[float], list[bool]]:
-        scores, flagged = [0.0] * len(reqs), [False] * len(reqs)
-        groups: dict[int, list[int]] = {}
-        for i, r in enumerate(reqs):
-            groups.setdefault(id(r.policy), []).append(i)
-        for idx in groups.values():
-            policy = reqs[idx[0]].policy
-            rows = [reqs[i].slm.rows[proposals[i].split] for i in idx]
-            route_in = RouteInput(
-                logits=torch.stack([row.logits for row in rows]),
-                hidden=torch.stack([row.hidden for row in rows]) if policy.needs_hidden else None,
-                positions=[len(reqs[i].out.pieces) for i in idx], stream_keys=[reqs[i].key for i in idx])
-            s, f = flags(policy, route_in)
-            for i, si, fi in zip(idx, s.tolist(), f.tolist()):
-                scores[i], flagged[i] = si, fi
-        return scores, flagged
+    @staticmethod
+    def _route(reqs: list[CrossRequest], proposals: list[Leaf]) -> tuple[list[float], list[bool]]:
+        """The router on each SLM proposal: the row (cover) it came from holds the features."""
+        rows = [r.slm.rows[leaf.split] for r, leaf in zip(reqs, proposals)]
+        return route_rows([r.policy for r in reqs], [row.logits for row in rows], [row.hidden for row in rows],
+                          [len(r.out.pieces) for r in reqs], [r.key for r in reqs])
 
     def _llm_leaves(self, reqs: list[CrossRequest]) -> list[Leaf]:
         """The LLM's piece for each routed request: conditioned on the text, one batched pass."""

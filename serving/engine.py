@@ -70,16 +70,23 @@ class Request:
 
 def route(reqs: list[Request], positions: list[int]) -> tuple[list[float], list[bool]]:
     """Router scores and flags at each request's current SLM outputs, grouped by policy."""
-    scores, flagged = [0.0] * len(reqs), [False] * len(reqs)
+    return route_rows([r.policy for r in reqs], [r.slm_out.logits[-1] for r in reqs],
+                      [r.slm_out.hidden[-1] if r.slm_out.hidden is not None else None for r in reqs],
+                      positions, [r.key for r in reqs])
+
+
+def route_rows(policies: list[RoutingPolicy], logits: list[torch.Tensor], hidden: list[torch.Tensor | None],
+               positions: list[int], keys: list[int]) -> tuple[list[float], list[bool]]:
+    """Scores and flags for one SLM output row per request; requests sharing a policy are scored together."""
+    scores, flagged = [0.0] * len(policies), [False] * len(policies)
     groups: dict[int, list[int]] = {}
-    for i, r in enumerate(reqs):
-        groups.setdefault(id(r.policy), []).append(i)
+    for i, policy in enumerate(policies):
+        groups.setdefault(id(policy), []).append(i)
     for idx in groups.values():
-        policy = reqs[idx[0]].policy
-        route_in = RouteInput(
-            logits=torch.stack([reqs[i].slm_out.logits[-1] for i in idx]),
-            hidden=torch.stack([reqs[i].slm_out.hidden[-1] for i in idx]) if policy.needs_hidden else None,
-            positions=[positions[i] for i in idx], stream_keys=[reqs[i].key for i in idx])
+        policy = policies[idx[0]]
+        route_in = RouteInput(logits=torch.stack([logits[i] for i in idx]),
+                              hidden=torch.stack([hidden[i] for i in idx]) if policy.needs_hidden else None,
+                              positions=[positions[i] for i in idx], stream_keys=[keys[i] for i in idx])
         s, f = flags(policy, route_in)
         for i, si, fi in zip(idx, s.tolist(), f.tolist()):
             scores[i], flagged[i] = si, fi

@@ -230,6 +230,12 @@ class ByteLevelLM:
         state.own_boundary = True
         return added
 
+    def fork_state(self, state: ByteState) -> ByteState:
+        """An independent copy (each row's sequence forked; the shared prefix's KV is copied, not recomputed)."""
+        rows = {split: Row(row.split, list(row.ids), self.backend.fork(row.seq, row.seq.length), list(row.cum),
+                           row.next_logp, row.hidden, row.logits) for split, row in state.rows.items()}
+        return ByteState(list(state.context), state.text, rows, state.own_boundary)
+
     def resync_naive(self, state: ByteState, chunk: bytes) -> None:
         """The biased baseline: re-encode the whole text and condition on that token boundary.
 

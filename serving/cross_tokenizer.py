@@ -11,11 +11,17 @@ baseline: decode to text, re-encode it, continue after that token boundary.
 Exact means each handoff: the receiving model samples its P(continuation | exact bytes). The
 writer's token boundary is not passed on; the other tokenizer cannot express it.
 
-One step = one SLM pass (its pending token, or its covers after LLM bytes) for every request,
-the router on the SLM's proposal, and one LLM pass for the flagged requests. Speculative
-mode runs the same schedule: with different tokenizers a piece the LLM writes re-conditions
-the SLM, so a block ends at its first flagged position and there is nothing to verify
-beyond it (the LLM passes equal sequential routing's; the outputs are identical).
+Sequential step = one SLM pass (its pending token, or its covers after LLM bytes) for every
+request, the router on the SLM's proposal, and one LLM pass for the flagged requests.
+
+Speculative round (greedy): the SLM drafts up to k pieces; at a flagged draft it assumes the
+LLM will write the same bytes and goes on conditioned on them *as bytes* (exactly what it
+would see after an LLM piece), keeping a snapshot to roll back to. One LLM pass then takes
+the LLM's piece at every flagged prefix (a forked LLM state each); the block is accepted up
+to the first flagged position where the LLM's bytes differ, whose LLM piece is written
+instead. Two flagged drafts in a row end the block (the second one needs the LLM's own token
+path after the first). Same output as sequential routing, never more LLM passes. Sampling
+requests run the sequential schedule in both modes.
 """
 from __future__ import annotations
 
@@ -72,15 +78,17 @@ class CrossRequest:
     text: bytes = b""  # generated so far
     llm: ByteState | None = None  # opened on the first routed piece
     done: bool = False
+    speculative: bool = False  # greedy requests in speculative mode
 
 
 class CrossEngine:
     """Requests of one cross-tokenizer pair, advanced together one piece at a time."""
 
     def __init__(self, slm: ByteLevelLM, llm: ByteLevelLM, handoff: Handoff = Handoff.EXACT,
-                 context_length: int | None = None) -> None:
+                 context_length: int | None = None, block_size: int = 8) -> None:
         self.slm, self.llm = Side(slm), Side(llm)
         self.handoff = handoff
+        self.block_size = block_size
         self.context_length = context_length or min(slm.backend.max_length, llm.backend.max_length)
         self.active: list[CrossRequest] = []
 
@@ -88,27 +96,43 @@ class CrossEngine:
             modes: list[RoutingMode], keys: list[int]) -> list[CrossRequest]:
         """Start requests from SLM prompt ids (the same interface as the shared-tokenizer engine)."""
         decode = self.slm.blm.tokenizer.decode
-        return self.add_texts([decode(p, skip_special_tokens=False) for p in prompts], params, policies, keys)
+        return self.add_texts([decode(p, skip_special_tokens=False) for p in prompts], params, policies, keys, modes)
 
     def add_texts(self, prompts: list[str], params: list[SamplingParams], policies: list[RoutingPolicy],
-                  keys: list[int]) -> list[CrossRequest]:
+                  keys: list[int], modes: list[RoutingMode] | None = None) -> list[CrossRequest]:
         """Start requests from prompt texts (special tokens written out, as a chat template renders them)."""
+        modes = modes or [RoutingMode.SEQUENTIAL] * len(prompts)
         slm_views = [self.slm.context_and_tail(p) for p in prompts]
         hidden = any(p.needs_hidden for p in policies)
         states = self.slm.blm.start([c for c, _ in slm_views], want_hidden=hidden)
         self.slm.blm.push(states, [t for _, t in slm_views], want_hidden=hidden)
         reqs = [CrossRequest(k, sp, pol, make_generator(sp.seed), st, tail, *self.llm.context_and_tail(p),
-                             Generation(prompt_tokens=len(ctx)))
-                for p, sp, pol, k, st, (ctx, tail) in zip(prompts, params, policies, keys, states, slm_views)]
+                             Generation(prompt_tokens=len(ctx)), speculative=m == RoutingMode.SPECULATIVE and sp.greedy)
+                for p, sp, pol, k, st, (ctx, tail), m in zip(prompts, params, policies, keys, states, slm_views, modes)]
         for r in reqs:
             r.out.stats.slm_passes += 2
         self.active += reqs
         return reqs
 
     def step(self) -> list[CrossRequest]:
-        """One piece for every active request; returns those that finished (their memory freed)."""
+        """Advance every active request (a piece, or a speculative block); returns those that finished."""
         start = time.perf_counter()
-        reqs = self.active
+        seq = [r for r in self.active if not r.speculative]
+        spec = [r for r in self.active if r.speculative]
+        if seq:
+            self._sequential_step(seq)
+        if spec:
+            self._speculative_round(spec)
+        elapsed = time.perf_counter() - start
+        for r in self.active:
+            r.out.stats.seconds += elapsed
+        finished = [r for r in self.active if r.done]
+        for r in finished:
+            self._release(r)
+        self.active = [r for r in self.active if not r.done]
+        return finished
+
+    def _sequential_step(self, reqs: list[CrossRequest]) -> None:
         self._sync(self.slm.blm, [r.slm for r in reqs], [r.slm_tail + r.text for r in reqs],
                    any(r.policy.needs_hidden for r in reqs))
         for r in reqs:
@@ -121,14 +145,118 @@ class CrossEngine:
             blm, state = (self.llm.blm, r.llm) if f else (self.slm.blm, r.slm)
             leaf = llm_leaves[id(r)] if f else leaf
             self._write(r, blm, state, leaf, Source.LLM if f else Source.SLM, score)
-        elapsed = time.perf_counter() - start
+
+    def _speculative_round(self, reqs: list[CrossRequest]) -> None:
+        slm = self.slm.blm
+        drafts: dict[int, list[_Draft]] = {id(r): [] for r in reqs}
+        drafting = list(reqs)
+        for _ in range(self.block_size):
+            if not drafting:
+                break
+            self._sync(slm, [r.slm for r in drafting], [r.slm_tail + r.text for r in drafting],
+                       any(r.policy.needs_hidden for r in drafting))
+            for r in drafting:
+                r.out.stats.slm_passes += 1
+            proposals = [slm.pick_leaf(r.slm, r.params, r.generator) for r in drafting]
+            scores, flagged = self._route(drafting, proposals)
+            still = []
+            for r, leaf, score, f in zip(drafting, proposals, scores, flagged):
+                block = drafts[id(r)]
+                if f and block and block[-1].flagged:
+                    continue  # two flags in a row: the block ends before the second
+                end = not slm.vocab.table[leaf.token]
+                piece = b"" if end else slm.vocab.table[leaf.token][len(r.slm.text) - leaf.split:]
+                draft = _Draft(leaf, piece, f, float(score), len(r.text), slm.fork_state(r.slm) if f else None)
+                block.append(draft)
+                if not end:
+                    if f:
+                        r.text += piece  # as if the LLM wrote it: the SLM will condition on these bytes
+                    else:
+                        r.text += slm.commit(r.slm, leaf)
+                    r.out.pieces.append(piece)
+                if not end and not self._stops(r):
+                    still.append(r)
+            drafting = still
+        self._verify(reqs, drafts)
+
+    def _verify(self, reqs: list[CrossRequest], drafts: dict[int, list[_Draft]]) -> None:
+        """One LLM pass over every flagged prefix; accept each block up to its first disagreement."""
+        llm = self.llm.blm
+        jobs = [(r, j) for r in reqs for j, d in enumerate(drafts[id(r)]) if d.flagged]
+        fresh = [r for r in {id(r): r for r, _ in jobs}.values() if r.llm is None]
+        for r, state in zip(fresh, llm.start([r.llm_context for r in fresh])):
+            r.llm = state
+            r.out.stats.llm_passes += 1
+        copies = [llm.fork_state(r.llm) for r, _ in jobs]
+        texts = [r.llm_tail + r.text[: drafts[id(r)][j].text_before] for r, j in jobs]
+        self._sync(llm, copies, texts, False)
+        verdicts = {(id(r), j): (copy, llm.pick_leaf(copy, r.params, r.generator)) for (r, j), copy in zip(jobs, copies)}
+        for r in {id(r): r for r, _ in jobs}.values():
+            r.out.stats.llm_passes += 1
         for r in reqs:
-            r.out.stats.seconds += elapsed
-        finished = [r for r in reqs if r.done]
-        for r in finished:
-            self._release(r)
-        self.active = [r for r in reqs if not r.done]
-        return finished
+            self._accept(r, drafts[id(r)], verdicts)
+        for copy in copies:
+            if copy.rows and not any(copy is r.llm for r in reqs):
+                llm.close(copy)
+
+    def _accept(self, r: CrossRequest, block: list[_Draft], verdicts: dict) -> None:
+        slm, llm = self.slm.blm, self.llm.blm
+        r.out.pieces = r.out.pieces[: len(r.out.pieces) - sum(1 for d in block if d.piece)]
+        r.text = r.text[: block[0].text_before] if block else r.text
+        for j, d in enumerate(block):
+            source, leaf = Source.SLM, d.leaf
+            if d.flagged:
+                copy, leaf = verdicts[(id(r), j)]
+                source = Source.LLM
+                llm_piece = b"" if not llm.vocab.table[leaf.token] else \
+                    llm.vocab.table[leaf.token][len(copy.text) - leaf.split:]
+                old, r.llm = r.llm, copy
+                llm.close(old)
+                if llm_piece != d.piece:  # the LLM writes something else: roll the SLM back to before this draft
+                    slm.close(r.slm)
+                    r.slm = d.snapshot
+                    for later in block[j + 1:]:
+                        if later.snapshot is not None:
+                            slm.close(later.snapshot)
+                    self._emit(r, leaf, llm_piece, source, d.score, llm, copy)
+                    return
+                self._emit(r, leaf, llm_piece, source, d.score, llm, copy)
+                slm.close(d.snapshot)
+            else:
+                self._emit(r, leaf, d.piece, source, d.score, None, None)
+            if r.done:
+                for later in block[j + 1:]:
+                    if later.snapshot is not None:
+                        slm.close(later.snapshot)
+                return
+
+    def _emit(self, r: CrossRequest, leaf: Leaf, piece: bytes, source: Source, score: float,
+              llm: ByteLevelLM | None, llm_state: ByteState | None) -> None:
+        """Record one accepted piece (its model state already advanced, except the LLM's commit)."""
+        r.out.sources.append(source)
+        r.out.scores.append(score)
+        r.out.stats.llm_tokens += int(source == Source.LLM)
+        r.out.token_ids.append(leaf.token)
+        if not piece:
+            r.done, r.out.finish_reason = True, FinishReason.STOP
+            return
+        if llm is not None:
+            llm.commit(llm_state, leaf)
+        r.text += piece
+        r.out.pieces.append(piece)
+        self._stops(r, record=True)
+
+    def _stops(self, r: CrossRequest, record: bool = False) -> bool:
+        """Whether the text so far (drafts included while drafting) reached a stop string or max_tokens."""
+        text = r.text.decode("utf-8", errors="replace")
+        reason = None
+        if r.params.stop and any(s in text for s in r.params.stop):
+            reason = FinishReason.STOP
+        elif len(r.out.pieces) >= r.params.max_tokens:
+            reason = FinishReason.LENGTH
+        if record and reason is not None:
+            r.done, r.out.finish_reason = True, reason
+        return reason is not None
 
     def cancel(self, req: CrossRequest) -> None:
         if req in self.active:
@@ -196,10 +324,20 @@ class CrossEngine:
         r.out.text = text[: min(cuts)] if cuts else text
 
 
+@dataclass
+class _Draft:
+    leaf: Leaf
+    piece: bytes  # b"" for end of text
+    flagged: bool
+    score: float
+    text_before: int  # len(request.text) when it was drafted
+    snapshot: ByteState | None  # the SLM's state before it (flagged drafts: the rollback point)
+
+
 def generate_cross(slm: ByteLevelLM, llm: ByteLevelLM, policy: RoutingPolicy, prompts: list[str],
                    params: list[SamplingParams], handoff: Handoff = Handoff.EXACT,
-                   stream_keys: list[int] | None = None) -> list[Generation]:
-    """Decode a fixed batch of prompt texts to the end (both routing modes run this schedule)."""
+                   stream_keys: list[int] | None = None, mode: RoutingMode = RoutingMode.SEQUENTIAL) -> list[Generation]:
+    """Decode a fixed batch of prompt texts to the end."""
     engine = CrossEngine(slm, llm, handoff)
     keys = stream_keys if stream_keys is not None else list(range(len(prompts)))
-    return drain(engine, engine.add_texts(prompts, params, [policy] * len(prompts), keys))
+    return drain(engine, engine.add_texts(prompts, params, [policy] * len(prompts), keys, [mode] * len(prompts)))

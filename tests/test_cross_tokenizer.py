@@ -95,3 +95,28 @@ def test_greedy_always_llm_equals_the_llm_alone(source_pair):
     (routed,) = generate_cross(a, b, make_policy(PolicyKind.LLM), [""], [SamplingParams(max_tokens=16)])
     (alone,) = generate_cross(b, b, make_policy(PolicyKind.SLM), [""], [SamplingParams(max_tokens=16)])
     assert routed.text == alone.text and routed.stats.llm_tokens == len(routed.sources)
+
+
+def test_speculative_equals_sequential_on_the_testbed_cross_pair(testbed_dirs):
+    """SLM + llm-x with the learned router: greedy speculative blocks give the sequential output with
+    no more LLM passes per prompt, and every sequence is closed afterwards."""
+    from evals.testbed.splits import heldout
+    from evals.testbed.tokenizer import chat_text
+    from serving.generation import RoutingMode
+    from serving.pair import PairSpec, load_pair
+
+    pair = load_pair(PairSpec("x", testbed_dirs["slm"], testbed_dirs["slm"].parent / "llm-x", testbed_dirs["router"]),
+                     "cpu")
+    slm, llm = pair.byte_models()
+    router = pair.learned_policy()
+    policy = router.with_threshold(router.threshold_for_share(0.25))
+    prompts = [chat_text(p.prompt) for p in heldout("math", "test", 16) + heldout("code", "test", 16)]
+    params = [SamplingParams(max_tokens=160)] * len(prompts)
+    seq = generate_cross(slm, llm, policy, prompts, params)
+    spec = generate_cross(slm, llm, policy, prompts, params, mode=RoutingMode.SPECULATIVE)
+    assert [g.text for g in spec] == [g.text for g in seq]
+    assert [g.sources for g in spec] == [g.sources for g in seq]
+    assert all(b.stats.llm_passes <= a.stats.llm_passes for a, b in zip(seq, spec))
+    assert sum(b.stats.llm_passes for b in spec) < sum(a.stats.llm_passes for a in seq)
+    assert sum(g.stats.llm_tokens for g in seq) > 0
+    assert pair.slm.open_sequences == 0 and pair.llm.open_sequences == 0

@@ -120,3 +120,15 @@ def test_speculative_equals_sequential_on_the_testbed_cross_pair(testbed_dirs):
     assert sum(b.stats.llm_passes for b in spec) < sum(a.stats.llm_passes for a in seq)
     assert sum(g.stats.llm_tokens for g in seq) > 0
     assert pair.slm.open_sequences == 0 and pair.llm.open_sequences == 0
+
+
+def test_sampling_in_speculative_mode_runs_the_sequential_schedule(source_pair):
+    """Sampling requests of a cross pair are not drafted ahead: same seeds, same samples as sequential."""
+    from serving.generation import RoutingMode
+
+    _, a, b = source_pair
+    policy = make_policy(PolicyKind.RANDOM, rate=0.5, seed=2)
+    params = [SamplingParams(max_tokens=16, temperature=1.0, seed=i) for i in range(64)]
+    seq = generate_cross(a, b, policy, ["ab"] * 64, params)
+    spec = generate_cross(a, b, policy, ["ab"] * 64, params, mode=RoutingMode.SPECULATIVE)
+    assert [g.text for g in spec] == [g.text for g in seq] and len({g.text for g in seq}) > 5

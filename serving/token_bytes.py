@@ -117,13 +117,6 @@ class TokenBytes:
                     + self.encode(data[err.end:]))
         return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
-    def is_canonical(self, ids: list[int]) -> bool:
-        data = self.decode(ids)
-        try:
-            return self.encode(data) == list(ids)
-        except UnicodeDecodeError:
-            return True  # partial UTF-8 cannot be re-encoded as text; see valid_after
-
     def valid_after(self, left: int | None, ids: torch.Tensor | None = None) -> torch.Tensor:
         """[vocab] bool: the tokens v for which [left, v] is canonical (left=None: v alone is).
 

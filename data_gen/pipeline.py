@@ -261,9 +261,10 @@ class CrossLabelPipeline(LabelPipeline):
             contexts = [b"".join(table[i] for i in refs[d][1][:pos]).decode("utf-8", errors="replace")
                         for d, pos, _ in batch]
             firsts = [table[tok].decode("utf-8", errors="replace") for _, _, tok in batch]
-            texts = [prompts[d] + c + f for (d, _, _), c, f in zip(batch, contexts, firsts)]
+            branches = [(c + f).encode() for c, f in zip(contexts, firsts)]
             params = [SamplingParams(max_tokens=max_tokens, stop=stops)] * len(batch)
-            gens = generate_cross(llm_blm, llm_blm, AlwaysSLM(), texts, params)
+            gens = generate_cross(llm_blm, llm_blm, AlwaysSLM(), [prompts[d] for d, _, _ in batch], params,
+                                  prefixes=branches)
             for (d, pos, _), context, first, g in zip(batch, contexts, firsts, gens):
                 ref_tail = refs[d][0][len(context):]
                 out["data_id"].append(d)

@@ -50,13 +50,18 @@ class Side:
 
     blm: ByteLevelLM
 
-    def context_and_tail(self, prompt_text: str) -> tuple[list[int], bytes]:
-        """The prompt as (token context up to its last special token, the text bytes after it).
+    def context_and_tail(self, prompt_text: str, as_bytes: bool = False) -> tuple[list[int], bytes]:
+        """The prompt as (token context, text bytes conditioned on through covers).
 
-        Special tokens are hard boundaries; the text after the last one is conditioned on as
-        bytes, like the generated text it runs into (in training they were one text)."""
+        By default the whole prompt is the token context, tokenized as at training and serving
+        time: prompt positions were never prediction targets (the loss is on the answer), so
+        covers that re-tokenize the prompt's last bytes would be weighed by untrained
+        probabilities. `as_bytes` keeps only up to the last special token as context and treats
+        the rest as a byte prefix (what a handoff in the middle of text is)."""
         tok = self.blm.tokenizer
         ids = tok(prompt_text, add_special_tokens=True)["input_ids"]
+        if not as_bytes:
+            return (ids or list(self.blm.default_context)), b""
         special = self.blm.vocab.special
         last = max((k for k, i in enumerate(ids) if special[i]), default=-1)
         if last < 0:
@@ -75,7 +80,8 @@ class CrossRequest:
     llm_context: list[int]
     llm_tail: bytes
     out: Generation
-    text: bytes = b""  # generated so far
+    text: bytes = b""  # given prefix + generated so far
+    start: int = 0  # bytes of `text` given as a prefix (not part of the output)
     llm: ByteState | None = None  # opened on the first routed piece
     done: bool = False
     speculative: bool = False  # greedy requests in speculative mode
@@ -85,10 +91,11 @@ class CrossEngine:
     """Requests of one cross-tokenizer pair, advanced together one piece at a time."""
 
     def __init__(self, slm: ByteLevelLM, llm: ByteLevelLM, handoff: Handoff = Handoff.EXACT,
-                 context_length: int | None = None, block_size: int = 8) -> None:
+                 context_length: int | None = None, block_size: int = 8, prompt_as_bytes: bool = False) -> None:
         self.slm, self.llm = Side(slm), Side(llm)
         self.handoff = handoff
         self.block_size = block_size
+        self.prompt_as_bytes = prompt_as_bytes
         self.context_length = context_length or min(slm.backend.max_length, llm.backend.max_length)
         self.active: list[CrossRequest] = []
 
@@ -99,18 +106,24 @@ class CrossEngine:
         return self.add_texts([decode(p, skip_special_tokens=False) for p in prompts], params, policies, keys, modes)
 
     def add_texts(self, prompts: list[str], params: list[SamplingParams], policies: list[RoutingPolicy],
-                  keys: list[int], modes: list[RoutingMode] | None = None) -> list[CrossRequest]:
-        """Start requests from prompt texts (special tokens written out, as a chat template renders them)."""
+                  keys: list[int], modes: list[RoutingMode] | None = None,
+                  prefixes: list[bytes] | None = None) -> list[CrossRequest]:
+        """Start requests from prompt texts (special tokens written out, as a chat template renders them).
+
+        `prefixes`: answer text already written (e.g. a label branch): both models are conditioned
+        on it as bytes and the output continues it."""
         modes = modes or [RoutingMode.SEQUENTIAL] * len(prompts)
-        slm_views = [self.slm.context_and_tail(p) for p in prompts]
+        slm_views = [self.slm.context_and_tail(p, self.prompt_as_bytes) for p in prompts]
         hidden = any(p.needs_hidden for p in policies)
         states = self.slm.blm.start([c for c, _ in slm_views], want_hidden=hidden)
         self.slm.blm.push(states, [t for _, t in slm_views], want_hidden=hidden)
-        reqs = [CrossRequest(k, sp, pol, make_generator(sp.seed), st, tail, *self.llm.context_and_tail(p),
-                             Generation(prompt_tokens=len(ctx)), speculative=m == RoutingMode.SPECULATIVE and sp.greedy)
+        reqs = [CrossRequest(k, sp, pol, make_generator(sp.seed), st, tail,
+                             *self.llm.context_and_tail(p, self.prompt_as_bytes), Generation(prompt_tokens=len(ctx)),
+                             speculative=m == RoutingMode.SPECULATIVE and sp.greedy)
                 for p, sp, pol, k, st, (ctx, tail), m in zip(prompts, params, policies, keys, states, slm_views, modes)]
-        for r in reqs:
+        for r, prefix in zip(reqs, prefixes or [b""] * len(reqs)):
             r.out.stats.slm_passes += 2
+            r.text, r.start = prefix, len(prefix)
         self.active += reqs
         return reqs
 
@@ -247,8 +260,8 @@ class CrossEngine:
         self._stops(r, record=True)
 
     def _stops(self, r: CrossRequest, record: bool = False) -> bool:
-        """Whether the text so far (drafts included while drafting) reached a stop string or max_tokens."""
-        text = r.text.decode("utf-8", errors="replace")
+        """Whether the output so far (drafts included while drafting) reached a stop string or max_tokens."""
+        text = r.text[r.start:].decode("utf-8", errors="replace")
         reason = None
         if r.params.stop and any(s in text for s in r.params.stop):
             reason = FinishReason.STOP
@@ -307,7 +320,7 @@ class CrossEngine:
         piece = blm.commit(state, leaf)
         r.text += piece
         r.out.pieces.append(piece)
-        text = r.text.decode("utf-8", errors="replace")
+        text = r.text[r.start:].decode("utf-8", errors="replace")
         if r.params.stop and any(s in text for s in r.params.stop):
             r.done, r.out.finish_reason = True, FinishReason.STOP
         else:
@@ -319,7 +332,7 @@ class CrossEngine:
         self.slm.blm.close(r.slm)
         if r.llm is not None:
             self.llm.blm.close(r.llm)
-        text = r.text.decode("utf-8", errors="replace")
+        text = r.text[r.start:].decode("utf-8", errors="replace")
         cuts = [text.index(s) for s in r.params.stop if s in text]
         r.out.text = text[: min(cuts)] if cuts else text
 
@@ -336,8 +349,11 @@ class _Draft:
 
 def generate_cross(slm: ByteLevelLM, llm: ByteLevelLM, policy: RoutingPolicy, prompts: list[str],
                    params: list[SamplingParams], handoff: Handoff = Handoff.EXACT,
-                   stream_keys: list[int] | None = None, mode: RoutingMode = RoutingMode.SEQUENTIAL) -> list[Generation]:
-    """Decode a fixed batch of prompt texts to the end."""
-    engine = CrossEngine(slm, llm, handoff)
+                   stream_keys: list[int] | None = None, mode: RoutingMode = RoutingMode.SEQUENTIAL,
+                   prompt_as_bytes: bool = False, prefixes: list[bytes] | None = None) -> list[Generation]:
+    """Decode a fixed batch of prompt texts to the end (`prompt_as_bytes`: see `Side.context_and_tail`;
+    `prefixes`: see `CrossEngine.add_texts`)."""
+    engine = CrossEngine(slm, llm, handoff, prompt_as_bytes=prompt_as_bytes)
     keys = stream_keys if stream_keys is not None else list(range(len(prompts)))
-    return drain(engine, engine.add_texts(prompts, params, [policy] * len(prompts), keys, [mode] * len(prompts)))
+    return drain(engine, engine.add_texts(prompts, params, [policy] * len(prompts), keys, [mode] * len(prompts),
+                                          prefixes))

@@ -55,7 +55,7 @@ def _handoffs(slm, llm, handoff: Handoff) -> list[bytes]:
     per = N_SAMPLES // len(PREFIXES)
     prompts = [x.decode() for x in PREFIXES for _ in range(per)]
     params = [SamplingParams(max_tokens=16, temperature=1.0, seed=i) for i in range(len(prompts))]
-    gens = generate_cross(slm, llm, make_policy(PolicyKind.LLM), prompts, params, handoff)
+    gens = generate_cross(slm, llm, make_policy(PolicyKind.LLM), prompts, params, handoff, prompt_as_bytes=True)
     return [p.encode() + b"|" + g.text.encode() for p, g in zip(prompts, gens)]
 
 
@@ -129,6 +129,6 @@ def test_sampling_in_speculative_mode_runs_the_sequential_schedule(source_pair):
     _, a, b = source_pair
     policy = make_policy(PolicyKind.RANDOM, rate=0.5, seed=2)
     params = [SamplingParams(max_tokens=16, temperature=1.0, seed=i) for i in range(64)]
-    seq = generate_cross(a, b, policy, ["ab"] * 64, params)
-    spec = generate_cross(a, b, policy, ["ab"] * 64, params, mode=RoutingMode.SPECULATIVE)
+    seq = generate_cross(a, b, policy, ["ab"] * 64, params, prompt_as_bytes=True)
+    spec = generate_cross(a, b, policy, ["ab"] * 64, params, mode=RoutingMode.SPECULATIVE, prompt_as_bytes=True)
     assert [g.text for g in spec] == [g.text for g in seq] and len({g.text for g in seq}) > 5

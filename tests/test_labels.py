@@ -176,6 +176,8 @@ def test_cross_tokenizer_labels_compare_bytes(tmp_path: Path, tiny_models) -> No
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+    from serving.token_bytes import TokenBytes
+
     tok_x = AutoTokenizer.from_pretrained(Path(__file__).resolve().parents[1] / "models" / "testbed" / "tokenizer-x")
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tok_x), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -193,13 +195,14 @@ def test_cross_tokenizer_labels_compare_bytes(tmp_path: Path, tiny_models) -> No
     refs = __import__("datasets").load_from_disk(str(out / "reference" / "shard-00000"))[:]
     slm_tok = AutoTokenizer.from_pretrained(tiny_models["llama"])
     rows = ds.select_columns(["data_id", "position", "slm_token", "mismatch", "divergent"])[:]
+    vocab = TokenBytes.from_tokenizer(slm_tok)  # token bytes (checked against the tokenizer in test_byte_level)
     for data_id, text, ref_ids in zip(refs["data_id"], refs["ref_text"], refs["ref_ids"]):
-        assert slm_tok.decode(ref_ids) == text, "the SLM is teacher-forced over the reference text itself"
+        assert vocab.decode(ref_ids) == text.encode(), "the SLM is teacher-forced over the reference text itself"
         mine = [(p, t, m) for d, p, t, m in zip(rows["data_id"], rows["position"], rows["slm_token"],
                                                 rows["mismatch"]) if d == data_id]
         assert [p for p, _, _ in mine] == list(range(len(ref_ids)))
         for pos, token, mismatch in mine:
-            rest = text[len(slm_tok.decode(ref_ids[:pos])):]
-            piece = slm_tok.decode([token])
+            rest = text.encode()[len(vocab.decode(ref_ids[:pos])):]
+            piece = vocab.table[token]
             assert mismatch == (not piece or not rest.startswith(piece)), (pos, piece, rest[:10])
     assert all(m or not d for m, d in zip(rows["mismatch"], rows["divergent"]))

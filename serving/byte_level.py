@@ -105,19 +105,18 @@ class ByteLevelLM:
     # -- one-shot queries ----------------------------------------------------------------------
     def next_byte_logprobs(self, prefix: bytes, context: list[int] | None = None) -> torch.Tensor:
         """[257] log P(next byte | the text starts with prefix); index 256 = end of text."""
-        (state,) = self.start([context])
-        try:
-            self.push([state], [prefix])
-            return self.distribution(state)
-        finally:
-            self.close(state)
+        return self._once(prefix, context, self.distribution)
 
     def logprob(self, prefix: bytes, context: list[int] | None = None) -> float:
         """log P(the text starts with prefix)."""
+        return self._once(prefix, context, self.prefix_logprob)
+
+    def _once(self, prefix: bytes, context: list[int] | None, read):
+        """`read` a fresh state pushed to `prefix`, then free it."""
         (state,) = self.start([context])
         try:
             self.push([state], [prefix])
-            return self.prefix_logprob(state)
+            return read(state)
         finally:
             self.close(state)
 
@@ -215,13 +214,17 @@ class ByteLevelLM:
             k = int(torch.multinomial(probs, 1, generator=generator))
         return Leaf(int(splits[k]), int(ids[k]), float(weights[k] - total))
 
+    def piece(self, state: ByteState, leaf: Leaf) -> bytes:
+        """The bytes `leaf` would add to the state's text (b"" for a special token: end of text)."""
+        return self.vocab.table[leaf.token][len(state.text) - leaf.split:]
+
     def commit(self, state: ByteState, leaf: Leaf) -> bytes:
         """Continue from `leaf`: its token becomes the model's own; returns the bytes it adds."""
         row = state.rows[leaf.split]
-        piece = self.vocab.table[leaf.token]
-        added = piece[len(state.text) - leaf.split:]
+        added = self.piece(state, leaf)
         lp = float(row.next_logp[leaf.token])
-        new_row = Row(leaf.split + len(piece), row.ids + [leaf.token], row.seq, row.cum + [row.cum[-1] + lp])
+        new_row = Row(leaf.split + len(self.vocab.table[leaf.token]), row.ids + [leaf.token], row.seq,
+                      row.cum + [row.cum[-1] + lp])
         for split, other in state.rows.items():
             if split != leaf.split:
                 self.backend.close(other.seq)

@@ -36,7 +36,7 @@ from serving.byte_level import ByteLevelLM, ByteState, Leaf
 from serving.engine import drain, route_rows
 from serving.generation import FinishReason, Generation, RoutingMode, Source
 from serving.sampling import SamplingParams, make_generator
-from serving.token_bytes import END
+from serving.stopping import cut_at_stop
 
 
 class Handoff(str, Enum):
@@ -157,7 +157,8 @@ class CrossEngine:
         for r, leaf, score, f in zip(reqs, proposals, scores, flagged):
             blm, state = (self.llm.blm, r.llm) if f else (self.slm.blm, r.slm)
             leaf = llm_leaves[id(r)] if f else leaf
-            self._write(r, blm, state, leaf, Source.LLM if f else Source.SLM, score)
+            piece = blm.commit(state, leaf) if blm.piece(state, leaf) else b""
+            self._emit(r, leaf, piece, Source.LLM if f else Source.SLM, float(score))
 
     def _speculative_round(self, reqs: list[CrossRequest]) -> None:
         slm = self.slm.blm
@@ -177,17 +178,17 @@ class CrossEngine:
                 block = drafts[id(r)]
                 if f and block and block[-1].flagged:
                     continue  # two flags in a row: the block ends before the second
-                end = not slm.vocab.table[leaf.token]
-                piece = b"" if end else slm.vocab.table[leaf.token][len(r.slm.text) - leaf.split:]
-                draft = _Draft(leaf, piece, f, float(score), len(r.text), slm.fork_state(r.slm) if f else None)
-                block.append(draft)
-                if not end:
-                    if f:
-                        r.text += piece  # as if the LLM wrote it: the SLM will condition on these bytes
-                    else:
-                        r.text += slm.commit(r.slm, leaf)
-                    r.out.pieces.append(piece)
-                if not end and not self._stops(r):
+                piece = slm.piece(r.slm, leaf)
+                block.append(_Draft(leaf, piece, f, float(score), len(r.text), slm.fork_state(r.slm) if f else None))
+                if not piece:
+                    continue  # end of text
+                if f:
+                    r.text += piece  # as if the LLM wrote it: the SLM will condition on these bytes
+                else:
+                    slm.commit(r.slm, leaf)
+                    r.text += piece
+                r.out.pieces.append(piece)
+                if self._stop_reason(r) is None:
                     still.append(r)
             drafting = still
         self._verify(reqs, drafts)
@@ -196,10 +197,7 @@ class CrossEngine:
         """One LLM pass over every flagged prefix; accept each block up to its first disagreement."""
         llm = self.llm.blm
         jobs = [(r, j) for r in reqs for j, d in enumerate(drafts[id(r)]) if d.flagged]
-        fresh = [r for r in {id(r): r for r, _ in jobs}.values() if r.llm is None]
-        for r, state in zip(fresh, llm.start([r.llm_context for r in fresh])):
-            r.llm = state
-            r.out.stats.llm_passes += 1
+        self._open_llm([r for r in {id(r): r for r, _ in jobs}.values()])
         copies = [llm.fork_state(r.llm) for r, _ in jobs]
         texts = [r.llm_tail + r.text[: drafts[id(r)][j].text_before] for r, j in jobs]
         self._sync(llm, copies, texts, False)
@@ -221,31 +219,31 @@ class CrossEngine:
             if d.flagged:
                 copy, leaf = verdicts[(id(r), j)]
                 source = Source.LLM
-                llm_piece = b"" if not llm.vocab.table[leaf.token] else \
-                    llm.vocab.table[leaf.token][len(copy.text) - leaf.split:]
+                llm_piece = llm.piece(copy, leaf)
                 old, r.llm = r.llm, copy
                 llm.close(old)
+                if llm_piece:
+                    llm.commit(copy, leaf)
                 if llm_piece != d.piece:  # the LLM writes something else: roll the SLM back to before this draft
                     slm.close(r.slm)
                     r.slm = d.snapshot
                     for later in block[j + 1:]:
                         if later.snapshot is not None:
                             slm.close(later.snapshot)
-                    self._emit(r, leaf, llm_piece, source, d.score, llm, copy)
+                    self._emit(r, leaf, llm_piece, source, d.score)
                     return
-                self._emit(r, leaf, llm_piece, source, d.score, llm, copy)
+                self._emit(r, leaf, llm_piece, source, d.score)
                 slm.close(d.snapshot)
             else:
-                self._emit(r, leaf, d.piece, source, d.score, None, None)
+                self._emit(r, leaf, d.piece, source, d.score)
             if r.done:
                 for later in block[j + 1:]:
                     if later.snapshot is not None:
                         slm.close(later.snapshot)
                 return
 
-    def _emit(self, r: CrossRequest, leaf: Leaf, piece: bytes, source: Source, score: float,
-              llm: ByteLevelLM | None, llm_state: ByteState | None) -> None:
-        """Record one accepted piece (its model state already advanced, except the LLM's commit)."""
+    def _emit(self, r: CrossRequest, leaf: Leaf, piece: bytes, source: Source, score: float) -> None:
+        """Record one written piece (b"": end of text); the writer's state is already advanced."""
         r.out.sources.append(source)
         r.out.scores.append(score)
         r.out.stats.llm_tokens += int(source == Source.LLM)
@@ -253,23 +251,22 @@ class CrossEngine:
         if not piece:
             r.done, r.out.finish_reason = True, FinishReason.STOP
             return
-        if llm is not None:
-            llm.commit(llm_state, leaf)
         r.text += piece
         r.out.pieces.append(piece)
-        self._stops(r, record=True)
-
-    def _stops(self, r: CrossRequest, record: bool = False) -> bool:
-        """Whether the output so far (drafts included while drafting) reached a stop string or max_tokens."""
-        text = r.text[r.start:].decode("utf-8", errors="replace")
-        reason = None
-        if r.params.stop and any(s in text for s in r.params.stop):
-            reason = FinishReason.STOP
-        elif len(r.out.pieces) >= r.params.max_tokens:
-            reason = FinishReason.LENGTH
-        if record and reason is not None:
+        reason = self._stop_reason(r)
+        if reason is not None:
             r.done, r.out.finish_reason = True, reason
-        return reason is not None
+
+    def _stop_reason(self, r: CrossRequest) -> FinishReason | None:
+        """Why the output so far (drafts included while drafting) must end: a stop string, max_tokens, or
+        either model's context."""
+        text = r.text[r.start:].decode("utf-8", errors="replace")
+        if r.params.stop and any(s in text for s in r.params.stop):
+            return FinishReason.STOP
+        tokens = max(len(s.context) + len(s.root.ids) for s in (r.slm, r.llm) if s is not None and s.rows)
+        if len(r.out.pieces) >= r.params.max_tokens or tokens >= self.context_length - 1:
+            return FinishReason.LENGTH
+        return None
 
     def cancel(self, req: CrossRequest) -> None:
         if req in self.active:
@@ -299,42 +296,24 @@ class CrossEngine:
         """The LLM's piece for each routed request: conditioned on the text, one batched pass."""
         if not reqs:
             return []
-        fresh = [r for r in reqs if r.llm is None]
-        for r, state in zip(fresh, self.llm.blm.start([r.llm_context for r in fresh])):
-            r.llm = state
-            r.out.stats.llm_passes += 1
+        self._open_llm(reqs)
         self._sync(self.llm.blm, [r.llm for r in reqs], [r.llm_tail + r.text for r in reqs], False)
         for r in reqs:
             r.out.stats.llm_passes += 1
         return [self.llm.blm.pick_leaf(r.llm, r.params, r.generator) for r in reqs]
 
-    def _write(self, r: CrossRequest, blm: ByteLevelLM, state: ByteState, leaf: Leaf, source: Source,
-               score: float) -> None:
-        r.out.sources.append(source)
-        r.out.scores.append(float(score))
-        r.out.stats.llm_tokens += int(source == Source.LLM)
-        r.out.token_ids.append(leaf.token)
-        if blm.vocab.first_byte[leaf.token] == END and not blm.vocab.table[leaf.token]:
-            r.done, r.out.finish_reason = True, FinishReason.STOP
-            return
-        piece = blm.commit(state, leaf)
-        r.text += piece
-        r.out.pieces.append(piece)
-        text = r.text[r.start:].decode("utf-8", errors="replace")
-        if r.params.stop and any(s in text for s in r.params.stop):
-            r.done, r.out.finish_reason = True, FinishReason.STOP
-        else:
-            tokens = max(len(s.context) + len(s.root.ids) for s in (r.slm, r.llm) if s is not None and s.rows)
-            if len(r.out.pieces) >= r.params.max_tokens or tokens >= self.context_length - 1:
-                r.done, r.out.finish_reason = True, FinishReason.LENGTH
+    def _open_llm(self, reqs: list[CrossRequest]) -> None:
+        """Open the LLM state of requests routed to it for the first time (one batched prefill)."""
+        fresh = [r for r in reqs if r.llm is None]
+        for r, state in zip(fresh, self.llm.blm.start([r.llm_context for r in fresh])):
+            r.llm = state
+            r.out.stats.llm_passes += 1
 
     def _release(self, r: CrossRequest) -> None:
         self.slm.blm.close(r.slm)
         if r.llm is not None:
             self.llm.blm.close(r.llm)
-        text = r.text[r.start:].decode("utf-8", errors="replace")
-        cuts = [text.index(s) for s in r.params.stop if s in text]
-        r.out.text = text[: min(cuts)] if cuts else text
+        r.out.text = cut_at_stop(r.text[r.start:].decode("utf-8", errors="replace"), r.params.stop)
 
 
 @dataclass

@@ -28,6 +28,10 @@ class StopRule:
         """Decoded text without a final EOS, cut before the first stop string."""
         if ids and ids[-1] in self.eos_ids:
             ids = ids[:-1]
-        text = self.decode(ids)
-        cuts = [text.index(s) for s in stop if s in text]
-        return text[: min(cuts)] if cuts else text
+        return cut_at_stop(self.decode(ids), stop)
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    """The text before the first occurrence of any stop string."""
+    cuts = [text.index(s) for s in stop if s in text]
+    return text[: min(cuts)] if cuts else text

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from serving.stopping import cut_at_stop
+
 
 class TextStream:
     def __init__(self, decode: Callable[[list[int]], str], stop: tuple[str, ...], eos_ids: frozenset[int]) -> None:
@@ -15,9 +17,7 @@ class TextStream:
 
     def _text(self, ids: list[int]) -> str:
         ids = [i for i in ids if i not in self.eos_ids]
-        text = self.decode(ids)
-        cuts = [text.index(s) for s in self.stop if s in text]
-        return text[: min(cuts)] if cuts else text
+        return cut_at_stop(self.decode(ids), self.stop)
 
     def delta(self, ids: list[int], final: bool) -> str:
         text = self._text(ids)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from dataclasses import dataclass, field
 
 import torch
+
+from tests.fakes import FakeSequence
 
 CORPUS = ["ab ab abc", "ba cab ca", "aab bca abba", "c1 12 a2b", "cc ab12 b a"]
 
@@ -54,16 +55,6 @@ def sentencepiece_style_tokenizer(vocab_size: int = 24):
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
 
 
-@dataclass
-class _Seq:
-    tokens: list[int] = field(default_factory=list)
-    closed: bool = False
-
-    @property
-    def length(self) -> int:
-        return len(self.tokens)
-
-
 class TableLM:
     """A backend whose logits are a fixed pseudo-random function of the token context.
 
@@ -88,7 +79,7 @@ class TableLM:
         return out
 
     def open(self, prompts, want_hidden=False):
-        seqs = [_Seq() for _ in prompts]
+        seqs = [FakeSequence() for _ in prompts]
         self.open_sequences += len(seqs)
         return list(zip(seqs, self.extend(seqs, prompts, want_hidden)))
 
@@ -106,7 +97,7 @@ class TableLM:
 
     def fork(self, seq, length):
         self.open_sequences += 1
-        return _Seq(seq.tokens[:length])
+        return FakeSequence(seq.tokens[:length])
 
     def truncate(self, seq, length):
         del seq.tokens[length:]

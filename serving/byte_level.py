@@ -66,6 +66,37 @@ class Leaf:
     logp: float  # log P(cover) - log P(text): the leaf's probability given the text
 
 
+@dataclass
+class LeafTable:
+    """The leaves of one text: leaf k is token ids[k] after the canonical tokens of text[:splits[k]]."""
+
+    text: bytes
+    splits: torch.Tensor  # [n] long
+    ids: torch.Tensor  # [n] long
+    logp: torch.Tensor  # [n] float64 log P(leaf | text)
+    vocab: TokenBytes
+
+    def leaf(self, k: int) -> Leaf:
+        return Leaf(int(self.splits[k]), int(self.ids[k]), float(self.logp[k]))
+
+    def piece(self, k: int) -> bytes:
+        """The bytes leaf k adds to the text (b"": end of text)."""
+        return self.vocab.table[int(self.ids[k])][len(self.text) - int(self.splits[k]):]
+
+    def probs(self, params: SamplingParams | None) -> torch.Tensor:
+        """[n] what a draw samples from: the params' temperature / top-k / top-p over the leaves (none: T = 1)."""
+        return torch.exp(self.logp) if params is None else processed_probs(self.logp.float(), params).double()
+
+    def with_piece(self, piece: bytes) -> torch.Tensor:
+        """[n] bool: the leaves that add exactly `piece` (one per split at most, save duplicate byte tokens)."""
+        mask = torch.zeros_like(self.ids, dtype=torch.bool)
+        for split in self.splits.unique().tolist():
+            wanted = self.vocab.ids_of(self.text[split:] + piece) if piece or split == len(self.text) else []
+            if wanted:
+                mask |= (self.splits == split) & torch.isin(self.ids, torch.tensor(wanted, dtype=torch.long))
+        return mask
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     for k in range(n):
@@ -198,21 +229,21 @@ class ByteLevelLM:
             acc = torch.logaddexp(acc, _scatter_logsumexp(weights, next_byte, N_BINS))
         return acc - torch.logsumexp(acc, 0)
 
+    def leaf_table(self, state: ByteState) -> LeafTable:
+        """Every leaf of the state's text with its probability given the text."""
+        table = self.leaves(state)
+        weights = torch.cat([w for _, _, w, _ in table])
+        return LeafTable(state.text, torch.cat([torch.full_like(ids, row.split) for row, ids, _, _ in table]),
+                         torch.cat([ids for _, ids, _, _ in table]), weights - torch.logsumexp(weights, 0), self.vocab)
+
     def pick_leaf(self, state: ByteState, params: SamplingParams | None = None,
                   generator: torch.Generator | None = None) -> Leaf:
         """A cover of the state's text: the most probable one (greedy params, or no generator), else one
         drawn with its probability after the params' temperature / top-k / top-p (none: T = 1)."""
-        table = self.leaves(state)
-        splits = torch.cat([torch.full_like(ids, row.split) for row, ids, _, _ in table])
-        ids = torch.cat([ids for _, ids, _, _ in table])
-        weights = torch.cat([w for _, _, w, _ in table])
-        total = torch.logsumexp(weights, 0)
+        table = self.leaf_table(state)
         if generator is None or (params is not None and params.greedy):
-            k = int(torch.argmax(weights))
-        else:
-            probs = torch.exp(weights - total) if params is None else processed_probs(weights.float(), params)
-            k = int(torch.multinomial(probs, 1, generator=generator))
-        return Leaf(int(splits[k]), int(ids[k]), float(weights[k] - total))
+            return table.leaf(int(torch.argmax(table.logp)))
+        return table.leaf(int(torch.multinomial(table.probs(params), 1, generator=generator)))
 
     def piece(self, state: ByteState, leaf: Leaf) -> bytes:
         """The bytes `leaf` would add to the state's text (b"" for a special token: end of text)."""

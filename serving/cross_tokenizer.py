@@ -14,14 +14,21 @@ writer's token boundary is not passed on; the other tokenizer cannot express it.
 Sequential step = one SLM pass (its pending token, or its covers after LLM bytes) for every
 request, the router on the SLM's proposal, and one LLM pass for the flagged requests.
 
-Speculative round (greedy): the SLM drafts up to k pieces; at a flagged draft it assumes the
-LLM will write the same bytes and goes on conditioned on them *as bytes* (exactly what it
-would see after an LLM piece), keeping a snapshot to roll back to. One LLM pass then takes
-the LLM's piece at every flagged prefix (a forked LLM state each); the block is accepted up
-to the first flagged position where the LLM's bytes differ, whose LLM piece is written
-instead. Two flagged drafts in a row end the block (the second one needs the LLM's own token
-path after the first). Same output as sequential routing, never more LLM passes. Sampling
-requests run the sequential schedule in both modes.
+Speculative round: the SLM drafts up to k pieces; at a flagged draft it assumes the LLM will
+write the same bytes and goes on conditioned on them *as bytes* (exactly what it would see
+after an LLM piece), keeping a snapshot to roll back to. One LLM pass then gives the LLM's
+distribution over pieces at every flagged prefix (a forked LLM state each), and the block is
+accepted up to the first flagged position where the LLM writes other bytes, which it writes
+instead: greedy, the LLM's most probable leaf; sampling, the speculative test over pieces
+(accept the draft piece s with min(1, p(s)/q(s)), else draw from norm(max(p - q, 0))), p and q
+each summed over the leaves that add s. A flagged draft right after a flagged draft ends the
+block and opens the next one (its LLM piece needs the LLM's own token path after the first).
+Same output as sequential routing (greedy) or the same distribution (sampling), never more LLM
+passes.
+
+Where the router's flag depends on which cover the SLM's proposal came from (several covers
+are live after a handoff), a flagged draft is a draw from q restricted to the flagged covers,
+and that restricted q is what the test uses.
 """
 from __future__ import annotations
 
@@ -32,11 +39,14 @@ from enum import Enum
 import torch
 
 from router.policies import RoutingPolicy
-from serving.byte_level import ByteLevelLM, ByteState, Leaf
+from serving.byte_level import ByteLevelLM, ByteState, Leaf, LeafTable
 from serving.engine import drain, route_rows
 from serving.generation import FinishReason, Generation, RoutingMode, Source
 from serving.sampling import SamplingParams, make_generator
 from serving.stopping import cut_at_stop
+
+
+_MAX_RESIDUAL_DRAWS = 100_000
 
 
 class Handoff(str, Enum):
@@ -84,7 +94,8 @@ class CrossRequest:
     start: int = 0  # bytes of `text` given as a prefix (not part of the output)
     llm: ByteState | None = None  # opened on the first routed piece
     done: bool = False
-    speculative: bool = False  # greedy requests in speculative mode
+    speculative: bool = False
+    carry: _Draft | None = None  # a flagged draft that opens the next speculative block
 
 
 class CrossEngine:
@@ -119,7 +130,7 @@ class CrossEngine:
         self.slm.blm.push(states, [t for _, t in slm_views], want_hidden=hidden)
         reqs = [CrossRequest(k, sp, pol, make_generator(sp.seed), st, tail,
                              *self.llm.context_and_tail(p, self.prompt_as_bytes), Generation(prompt_tokens=len(ctx)),
-                             speculative=m == RoutingMode.SPECULATIVE and sp.greedy)
+                             speculative=m == RoutingMode.SPECULATIVE)
                 for p, sp, pol, k, st, (ctx, tail), m in zip(prompts, params, policies, keys, states, slm_views, modes)]
         for r, prefix in zip(reqs, prefixes or [b""] * len(reqs)):
             r.out.stats.slm_passes += 2
@@ -167,41 +178,68 @@ class CrossEngine:
         for _ in range(self.block_size):
             if not drafting:
                 break
-            self._sync(slm, [r.slm for r in drafting], [r.slm_tail + r.text for r in drafting],
-                       any(r.policy.needs_hidden for r in drafting))
-            for r in drafting:
-                r.out.stats.slm_passes += 1
-            proposals = [slm.pick_leaf(r.slm, r.params, r.generator) for r in drafting]
-            scores, flagged = self._route(drafting, proposals)
+            fresh = [r for r in drafting if r.carry is None]
+            proposed = dict(zip(map(id, fresh), self._drafts(fresh)))
             still = []
-            for r, leaf, score, f in zip(drafting, proposals, scores, flagged):
+            for r in drafting:
+                d, r.carry = r.carry or proposed[id(r)], None
                 block = drafts[id(r)]
-                if f and block and block[-1].flagged:
-                    continue  # two flags in a row: the block ends before the second
-                piece = slm.piece(r.slm, leaf)
-                block.append(_Draft(leaf, piece, f, float(score), len(r.text), slm.fork_state(r.slm) if f else None))
-                if not piece:
+                if d.flagged and block and block[-1].flagged:
+                    r.carry = d  # kept, not redrawn: dropping flagged draws would bias a sampled block
+                    continue
+                d.text_before, d.snapshot = len(r.text), slm.fork_state(r.slm) if d.flagged else None
+                block.append(d)
+                if not d.piece:
                     continue  # end of text
-                if f:
-                    r.text += piece  # as if the LLM wrote it: the SLM will condition on these bytes
-                else:
-                    slm.commit(r.slm, leaf)
-                    r.text += piece
-                r.out.pieces.append(piece)
+                if not d.flagged:  # flagged: as if the LLM wrote it, the SLM will condition on these bytes
+                    slm.commit(r.slm, d.leaf)
+                r.text += d.piece
+                r.out.pieces.append(d.piece)
                 if self._stop_reason(r) is None:
                     still.append(r)
             drafting = still
         self._verify(reqs, drafts)
 
+    def _drafts(self, reqs: list[CrossRequest]) -> list[_Draft]:
+        """Each request's next SLM piece, routed; flagged sampled drafts keep the q they were drawn from."""
+        slm = self.slm.blm
+        self._sync(slm, [r.slm for r in reqs], [r.slm_tail + r.text for r in reqs],
+                   any(r.policy.needs_hidden for r in reqs))
+        tables = [slm.leaf_table(r.slm) for r in reqs]
+        out = []
+        for r, table in zip(reqs, tables):
+            r.out.stats.slm_passes += 1
+            if r.params.greedy:
+                k, probs = int(torch.argmax(table.logp)), None
+            else:
+                probs = table.probs(r.params)
+                k = int(torch.multinomial(probs, 1, generator=r.generator))
+            out.append(_Draft(table.leaf(k), table.piece(k), False, 0.0, table, probs))
+        scores, flagged = self._route(reqs, [d.leaf for d in out])
+        for r, d, score, f in zip(reqs, out, scores, flagged):
+            d.flagged, d.score = f, float(score)
+            if f and d.q is not None and len(r.slm.rows) > 1:
+                d.q = d.q * self._flagged_splits(r, d.table)
+                d.q /= d.q.sum()
+        return out
+
+    def _flagged_splits(self, r: CrossRequest, table: LeafTable) -> torch.Tensor:
+        """[n] 1.0 where the router flags the cover a leaf comes from, else 0.0."""
+        splits = table.splits.unique().tolist()
+        rows = [r.slm.rows[s] for s in splits]
+        _, flagged = route_rows([r.policy] * len(rows), [row.logits for row in rows], [row.hidden for row in rows],
+                                [len(r.out.pieces)] * len(rows), [r.key] * len(rows))
+        keep = torch.tensor([s for s, f in zip(splits, flagged) if f], dtype=torch.long)
+        return torch.isin(table.splits, keep).double()
+
     def _verify(self, reqs: list[CrossRequest], drafts: dict[int, list[_Draft]]) -> None:
         """One LLM pass over every flagged prefix; accept each block up to its first disagreement."""
         llm = self.llm.blm
-        jobs = [(r, j) for r in reqs for j, d in enumerate(drafts[id(r)]) if d.flagged]
+        jobs = [(r, d) for r in reqs for d in drafts[id(r)] if d.flagged]
         self._open_llm([r for r in {id(r): r for r, _ in jobs}.values()])
         copies = [llm.fork_state(r.llm) for r, _ in jobs]
-        texts = [r.llm_tail + r.text[: drafts[id(r)][j].text_before] for r, j in jobs]
-        self._sync(llm, copies, texts, False)
-        verdicts = {(id(r), j): (copy, llm.pick_leaf(copy, r.params, r.generator)) for (r, j), copy in zip(jobs, copies)}
+        self._sync(llm, copies, [r.llm_tail + r.text[: d.text_before] for r, d in jobs], False)
+        verdicts = {id(d): (copy, self._llm_verdict(llm.leaf_table(copy), d, r)) for (r, d), copy in zip(jobs, copies)}
         for r in {id(r): r for r, _ in jobs}.values():
             r.out.stats.llm_passes += 1
         for r in reqs:
@@ -210,36 +248,52 @@ class CrossEngine:
             if copy.rows and not any(copy is r.llm for r in reqs):
                 llm.close(copy)
 
+    @staticmethod
+    def _llm_verdict(table: LeafTable, d: _Draft, r: CrossRequest) -> Leaf:
+        """The LLM's leaf at a flagged draft: its most probable one (greedy), or the speculative test."""
+        if d.q is None:
+            return table.leaf(int(torch.argmax(table.logp)))
+        p = table.probs(r.params)
+        q_piece = float(d.q[d.table.with_piece(d.piece)].sum())
+        same = table.with_piece(d.piece)
+        if float(torch.rand(1, dtype=torch.float64, generator=r.generator)) * q_piece < float(p[same].sum()):
+            return table.leaf(int(torch.multinomial(p * same, 1, generator=r.generator)))
+        for _ in range(_MAX_RESIDUAL_DRAWS):  # norm(max(p - q, 0)) by rejection from p: entered with
+            k = int(torch.multinomial(p, 1, generator=r.generator))  # probability TV(p, q), 1 / TV draws
+            piece = table.piece(k)
+            p_piece = float(p[table.with_piece(piece)].sum())
+            q_other = float(d.q[d.table.with_piece(piece)].sum())
+            if float(torch.rand(1, dtype=torch.float64, generator=r.generator)) * p_piece < p_piece - q_other:
+                return table.leaf(k)
+        return table.leaf(k)  # p and q equal up to rounding: the residual is p's rounding noise
+
     def _accept(self, r: CrossRequest, block: list[_Draft], verdicts: dict) -> None:
         slm, llm = self.slm.blm, self.llm.blm
         r.out.pieces = r.out.pieces[: len(r.out.pieces) - sum(1 for d in block if d.piece)]
         r.text = r.text[: block[0].text_before] if block else r.text
         for j, d in enumerate(block):
-            source, leaf = Source.SLM, d.leaf
-            if d.flagged:
-                copy, leaf = verdicts[(id(r), j)]
-                source = Source.LLM
+            diverged = False
+            if not d.flagged:
+                self._emit(r, d.leaf, d.piece, Source.SLM, d.score)
+            else:
+                copy, leaf = verdicts[id(d)]
                 llm_piece = llm.piece(copy, leaf)
-                old, r.llm = r.llm, copy
-                llm.close(old)
+                llm.close(r.llm)
+                r.llm = copy
                 if llm_piece:
                     llm.commit(copy, leaf)
-                if llm_piece != d.piece:  # the LLM writes something else: roll the SLM back to before this draft
+                diverged = llm_piece != d.piece
+                if diverged:  # the LLM writes something else: roll the SLM back to before this draft
                     slm.close(r.slm)
                     r.slm = d.snapshot
-                    for later in block[j + 1:]:
-                        if later.snapshot is not None:
-                            slm.close(later.snapshot)
-                    self._emit(r, leaf, llm_piece, source, d.score)
-                    return
-                self._emit(r, leaf, llm_piece, source, d.score)
-                slm.close(d.snapshot)
-            else:
-                self._emit(r, leaf, d.piece, source, d.score)
-            if r.done:
+                else:
+                    slm.close(d.snapshot)
+                self._emit(r, leaf, llm_piece, Source.LLM, d.score)
+            if diverged or r.done:
                 for later in block[j + 1:]:
                     if later.snapshot is not None:
                         slm.close(later.snapshot)
+                r.carry = None  # drawn after bytes that were not written
                 return
 
     def _emit(self, r: CrossRequest, leaf: Leaf, piece: bytes, source: Source, score: float) -> None:
@@ -322,8 +376,10 @@ class _Draft:
     piece: bytes  # b"" for end of text
     flagged: bool
     score: float
-    text_before: int  # len(request.text) when it was drafted
-    snapshot: ByteState | None  # the SLM's state before it (flagged drafts: the rollback point)
+    table: LeafTable  # the SLM's leaves where it was drawn
+    q: torch.Tensor | None  # sampling: [leaves] what it was drawn from (flagged: restricted to flagged covers)
+    text_before: int = 0  # len(request.text) when it joined a block
+    snapshot: ByteState | None = None  # the SLM's state before it (flagged drafts: the rollback point)
 
 
 def generate_cross(slm: ByteLevelLM, llm: ByteLevelLM, policy: RoutingPolicy, prompts: list[str],

@@ -95,6 +95,16 @@ class TokenBytes:
             hi += 1
         return [i for t, i in zip(self._sorted[lo:hi], self._sorted_ids[lo:hi]) if not longer or len(t) > len(prefix)]
 
+    def ids_of(self, data: bytes) -> list[int]:
+        """Ids whose bytes are exactly `data` (several with byte fallback; b"": the special ids, END)."""
+        if not data:
+            return torch.nonzero(self.special).flatten().tolist()
+        lo = bisect.bisect_left(self._sorted, data)
+        hi = lo
+        while hi < len(self._sorted) and self._sorted[hi] == data:
+            hi += 1
+        return self._sorted_ids[lo:hi]
+
     def decode(self, ids: list[int]) -> bytes:
         return b"".join(self.table[i] for i in ids)
 

@@ -117,21 +117,24 @@ class CrossEngine:
         return self.add_texts([decode(p, skip_special_tokens=False) for p in prompts], params, policies, keys, modes)
 
     def add_texts(self, prompts: list[str], params: list[SamplingParams], policies: list[RoutingPolicy],
-                  keys: list[int], modes: list[RoutingMode] | None = None,
-                  prefixes: list[bytes] | None = None) -> list[CrossRequest]:
+                  keys: list[int], modes: list[RoutingMode] | None = None, prefixes: list[bytes] | None = None,
+                  as_bytes: list[bool] | None = None) -> list[CrossRequest]:
         """Start requests from prompt texts (special tokens written out, as a chat template renders them).
 
         `prefixes`: answer text already written (e.g. a label branch): both models are conditioned
-        on it as bytes and the output continues it."""
+        on it as bytes and the output continues it. `as_bytes`: per request, see
+        `Side.context_and_tail` (default: the engine's `prompt_as_bytes`)."""
         modes = modes or [RoutingMode.SEQUENTIAL] * len(prompts)
-        slm_views = [self.slm.context_and_tail(p, self.prompt_as_bytes) for p in prompts]
+        as_bytes = as_bytes or [self.prompt_as_bytes] * len(prompts)
+        slm_views = [self.slm.context_and_tail(p, b) for p, b in zip(prompts, as_bytes)]
         hidden = any(p.needs_hidden for p in policies)
         states = self.slm.blm.start([c for c, _ in slm_views], want_hidden=hidden)
         self.slm.blm.push(states, [t for _, t in slm_views], want_hidden=hidden)
-        reqs = [CrossRequest(k, sp, pol, make_generator(sp.seed), st, tail,
-                             *self.llm.context_and_tail(p, self.prompt_as_bytes), Generation(prompt_tokens=len(ctx)),
+        reqs = [CrossRequest(k, sp, pol, make_generator(sp.seed), st, tail, *self.llm.context_and_tail(p, b),
+                             Generation(prompt_tokens=len(ctx) + len(self.slm.blm.vocab.encode(tail)), pieces=[]),
                              speculative=m == RoutingMode.SPECULATIVE)
-                for p, sp, pol, k, st, (ctx, tail), m in zip(prompts, params, policies, keys, states, slm_views, modes)]
+                for p, sp, pol, k, st, (ctx, tail), m, b
+                in zip(prompts, params, policies, keys, states, slm_views, modes, as_bytes)]
         for r, prefix in zip(reqs, prefixes or [b""] * len(reqs)):
             r.out.stats.slm_passes += 2
             r.text, r.start = prefix, len(prefix)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -120,6 +121,19 @@ def llm_feed(llm: Backend, reqs: list[Request], feeds: list[list[int]]) -> list[
     return [outs[i] for i in range(len(reqs))]
 
 
+class Engine(Protocol):
+    """What the scheduler drives: `RoutedEngine` (one tokenizer) or `CrossEngine` (bytes)."""
+
+    active: list
+
+    def add(self, prompts: list[list[int]], params: list[SamplingParams], policies: list[RoutingPolicy],
+            modes: list[RoutingMode], keys: list[int]) -> list: ...
+
+    def step(self) -> list: ...
+
+    def cancel(self, req) -> None: ...
+
+
 class RoutedEngine:
     """Active requests of one SLM/LLM pair, advanced together one step at a time."""
 
@@ -177,14 +191,14 @@ class RoutedEngine:
         r.out.text = self.stop_rule.text_of(r.out.token_ids, r.params.stop)
 
 
-def run_engine(engine, prompts: list[list[int]], params: list[SamplingParams], policies: list[RoutingPolicy],
+def run_engine(engine: Engine, prompts: list[list[int]], params: list[SamplingParams], policies: list[RoutingPolicy],
                mode: RoutingMode, stream_keys: list[int] | None = None) -> list[Generation]:
     """Drive any engine (token-level or cross-tokenizer) over a fixed batch until every request ends."""
     keys = stream_keys if stream_keys is not None else list(range(len(prompts)))
     return drain(engine, engine.add(prompts, params, policies, [mode] * len(prompts), keys))
 
 
-def drain(engine, reqs: list) -> list[Generation]:
+def drain(engine: Engine, reqs: list) -> list[Generation]:
     """Step `engine` until nothing is active; each request's seconds = the wall time of the batch."""
     start = time.perf_counter()
     while engine.active:

@@ -41,7 +41,7 @@ class Generation:
     sources: list[Source] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)  # the router's score at each generated position
     text: str = ""
-    pieces: list[bytes] = field(default_factory=list)  # cross-tokenizer pairs: the bytes each step wrote
+    pieces: list[bytes] | None = None  # byte-level decoding (serving.cross_tokenizer): the bytes each step wrote
     logprobs: list[float] = field(default_factory=list)  # when asked for: each token's log-prob under its writer
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)  # and its top alternatives
     finish_reason: FinishReason = FinishReason.LENGTH

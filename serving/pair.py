@@ -85,19 +85,23 @@ class ModelPair:
                                  ByteLevelLM(self.llm, self.llm_tokenizer or self.tokenizer))
         return self._byte_models
 
+    def byte_engine(self):
+        """A byte-level engine over this pair (cross pairs; exact prompt boundaries on any pair)."""
+        from serving.cross_tokenizer import CrossEngine
+
+        return CrossEngine(*self.byte_models(), context_length=self.context_length)
+
     def engine(self):
         """The decoding engine the scheduler drives: token-level, or byte-level for a cross pair."""
         if self.cross:
-            from serving.cross_tokenizer import CrossEngine
-
-            return CrossEngine(*self.byte_models(), context_length=self.context_length)
+            return self.byte_engine()
         from serving.engine import RoutedEngine
 
         return RoutedEngine(self.slm, self.llm, self.stop_rule())
 
     def decode_output(self, gen: Generation, n: int | None = None) -> str:
         """The text of the first n output steps (all by default), special tokens dropped."""
-        if self.cross:
+        if gen.pieces is not None:
             return b"".join(gen.pieces[:n]).decode("utf-8", errors="replace")
         ids = gen.token_ids[:n]
         return self.tokenizer.decode([i for i in ids if i not in self.eos_ids], skip_special_tokens=False)

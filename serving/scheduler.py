@@ -5,6 +5,10 @@ cancelled ones (their sequences closed and KV freed before the next step) and pu
 each request's new tokens. Admission bounds memory: at most `max_running` sequences and
 `max_tokens` prompt+completion tokens in the running batch; the rest wait in a queue of at
 most `max_queue`, beyond which `submit` refuses (the server answers 429).
+
+Requests whose prompt is conditioned on as exact bytes (it may end mid-token) run on a
+byte-level engine (`CrossEngine`), stepped in the same loop: the pair's own engine for a
+cross-tokenizer pair, else one made on first use over the same backends.
 """
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from router.policies import RoutingPolicy
-from serving.engine import Request, RoutedEngine
+from serving.cross_tokenizer import CrossEngine
+from serving.engine import Engine
 from serving.generation import Generation, RoutingMode
 from serving.sampling import SamplingParams
 
@@ -47,8 +52,10 @@ class Ticket:
     policy: RoutingPolicy
     mode: RoutingMode
     notify: Callable[[], None]  # called (from the loop thread) after each publication
+    prompt_text: str | None = None  # set: condition on these bytes exactly (a byte-level engine)
     key: int = 0
-    request: Request | None = None
+    engine: Engine | None = None  # the engine running it
+    request: object | None = None
     tokens: list[int] = field(default_factory=list)  # published so far
     sources: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
@@ -94,8 +101,11 @@ class Metrics:
 
 
 class Scheduler:
-    def __init__(self, engine: RoutedEngine, cfg: SchedulerConfig) -> None:
+    def __init__(self, engine: Engine, cfg: SchedulerConfig, byte_engine: Callable[[], CrossEngine] | None = None) -> None:
+        """`byte_engine`: makes the engine of `prompt_text` tickets (called once, on first use)."""
         self.engine, self.cfg = engine, cfg
+        self._make_byte_engine = byte_engine
+        self._byte_engine: CrossEngine | None = None
         self.metrics = Metrics()
         self._queue: deque[Ticket] = deque()
         self._running: list[Ticket] = []
@@ -139,6 +149,14 @@ class Scheduler:
     def running(self) -> int:
         return len(self._running)
 
+    @property
+    def active_sequences(self) -> int:
+        return sum(len(e.active) for e in self._engines)
+
+    @property
+    def _engines(self) -> list[Engine]:
+        return [self.engine] + ([self._byte_engine] if self._byte_engine not in (None, self.engine) else [])
+
     # -- the loop ----------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
@@ -154,7 +172,7 @@ class Scheduler:
                 self._start(admitted)
                 if self._running:
                     self.metrics.batch_size_sum += len(self._running)
-                    finished = self.engine.step()
+                    finished = [r for e in self._engines if e.active for r in e.step()]
                     self.metrics.steps += 1
                     self._publish(finished)
             except Exception:  # keep serving: fail the requests in flight, not the server
@@ -179,23 +197,32 @@ class Scheduler:
 
     def _start(self, tickets: list[Ticket]) -> None:
         live = [t for t in tickets if not t.cancelled]
-        if not live:
-            return
-        reqs = self.engine.add([t.prompt for t in live], [t.params for t in live], [t.policy for t in live],
-                               [t.mode for t in live], [t.key for t in live])
-        for t, r in zip(live, reqs):
-            t.request = r
+        tokens = [t for t in live if t.prompt_text is None]
+        if tokens:
+            reqs = self.engine.add([t.prompt for t in tokens], [t.params for t in tokens],
+                                   [t.policy for t in tokens], [t.mode for t in tokens], [t.key for t in tokens])
+            for t, r in zip(tokens, reqs):
+                t.engine, t.request = self.engine, r
+        exact = [t for t in live if t.prompt_text is not None]
+        if exact:
+            if self._byte_engine is None:
+                self._byte_engine = self._make_byte_engine()
+            reqs = self._byte_engine.add_texts([t.prompt_text for t in exact], [t.params for t in exact],
+                                               [t.policy for t in exact], [t.key for t in exact],
+                                               [t.mode for t in exact], as_bytes=[True] * len(exact))
+            for t, r in zip(exact, reqs):
+                t.engine, t.request = self._byte_engine, r
         self._running += live
 
     def _drop(self, cancels: list[Ticket]) -> None:
         for t in cancels:
             if t.request is not None and t in self._running:
-                self.engine.cancel(t.request)
+                t.engine.cancel(t.request)
                 self._running.remove(t)
                 self.metrics.cancelled += 1
                 t.notify()
 
-    def _publish(self, finished: list[Request]) -> None:
+    def _publish(self, finished: list) -> None:
         done_ids = {id(r) for r in finished}
         for t in self._running:
             out = t.request.out
@@ -215,7 +242,7 @@ class Scheduler:
     def _fail_all(self, message: str) -> None:
         for t in self._running:
             if t.request is not None:
-                self.engine.cancel(t.request)
+                t.engine.cancel(t.request)
             t.error = message
             t.notify()
         self._running = []

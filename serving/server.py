@@ -66,7 +66,8 @@ class RoutedService:
     def __init__(self, pair: ModelPair, cfg: ServeConfig) -> None:
         self.pair, self.cfg = pair, cfg
         self.default_policy = cfg.policy or pair.default_policy
-        self.scheduler = Scheduler(pair.engine(), cfg.scheduler)
+        engine = pair.engine()
+        self.scheduler = Scheduler(engine, cfg.scheduler, (lambda: engine) if pair.cross else pair.byte_engine)
 
     def policy_for(self, req: SamplingFields) -> RoutingPolicy:
         kind = req.policy or self.default_policy
@@ -93,7 +94,10 @@ class RoutedService:
                               top_k=req.top_k, seed=req.seed, stop=req.stop_list, logprobs=req.logprob_count)
 
     def ticket(self, ids: list[int], req: SamplingFields, notify, choice: int = 0) -> Ticket:
-        """A scheduler ticket for one choice; choice i samples with seed + i so n choices differ."""
+        """A scheduler ticket for one choice; choice i samples with seed + i so n choices differ.
+
+        A completion with `exact_prompt_boundary` carries its prompt text: a byte-level engine
+        conditions on its bytes exactly."""
         if req.model != self.cfg.model_name:
             raise UserError(f"the model {req.model!r} does not exist; this server serves {self.cfg.model_name!r}",
                             status=404, param="model", code="model_not_found")
@@ -105,7 +109,13 @@ class RoutedService:
         mode = RoutingMode(req.mode) if req.mode else self.cfg.mode
         if params.logprobs is not None:
             mode = RoutingMode.SEQUENTIAL  # the protocol already refused an explicit speculative mode
-        return Ticket(ids, params, self.policy_for(req), mode, notify)
+        exact = getattr(req, "exact_prompt_boundary", False)
+        if exact:
+            try:
+                self.pair.byte_models()
+            except ValueError as exc:
+                raise UserError(str(exc), param="exact_prompt_boundary") from exc
+        return Ticket(ids, params, self.policy_for(req), mode, notify, req.prompt if exact else None)
 
     def metrics_text(self) -> str:
         m, s = self.scheduler.metrics, self.scheduler
@@ -120,7 +130,7 @@ class RoutedService:
             "# TYPE r2r_llm_share gauge", f"r2r_llm_share {share:.6f}",
             "# TYPE r2r_queue_depth gauge", f"r2r_queue_depth {s.queue_depth}",
             "# TYPE r2r_running_requests gauge", f"r2r_running_requests {s.running}",
-            "# TYPE r2r_active_sequences gauge", f"r2r_active_sequences {len(s.engine.active)}",
+            "# TYPE r2r_active_sequences gauge", f"r2r_active_sequences {s.active_sequences}",
             "# TYPE r2r_slm_open_sequences gauge",
             f"r2r_slm_open_sequences {getattr(self.pair.slm, 'open_sequences', 0)}",
             "# TYPE r2r_llm_open_sequences gauge",
@@ -260,7 +270,7 @@ def build_app(pair: ModelPair, cfg: ServeConfig) -> FastAPI:
 
     async def _sse(request: Request, ticket: Ticket, wake: asyncio.Event, req: SamplingFields, chat: bool,
                    rid: str, created: int) -> AsyncIterator[str]:
-        if pair.cross:  # outputs are byte pieces: the ids only count them
+        if pair.cross or ticket.prompt_text is not None:  # byte-level outputs: the ids only count pieces
             def decode(ids: list[int]) -> str:
                 return pair.decode_output(ticket.request.out, len(ids))
 

@@ -101,6 +101,7 @@ def test_completions_and_routing_extras(base_url: str) -> None:
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 50},
      400, "top_logprobs"),
     ({"model": MODEL, "prompt": "x " * 5000}, 400, "context"),
+    ({"model": MODEL, "prompt": "Ava", "exact_prompt_boundary": True, "logprobs": 1}, 400, "exact_prompt_boundary"),
 ])
 def test_bad_requests_get_openai_errors(base_url: str, body, status: int, fragment: str) -> None:
     path = "/v1/completions" if isinstance(body, dict) and "prompt" in body else "/v1/chat/completions"
@@ -271,3 +272,30 @@ def test_logprobs_match_the_writer_distribution(base_url: str, pair: ModelPair) 
     block = comp["choices"][0]["logprobs"]
     assert "".join(block["tokens"]) == comp["choices"][0]["text"]
     assert all(len(t) == 2 for t in block["top_logprobs"]) and block["text_offset"][0] == 0
+
+
+def test_exact_prompt_boundary_continues_inside_a_token(base_url: str, pair: ModelPair) -> None:
+    """The prompt ends in "Ava ", whose space the model would write as part of its next token (" starts").
+    Conditioned on the bytes exactly, the SLM continues its own greedy answer; the default (re-encoded
+    prompt, a token boundary after the space) does not. Streamed and not, equal to the byte-level decoder."""
+    from openai import OpenAI
+
+    from serving.cross_tokenizer import generate_cross
+
+    ids = pair.encode_chat([{"role": "user", "content": QUESTION}])
+    answer = pair.generate(AlwaysSLM(), [ids], [SamplingParams(max_tokens=40)])[0].text
+    assert answer.startswith("Ava starts")
+    prompt = pair.tokenizer.decode(ids, skip_special_tokens=False) + "Ava "
+    client = OpenAI(base_url=f"{base_url}/v1", api_key="unused")
+    body = {"policy": "slm", "exact_prompt_boundary": True}
+    exact = client.completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0, extra_body=body)
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=12, temperature=0, extra_body=body, stream=True) if c.choices)
+    naive = client.completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0,
+                                      extra_body={"policy": "slm"})
+    (direct,) = generate_cross(*pair.byte_models(), AlwaysSLM(), [prompt], [SamplingParams(max_tokens=12)],
+                               prompt_as_bytes=True)
+    text = exact.choices[0].text
+    assert text == streamed == direct.text and answer.startswith("Ava " + text)
+    assert not answer.startswith("Ava " + naive.choices[0].text)
+    assert metric(base_url, "r2r_active_sequences") == 0

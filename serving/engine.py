@@ -8,6 +8,8 @@ scheduler adds and cancels requests between steps (continuous batching).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -16,7 +18,7 @@ import torch
 from router.policies import RouteInput, RoutingPolicy, flags
 from serving.backends.base import Backend, SequenceHandle, StepOutput
 from serving.generation import Generation, RoutingMode
-from serving.sampling import SamplingParams, make_generator
+from serving.sampling import SamplingParams, make_generator, position_generator
 from serving.stopping import StopRule
 
 
@@ -34,6 +36,65 @@ class BlockConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.k_min <= self.k_max:
             raise ValueError(f"need 1 <= k_min <= k_max, got {self.k_min}, {self.k_max}")
+
+
+@dataclass
+class PassCost:
+    """seconds ~ fixed + per_token * tokens for one kind of batched work, fitted on exponentially
+    weighted moments of what this engine ran (recent batch sizes and lengths dominate)."""
+
+    ema: float = 0.1
+    n: int = 0
+    x: float = 0.0  # tokens (rows) in the batch
+    y: float = 0.0  # seconds
+    xx: float = 0.0
+    xy: float = 0.0
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        w = 1.0 if self.n == 0 else self.ema
+        self.x += w * (tokens - self.x)
+        self.y += w * (seconds - self.y)
+        self.xx += w * (tokens * tokens - self.xx)
+        self.xy += w * (tokens * seconds - self.xy)
+        self.n += 1
+
+    @property
+    def per_token(self) -> float:
+        var = self.xx - self.x * self.x
+        return min(self.y / max(self.x, 1e-9), max(0.0, (self.xy - self.x * self.y) / var)) if var > 1e-6 else 0.0
+
+    @property
+    def fixed(self) -> float:
+        """The part that does not grow with the tokens (all of it until batch sizes vary)."""
+        return max(0.0, self.y - self.per_token * self.x)
+
+    def seconds(self, tokens: float) -> float:
+        return self.fixed + self.per_token * tokens
+
+
+@dataclass
+class PassCosts:
+    """Measured costs of speculative rounds: a drafting step (route + SLM pass, per row) and an LLM
+    verification pass (per token fed), for choosing how long blocks run."""
+
+    draft: PassCost = field(default_factory=PassCost)
+    llm: PassCost = field(default_factory=PassCost)
+
+    @contextmanager
+    def timing(self, kind: str, tokens: int) -> Iterator[None]:
+        """Time the block as one `kind` step over `tokens` rows or tokens (0: nothing ran, no sample)."""
+        start = time.perf_counter()
+        yield
+        if tokens:
+            getattr(self, kind).observe(tokens, time.perf_counter() - start)
+
+    @property
+    def known(self) -> bool:
+        return self.draft.n > 0 and self.llm.n > 0
+
+    def step(self, batch: int) -> float:
+        """Seconds one drafting step of `batch` requests costs, its drafts' share of LLM tokens included."""
+        return self.draft.seconds(batch) + self.llm.per_token * batch
 
 
 @dataclass
@@ -63,6 +124,18 @@ class Request:
     llm_seen: int = 0  # tokens of prompt + output the LLM holds in its KV
     drafts: list[Draft] = field(default_factory=list)
     done: bool = False
+    _seed_base: int | None = None
+
+    def generator_at(self, position: int, stream: int) -> torch.Generator:
+        """For speculative sampling: block boundaries follow measured pass times, so each position
+        draws from its own generator (from the request's seed) and a seed still reproduces."""
+        return position_generator(self.seed_base, position, stream)
+
+    @property
+    def seed_base(self) -> int:
+        if self._seed_base is None:
+            self._seed_base = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        return self._seed_base
 
     @property
     def tokens(self) -> list[int]:
@@ -140,6 +213,7 @@ class RoutedEngine:
     def __init__(self, slm: Backend, llm: Backend, stop_rule: StopRule, block: BlockConfig | None = None) -> None:
         self.slm, self.llm, self.stop_rule = slm, llm, stop_rule
         self.block = block or BlockConfig()
+        self.costs = PassCosts()
         self.active: list[Request] = []
 
     def add(self, prompts: list[list[int]], params: list[SamplingParams], policies: list[RoutingPolicy],

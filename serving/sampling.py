@@ -73,3 +73,12 @@ def make_generator(seed: int | None) -> torch.Generator:
     else:
         gen.manual_seed(seed)
     return gen
+
+
+def position_generator(base: int, position: int, stream: int) -> torch.Generator:
+    """A generator for one random choice (`stream`) at one output position, seeded from the request's
+    `base`: the numbers a position draws do not depend on how decoding was split into blocks."""
+    x = (base ^ (position * 0x9E3779B97F4A7C15) ^ (stream * 0xBF58476D1CE4E5B9)) & (2**64 - 1)
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)  # splitmix64 finalizer
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
+    return torch.Generator().manual_seed((x ^ (x >> 31)) & (2**63 - 1))

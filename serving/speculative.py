@@ -26,22 +26,58 @@ import torch
 
 from router.policies import RoutingPolicy
 from serving.backends.base import Backend
-from serving.engine import BlockConfig, Draft, Request, RoutedEngine, llm_feed, route, run_to_completion, slm_feed
+from serving.engine import (BlockConfig, Draft, PassCosts, Request, RoutedEngine, llm_feed, route,
+                            run_to_completion, slm_feed)
 from serving.generation import Generation, RoutingMode, Source
 from serving.sampling import SamplingParams, processed_probs
 from serving.stopping import StopRule
 
 
-def block_size(r: Request, cfg: BlockConfig) -> int:
-    run = 1.0 / max(1e-3, r.flag_rate * r.reject_rate)
-    return max(cfg.k_min, min(cfg.k_max, math.ceil(run)))
+_DRAFT, _VERIFY = 0, 1  # random streams per position (Request.generator_at)
+
+
+def block_size(r: Request, cfg: BlockConfig, costs: PassCosts, batch: int) -> int:
+    """The block length k that maximizes this request's expected tokens per second of a round.
+
+    A block of k drafts commits min(k, J) tokens, J the position of the first rejected flag
+    (geometric in flag rate * rejection rate); a round of k steps costs k drafting steps and one
+    LLM pass's fixed part (its per-token part is in the step cost). Until both are measured:
+    k ~ the expected run to a rejection."""
+    p = max(1e-3, r.flag_rate * r.reject_rate)
+    if not costs.known:
+        return max(cfg.k_min, min(cfg.k_max, math.ceil(1.0 / p)))
+    step, fixed = costs.step(batch), costs.llm.fixed
+    return max(range(cfg.k_min, cfg.k_max + 1), key=lambda k: (1.0 - (1.0 - p) ** k) / (k * step + fixed))
+
+
+def past_flag(r: Request, k_left: int, costs: PassCosts, batch: int) -> bool:
+    """Draft on past a flagged draft (verified later, with the next flag, in one LLM pass), or end the block?
+
+    Going on pays when the flag is accepted and another flag comes within the block: one LLM
+    pass's fixed cost saved. It costs the drafting steps past the flag when the flag is rejected:
+    about the run to the next flag. Until costs are measured: go on."""
+    if not costs.known:
+        return True
+    f = max(r.flag_rate, 1e-3)
+    another_flag = 1.0 - (1.0 - f) ** k_left
+    wasted = min(k_left, 1.0 / f)
+    return (1.0 - r.reject_rate) * another_flag * costs.llm.fixed > r.reject_rate * wasted * costs.step(batch)
 
 
 def speculative_round(engine: RoutedEngine, reqs: list[Request]) -> None:
-    """One block for every request: draft, verify the flagged positions, commit, resynchronise the SLM."""
+    """One block for every request: draft, verify the flagged positions, commit, resynchronise the SLM.
+
+    A block's last draft is not fed to the SLM while drafting: after verification the SLM is fed
+    the last committed token (that draft, or the LLM's correction), so a rejection costs no extra
+    SLM pass."""
     _draft(engine, reqs)
-    corrected = _verify(engine, reqs)
-    slm_feed(engine.slm, corrected, [r.out.token_ids[-1] for r in corrected])  # the SLM has not seen them
+    _verify(engine, reqs)
+    running = [r for r in reqs if not r.done]
+    for r in running:
+        keep = len(r.tokens) - 1
+        if r.slm.length > keep:
+            engine.slm.truncate(r.slm, keep)  # drafts past a correction
+    slm_feed(engine.slm, running, [r.tokens[-1] for r in running])
     for r in reqs:
         r.drafts = []
         r.out.stats.blocks += 1
@@ -57,46 +93,65 @@ def generate_speculative(slm: Backend, llm: Backend, policy: RoutingPolicy, prom
 
 
 def _draft(engine: RoutedEngine, reqs: list[Request]) -> None:
-    """Each request drafts up to its block size; one batched SLM pass per drafted position."""
-    sizes = {id(r): block_size(r, engine.block) for r in reqs}
+    """Each request drafts up to its block size, or to a flag it should not draft past; one batched SLM
+    pass per drafted position.
+
+    The round lasts while some request wants to draft on. Requests that would stop ride along
+    (up to k_max) meanwhile: the pass runs anyway, so their extra drafts cost one row each and are
+    kept whenever their flags are accepted; they do not make the round longer."""
+    sizes = {id(r): block_size(r, engine.block, engine.costs, len(reqs)) for r in reqs}
+    riding: set[int] = set()
     drafting = list(reqs)
     while drafting:
-        scores, flagged = route(drafting, [len(r.tokens) + len(r.drafts) for r in drafting])
-        still = []
-        for r, score, f in zip(drafting, scores, flagged):
-            logits = r.slm_out.logits[-1]
-            if r.params.greedy:
-                token, q = int(torch.argmax(logits)), None
-            else:
-                q = processed_probs(logits, r.params)
-                token = int(torch.multinomial(q, 1, generator=r.generator))
-            r.drafts.append(Draft(token, bool(f), float(score), q))
-            ended = engine.stop_rule.check_tokens(r.prompt, r.out.token_ids + [d.token for d in r.drafts], r.params)
-            if ended is None and len(r.drafts) < sizes[id(r)]:
-                still.append(r)
-        # every draft goes into the SLM: accepted ones need their KV and the next position's outputs
-        slm_feed(engine.slm, drafting, [r.drafts[-1].token for r in drafting])
-        drafting = still
+        with engine.costs.timing("draft", len(drafting)):
+            drafting = _draft_step(engine, drafting, sizes, riding, len(reqs))
 
 
-def _verify(engine: RoutedEngine, reqs: list[Request]) -> list[Request]:
-    """One LLM pass over every request with a flagged draft; commit accepted drafts and corrections.
+def _draft_step(engine: RoutedEngine, drafting: list[Request], sizes: dict[int, int], riding: set[int],
+                batch: int) -> list[Request]:
+    """One drafted position for each drafting request; returns those that draft on."""
+    scores, flagged = route(drafting, [len(r.tokens) + len(r.drafts) for r in drafting])
+    wanting, rides = [], []
+    for r, score, f in zip(drafting, scores, flagged):
+        logits = r.slm_out.logits[-1]
+        if r.params.greedy:
+            token, q = int(torch.argmax(logits)), None
+        else:
+            q = processed_probs(logits, r.params)
+            token = int(torch.multinomial(q, 1, generator=r.generator_at(len(r.tokens) + len(r.drafts), _DRAFT)))
+        r.drafts.append(Draft(token, bool(f), float(score), q))
+        k_left = sizes[id(r)] - len(r.drafts)
+        if k_left <= 0 or engine.stop_rule.check_tokens(r.prompt, r.out.token_ids + [d.token for d in r.drafts],
+                                                        r.params) is not None:
+            continue
+        if id(r) not in riding and (not f or past_flag(r, k_left, engine.costs, batch)):
+            wanting.append(r)
+        else:
+            riding.add(id(r))
+            rides.append(r)
+    still = wanting + rides if wanting else []
+    # drafts that are drafted on from go into the SLM now (their KV, the next position's outputs)
+    slm_feed(engine.slm, still, [r.drafts[-1].token for r in still])
+    return still
 
-    Returns the running requests whose block ended in a correction: the SLM has not seen that token.
-    """
-    rows = _llm_logits(engine.llm, [r for r in reqs if any(d.flagged for d in r.drafts)])
-    corrected: list[Request] = []
+
+def _verify(engine: RoutedEngine, reqs: list[Request]) -> None:
+    """One LLM pass over every request with a flagged draft; commit accepted drafts and corrections."""
+    need = [r for r in reqs if any(d.flagged for d in r.drafts)]
+    rows = _llm_logits(engine, need)
     cfg = engine.block
     for r in reqs:
-        committed_before = len(r.out.token_ids)
         n_flags = sum(d.flagged for d in r.drafts)
         rejected = False
         for j, d in enumerate(r.drafts):
             token = d.token
             if d.flagged:
-                correction = _accept_or_correct(d, rows[id(r)][j], r.params, r.generator)
-                if correction is not None:
-                    token, rejected = correction, True
+                correction = _accept_or_correct(d, rows[id(r)][j], r.params,
+                                                r.generator_at(len(r.tokens), _VERIFY))
+                rejected = correction is not None
+                r.reject_rate += cfg.ema * (float(rejected) - r.reject_rate)  # per verified flag
+                if rejected:
+                    token = correction
             r.out.token_ids.append(token)
             r.out.sources.append(Source.LLM if d.flagged else Source.SLM)
             r.out.scores.append(d.score)
@@ -109,16 +164,7 @@ def _verify(engine: RoutedEngine, reqs: list[Request]) -> list[Request]:
         if r.llm is not None and r.llm_seen > len(r.tokens) - int(rejected):
             r.llm_seen = len(r.tokens) - int(rejected)  # drop what the LLM saw past the accepted drafts
             engine.llm.truncate(r.llm, r.llm_seen)
-        accepted_drafts = len(r.out.token_ids) - committed_before - int(rejected)
-        slm_keep = len(r.prompt) + committed_before + accepted_drafts
-        if r.slm.length > slm_keep:
-            engine.slm.truncate(r.slm, slm_keep)  # drop rejected drafts
-        if n_flags:
-            r.reject_rate += cfg.ema * (float(rejected) - r.reject_rate)
         r.flag_rate += cfg.ema * (n_flags / len(r.drafts) - r.flag_rate)
-        if rejected and not r.done:
-            corrected.append(r)
-    return corrected
 
 
 def _accept_or_correct(d: Draft, p_logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> int | None:
@@ -135,9 +181,10 @@ def _accept_or_correct(d: Draft, p_logits: torch.Tensor, params: SamplingParams,
     return int(torch.multinomial(residual / residual.sum(), 1, generator=gen))
 
 
-def _llm_logits(llm: Backend, need: list[Request]) -> dict[int, dict[int, torch.Tensor]]:
+def _llm_logits(engine: RoutedEngine, need: list[Request]) -> dict[int, dict[int, torch.Tensor]]:
     """The LLM's logits predicting each flagged draft, per request: catch-up + drafts up to the last
     flagged one, in one batched pass (two when some requests meet the LLM for the first time)."""
+    llm = engine.llm
     feeds, firsts = [], []
     for r in need:
         last_flag = max(j for j, d in enumerate(r.drafts) if d.flagged)
@@ -148,6 +195,7 @@ def _llm_logits(llm: Backend, need: list[Request]) -> dict[int, dict[int, torch.
         feed = r.tokens[r.llm_seen :] + drafts
         feeds.append(feed)
         firsts.append(len(feed) - len(drafts) - 1)  # the row predicting draft 0
-    outs = llm_feed(llm, need, feeds) if need else []
+    with engine.costs.timing("llm", sum(map(len, feeds))):
+        outs = llm_feed(llm, need, feeds) if need else []
     return {id(r): {j: out.logits[first + j] for j, d in enumerate(r.drafts) if d.flagged}
             for r, out, first in zip(need, outs, firsts)}

@@ -68,6 +68,7 @@ class SpeculativeBenchConfig:
     shares: tuple[float, ...] = (0.1, 0.2, 0.4)
     n_prompts: int = 32
     max_tokens: int = 200
+    repeats: int = 3  # sequential and speculative runs alternate; the median throughput of each is reported
 
 
 def _run_mode(decode, pair: ModelPair, policy: RoutingPolicy, prompts: list[list[int]], batch: int,
@@ -96,21 +97,25 @@ def bench_speculative(pair: ModelPair, prompts: list[list[int]], cfg: Speculativ
     settings = {"calibrated": router} | {f"share_{s}": router.with_threshold(router.threshold_for_share(s))
                                          for s in cfg.shares}
     result: dict = {"config": {"n_prompts": len(prompts), "max_tokens": cfg.max_tokens, "pair": pair.spec.name,
-                               "calibrated_threshold": router.threshold}}
+                               "repeats": cfg.repeats, "calibrated_threshold": router.threshold}}
     for batch in cfg.batch_sizes:
         entry = {}
         for name, policy in settings.items():
-            seq = _run_mode(generate_sequential, pair, policy, prompts, batch, cfg.max_tokens)
-            spec = _run_mode(generate_speculative, pair, policy, prompts, batch, cfg.max_tokens)
+            runs = [(_run_mode(generate_sequential, pair, policy, prompts, batch, cfg.max_tokens),
+                     _run_mode(generate_speculative, pair, policy, prompts, batch, cfg.max_tokens))
+                    for _ in range(cfg.repeats)]
+            seq, spec = runs[0]
+            seq_tps = statistics.median(a["tokens_per_s"] for a, _ in runs)
+            spec_tps = statistics.median(b["tokens_per_s"] for _, b in runs)
             entry[name] = {
                 "threshold": round(policy.threshold, 4), "llm_share": round(seq["llm_share"], 4),
-                "sequential_tokens_per_s": round(seq["tokens_per_s"], 1),
-                "speculative_tokens_per_s": round(spec["tokens_per_s"], 1),
-                "speedup": round(spec["tokens_per_s"] / seq["tokens_per_s"], 3),
+                "sequential_tokens_per_s": round(seq_tps, 1),
+                "speculative_tokens_per_s": round(spec_tps, 1),
+                "speedup": round(spec_tps / seq_tps, 3),
                 "sequential_llm_passes_per_token": round(seq["llm_passes_per_token"], 4),
                 "speculative_llm_passes_per_token": round(spec["llm_passes_per_token"], 4),
                 "mean_accepted_block": round(spec["mean_accepted_block"], 2),
-                "identical_outputs": seq["token_ids"] == spec["token_ids"],
+                "identical_outputs": all(a["token_ids"] == b["token_ids"] == seq["token_ids"] for a, b in runs),
             }
         result[f"batch_{batch}"] = entry
     return result

@@ -24,8 +24,8 @@ from serving.stopping import StopRule
 
 @dataclass(frozen=True)
 class BlockConfig:
-    """Speculative block size: k ~ the expected run until a rejection, 1 / (flag rate * rejection rate),
-    estimated per request with an exponential moving average."""
+    """Bounds and rate estimates for speculative block sizes (`serving.speculative.block_size`): per
+    request, flag and rejection rates as exponential moving averages; k within [k_min, k_max]."""
 
     k_min: int = 2
     k_max: int = 16

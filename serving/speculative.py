@@ -55,9 +55,9 @@ def past_flag(r: Request, k_left: int, costs: PassCosts, batch: int) -> bool:
 
     Going on pays when the flag is accepted and another flag comes within the block: one LLM
     pass's fixed cost saved. It costs the drafting steps past the flag when the flag is rejected:
-    about the run to the next flag. Until costs are measured: go on."""
+    about the run to the next flag. Until costs are measured: stop (as sequential routing would)."""
     if not costs.known:
-        return True
+        return False
     f = max(r.flag_rate, 1e-3)
     another_flag = 1.0 - (1.0 - f) ** k_left
     wasted = min(k_left, 1.0 / f)
@@ -96,9 +96,9 @@ def _draft(engine: RoutedEngine, reqs: list[Request]) -> None:
     """Each request drafts up to its block size, or to a flag it should not draft past; one batched SLM
     pass per drafted position.
 
-    The round lasts while some request wants to draft on. Requests that would stop ride along
-    (up to k_max) meanwhile: the pass runs anyway, so their extra drafts cost one row each and are
-    kept whenever their flags are accepted; they do not make the round longer."""
+    The round lasts while some request wants to draft on. Requests that would stop at a flag ride
+    along (up to their block size) meanwhile: the pass runs anyway, so their extra drafts cost one
+    row each and are kept whenever their flags are accepted; they do not make the round longer."""
     sizes = {id(r): block_size(r, engine.block, engine.costs, len(reqs)) for r in reqs}
     riding: set[int] = set()
     drafting = list(reqs)

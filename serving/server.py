@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
+import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -63,11 +66,12 @@ class UserError(ValueError):
 class RoutedService:
     """Turns validated requests into scheduler tickets."""
 
-    def __init__(self, pair: ModelPair, cfg: ServeConfig) -> None:
+    def __init__(self, pair: ModelPair, cfg: ServeConfig, scheduler_thread: bool = True) -> None:
         self.pair, self.cfg = pair, cfg
         self.default_policy = cfg.policy or pair.default_policy
         engine = pair.engine()
-        self.scheduler = Scheduler(engine, cfg.scheduler, (lambda: engine) if pair.cross else pair.byte_engine)
+        self.scheduler = Scheduler(engine, cfg.scheduler, (lambda: engine) if pair.cross else pair.byte_engine,
+                                   own_thread=scheduler_thread)
 
     def policy_for(self, req: SamplingFields) -> RoutingPolicy:
         kind = req.policy or self.default_policy
@@ -174,9 +178,10 @@ def logprob_block(pair: ModelPair, gen: Generation, start: int, end: int, chat: 
             "text_offset": offsets}
 
 
-def build_app(pair: ModelPair, cfg: ServeConfig) -> FastAPI:
-    """The FastAPI application serving `pair` under the OpenAI API."""
-    service = RoutedService(pair, cfg)
+def build_app(pair: ModelPair, cfg: ServeConfig, scheduler_thread: bool = True) -> FastAPI:
+    """The FastAPI application serving `pair` under the OpenAI API (`scheduler_thread` False: the
+    caller runs `app.state.service.scheduler.run()`)."""
+    service = RoutedService(pair, cfg, scheduler_thread)
     app = FastAPI(title="r2r", docs_url=None, redoc_url=None)
     app.state.service = service
 
@@ -356,5 +361,20 @@ def serve(pair: ModelPair, cfg: ServeConfig) -> None:
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
         log.warning("serving on %s without --api-key: anyone who can reach it can use it", cfg.host)
     log.info("serving %s on http://%s:%d", cfg.model_name, cfg.host, cfg.port)
-    asyncio.run(uvicorn.Server(uvicorn.Config(build_app(pair, cfg), host=cfg.host, port=cfg.port,
-                                              log_level="info")).serve())
+    app = build_app(pair, cfg, scheduler_thread=False)
+    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="info"))
+    http = threading.Thread(target=server.run, name="r2r-http", daemon=True)
+    http.start()
+    while not server.started:
+        if not http.is_alive():
+            app.state.service.scheduler.close()
+            raise ValueError(f"could not serve on {cfg.host}:{cfg.port} (in use, or not an address of this host)")
+        time.sleep(0.05)
+    scheduler = app.state.service.scheduler
+    for sig in (signal.SIGINT, signal.SIGTERM):  # uvicorn only handles signals on the main thread
+        signal.signal(sig, lambda *_: scheduler.close())
+    try:  # the decoding loop runs on the main thread (see Scheduler); HTTP on a second one
+        scheduler.run()
+    finally:
+        server.should_exit = True
+        http.join(timeout=10)

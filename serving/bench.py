@@ -2,7 +2,9 @@
 
 Every variant decodes the same prompts for exactly `new_tokens` tokens (EOS ignored) so
 the per-token numbers are comparable; the ideal routed cost is slm + rate * llm (the SLM
-runs on every token, the LLM only on routed ones).
+runs on every token, the LLM only on routed ones). Routed decoding is measured in both modes:
+sequential (an LLM pass at every step where some sequence is routed) and speculative (one
+LLM pass per block).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from serving.backends.base import Backend
 from serving.pair import ModelPair
 from serving.sampling import SamplingParams
 from serving.sequential import generate_sequential
+from serving.speculative import generate_speculative
 from serving.stopping import StopRule
 
 
@@ -28,14 +31,14 @@ class DecodeBenchConfig:
 
 
 def _ms_per_token(slm: Backend, llm: Backend, policy: RoutingPolicy, prompts: list[list[int]], cfg: DecodeBenchConfig,
-                  context: int) -> tuple[float, float]:
+                  context: int, decode=generate_sequential) -> tuple[float, float]:
     """(median ms per decode step for the batch, mean LLM share) over cfg.repeats runs."""
     rule = StopRule(frozenset(), lambda ids: "", context)  # no EOS: every run decodes exactly new_tokens
     params = [SamplingParams(max_tokens=cfg.new_tokens)] * len(prompts)
     times, shares = [], []
     for _ in range(cfg.repeats):
         start = time.perf_counter()
-        gens = generate_sequential(slm, llm, policy, prompts, params, rule)
+        gens = decode(slm, llm, policy, prompts, params, rule)
         times.append((time.perf_counter() - start) / cfg.new_tokens * 1000)
         shares.append(sum(g.stats.llm_tokens for g in gens) / sum(len(g.token_ids) for g in gens))
     return statistics.median(times), statistics.mean(shares)
@@ -51,12 +54,15 @@ def bench_decode(pair: ModelPair, prompts: list[list[int]], cfg: DecodeBenchConf
         llm_ms, _ = _ms_per_token(pair.llm, pair.llm, AlwaysSLM(), batch_prompts, cfg, ctx)
         entry: dict = {"slm_ms_per_token": round(slm_ms, 3), "llm_ms_per_token": round(llm_ms, 3), "rates": {}}
         for rate in cfg.rates:
-            routed_ms, share = _ms_per_token(pair.slm, pair.llm, RandomPolicy(rate=rate, seed=cfg.seed),
-                                             batch_prompts, cfg, ctx)
+            policy = RandomPolicy(rate=rate, seed=cfg.seed)
+            routed_ms, share = _ms_per_token(pair.slm, pair.llm, policy, batch_prompts, cfg, ctx)
+            spec_ms, _ = _ms_per_token(pair.slm, pair.llm, policy, batch_prompts, cfg, ctx, generate_speculative)
             ideal = slm_ms + rate * llm_ms
             entry["rates"][str(rate)] = {"routed_ms_per_token": round(routed_ms, 3),
                                          "ideal_ms_per_token": round(ideal, 3),
                                          "ideal_over_routed": round(ideal / routed_ms, 3),
+                                         "speculative_ms_per_token": round(spec_ms, 3),
+                                         "ideal_over_speculative": round(ideal / spec_ms, 3),
                                          "measured_llm_share": round(share, 3)}
         result[f"batch_{batch}"] = entry
     return result
@@ -91,8 +97,6 @@ def _run_mode(decode, pair: ModelPair, policy: RoutingPolicy, prompts: list[list
 def bench_speculative(pair: ModelPair, prompts: list[list[int]], cfg: SpeculativeBenchConfig) -> dict:
     """Sequential vs speculative routing with the learned router, at its calibrated threshold and at
     thresholds for several LLM shares; outputs are checked identical (greedy) while being timed."""
-    from serving.speculative import generate_speculative
-
     router = pair.learned_policy()
     settings = {"calibrated": router} | {f"share_{s}": router.with_threshold(router.threshold_for_share(s))
                                          for s in cfg.shares}

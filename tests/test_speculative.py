@@ -3,6 +3,7 @@ never more LLM passes."""
 from __future__ import annotations
 
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 
@@ -133,3 +134,37 @@ def test_engine_mixes_modes_policies_and_late_joiners() -> None:
     assert not engine.active and len(reqs) == len(jobs)
     for (prompt, policy, mode, key), r in zip(jobs, reqs):
         assert r.out.token_ids == alone(prompt, policy, mode, key), f"request {key} ({mode.value}) changed in a batch"
+
+
+def test_pass_cost_fit_recovers_the_fixed_and_per_token_parts() -> None:
+    from serving.engine import PassCost
+
+    cost = PassCost(ema=0.2)
+    for k in range(300):
+        tokens = 1 + (7 * k) % 16
+        cost.observe(tokens, 0.004 + 0.0005 * tokens)
+    assert cost.fixed == pytest.approx(0.004, rel=1e-6) and cost.per_token == pytest.approx(0.0005, rel=1e-6)
+    flat = PassCost()
+    for _ in range(10):
+        flat.observe(8, 0.01)
+    assert flat.per_token == 0.0 and flat.fixed == pytest.approx(0.01), "one batch size: all of it is fixed"
+
+
+def test_blocks_lengthen_when_llm_passes_are_expensive() -> None:
+    """k from measured costs: a costly LLM pass (GPU-like) buys long blocks, a cheap one short blocks."""
+    from serving.engine import BlockConfig, PassCosts
+    from serving.speculative import block_size, past_flag
+
+    def costs(llm_fixed: float) -> PassCosts:
+        c = PassCosts()
+        for rows in (1, 4, 16):
+            c.draft.observe(rows, 0.002 + 0.0002 * rows)
+            c.llm.observe(rows * 4, llm_fixed + 0.0001 * rows * 4)
+        return c
+
+    r = SimpleNamespace(flag_rate=0.15, reject_rate=0.3)
+    cfg = BlockConfig()
+    assert block_size(r, cfg, costs(0.5), 1) == cfg.k_max
+    assert block_size(r, cfg, costs(0.0001), 1) == cfg.k_min
+    assert past_flag(r, 8, costs(0.5), 1) and not past_flag(r, 8, costs(0.0001), 1)
+    assert not past_flag(r, 8, PassCosts(), 1), "unmeasured: stop at the flag, as sequential routing would"

@@ -161,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--n", type=int, default=500, help="test problems per family")
     rb.add_argument("--out", type=Path, default=Path("bench/router_testbed.json"))
 
+    bb = bench_sub.add_parser("router-budget", help="choose a family's learned-router budget on validation "
+                                                    "problems (the largest whose routed LLM share fits)")
+    _add_pair_args(bb)
+    bb.add_argument("--family", choices=["math", "code"], required=True)
+    bb.add_argument("--budgets", default="0.15,0.16,0.17,0.18", help="candidate budgets, comma-separated")
+    bb.add_argument("--max-share", type=float, default=0.2, help="the routed LLM share to stay within")
+    bb.add_argument("--n", type=int, default=300, help="validation problems")
+    bb.add_argument("--out", type=Path, default=Path("bench/router_budget.json"))
+
     tb = sub.add_parser("testbed", help="build the testbed pair: task data, tokenizer, training, evaluation")
     tb_sub = tb.add_subparsers(dest="testbed", required=True)
     data = tb_sub.add_parser("data", help="write the held-out splits as JSONL and train the tokenizer")
@@ -284,6 +293,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         result["exact_over_naive_passes"] = result["exact"]["passes_per_byte"] / result["naive"]["passes_per_byte"]
     elif args.bench == "router":
         result = _bench_router(pair, args)
+    elif args.bench == "router-budget":
+        from evals.testbed.router_bar import choose_budget
+
+        try:
+            budgets = [float(b) for b in args.budgets.split(",")]
+        except ValueError as exc:
+            raise ValueError(f"--budgets must be comma-separated numbers, got {args.budgets!r}") from exc
+        result = choose_budget(pair, args.family, budgets, args.max_share, args.n)
     elif args.bench == "speculative":
         from evals.testbed.splits import heldout
         from serving.bench import SpeculativeBenchConfig, bench_speculative

@@ -40,6 +40,7 @@ def test_generate_pretty_output(testbed_dirs) -> None:
     (["generate", "   "], "empty"),
     (["generate", "--max-tokens", "100000", "hi"], "context"),
     (["generate", "--policy", "random", "hi"], "rate"),
+    (["bench", "router-budget", "--family", "code", "--budgets", "0.1,lots"], "--budgets"),
 ])
 def test_bad_input_is_one_line_exit_2(testbed_dirs, args: list[str], fragment: str) -> None:
     out = r2r(*args)

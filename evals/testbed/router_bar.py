@@ -31,8 +31,9 @@ class RouterBarConfig:
     seed: int = 0
 
 
-def run_policy(pair: ModelPair, policy: RoutingPolicy, family: str, cfg: RouterBarConfig) -> dict:
-    problems = heldout(family, "test", cfg.n_problems)
+def run_policy(pair: ModelPair, policy: RoutingPolicy, family: str, cfg: RouterBarConfig,
+               split: str = "test") -> dict:
+    problems = heldout(family, split, cfg.n_problems)
     gens = solve_routed(pair.slm, pair.llm, policy, pair.tokenizer, problems, cfg.batch_size)
     tokens = sum(len(g.token_ids) for g in gens)
     return {"accuracy": sum(grade(p, g.text) for p, g in zip(problems, gens)) / len(problems),
@@ -64,3 +65,16 @@ def router_bar(pair: ModelPair, top1_by_family: dict[str, np.ndarray], cfg: Rout
         log.info("%s: %s", family, row)
         result[family] = row
     return result
+
+
+def choose_budget(pair: ModelPair, family: str, budgets: list[float], max_share: float, n: int = 300) -> dict:
+    """The learned router's budget for a family, chosen on *validation* problems: the largest whose routed
+    LLM share (what decoding actually spends, which differs from the token-level calibration) stays
+    within `max_share`."""
+    learned = pair.learned_policy()
+    cfg = RouterBarConfig(target_share={}, n_problems=n)
+    rows = {str(b): run_policy(pair, learned.with_threshold(learned.threshold_for_share(b)), family, cfg, "validation")
+            for b in sorted(budgets)}
+    fitting = [float(b) for b, row in rows.items() if row["llm_share"] <= max_share]
+    return {"family": family, "split": "validation", "n_problems": n, "max_share": max_share, "budgets": rows,
+            "chosen": max(fitting) if fitting else None}

@@ -45,7 +45,6 @@ from serving.generation import FinishReason, Generation, RoutingMode, Source
 from serving.sampling import SamplingParams, make_generator
 from serving.stopping import cut_at_stop
 
-
 _MAX_RESIDUAL_DRAWS = 100_000
 
 

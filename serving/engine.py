@@ -8,8 +8,6 @@ scheduler adds and cancels requests between steps (continuous batching).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -18,6 +16,7 @@ import torch
 from router.policies import RouteInput, RoutingPolicy, flags
 from serving.backends.base import Backend, SequenceHandle, StepOutput
 from serving.generation import Generation, RoutingMode
+from serving.pass_costs import PassCosts
 from serving.sampling import SamplingParams, make_generator, position_generator
 from serving.stopping import StopRule
 
@@ -36,65 +35,6 @@ class BlockConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.k_min <= self.k_max:
             raise ValueError(f"need 1 <= k_min <= k_max, got {self.k_min}, {self.k_max}")
-
-
-@dataclass
-class PassCost:
-    """seconds ~ fixed + per_token * tokens for one kind of batched work, fitted on exponentially
-    weighted moments of what this engine ran (recent batch sizes and lengths dominate)."""
-
-    ema: float = 0.1
-    n: int = 0
-    x: float = 0.0  # tokens (rows) in the batch
-    y: float = 0.0  # seconds
-    xx: float = 0.0
-    xy: float = 0.0
-
-    def observe(self, tokens: int, seconds: float) -> None:
-        w = 1.0 if self.n == 0 else self.ema
-        self.x += w * (tokens - self.x)
-        self.y += w * (seconds - self.y)
-        self.xx += w * (tokens * tokens - self.xx)
-        self.xy += w * (tokens * seconds - self.xy)
-        self.n += 1
-
-    @property
-    def per_token(self) -> float:
-        var = self.xx - self.x * self.x
-        return min(self.y / max(self.x, 1e-9), max(0.0, (self.xy - self.x * self.y) / var)) if var > 1e-6 else 0.0
-
-    @property
-    def fixed(self) -> float:
-        """The part that does not grow with the tokens (all of it until batch sizes vary)."""
-        return max(0.0, self.y - self.per_token * self.x)
-
-    def seconds(self, tokens: float) -> float:
-        return self.fixed + self.per_token * tokens
-
-
-@dataclass
-class PassCosts:
-    """Measured costs of speculative rounds: a drafting step (route + SLM pass, per row) and an LLM
-    verification pass (per token fed), for choosing how long blocks run."""
-
-    draft: PassCost = field(default_factory=PassCost)
-    llm: PassCost = field(default_factory=PassCost)
-
-    @contextmanager
-    def timing(self, kind: str, tokens: int) -> Iterator[None]:
-        """Time the block as one `kind` step over `tokens` rows or tokens (0: nothing ran, no sample)."""
-        start = time.perf_counter()
-        yield
-        if tokens:
-            getattr(self, kind).observe(tokens, time.perf_counter() - start)
-
-    @property
-    def known(self) -> bool:
-        return self.draft.n > 0 and self.llm.n > 0
-
-    def step(self, batch: int) -> float:
-        """Seconds one drafting step of `batch` requests costs, its drafts' share of LLM tokens included."""
-        return self.draft.seconds(batch) + self.llm.per_token * batch
 
 
 @dataclass

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from router.policies import RoutingPolicy
-from serving.cross_tokenizer import CrossEngine
-from serving.engine import Engine
+from serving.cross_tokenizer import CrossEngine, CrossRequest
+from serving.engine import Engine, Request
 from serving.generation import Generation, RoutingMode
 from serving.sampling import SamplingParams
 
@@ -55,7 +55,7 @@ class Ticket:
     prompt_text: str | None = None  # set: condition on these bytes exactly (a byte-level engine)
     key: int = 0
     engine: Engine | None = None  # the engine running it
-    request: object | None = None
+    request: Request | CrossRequest | None = None
     tokens: list[int] = field(default_factory=list)  # published so far
     sources: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
@@ -230,7 +230,7 @@ class Scheduler:
                 self.metrics.cancelled += 1
                 t.notify()
 
-    def _publish(self, finished: list) -> None:
+    def _publish(self, finished: list[Request | CrossRequest]) -> None:
         done_ids = {id(r) for r in finished}
         for t in self._running:
             out = t.request.out

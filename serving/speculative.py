@@ -26,12 +26,11 @@ import torch
 
 from router.policies import RoutingPolicy
 from serving.backends.base import Backend
-from serving.engine import (BlockConfig, Draft, PassCosts, Request, RoutedEngine, llm_feed, route,
-                            run_to_completion, slm_feed)
+from serving.engine import BlockConfig, Draft, Request, RoutedEngine, llm_feed, route, run_to_completion, slm_feed
 from serving.generation import Generation, RoutingMode, Source
+from serving.pass_costs import PassCosts
 from serving.sampling import SamplingParams, processed_probs
 from serving.stopping import StopRule
-
 
 _DRAFT, _VERIFY = 0, 1  # random streams per position (Request.generator_at)
 

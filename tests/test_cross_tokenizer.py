@@ -71,7 +71,7 @@ def _conditionals(source: dict[bytes, float]) -> dict[bytes, float]:
 
 
 def test_one_model_two_tokenizers_agree_on_every_next_byte(source_pair):
-    source, a, b = source_pair
+    _, a, b = source_pair
     for prefix in [b"", b"a", b"ab", b"ab ", b"b a", b" ", b"aab", b"ba b"]:
         torch.testing.assert_close(a.next_byte_logprobs(prefix).exp(), b.next_byte_logprobs(prefix).exp(),
                                    atol=1e-6, rtol=0)

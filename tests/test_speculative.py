@@ -137,7 +137,7 @@ def test_engine_mixes_modes_policies_and_late_joiners() -> None:
 
 
 def test_pass_cost_fit_recovers_the_fixed_and_per_token_parts() -> None:
-    from serving.engine import PassCost
+    from serving.pass_costs import PassCost
 
     cost = PassCost(ema=0.2)
     for k in range(300):
@@ -152,7 +152,8 @@ def test_pass_cost_fit_recovers_the_fixed_and_per_token_parts() -> None:
 
 def test_blocks_lengthen_when_llm_passes_are_expensive() -> None:
     """k from measured costs: a costly LLM pass (GPU-like) buys long blocks, a cheap one short blocks."""
-    from serving.engine import BlockConfig, PassCosts
+    from serving.engine import BlockConfig
+    from serving.pass_costs import PassCosts
     from serving.speculative import block_size, past_flag
 
     def costs(llm_fixed: float) -> PassCosts:

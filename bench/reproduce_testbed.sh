@@ -12,8 +12,9 @@ for family in math code; do
   $R2R label --prompts "testbed-$family:800" --verifier answer --batch-size 64 --out "data/labels/testbed-$family"
 done
 $R2R train-router --labels data/labels/testbed-math data/labels/testbed-code --out models/testbed/router
-$R2R bench router-budget --family code --out bench/router_budget_code.json  # -> the code budget below
-$R2R bench router --labels data/labels/testbed-math data/labels/testbed-code --share math=0.25,code=0.16 --out bench/router_testbed.json
+$R2R bench router-budget --family code --out bench/router_budget_code.json  # -> code=0.16 below
+$R2R bench router-budget --family math --budgets 0.25,0.28,0.31,0.34 --out bench/router_budget_math.json  # -> math=0.28
+$R2R bench router --labels data/labels/testbed-math data/labels/testbed-code --share math=0.28,code=0.16 --out bench/router_testbed.json
 $R2R bench decode --out bench/decode.json
 $R2R bench speculative --out bench/speculative.json
 for family in math code; do

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from router.policies import AlwaysSLM, RandomPolicy, RoutingPolicy
 from serving.backends.base import Backend
+from serving.generation import Generation
 from serving.pair import ModelPair
 from serving.sampling import SamplingParams
 from serving.sequential import generate_sequential
@@ -31,7 +33,7 @@ class DecodeBenchConfig:
 
 
 def _ms_per_token(slm: Backend, llm: Backend, policy: RoutingPolicy, prompts: list[list[int]], cfg: DecodeBenchConfig,
-                  context: int, decode=generate_sequential) -> tuple[float, float]:
+                  context: int, decode: Callable[..., list[Generation]] = generate_sequential) -> tuple[float, float]:
     """(median ms per decode step for the batch, mean LLM share) over cfg.repeats runs."""
     rule = StopRule(frozenset(), lambda ids: "", context)  # no EOS: every run decodes exactly new_tokens
     params = [SamplingParams(max_tokens=cfg.new_tokens)] * len(prompts)

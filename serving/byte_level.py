@@ -87,6 +87,12 @@ class LeafTable:
         """[n] what a draw samples from: the params' temperature / top-k / top-p over the leaves (none: T = 1)."""
         return torch.exp(self.logp) if params is None else processed_probs(self.logp.float(), params).double()
 
+    def draw(self, probs: torch.Tensor | None, generator: torch.Generator | None) -> int:
+        """A leaf index: the most probable leaf when `probs` is None (greedy), else a draw from `probs`."""
+        if probs is None:
+            return int(torch.argmax(self.logp))
+        return int(torch.multinomial(probs, 1, generator=generator))
+
     def with_piece(self, piece: bytes) -> torch.Tensor:
         """[n] bool: the leaves that add exactly `piece` (one per split at most, save duplicate byte tokens)."""
         mask = torch.zeros_like(self.ids, dtype=torch.bool)
@@ -241,9 +247,8 @@ class ByteLevelLM:
         """A cover of the state's text: the most probable one (greedy params, or no generator), else one
         drawn with its probability after the params' temperature / top-k / top-p (none: T = 1)."""
         table = self.leaf_table(state)
-        if generator is None or (params is not None and params.greedy):
-            return table.leaf(int(torch.argmax(table.logp)))
-        return table.leaf(int(torch.multinomial(table.probs(params), 1, generator=generator)))
+        greedy = generator is None or (params is not None and params.greedy)
+        return table.leaf(table.draw(None if greedy else table.probs(params), generator))
 
     def piece(self, state: ByteState, leaf: Leaf) -> bytes:
         """The bytes `leaf` would add to the state's text (b"" for a special token: end of text)."""

@@ -211,11 +211,8 @@ class CrossEngine:
         out = []
         for r, table in zip(reqs, tables):
             r.out.stats.slm_passes += 1
-            if r.params.greedy:
-                k, probs = int(torch.argmax(table.logp)), None
-            else:
-                probs = table.probs(r.params)
-                k = int(torch.multinomial(probs, 1, generator=r.generator))
+            probs = None if r.params.greedy else table.probs(r.params)
+            k = table.draw(probs, r.generator)
             out.append(_Draft(table.leaf(k), table.piece(k), False, 0.0, table, probs))
         scores, flagged = self._route(reqs, [d.leaf for d in out])
         for r, d, score, f in zip(reqs, out, scores, flagged):
@@ -238,11 +235,12 @@ class CrossEngine:
         """One LLM pass over every flagged prefix; accept each block up to its first disagreement."""
         llm = self.llm.blm
         jobs = [(r, d) for r in reqs for d in drafts[id(r)] if d.flagged]
-        self._open_llm([r for r in {id(r): r for r, _ in jobs}.values()])
+        routed = list({id(r): r for r, _ in jobs}.values())
+        self._open_llm(routed)
         copies = [llm.fork_state(r.llm) for r, _ in jobs]
         self._sync(llm, copies, [r.llm_tail + r.text[: d.text_before] for r, d in jobs], False)
         verdicts = {id(d): (copy, self._llm_verdict(llm.leaf_table(copy), d, r)) for (r, d), copy in zip(jobs, copies)}
-        for r in {id(r): r for r, _ in jobs}.values():
+        for r in routed:
             r.out.stats.llm_passes += 1
         for r in reqs:
             self._accept(r, drafts[id(r)], verdicts)
@@ -254,14 +252,14 @@ class CrossEngine:
     def _llm_verdict(table: LeafTable, d: _Draft, r: CrossRequest) -> Leaf:
         """The LLM's leaf at a flagged draft: its most probable one (greedy), or the speculative test."""
         if d.q is None:
-            return table.leaf(int(torch.argmax(table.logp)))
+            return table.leaf(table.draw(None, None))
         p = table.probs(r.params)
         q_piece = float(d.q[d.table.with_piece(d.piece)].sum())
         same = table.with_piece(d.piece)
         if float(torch.rand(1, dtype=torch.float64, generator=r.generator)) * q_piece < float(p[same].sum()):
-            return table.leaf(int(torch.multinomial(p * same, 1, generator=r.generator)))
+            return table.leaf(table.draw(p * same, r.generator))
         for _ in range(_MAX_RESIDUAL_DRAWS):  # norm(max(p - q, 0)) by rejection from p: entered with
-            k = int(torch.multinomial(p, 1, generator=r.generator))  # probability TV(p, q), 1 / TV draws
+            k = table.draw(p, r.generator)  # probability TV(p, q), 1 / TV draws
             piece = table.piece(k)
             p_piece = float(p[table.with_piece(piece)].sum())
             q_other = float(d.q[d.table.with_piece(piece)].sum())

@@ -92,12 +92,6 @@ class CompletionRequest(SamplingFields):
     # condition on the prompt's bytes exactly, also when it ends inside a token (no token healing)
     exact_prompt_boundary: bool = False
 
-    @model_validator(mode="after")
-    def _exact_boundary(self) -> CompletionRequest:
-        if self.exact_prompt_boundary and self.logprob_count is not None:
-            raise ValueError("logprobs are not available with exact_prompt_boundary (its steps are byte pieces)")
-        return self
-
 
 class Usage(BaseModel):
     prompt_tokens: int

@@ -81,7 +81,8 @@ class RoutedService:
         except (ValueError, FileNotFoundError) as exc:
             raise UserError(str(exc), param="policy") from exc
 
-    def params_for(self, req: SamplingFields, prompt_len: int) -> SamplingParams:
+    def params_for(self, req: SamplingFields, prompt_len: int, byte_level: bool) -> SamplingParams:
+        """`byte_level`: the request decodes in byte pieces (a cross pair, or an exact prompt boundary)."""
         room = self.pair.context_length - prompt_len
         if room <= 0:
             raise UserError(f"the prompt has {prompt_len} tokens; the context is {self.pair.context_length}",
@@ -91,9 +92,9 @@ class RoutedService:
             raise UserError(f"max_tokens={limit} plus the {prompt_len}-token prompt exceeds the context of "
                             f"{self.pair.context_length} tokens", param="max_tokens", code="context_length_exceeded")
         max_tokens = limit if limit is not None else min(self.cfg.default_max_tokens, room)
-        if req.logprob_count is not None and self.pair.cross:
-            raise UserError("logprobs are not available for a cross-tokenizer pair (its steps are byte pieces)",
-                            param="logprobs")
+        if req.logprob_count is not None and byte_level:
+            raise UserError("logprobs are not available from byte-level decoding (a cross-tokenizer pair or "
+                            "exact_prompt_boundary): its steps are byte pieces, not tokens", param="logprobs")
         return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                               top_k=req.top_k, seed=req.seed, stop=req.stop_list, logprobs=req.logprob_count)
 
@@ -107,13 +108,13 @@ class RoutedService:
                             status=404, param="model", code="model_not_found")
         if not ids:
             raise UserError("the prompt is empty", param="prompt")
-        params = self.params_for(req, len(ids))
+        exact = getattr(req, "exact_prompt_boundary", False)
+        params = self.params_for(req, len(ids), byte_level=self.pair.cross or exact)
         if choice and params.seed is not None:
             params = replace(params, seed=params.seed + choice)
         mode = RoutingMode(req.mode) if req.mode else self.cfg.mode
         if params.logprobs is not None:
             mode = RoutingMode.SEQUENTIAL  # the protocol already refused an explicit speculative mode
-        exact = getattr(req, "exact_prompt_boundary", False)
         if exact:
             try:
                 self.pair.byte_models()

@@ -57,21 +57,23 @@ def testbed_dirs() -> dict[str, Path]:
     return dirs
 
 
-@pytest.fixture(scope="session")
-def smollm2_dir() -> Path:
-    from serving.real_models import smollm2_dir as convert
-
+def _converted_or_skip(convert, what: str) -> Path:
+    """A real model's HF directory, or skip the test when its weight package is not installed."""
     try:
         return convert()
     except FileNotFoundError as exc:
-        pytest.skip(f"SmolLM2 weights not installed: {exc}")
+        pytest.skip(f"{what} weights not installed: {exc}")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    from serving.real_models import smollm2_dir
+
+    return _converted_or_skip(smollm2_dir, "SmolLM2")
 
 
 @pytest.fixture(scope="session")
 def gemma3_dir() -> Path:
-    from serving.real_models import gemma3_dir as convert
+    from serving.real_models import gemma3_dir
 
-    try:
-        return convert()
-    except FileNotFoundError as exc:
-        pytest.skip(f"Gemma 3 weights not installed (r2r models fetch smol-gemma): {exc}")
+    return _converted_or_skip(gemma3_dir, "Gemma 3 (r2r models fetch smol-gemma)")

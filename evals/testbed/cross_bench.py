@@ -47,32 +47,35 @@ def run_shared(pair: ModelPair, policy: RoutingPolicy, problems, cfg: CrossBench
     return _summary(problems, gens, [g.text for g in gens])
 
 
-def run_cross(cross: ModelPair, policy: RoutingPolicy, problems, handoff: Handoff, cfg: CrossBenchConfig) -> dict:
+def _generate_batched(cross: ModelPair, policy: RoutingPolicy, prompts: list[str], handoff: Handoff,
+                      batch_size: int, max_tokens: int) -> list[Generation]:
+    """Greedy cross-tokenizer decoding of prompt texts, `batch_size` at a time (stream keys = prompt index)."""
     slm, llm = cross.byte_models()
+    params = SamplingParams(max_tokens=max_tokens)
     gens: list[Generation] = []
-    params = SamplingParams(max_tokens=MAX_NEW_TOKENS)
-    for start in range(0, len(problems), cfg.batch_size):
-        chunk = problems[start:start + cfg.batch_size]
-        gens += generate_cross(slm, llm, policy, [chat_text(p.prompt) for p in chunk], [params] * len(chunk),
-                               handoff, stream_keys=list(range(start, start + len(chunk))))
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        gens += generate_cross(slm, llm, policy, chunk, [params] * len(chunk), handoff,
+                               stream_keys=list(range(start, start + len(chunk))))
+    return gens
+
+
+def run_cross(cross: ModelPair, policy: RoutingPolicy, problems, handoff: Handoff, cfg: CrossBenchConfig) -> dict:
+    gens = _generate_batched(cross, policy, [chat_text(p.prompt) for p in problems], handoff, cfg.batch_size,
+                             MAX_NEW_TOKENS)
     return _summary(problems, gens, [g.text for g in gens])
 
 
 def handoff_cost(cross: ModelPair, prompts: list[str], handoff: Handoff, rate: float, batch_size: int,
                  max_tokens: int = MAX_NEW_TOKENS) -> dict:
     """Forward passes (both models) per output byte and output bytes/s under random routing."""
-    slm, llm = cross.byte_models()
-    policy = RandomPolicy(rate=rate, seed=0)
     passes0 = cross.slm.forward_passes + cross.llm.forward_passes
-    start, out_bytes, llm_pieces, pieces = time.perf_counter(), 0, 0, 0
-    for i in range(0, len(prompts), batch_size):
-        chunk = prompts[i:i + batch_size]
-        gens = generate_cross(slm, llm, policy, chunk, [SamplingParams(max_tokens=max_tokens)] * len(chunk), handoff,
-                              stream_keys=list(range(i, i + len(chunk))))
-        out_bytes += sum(len(b"".join(g.pieces)) for g in gens)
-        llm_pieces += sum(g.stats.llm_tokens for g in gens)
-        pieces += sum(len(g.token_ids) for g in gens)
+    start = time.perf_counter()
+    gens = _generate_batched(cross, RandomPolicy(rate=rate, seed=0), prompts, handoff, batch_size, max_tokens)
     seconds = time.perf_counter() - start
+    out_bytes = sum(len(b"".join(g.pieces)) for g in gens)
+    llm_pieces = sum(g.stats.llm_tokens for g in gens)
+    pieces = sum(len(g.token_ids) for g in gens)
     passes = cross.slm.forward_passes + cross.llm.forward_passes - passes0
     return {"passes_per_byte": passes / max(1, out_bytes), "bytes_per_s": out_bytes / seconds,
             "output_bytes": out_bytes, "llm_share": llm_pieces / max(1, pieces), "seconds": round(seconds, 1)}

@@ -97,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", type=Path, required=True)
     tr.add_argument("--recall", type=float, default=0.95, help="target recall of divergent tokens (default 0.95)")
     tr.add_argument("--llm-share", type=float, default=None, help="calibrate to this LLM share instead of recall")
-    tr.add_argument("--width", type=int, default=256)
-    tr.add_argument("--depth", type=int, default=3)
+    tr.add_argument("--width", type=int, default=None, help="router MLP width (default: RouterConfig's)")
+    tr.add_argument("--depth", type=int, default=None, help="residual blocks (default: RouterConfig's)")
     tr.add_argument("--epochs", type=int, default=30)
     tr.add_argument("--seed", type=int, default=0)
 
@@ -551,8 +551,8 @@ def _cmd_train_router(args: argparse.Namespace) -> int:
             columns.setdefault(key, []).append(np.asarray(value))
         label_meta.append({"dir": str(root), **manifest.get("counts", {})})
     data = label_tensors({k: np.concatenate(v) for k, v in columns.items()})
-    rcfg = RouterConfig(hidden_size=slm.hidden_size, embed_size=slm.embeddings.shape[1], top_k=top_k,
-                        width=args.width, depth=args.depth)
+    sizes = {k: v for k, v in (("width", args.width), ("depth", args.depth)) if v is not None}
+    rcfg = RouterConfig(hidden_size=slm.hidden_size, embed_size=slm.embeddings.shape[1], top_k=top_k, **sizes)
     tcfg = TrainConfig(epochs=args.epochs, seed=args.seed, target_recall=args.recall, target_share=args.llm_share)
     report = fit_router(data, slm, rcfg, tcfg, args.out, label_meta)
     from evals.testbed.router_card import write_router_card

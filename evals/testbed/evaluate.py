@@ -81,6 +81,21 @@ def evaluate_model(cfg: EvalConfig) -> dict:
     return result
 
 
+def _training_line(training: dict) -> str:
+    """Steps and mixture of each training stage, then total tokens and time."""
+    stages = training.get("stages") or [{**training["config"], **training}]
+
+    def mix(s: dict) -> str:
+        weights = s.get("family_weights")
+        return "uniform mix" if not weights else ", ".join(f"{f}={w:g}" for f, w in zip(FAMILIES, weights))
+
+    steps = " then ".join(f"{s['steps']} steps x {s['batch_size']} problems ({mix(s)}, peak lr {s['lr']:g})"
+                          for s in stages)
+    tokens = training.get("total_train_tokens", training["train_tokens"])
+    seconds = training.get("total_train_seconds", training["train_seconds"])
+    return f"{steps}; {tokens:,} tokens, {seconds / 60:.1f} min on 2 CPU cores"
+
+
 def write_model_card(model_dir: Path, role: str, evaluation: dict, other: dict | None,
                      description: str | None = None, reproduce: str | None = None) -> None:
     """README.md model card: config, parameter count, training tokens/time, accuracy, latency."""
@@ -99,8 +114,7 @@ def write_model_card(model_dir: Path, role: str, evaluation: dict, other: dict |
         f"{config['num_hidden_layers']} layers, {config['num_attention_heads']} heads "
         f"({config['num_key_value_heads']} KV), FFN {config['intermediate_size']}, vocab {config['vocab_size']} |",
         f"| parameters | {training['parameters']:,} |",
-        f"| training | {training['config']['steps']} steps x {training['config']['batch_size']} problems, "
-        f"{training['train_tokens']:,} tokens, {training['train_seconds'] / 60:.1f} min on 2 CPU cores |",
+        f"| training | {_training_line(training)} |",
         f"| held-out accuracy ({evaluation['n_problems']} {evaluation['split']} problems, greedy) | "
         + ", ".join(f"{f}: {acc[f]:.1%}" for f in FAMILIES) + " |",
         f"| decode latency, batch 1 | {evaluation['ms_per_token_batch1']:.2f} ms/token |",

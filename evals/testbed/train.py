@@ -117,6 +117,7 @@ def train(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_dir)
     model = build_model(SHAPES[cfg.size], len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    prior = read_training_record(cfg.init_from)
     if cfg.init_from is not None:
         from evals.testbed.transplant import init_from_pretrained
 
@@ -163,5 +164,25 @@ def train(cfg: TrainConfig) -> Path:
     info = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
             "shape": asdict(SHAPES[cfg.size]), "parameters": n_params, "train_tokens": tokens_seen,
             "train_seconds": round(train_seconds, 1)}
-    (cfg.out_dir / "training.json").write_text(json.dumps(info, indent=2))
+    (cfg.out_dir / "training.json").write_text(json.dumps(with_stages(info, prior), indent=2))
     return cfg.out_dir
+
+
+def read_training_record(model_dir: Path | None) -> dict | None:
+    """The training.json of a model directory, if it has one (read before `out_dir` may overwrite it)."""
+    path = None if model_dir is None else Path(model_dir) / "training.json"
+    return json.loads(path.read_text()) if path is not None and path.exists() else None
+
+
+def with_stages(info: dict, prior: dict | None) -> dict:
+    """`info` of this run plus the stages of the model it started from, so that a continued
+    model's card counts all of its training: `stages` lists every run (oldest first) and
+    `total_train_tokens` / `total_train_seconds` sum them."""
+    def stage(record: dict) -> dict:
+        keys = ("steps", "batch_size", "lr", "family_weights", "init_from", "tokenizer_dir")
+        return {**{k: record["config"].get(k) for k in keys}, "train_tokens": record["train_tokens"],
+                "train_seconds": record["train_seconds"]}
+
+    stages = ([] if prior is None else prior.get("stages", [stage(prior)])) + [stage(info)]
+    return {**info, "stages": stages, "total_train_tokens": sum(s["train_tokens"] for s in stages),
+            "total_train_seconds": round(sum(s["train_seconds"] for s in stages), 1)}

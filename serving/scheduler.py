@@ -53,6 +53,7 @@ class Ticket:
     mode: RoutingMode
     notify: Callable[[], None]  # called (from the loop thread) after each publication
     prompt_text: str | None = None  # set: condition on these bytes exactly (a byte-level engine)
+    stream: bool = True  # publish (and notify) after every step; False: only when it ends
     key: int = 0
     engine: Engine | None = None  # the engine running it
     request: Request | CrossRequest | None = None
@@ -233,12 +234,14 @@ class Scheduler:
     def _publish(self, finished: list[Request | CrossRequest]) -> None:
         done_ids = {id(r) for r in finished}
         for t in self._running:
-            out = t.request.out
+            out, done = t.request.out, id(t.request) in done_ids
+            if not (t.stream or done):
+                continue  # a waiting (non-streaming) handler is woken once, with the result
             if len(out.token_ids) > len(t.tokens):
                 t.tokens = list(out.token_ids)
                 t.sources = [s.value for s in out.sources]
                 t.scores = list(out.scores)
-            if id(t.request) in done_ids:
+            if done:
                 t.result = out
                 self.metrics.finished += 1
                 self.metrics.tokens += len(out.token_ids)

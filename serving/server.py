@@ -120,7 +120,8 @@ class RoutedService:
                 self.pair.byte_models()
             except ValueError as exc:
                 raise UserError(str(exc), param="exact_prompt_boundary") from exc
-        return Ticket(ids, params, self.policy_for(req), mode, notify, req.prompt if exact else None)
+        return Ticket(ids, params, self.policy_for(req), mode, notify, req.prompt if exact else None,
+                      stream=req.stream)
 
     def metrics_text(self) -> str:
         m, s = self.scheduler.metrics, self.scheduler

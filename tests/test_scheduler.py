@@ -1,0 +1,49 @@
+"""The continuous-batching scheduler over fake backends: results equal direct decoding; who gets woken when."""
+from __future__ import annotations
+
+import threading
+
+from router.policies import RandomPolicy
+from serving.engine import RoutedEngine
+from serving.generation import RoutingMode
+from serving.sampling import SamplingParams
+from serving.scheduler import Scheduler, SchedulerConfig, Ticket
+from serving.sequential import generate_sequential
+from serving.stopping import StopRule
+from tests.fakes import FakeBackend
+
+VOCAB, EOS = 12, 11
+
+
+def _pair() -> tuple[FakeBackend, FakeBackend, StopRule]:
+    rule = StopRule(frozenset({EOS}), lambda ids: "", 64)
+    return FakeBackend(VOCAB, seed=1), FakeBackend(VOCAB, seed=2), rule
+
+
+def test_non_streaming_ticket_is_woken_once_with_its_result() -> None:
+    slm, llm, rule = _pair()
+    policy = RandomPolicy(rate=0.3, seed=0)
+    params = SamplingParams(max_tokens=20)
+    prompts = [[1, 2, 3], [4, 5]]
+    want = generate_sequential(slm, llm, policy, prompts, [params] * 2, rule, stream_keys=[1, 2])
+    scheduler = Scheduler(RoutedEngine(*_pair()), SchedulerConfig())
+    wakes = [0, 0]
+    done = [threading.Event(), threading.Event()]
+
+    def notify(i: int):
+        def wake() -> None:
+            wakes[i] += 1
+            if tickets[i].result is not None:
+                done[i].set()
+        return wake
+
+    tickets = [Ticket(prompts[i], params, policy, RoutingMode.SEQUENTIAL, notify(i), stream=i == 0) for i in (0, 1)]
+    try:
+        for t in tickets:
+            scheduler.submit(t)
+        assert all(d.wait(timeout=30) for d in done)
+    finally:
+        scheduler.close()
+    assert [t.result.token_ids for t in tickets] == [g.token_ids for g in want]
+    assert wakes[1] == 1  # only when it ended
+    assert wakes[0] == len(tickets[0].result.token_ids) > 1  # after every step (one token each, sequential)

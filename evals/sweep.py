@@ -64,11 +64,35 @@ def _done(path: Path) -> set[str]:
     return done
 
 
+def run_identity(pair: ModelPair, task: Task, cfg: SweepConfig) -> dict:
+    """What a run's rows depend on: resuming is only sound when all of it is unchanged."""
+    from serving.backends.fingerprint import model_fingerprint
+
+    router = pair.spec.router
+    return {"task": task.name, "slm": pair.slm.fingerprint, "llm": pair.llm.fingerprint,
+            "router": model_fingerprint(router) if router is not None and router.exists() else None,
+            "mode": cfg.mode.value, "max_tokens": cfg.max_tokens, "seed": cfg.seed}
+
+
+def _check_resumable(out_dir: Path, identity: dict) -> None:
+    """Refuse to append to a run made with other models or settings (its rows would be mixed in)."""
+    meta_path = out_dir / "meta.json"
+    if not (out_dir / "runs").exists() or not meta_path.exists():
+        return
+    old = json.loads(meta_path.read_text()).get("identity")
+    if old != identity:
+        changed = sorted(k for k in identity if (old or {}).get(k) != identity[k])
+        raise ValueError(f"{out_dir} holds a run made with other models or settings ({', '.join(changed)} differ); "
+                         "pass another --out, or remove it to start over")
+
+
 def run_sweep(pair: ModelPair, task: Task, problems: list[EvalProblem], cfg: SweepConfig, progress=None) -> None:
     runs = cfg.out_dir / "runs"
+    identity = run_identity(pair, task, cfg)
+    _check_resumable(cfg.out_dir, identity)
     runs.mkdir(parents=True, exist_ok=True)
     meta = {"task": task.name, "pair": pair.spec.name, "mode": cfg.mode.value, "n_problems": len(problems),
-            "max_tokens": cfg.max_tokens,
+            "max_tokens": cfg.max_tokens, "identity": identity,
             "slm_params": sum(p.numel() for p in pair.slm.model.parameters()),
             "llm_params": sum(p.numel() for p in pair.llm.model.parameters())}
     (cfg.out_dir / "meta.json").write_text(json.dumps(meta, indent=2))

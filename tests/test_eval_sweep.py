@@ -46,6 +46,13 @@ def test_killed_sweep_resumes_to_the_same_report(tmp_path: Path, tiny_models) ->
     assert all(run["complete"] for run in report["runs"].values())
     for name in ("llm_share", "avg_params", "wall_seconds"):
         assert (killed / f"accuracy_vs_{name}.png").stat().st_size > 1000
+    swapped = ["eval", "testbed-code", "--slm", str(tiny_models["llama_b"]), "--llm", str(tiny_models["llama"]),
+               *args[6:]]
+    before = sorted(p.read_text() for p in (clean / "runs").glob("*.jsonl"))
+    proc = r2r(*swapped, "--out", str(clean))
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and "other models or settings (llm, slm differ)" in err, err
+    assert sorted(p.read_text() for p in (clean / "runs").glob("*.jsonl")) == before  # nothing appended
 
 
 def test_wilson_interval() -> None:

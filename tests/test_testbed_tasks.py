@@ -26,19 +26,6 @@ def test_code_reference_matches_execution() -> None:
         assert run_snippet(problem.prompt) == problem.answer, problem.prompt
 
 
-def test_code_trace_restates_each_executed_statement() -> None:
-    """Every trace line but the last starts with a statement of the snippet, in program order."""
-    rng = random.Random(7)
-    for _ in range(300):
-        problem = generate_code(rng)
-        code = [line.strip().rstrip(":") for line in problem.prompt.splitlines()[1:]]
-        at = 0
-        for line in problem.solution.splitlines()[:-1]:
-            statement = line.split(" -> ")[0]
-            at = code.index(statement, at) + 1  # raises if the statement is missing or out of order
-        assert code[-1] == problem.solution.splitlines()[-2].split(" -> ")[0], problem.solution
-
-
 def test_math_chain_of_thought_is_arithmetically_right() -> None:
     rng = random.Random(6)
     for _ in range(500):

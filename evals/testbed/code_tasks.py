@@ -1,11 +1,8 @@
 """Short Python snippets whose printed output is derived by a line-by-line trace.
 
-Each trace line restates the statement it executes, then substitutes the current value of
-every variable and writes the result (`b = a + 6 -> 32 + 6 = 38`). Restating the source
-matters: a trace that only wrote `b = 32 + 6 = 38` made the model find its place in the
-code and the latest value of a variable in one step, and the testbed LLM failed mostly
-there (76 of 167 wrong answers on 200 test problems went wrong at a substitution, 21 at
-arithmetic). The reference is confirmed by actually running the snippet (`run_snippet`).
+The trace substitutes the current value of every variable and writes each result, so a
+model that can add small numbers and track three variables can answer; the reference is
+confirmed by actually running the snippet (`run_snippet`).
 """
 from __future__ import annotations
 
@@ -57,18 +54,18 @@ def generate_code(rng: random.Random) -> Problem:
             else_src, else_sub, else_val = _expr(rng, env)
             cond = env[p] > env[q]
             code += [f"if {p} > {q}:", f"    {target} = {then_src}", "else:", f"    {target} = {else_src}"]
-            trace.append(f"if {p} > {q} -> {env[p]} > {env[q]} is {cond}")
-            src, sub, val = (then_src, then_sub, then_val) if cond else (else_src, else_sub, else_val)
-            trace.append(f"{target} = {src} -> {sub} = {val}")
+            trace.append(f"{p} > {q} is {env[p]} > {env[q]}: {cond}")
+            sub, val = (then_sub, then_val) if cond else (else_sub, else_val)
+            trace.append(f"{target} = {sub} = {val}")
             env[target] = val
             continue
         src, sub, val = _expr(rng, env)
         code.append(f"{target} = {src}")
-        trace.append(f"{target} = {src} -> {sub} = {val}")
+        trace.append(f"{target} = {sub} = {val}")
         env[target] = val
     shown = rng.choice(sorted(env))
     code.append(f"print({shown})")
-    trace.append(f"print({shown}) -> {shown} is {env[shown]}")
+    trace.append(f"print({shown}) shows {env[shown]}")
     trace.append(f"{FINAL_MARK} {env[shown]}")
     source = "\n".join(code)
     prompt = f"What does this code print?\n{source}"

@@ -437,19 +437,9 @@ LLM_X_CARD = (
     "data as the LLM; started from the LLM's weights with each new embedding the mean of the LLM embeddings of "
     "its text (vocabulary transplant), then trained on the testbed families. Its SLM partner shares nothing "
     "with its tokenizer: routing between them goes through exact byte-level handoff.")
-_V1_TRACES = ("the code traces of commit c1bf65b, which wrote `b = 32 + 6 = 38` without restating the statement "
-              "(`git checkout c1bf65b -- evals/testbed/code_tasks.py`, then back to HEAD)")
-LLM_REPRODUCE = ("Reproduce: `r2r testbed data`; `r2r testbed train --size llm --steps 1700` on " + _V1_TRACES
-                 + "; then on the current traces `r2r testbed train --size llm --init-from models/testbed/llm "
-                 "--family-weights math=1,code=3 --steps 600 --lr 8e-4 --warmup 30 --ckpt-dir runs/testbed/ckpt-llm-v2`; "
-                 "`r2r testbed eval`.")
-LLM_X_REPRODUCE = ("Reproduce: `r2r testbed data` (writes tokenizer-x too); the LLM's first stage (see its card); on "
-                   + _V1_TRACES + ", `r2r testbed train --size llm --init-from models/testbed/llm --tokenizer-dir "
-                   "models/testbed/tokenizer-x --out models/testbed/llm-x --steps 500 --lr 1e-3 --warmup 50 "
-                   "--ckpt-dir runs/testbed/ckpt-llm-x`; then on the current traces `r2r testbed train --size llm "
-                   "--init-from models/testbed/llm-x --tokenizer-dir models/testbed/tokenizer-x --out models/testbed/llm-x "
-                   "--family-weights math=1,code=3 --steps 400 --lr 8e-4 --warmup 30 --ckpt-dir runs/testbed/ckpt-llm-x-v2`; "
-                   "`r2r testbed eval`.")
+LLM_X_REPRODUCE = ("Reproduce: `r2r testbed data` (writes tokenizer-x too), then `r2r testbed train --size llm "
+                   "--init-from models/testbed/llm --tokenizer-dir models/testbed/tokenizer-x --out models/testbed/llm-x "
+                   "--steps 500 --lr 1e-3 --warmup 50 --ckpt-dir runs/testbed/ckpt-llm-x`, `r2r testbed eval`.")
 
 
 def _cmd_testbed(args: argparse.Namespace) -> int:
@@ -485,7 +475,7 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
     sizes = ["slm", "llm"] + (["llm-x"] if (TESTBED_DIR / "llm-x" / "config.json").exists() else [])
     results = {size: evaluate_model(EvalConfig(TESTBED_DIR / size, n_problems=args.n)) for size in sizes}
     write_model_card(TESTBED_DIR / "slm", "slm", results["slm"], results["llm"])
-    write_model_card(TESTBED_DIR / "llm", "llm", results["llm"], results["slm"], reproduce=LLM_REPRODUCE)
+    write_model_card(TESTBED_DIR / "llm", "llm", results["llm"], results["slm"])
     if "llm-x" in results:
         write_model_card(TESTBED_DIR / "llm-x", "llm-x", results["llm-x"], results["slm"], LLM_X_CARD, LLM_X_REPRODUCE)
     print(json.dumps(results, indent=2))

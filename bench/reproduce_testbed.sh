@@ -12,12 +12,18 @@ for family in math code; do
   $R2R label --prompts "testbed-$family:800" --verifier answer --batch-size 64 --out "data/labels/testbed-$family"
 done
 $R2R train-router --labels data/labels/testbed-math data/labels/testbed-code --out models/testbed/router
-$R2R bench router-budget --family code --out bench/router_budget_code.json  # -> code=0.16 below
-$R2R bench router-budget --family math --budgets 0.25,0.28,0.31,0.34 --out bench/router_budget_math.json  # -> math=0.28
-$R2R bench router --labels data/labels/testbed-math data/labels/testbed-code --share math=0.28,code=0.16 --out bench/router_testbed.json
+# each family's learned-router budget: the largest whose routed LLM share on validation stays within 20%
+for family in code math; do
+  $R2R bench router-budget --family $family --budgets 0.15,0.18,0.21,0.24,0.27,0.30,0.33 \
+    --out bench/router_budget_$family.json
+done
+chosen() { python3 -c "import json; print(json.load(open('bench/router_budget_$1.json'))['chosen'])"; }
+$R2R bench router --labels data/labels/testbed-math data/labels/testbed-code \
+  --share "math=$(chosen math),code=$(chosen code)" --out bench/router_testbed.json
 $R2R bench decode --out bench/decode.json
 $R2R bench speculative --out bench/speculative.json
 for family in math code; do
+  rm -rf "runs/eval/testbed-$family"  # a run resumes only with the same models and router
   $R2R eval "testbed-$family" --limit 200 --batch-size 25 --out "runs/eval/testbed-$family"
   mkdir -p "bench/eval/testbed-$family"
   cp runs/eval/testbed-$family/report.json runs/eval/testbed-$family/*.png "bench/eval/testbed-$family/"

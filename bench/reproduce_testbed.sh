@@ -14,7 +14,7 @@ done
 $R2R train-router --labels data/labels/testbed-math data/labels/testbed-code --out models/testbed/router
 # each family's learned-router budget: the largest whose routed LLM share on validation stays within 20%
 for family in code math; do
-  $R2R bench router-budget --family $family --budgets 0.15,0.18,0.21,0.24,0.27,0.30,0.33 \
+  $R2R bench router-budget --family $family --budgets 0.15,0.16,0.17,0.18,0.19,0.20,0.21,0.22,0.23,0.24,0.25,0.26,0.27,0.28,0.29,0.30 \
     --out bench/router_budget_$family.json
 done
 chosen() { python3 -c "import json; print(json.load(open('bench/router_budget_$1.json'))['chosen'])"; }

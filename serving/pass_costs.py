@@ -33,6 +33,11 @@ class PassCost:
         self.n += 1
 
     @property
+    def fitted(self) -> bool:
+        """Seen more than one size: the fixed and per-token parts can be told apart."""
+        return self.n > 1 and self.xx - self.x * self.x > 1e-6
+
+    @property
     def per_token(self) -> float:
         var = self.xx - self.x * self.x
         return min(self.y / max(self.x, 1e-9), max(0.0, (self.xy - self.x * self.y) / var)) if var > 1e-6 else 0.0
@@ -64,7 +69,11 @@ class PassCosts:
 
     @property
     def known(self) -> bool:
-        return self.draft.n > 0 and self.llm.n > 0
+        """Measured well enough to trade passes. The LLM's fixed part is what drafting past a flag
+        saves, so it must be fitted, not taken as the whole of one pass (a request's first LLM pass
+        is its prompt's prefill, many times a verification pass: read as fixed cost, it made
+        rounds draft past flags that were then rejected)."""
+        return self.draft.n > 0 and self.llm.fitted
 
     def step(self, batch: int) -> float:
         """Seconds one drafting step of `batch` requests costs, its drafts' share of LLM tokens included."""

@@ -169,3 +169,7 @@ def test_blocks_lengthen_when_llm_passes_are_expensive() -> None:
     assert block_size(r, cfg, costs(0.0001), 1) == cfg.k_min
     assert past_flag(r, 8, costs(0.5), 1) and not past_flag(r, 8, costs(0.0001), 1)
     assert not past_flag(r, 8, PassCosts(), 1), "unmeasured: stop at the flag, as sequential routing would"
+    one_size = PassCosts()
+    one_size.draft.observe(1, 0.002)
+    one_size.llm.observe(100, 0.5)  # a prefill: one size only, its fixed part unknown
+    assert not one_size.known and not past_flag(r, 8, one_size, 1)

@@ -33,13 +33,18 @@ class PassCost:
         self.n += 1
 
     @property
+    def _var(self) -> float:
+        """Weighted variance of the sizes seen (0 while every pass had the same size)."""
+        return self.xx - self.x * self.x
+
+    @property
     def fitted(self) -> bool:
         """Seen more than one size: the fixed and per-token parts can be told apart."""
-        return self.n > 1 and self.xx - self.x * self.x > 1e-6
+        return self._var > 1e-6
 
     @property
     def per_token(self) -> float:
-        var = self.xx - self.x * self.x
+        var = self._var
         return min(self.y / max(self.x, 1e-9), max(0.0, (self.xy - self.x * self.y) / var)) if var > 1e-6 else 0.0
 
     @property

@@ -8,6 +8,11 @@ Tried and reverted: traces that restate each statement before substituting
 (`b = a + 6 -> 32 + 6 = 38`), since the LLM's wrong answers mostly go wrong at a
 substitution. Retrained on them (SLM from scratch, LLM 600 more steps), the SLM rose from
 13.0% to 20.8% on code and the LLM stayed at 25.8%: the gap shrank from 13.4 to 5.0 points.
+Also tried and reverted: numbered source lines and traces keyed by them, carrying the whole
+variable state on every line (`3: x = y + y = 28 + 28 = 56 | x=56 y=28`), so each step is a
+lookup by key. After 250 more steps (code-heavy) the LLM scored 24% on 200 test problems: it
+still copies the wrong variable name from a numbered line (`1: y = 2` traced as `1: n = 2`),
+so what it lacks is binding names to positions, not a trace that spells the lookups out.
 """
 from __future__ import annotations
 

@@ -261,16 +261,18 @@ class HFBackend:
     def _forward(self, new_ids: list[list[int]], want_hidden: bool) -> list[StepOutput | None]:
         """One pass over every resident row; rows with no new ids idle (their outputs are None)."""
         res = self._resident
-        batch, width, cols = len(res.seqs), max(len(ids) for ids in new_ids), res.valid.shape[1]
-        input_ids = torch.zeros((batch, width), dtype=torch.long)
-        new_pos = torch.full((batch, width), -1, dtype=torch.long)
-        position_ids = torch.zeros((batch, width), dtype=torch.long)
-        for row, (seq, ids) in enumerate(zip(res.seqs, new_ids)):
-            n = len(ids)
-            input_ids[row, :n] = torch.tensor(ids)
-            new_pos[row, :n] = torch.arange(seq.length, seq.length + n)
-            position_ids[row] = new_pos[row].clamp(min=0)
-            position_ids[row, n:] = max(seq.length + n - 1, 0)  # padding rows reuse the last real position
+        width, cols = max(len(ids) for ids in new_ids), res.valid.shape[1]
+        # built as Python lists and converted once: per-row tensor writes cost more than the SLM's pass at batch 32
+        ids_rows, pos_rows, new_rows = [], [], []
+        for seq, ids in zip(res.seqs, new_ids):
+            n, pad = len(ids), width - len(ids)
+            real = list(range(seq.length, seq.length + n))
+            ids_rows.append(ids + [0] * pad)
+            new_rows.append(real + [-1] * pad)
+            pos_rows.append(real + [max(seq.length + n - 1, 0)] * pad)  # padding reuses the last real position
+        input_ids = torch.tensor(ids_rows, dtype=torch.long)
+        new_pos = torch.tensor(new_rows, dtype=torch.long)
+        position_ids = torch.tensor(pos_rows, dtype=torch.long)
         res.valid = torch.cat([res.valid, new_pos >= 0], dim=1)
         res.pos = torch.cat([res.pos, new_pos], dim=1)
         dev = self.device

@@ -465,7 +465,8 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
         cfg = TrainConfig(size=args.size, tokenizer_dir=args.tokenizer_dir or TESTBED_DIR / "tokenizer",
                           out_dir=args.out or TESTBED_DIR / args.size,
                           ckpt_dir=args.ckpt_dir or Path(f"runs/testbed/ckpt-{args.size}"),
-                          steps=args.steps or defaults[0], lr=args.lr or defaults[1], threads=args.threads,
+                          steps=defaults[0] if args.steps is None else args.steps,
+                          lr=defaults[1] if args.lr is None else args.lr, threads=args.threads,
                           ckpt_every=50, warmup_steps=args.warmup, families=families, family_weights=weights,
                           init_from=args.init_from)
         print(f"saved {train(cfg)}")
@@ -473,7 +474,8 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
     from evals.testbed.evaluate import EvalConfig, evaluate_model, write_model_card
 
     sizes = ["slm", "llm"] + (["llm-x"] if (TESTBED_DIR / "llm-x" / "config.json").exists() else [])
-    results = {size: evaluate_model(EvalConfig(TESTBED_DIR / size, n_problems=args.n)) for size in sizes}
+    configs = {size: EvalConfig(TESTBED_DIR / size, n_problems=args.n) for size in sizes}  # checks --n first
+    results = {size: evaluate_model(cfg) for size, cfg in configs.items()}
     write_model_card(TESTBED_DIR / "slm", "slm", results["slm"], results["llm"])
     write_model_card(TESTBED_DIR / "llm", "llm", results["llm"], results["slm"])
     if "llm-x" in results:

@@ -26,6 +26,10 @@ class EvalConfig:
     batch_size: int = 50
     split: str = "test"
 
+    def __post_init__(self) -> None:
+        if self.n_problems < 1:
+            raise ValueError(f"evaluation needs at least one problem per family, got {self.n_problems}")
+
 
 def solve_routed(slm: Backend, llm: Backend, policy: RoutingPolicy, tokenizer, problems: list[Problem],
                  batch_size: int) -> list[Generation]:

@@ -29,8 +29,10 @@ def heldout(family: str, split: str, n: int) -> list[Problem]:
     """The first n problems of the validation or test split (deduplicated, at most HELDOUT_SIZE)."""
     if split not in ("validation", "test"):
         raise ValueError(f"held-out split must be validation or test, got {split!r}")
-    if n > HELDOUT_SIZE:
-        raise ValueError(f"at most {HELDOUT_SIZE} held-out problems per split, asked for {n}")
+    if not 0 <= n <= HELDOUT_SIZE:
+        raise ValueError(f"held-out problems per split must be in 0..{HELDOUT_SIZE}, asked for {n}")
+    if n == 0:
+        return []
     seen: set[str] = set()
     out: list[Problem] = []
     for problem in _stream(family, split):

@@ -60,8 +60,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.size not in SHAPES:
             raise ValueError(f"unknown testbed model size {self.size!r}; known: {', '.join(SHAPES)}")
-        if self.steps <= 0 or self.batch_size <= 0:
-            raise ValueError("steps and batch_size must be positive")
+        if self.steps <= 0 or self.batch_size <= 0 or self.lr <= 0:
+            raise ValueError(f"steps, batch_size and lr must be positive, got {self.steps}, {self.batch_size}, "
+                             f"{self.lr}")
         if self.family_weights is not None and (
             len(self.family_weights) != len(self.families) or min(self.family_weights) < 0 or not any(self.family_weights)
         ):

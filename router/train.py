@@ -33,6 +33,9 @@ class TrainConfig:
     target_share: float | None = None  # when set, calibrate to this LLM share instead of recall
 
     def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"epochs, batch_size and lr must be positive, got {self.epochs}, {self.batch_size}, "
+                             f"{self.lr}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if not 0.0 < self.target_recall <= 1.0:

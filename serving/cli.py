@@ -272,15 +272,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         prompts = [p.prompt for p in heldout("math", "test", 32) + heldout("code", "test", 32)]
         result = bench_serve(serve_args, prompts, ServeBenchConfig(max_tokens=args.max_tokens))
         return _write_bench(args.out, result)
-    pair = _load_pair(args)
     if args.bench == "cross-tokenizer":
         from evals.testbed.cross_bench import CrossBenchConfig, cross_bench
         from serving.pair import PairSpec, load_pair
 
+        cfg = CrossBenchConfig(shares=_floats(args.shares, "--shares"), n_problems=args.n)  # before loading models
+        pair = _load_pair(args)
         cross = load_pair(PairSpec("testbed-x", pair.spec.slm, args.llm_x, pair.spec.router), args.device)
-        shares = tuple(float(x) for x in args.shares.split(","))
-        result = cross_bench(pair, cross, CrossBenchConfig(shares=shares, n_problems=args.n))
-    elif args.bench == "handoff":
+        return _write_bench(args.out, cross_bench(pair, cross, cfg))
+    pair = _load_pair(args)
+    if args.bench == "handoff":
         from evals.testbed.cross_bench import handoff_cost
         from serving.cross_tokenizer import Handoff
 
@@ -296,11 +297,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     elif args.bench == "router-budget":
         from evals.testbed.router_bar import choose_budget
 
-        try:
-            budgets = [float(b) for b in args.budgets.split(",")]
-        except ValueError as exc:
-            raise ValueError(f"--budgets must be comma-separated numbers, got {args.budgets!r}") from exc
-        result = choose_budget(pair, args.family, budgets, args.max_share, args.n)
+        result = choose_budget(pair, args.family, list(_floats(args.budgets, "--budgets")), args.max_share, args.n)
     elif args.bench == "speculative":
         from evals.testbed.splits import heldout
         from serving.bench import SpeculativeBenchConfig, bench_speculative
@@ -323,6 +320,13 @@ HANDOFF_PROMPTS = [
     "Describe a cat in one sentence.", "What day comes after Monday?", "Why is the sky blue? Be brief.",
     "List two fruits that are red.", "Say hello in French.", "What is water made of?", "Who wrote Hamlet?",
 ]
+
+
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError as exc:
+        raise ValueError(f"{flag} must be comma-separated numbers, got {text!r}") from exc
 
 
 def _write_bench(out: Path, result: dict) -> int:

@@ -42,6 +42,8 @@ def test_generate_pretty_output(testbed_dirs) -> None:
     (["generate", "--policy", "random", "hi"], "rate"),
     (["bench", "router-budget", "--family", "code", "--budgets", "0.1,lots"], "--budgets"),
     (["testbed", "eval", "--n", "0"], "at least one problem"),  # used to loop forever
+    (["bench", "cross-tokenizer", "--n", "0"], "must be positive"),  # used to divide by zero after an hour
+    (["bench", "cross-tokenizer", "--shares", "0.2,most"], "--shares"),
     (["testbed", "train", "--size", "slm", "--steps", "0", "--out", "/nonexistent/m"], "must be positive"),
 ])
 def test_bad_input_is_one_line_exit_2(testbed_dirs, args: list[str], fragment: str) -> None:

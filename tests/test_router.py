@@ -94,3 +94,10 @@ def test_learned_policy_scores_and_share_budget() -> None:
     assert abs(flags(budget, inputs)[1].float().mean().item() - 0.2) < 0.02
     m = metrics(probs.numpy(), (probs.numpy() > 0.5).astype(int), 0.5)
     assert m["recall"] == 1.0 and m["precision"] == 1.0
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"batch_size": 0}, {"lr": 0.0}, {"target_recall": 1.5},
+                                 {"val_fraction": 1.0}, {"target_share": 0.0}])
+def test_train_config_rejects_what_cannot_train(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        TrainConfig(**bad)

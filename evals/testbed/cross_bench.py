@@ -35,6 +35,12 @@ class CrossBenchConfig:
     cost_rate: float = 0.2  # the random policy's LLM rate for the passes-per-byte comparison
     cost_problems: int = 50
 
+    def __post_init__(self) -> None:
+        if self.n_problems < 1 or self.batch_size < 1 or self.cost_problems < 1:
+            raise ValueError(f"problem counts and batch size must be positive, got n={self.n_problems}")
+        if not self.shares or not all(0.0 < s < 1.0 for s in self.shares):
+            raise ValueError(f"learned-router shares must be in (0, 1), got {self.shares}")
+
 
 def _summary(problems, gens: list[Generation], texts: list[str]) -> dict:
     steps = sum(len(g.token_ids) for g in gens)

@@ -1,18 +1,17 @@
 """Short Python snippets whose printed output is derived by a line-by-line trace.
 
-The trace substitutes the current value of every variable and writes each result, so a
-model that can add small numbers and track three variables can answer; the reference is
-confirmed by actually running the snippet (`run_snippet`).
+The prompt numbers the source lines; each trace line starts with the number of the line it
+executes, restates it, substitutes the current values, and ends with the whole variable
+state (`3: x = y + y = 28 + 28 = 56 | x=56 y=28`). Every value a step needs is then found
+by a key (a line number, or a name in the previous line's state) instead of by tracking
+which earlier line last wrote it. The reference is confirmed by running the snippet
+(`run_snippet`).
 
-Tried and reverted: traces that restate each statement before substituting
-(`b = a + 6 -> 32 + 6 = 38`), since the LLM's wrong answers mostly go wrong at a
-substitution. Retrained on them (SLM from scratch, LLM 600 more steps), the SLM rose from
-13.0% to 20.8% on code and the LLM stayed at 25.8%: the gap shrank from 13.4 to 5.0 points.
-Also tried and reverted: numbered source lines and traces keyed by them, carrying the whole
-variable state on every line (`3: x = y + y = 28 + 28 = 56 | x=56 y=28`), so each step is a
-lookup by key. After 250 more steps (code-heavy) the LLM scored 24% on 200 test problems: it
-still copies the wrong variable name from a numbered line (`1: y = 2` traced as `1: n = 2`),
-so what it lacks is binding names to positions, not a trace that spells the lookups out.
+Why this format: with plain traces (`x = 28 + 28 = 56`) the testbed LLM reached only 26.4%
+on code (SLM 13.0%): 76 of its 167 wrong answers went wrong at a substitution, copying the
+wrong variable's name or value. Restating statements alone did not help (LLM 25.8%), nor did
+continuing the old LLM 250 steps on this format (24%); trained from scratch on it, the LLM
+reaches 88.0% and the SLM 21.5% (500 and 200 test problems).
 """
 from __future__ import annotations
 
@@ -45,15 +44,19 @@ def _expr(rng: random.Random, env: dict[str, int]) -> tuple[str, str, int]:
 
 
 def generate_code(rng: random.Random) -> Problem:
-    """A 3-5 statement snippet (assignments, at most one if/else) ending in print()."""
+    """A 3-5 statement snippet (assignments, at most one if/else) ending in print(), lines numbered."""
     names = rng.sample(VARS, 3)
     env: dict[str, int] = {}
     code: list[str] = []
     trace: list[str] = []
+
+    def state() -> str:
+        return " | " + " ".join(f"{k}={env[k]}" for k in sorted(env))
+
     first = names[0]
     env[first] = rng.randint(1, 9)
     code.append(f"{first} = {env[first]}")
-    trace.append(f"{first} = {env[first]}")
+    trace.append(f"1: {first} = {env[first]}{state()}")
     used_if = False
     for _ in range(rng.randint(2, 4)):
         target = rng.choice(names)
@@ -63,22 +66,24 @@ def generate_code(rng: random.Random) -> Problem:
             then_src, then_sub, then_val = _expr(rng, env)
             else_src, else_sub, else_val = _expr(rng, env)
             cond = env[p] > env[q]
+            head = len(code) + 1
             code += [f"if {p} > {q}:", f"    {target} = {then_src}", "else:", f"    {target} = {else_src}"]
-            trace.append(f"{p} > {q} is {env[p]} > {env[q]}: {cond}")
-            sub, val = (then_sub, then_val) if cond else (else_sub, else_val)
-            trace.append(f"{target} = {sub} = {val}")
+            trace.append(f"{head}: if {p} > {q} = {env[p]} > {env[q]} = {cond}")
+            line, src, sub, val = (head + 1, then_src, then_sub, then_val) if cond else \
+                (head + 3, else_src, else_sub, else_val)
             env[target] = val
+            trace.append(f"{line}: {target} = {src} = {sub} = {val}{state()}")
             continue
         src, sub, val = _expr(rng, env)
         code.append(f"{target} = {src}")
-        trace.append(f"{target} = {sub} = {val}")
         env[target] = val
+        trace.append(f"{len(code)}: {target} = {src} = {sub} = {val}{state()}")
     shown = rng.choice(sorted(env))
     code.append(f"print({shown})")
-    trace.append(f"print({shown}) shows {env[shown]}")
+    trace.append(f"{len(code)}: print({shown}) = {env[shown]}")
     trace.append(f"{FINAL_MARK} {env[shown]}")
-    source = "\n".join(code)
-    prompt = f"What does this code print?\n{source}"
+    numbered = "\n".join(f"{i}: {line}" for i, line in enumerate(code, 1))
+    prompt = f"What does this code print?\n{numbered}"
     return Problem("code", prompt, "\n".join(trace), str(env[shown]))
 
 
@@ -88,7 +93,7 @@ def run_snippet(prompt: str) -> str:
     Only for the generator's own snippets (straight-line integer code it wrote itself);
     untrusted code goes through the evals sandbox instead.
     """
-    source = prompt.split("\n", 1)[1]
+    source = "\n".join(line.split(": ", 1)[1] for line in prompt.split("\n")[1:])
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(source, "<snippet>", "exec"), {"__builtins__": {"print": print}})  # noqa: S102

@@ -44,8 +44,9 @@ class PassCost:
 
     @property
     def per_token(self) -> float:
-        var = self._var
-        return min(self.y / max(self.x, 1e-9), max(0.0, (self.xy - self.x * self.y) / var)) if var > 1e-6 else 0.0
+        if not self.fitted:
+            return 0.0
+        return min(self.y / max(self.x, 1e-9), max(0.0, (self.xy - self.x * self.y) / self._var))
 
     @property
     def fixed(self) -> float:

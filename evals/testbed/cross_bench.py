@@ -37,7 +37,8 @@ class CrossBenchConfig:
 
     def __post_init__(self) -> None:
         if self.n_problems < 1 or self.batch_size < 1 or self.cost_problems < 1:
-            raise ValueError(f"problem counts and batch size must be positive, got n={self.n_problems}")
+            raise ValueError(f"problem counts and batch size must be positive, got n_problems={self.n_problems}, "
+                             f"batch_size={self.batch_size}, cost_problems={self.cost_problems}")
         if not self.shares or not all(0.0 < s < 1.0 for s in self.shares):
             raise ValueError(f"learned-router shares must be in (0, 1), got {self.shares}")
 

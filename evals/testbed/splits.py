@@ -31,17 +31,15 @@ def heldout(family: str, split: str, n: int) -> list[Problem]:
         raise ValueError(f"held-out split must be validation or test, got {split!r}")
     if not 0 <= n <= HELDOUT_SIZE:
         raise ValueError(f"held-out problems per split must be in 0..{HELDOUT_SIZE}, asked for {n}")
-    if n == 0:
-        return []
     seen: set[str] = set()
     out: list[Problem] = []
-    for problem in _stream(family, split):
+    stream = _stream(family, split)
+    while len(out) < n:
+        problem = next(stream)
         if problem.prompt not in seen:
             seen.add(problem.prompt)
             out.append(problem)
-        if len(out) == n:
-            return out
-    raise AssertionError("unreachable: the stream is infinite")
+    return out
 
 
 def heldout_prompts(families: list[str]) -> frozenset[str]:

@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--tokenizer-dir", type=Path, default=TESTBED_DIR / "tokenizer")
     train = tb_sub.add_parser("train", help="train the SLM or LLM from scratch (resumable)")
     train.add_argument("--size", choices=["slm", "llm"], required=True)
-    train.add_argument("--steps", type=int, default=None, help="default: 800 (slm), 1700 (llm)")
+    train.add_argument("--steps", type=int, default=None, help="default: 800 (slm), 1500 (llm)")
     train.add_argument("--lr", type=float, default=None, help="default: 3e-3 (slm), 2e-3 (llm)")
     train.add_argument("--ckpt-dir", type=Path, default=None, help="default: runs/testbed/ckpt-<size>")
     train.add_argument("--threads", type=int, default=2)
@@ -464,7 +464,7 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
     if args.testbed == "train":
         from evals.testbed.train import TrainConfig, train
 
-        defaults = {"slm": (800, 3e-3), "llm": (1700, 2e-3)}[args.size]
+        defaults = {"slm": (800, 3e-3), "llm": (1500, 2e-3)}[args.size]
         families, weights = _family_weights(args.family_weights)
         cfg = TrainConfig(size=args.size, tokenizer_dir=args.tokenizer_dir or TESTBED_DIR / "tokenizer",
                           out_dir=args.out or TESTBED_DIR / args.size,

@@ -11,7 +11,7 @@ Why this format: with plain traces (`x = 28 + 28 = 56`) the testbed LLM reached 
 on code (SLM 13.0%): 76 of its 167 wrong answers went wrong at a substitution, copying the
 wrong variable's name or value. Restating statements alone did not help (LLM 25.8%), nor did
 continuing the old LLM 250 steps on this format (24%); trained from scratch on it, the LLM
-reaches 88.0% and the SLM 21.5% (500 and 200 test problems).
+reaches 88.0% and the SLM 22.4% (500 test problems).
 """
 from __future__ import annotations
 

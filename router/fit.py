@@ -24,13 +24,23 @@ class SLMInfo:
     embeddings: torch.Tensor  # [vocab, embed] the SLM's input embedding table
 
 
-def label_tensors(columns: dict) -> LabelTensors:
-    """From label columns (numpy): hidden, slm_token, topk, divergent, data_id."""
+POSITIVES = ("divergent", "mismatch")
+
+
+def label_tensors(columns: dict, positives: str = "divergent") -> LabelTensors:
+    """From label columns (numpy): hidden, slm_token, topk, data_id and the positives column.
+
+    `positives` picks what the router learns to flag: `divergent` (the verifier's path-divergence
+    label, the published method) or `mismatch` (every SLM token that differs from the LLM's
+    reference, whether or not the LLM's continuation would recover from it).
+    """
+    if positives not in POSITIVES:
+        raise ValueError(f"positives must be one of {POSITIVES}, got {positives!r}")
     return LabelTensors(
         hidden=torch.as_tensor(np.asarray(columns["hidden"], dtype=np.float32)),
         token=torch.as_tensor(np.asarray(columns["slm_token"], dtype=np.int64)),
         topk=torch.as_tensor(np.asarray(columns["topk"], dtype=np.float32)),
-        label=torch.as_tensor(np.asarray(columns["divergent"], dtype=np.float32)),
+        label=torch.as_tensor(np.asarray(columns[positives], dtype=np.float32)),
         data_id=[str(d) for d in columns["data_id"]],
     )
 

@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--llm-share", type=float, default=None, help="calibrate to this LLM share instead of recall")
     tr.add_argument("--width", type=int, default=None, help="router MLP width (default: RouterConfig's)")
     tr.add_argument("--depth", type=int, default=None, help="residual blocks (default: RouterConfig's)")
+    tr.add_argument("--positives", choices=["divergent", "mismatch"], default="divergent",
+                    help="tokens the router learns to flag: the verifier's divergent labels (default) or every "
+                         "SLM/LLM mismatch")
     tr.add_argument("--epochs", type=int, default=30)
     tr.add_argument("--seed", type=int, default=0)
 
@@ -552,11 +555,11 @@ def _cmd_train_router(args: argparse.Namespace) -> int:
         if top_k is not None and k != top_k:
             raise ValueError(f"{root} stores top-{k} features, the other label sets top-{top_k}")
         top_k = k
-        part = ds.select_columns(["data_id", "hidden", "slm_token", "topk", "divergent"]).with_format("numpy")[:]
+        part = ds.select_columns(["data_id", "hidden", "slm_token", "topk", args.positives]).with_format("numpy")[:]
         for key, value in part.items():
             columns.setdefault(key, []).append(np.asarray(value))
-        label_meta.append({"dir": str(root), **manifest.get("counts", {})})
-    data = label_tensors({k: np.concatenate(v) for k, v in columns.items()})
+        label_meta.append({"dir": str(root), "positives": args.positives, **manifest.get("counts", {})})
+    data = label_tensors({k: np.concatenate(v) for k, v in columns.items()}, args.positives)
     sizes = {k: v for k, v in (("width", args.width), ("depth", args.depth)) if v is not None}
     rcfg = RouterConfig(hidden_size=slm.hidden_size, embed_size=slm.embeddings.shape[1], top_k=top_k, **sizes)
     tcfg = TrainConfig(epochs=args.epochs, seed=args.seed, target_recall=args.recall, target_share=args.llm_share)

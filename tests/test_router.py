@@ -101,3 +101,15 @@ def test_learned_policy_scores_and_share_budget() -> None:
 def test_train_config_rejects_what_cannot_train(bad: dict) -> None:
     with pytest.raises(ValueError):
         TrainConfig(**bad)
+
+
+def test_label_tensors_take_the_chosen_positives() -> None:
+    from router.fit import label_tensors
+
+    columns = {"hidden": np.zeros((3, 2)), "slm_token": np.array([1, 2, 3]), "topk": np.zeros((3, 4)),
+               "data_id": np.array(["a", "a", "b"]), "divergent": np.array([0, 1, 0]),
+               "mismatch": np.array([1, 1, 0])}
+    assert label_tensors(columns).label.tolist() == [0.0, 1.0, 0.0]
+    assert label_tensors(columns, "mismatch").label.tolist() == [1.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="positives"):
+        label_tensors(columns, "verified")

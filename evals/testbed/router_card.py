@@ -22,11 +22,14 @@ def accuracy_table(bar: dict) -> list[str]:
 def write_router_card(router_dir: Path, bar: dict | None) -> None:
     meta = json.loads((router_dir / "router.json").read_text())
     cfg, val = meta["config"], meta["validation"]
+    positives = {lab.get("positives", "divergent") for lab in meta["labels"]}
+    trained_on = ("path-divergence labels from `r2r label --verifier answer` (the LLM continues the SLM's branch to "
+                  "the final answer; divergent iff the answer changes)" if positives == {"divergent"} else
+                  "SLM/LLM mismatches from `r2r label` (every SLM token that differs from the LLM's reference)")
     lines = [
         "# r2r testbed router", "",
         "Residual-MLP router over the testbed SLM's features (last hidden state, embedding of its top token, "
-        "sorted top-k log-probs), trained with class-balanced BCE on path-divergence labels from `r2r label "
-        "--verifier answer` (the LLM continues the SLM's branch to the final answer; divergent iff the answer changes).",
+        f"sorted top-k log-probs), trained with class-balanced BCE on {trained_on}.",
         "", "| | |", "|---|---|",
         f"| network | width {cfg['width']}, {cfg['depth']} residual blocks, top-{cfg['top_k']} log-probs; "
         f"{meta['trainable_parameters']:,} trainable parameters |",

@@ -24,7 +24,7 @@ from serving.pair import PairSpec, load_pair, resolve_pair
 from serving.sampling import SamplingParams
 
 
-def cuts(answer: str, after_print_var: bool) -> str | None:
+def cut(answer: str, after_print_var: bool) -> str | None:
     lines = answer.split("\n")
     at = next((i for i, line in enumerate(lines) if ": print(" in line), None)
     if at is None:
@@ -50,7 +50,7 @@ def main(n: int) -> dict:
     params = SamplingParams(max_tokens=40)
     for after in (False, True):
         kept = [(p, chat_text(p.prompt) + c) for p, a in zip(problems, answers)
-                if (c := cuts(a.text, after)) is not None]
+                if (c := cut(a.text, after)) is not None]
         texts = [t for _, t in kept]
         llm = pair.generate(AlwaysLLM(), [pair.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts],
                             [params] * len(texts))

@@ -33,3 +33,4 @@ $R2R bench cross-tokenizer --n 500 --out bench/cross_tokenizer.json
 $R2R models fetch smol-gemma
 $R2R bench handoff --pair smol-gemma --n 8 --max-tokens 48 --out bench/handoff_smol_gemma.json
 ${PYTHON:-.venv/bin/python} bench/experiments/takeover_recovery.py 150 > bench/experiments/takeover_recovery.json  # why code loses with llm-x
+${PYTHON:-.venv/bin/python} bench/experiments/router_vs_confidence.py > bench/experiments/router_vs_confidence.json  # router vs confidence on its labels

@@ -1,0 +1,53 @@
+"""Is the learned router a better classifier of its own labels than SLM confidence? (README, evaluation sweeps.)
+
+On the router's validation prompts (the split `r2r train-router` held out), per label directory:
+ROC-AUC, PR-AUC and recall of divergent tokens at 2/5/10% routing rates for the router's score and
+for 1 - the SLM's top-1 probability (what confidence routing thresholds).
+
+    .venv/bin/python bench/experiments/router_vs_confidence.py [LABEL_DIR ...]
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from data_gen.shards import load_labels
+from router.checkpoint import load_router
+from router.fit import label_tensors
+from router.train import TrainConfig, predict, split_by_prompt
+from serving.pair import load_pair, resolve_pair
+
+
+def scores_report(scores: np.ndarray, labels: np.ndarray) -> dict:
+    recall = {}
+    for rate in (0.02, 0.05, 0.1):
+        routed = scores > np.quantile(scores, 1.0 - rate)
+        recall[f"{rate:.2f}"] = float((routed & (labels == 1)).sum() / max(1, labels.sum()))
+    return {"roc_auc": float(roc_auc_score(labels, scores)), "pr_auc": float(average_precision_score(labels, scores)),
+            "recall_at_rate": recall}
+
+
+def main(label_dirs: list[Path]) -> dict:
+    pair = load_pair(resolve_pair("testbed", None, None), "cpu")
+    router = load_router(pair.spec.router, pair.slm.fingerprint, pair.slm.embed(torch.arange(pair.slm.vocab_size)))
+    split = TrainConfig()
+    out: dict = {}
+    for root in label_dirs:
+        ds, _ = load_labels(root)
+        columns = ds.select_columns(["data_id", "hidden", "slm_token", "topk", "divergent"]).with_format("numpy")[:]
+        _, val = split_by_prompt(label_tensors(columns), split.val_fraction, split.seed)
+        labels = val.label.numpy().astype(int)
+        out[root.name] = {"tokens": len(val), "divergent": int(labels.sum()),
+                          "learned": scores_report(predict(router.net, val).numpy(), labels),
+                          "confidence": scores_report(1.0 - np.exp(val.topk[:, 0].numpy()), labels)}
+    return out
+
+
+if __name__ == "__main__":
+    dirs = [Path(a) for a in sys.argv[1:]] or [Path("data/labels/testbed-math"), Path("data/labels/testbed-code")]
+    print(json.dumps(main(dirs), indent=2))

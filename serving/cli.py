@@ -216,6 +216,12 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _shown(path: Path) -> Path:
+    """`path` relative to the working directory when inside it: portable in cards."""
+    full = path.resolve()
+    return full.relative_to(Path.cwd()) if full.is_relative_to(Path.cwd()) else full
+
+
 def _load_pair(args: argparse.Namespace):
     from serving.pair import BackendChoice, load_pair, resolve_pair
 
@@ -541,9 +547,7 @@ def _cmd_train_router(args: argparse.Namespace) -> int:
     from serving.backends.fingerprint import tokenizer_fingerprint
 
     pair = _load_pair(args)
-    slm_dir = pair.spec.slm.resolve()
-    shown = slm_dir.relative_to(Path.cwd()) if slm_dir.is_relative_to(Path.cwd()) else slm_dir  # portable in cards
-    slm = SLMInfo(str(shown), pair.slm.fingerprint, tokenizer_fingerprint(pair.tokenizer),
+    slm = SLMInfo(str(_shown(pair.spec.slm)), pair.slm.fingerprint, tokenizer_fingerprint(pair.tokenizer),
                   pair.slm.hidden_size, pair.slm.embed(torch.arange(pair.slm.vocab_size)))
     columns: dict[str, list] = {}
     label_meta = []
@@ -561,7 +565,10 @@ def _cmd_train_router(args: argparse.Namespace) -> int:
         part = ds.select_columns(["data_id", "hidden", "slm_token", "topk", args.positives]).with_format("numpy")[:]
         for key, value in part.items():
             columns.setdefault(key, []).append(np.asarray(value))
-        label_meta.append({"dir": str(root), "positives": args.positives, **manifest.get("counts", {})})
+        llm = {"llm_fingerprint": ident["llm"]}
+        if ident["llm"] == pair.llm.fingerprint:
+            llm["llm_dir"] = str(_shown(pair.spec.llm))
+        label_meta.append({"dir": str(root), "positives": args.positives, **llm, **manifest.get("counts", {})})
     data = label_tensors({k: np.concatenate(v) for k, v in columns.items()}, args.positives)
     sizes = {k: v for k, v in (("width", args.width), ("depth", args.depth)) if v is not None}
     rcfg = RouterConfig(hidden_size=slm.hidden_size, embed_size=slm.embeddings.shape[1], top_k=top_k, **sizes)

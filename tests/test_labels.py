@@ -206,3 +206,17 @@ def test_cross_tokenizer_labels_compare_bytes(tmp_path: Path, tiny_models) -> No
             piece = vocab.table[token]
             assert mismatch == (not piece or not rest.startswith(piece)), (pos, piece, rest[:10])
     assert all(m or not d for m, d in zip(rows["mismatch"], rows["divergent"]))
+
+
+def test_router_card_names_the_labeling_llm(tmp_path: Path, tiny_pair, tiny_models) -> None:
+    """Which SLM slips are divergent depends on the LLM that labeled them: the router's card says which."""
+    labels, router = tmp_path / "labels", tmp_path / "router"
+    proc = r2r("label", *tiny_pair, "--prompts", "testbed-math:30", "--batch-size", "16", "--max-new-tokens", "6",
+               "--keep-unfinished", "--out", str(labels))  # 30 prompts: some fall in the validation split
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    proc = r2r("train-router", *tiny_pair, "--labels", str(labels), "--positives", "mismatch", "--epochs", "2",
+               "--out", str(router))
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    meta = json.loads((router / "router.json").read_text())
+    assert meta["labels"][0]["llm_dir"] == str(tiny_models["llama_b"])
+    assert f"labels labels (LLM {tiny_models['llama_b']})" in (router / "README.md").read_text()

@@ -19,6 +19,10 @@ def accuracy_table(bar: dict) -> list[str]:
     return lines
 
 
+def _auc(value: float | None) -> str:
+    return "n/a (one class)" if value is None else f"{value:.3f}"
+
+
 def write_router_card(router_dir: Path, bar: dict | None) -> None:
     meta = json.loads((router_dir / "router.json").read_text())
     cfg, val = meta["config"], meta["validation"]
@@ -36,11 +40,12 @@ def write_router_card(router_dir: Path, bar: dict | None) -> None:
         f"| SLM | {meta['slm_dir']} (fingerprint {meta['slm_fingerprint']}) |",
     ]
     for lab in meta["labels"]:
-        lines.append(f"| labels {Path(lab['dir']).name} | {lab.get('tokens', 0):,} tokens, "
+        llm = lab.get("llm_dir") or lab.get("llm_fingerprint")
+        lines.append(f"| labels {Path(lab['dir']).name}{f' (LLM {llm})' if llm else ''} | {lab.get('tokens', 0):,} tokens, "
                      f"{lab.get('mismatches', 0):,} mismatches ({lab.get('mismatch_rate', 0):.1%}), "
                      f"{lab.get('divergent', 0):,} divergent ({lab.get('divergent_rate', 0):.1%}) |")
     lines += [
-        f"| validation (held-out prompts) | ROC-AUC {val['roc_auc']:.3f}, PR-AUC {val['pr_auc']:.3f}; at the stored "
+        f"| validation (held-out prompts) | ROC-AUC {_auc(val['roc_auc'])}, PR-AUC {_auc(val['pr_auc'])}; at the stored "
         f"threshold {val['threshold']:.3f}: recall {val['recall']:.1%}, precision {val['precision']:.1%}, "
         f"LLM rate {val['llm_rate']:.1%} |",
         f"| thresholds | recall {meta['thresholds']['recall']['target']:.0%} -> "

@@ -4,7 +4,8 @@ Glossary
   reference     the LLM's greedy answer to a prompt: the path the SLM should follow.
   mismatch      a response position where the teacher-forced SLM's top token differs from
                 the reference token (a candidate).
-  continuation  the LLM continuing the SLM branch (prefix + SLM token) to the verifier's stop.
+  continuation  the LLM continuing the SLM branch (prefix + SLM token) to the verifier's stop
+                (`continue_with="routed"`: routed decoding continues it instead, see LabelConfig).
   divergent     a mismatch the verifier says changes the path (label 1); matches and neutral
                 mismatches are label 0.
 
@@ -26,7 +27,7 @@ from data_gen.prompts import PromptRecord
 from data_gen.shards import ShardStore
 from data_gen.verifiers import SENTENCE_STOPS, Candidate, Continuation, Verifier
 from router.features import topk_logprobs
-from router.policies import AlwaysSLM
+from router.policies import AlwaysSLM, RoutingPolicy
 from serving.backends.fingerprint import tokenizer_fingerprint
 from serving.pair import ModelPair
 from serving.sampling import SamplingParams
@@ -47,13 +48,27 @@ class LabelConfig:
     sentence_max_tokens: int = 48  # continuation limit in sentence mode
     top_k: int = 32
     keep_unfinished: bool = False  # label references that hit the length limit too (default: drop them)
+    # Who continues the SLM branch. "llm" (the published method): divergent iff the LLM, taking over
+    # after the SLM's token, reaches another answer. "routed": the SLM with an existing router (at
+    # `continue_share`, or its stored threshold) continues it, as it does in routed decoding: a slip the
+    # LLM would repair but the routed system does not is then divergent. On-policy labels for the
+    # next router; the routed system's own later errors also count, so positives rise slightly.
+    continue_with: str = "llm"
+    continue_share: float | None = None
 
     def __post_init__(self) -> None:
         if min(self.chunk_size, self.batch_size, self.max_new_tokens, self.sentence_max_tokens, self.top_k) < 1:
             raise ValueError(f"label sizes must be positive: {self}")
+        if self.continue_with not in ("llm", "routed"):
+            raise ValueError(f"continue_with must be 'llm' or 'routed', got {self.continue_with!r}")
+        if self.continue_share is not None and not 0.0 <= self.continue_share <= 1.0:
+            raise ValueError(f"continue_share must be in [0, 1], got {self.continue_share}")
 
     def settings(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "out_dir"}
+        """What a resumed run must match; the continuation fields only when not the default, so label
+        sets made before they existed still resume."""
+        default = {"continue_with": "llm", "continue_share": None}
+        return {k: v for k, v in asdict(self).items() if k != "out_dir" and default.get(k, k) != v}
 
 
 def _batches(items: list, size: int) -> list[list]:
@@ -63,8 +78,13 @@ def _batches(items: list, size: int) -> list[list]:
 class LabelPipeline:
     """Shared-tokenizer pairs; `CrossLabelPipeline` (below) is the cross-tokenizer variant."""
 
-    def __init__(self, pair: ModelPair, verifier: Verifier, cfg: LabelConfig, prompts: list[PromptRecord]) -> None:
+    def __init__(self, pair: ModelPair, verifier: Verifier, cfg: LabelConfig, prompts: list[PromptRecord],
+                 continuation_policy: RoutingPolicy | None = None) -> None:
+        """`continuation_policy`: the routing policy that continues SLM branches (`continue_with="routed"`)."""
+        if (continuation_policy is not None) != (cfg.continue_with == "routed"):
+            raise ValueError("a continuation policy goes with continue_with='routed' (and only with it)")
         self.pair, self.verifier, self.cfg, self.prompts = pair, verifier, cfg, prompts
+        self.continuation_policy = continuation_policy
         identity = {"slm": pair.slm.fingerprint, "llm": pair.llm.fingerprint,
                     "tokenizer": tokenizer_fingerprint(pair.tokenizer), "settings": cfg.settings(),
                     **({"llm_tokenizer": tokenizer_fingerprint(pair.llm_tokenizer)} if pair.cross else {}),
@@ -108,7 +128,8 @@ class LabelPipeline:
         return rows
 
     def continuation(self, ref: dict, mism) -> dict:
-        """The LLM continues every candidate's SLM branch; the reference branch is cut from the reference."""
+        """The LLM (or routed decoding) continues every candidate's SLM branch; the reference branch is cut
+        from the reference."""
         refs = {d: (p, r) for d, p, r in zip(ref["data_id"], ref["prompt_ids"], ref["ref_ids"])}
         cands = [(d, pos, tok) for d, pos, tok, m in zip(mism["data_id"], mism["position"], mism["slm_token"],
                                                          mism["mismatch"]) if m]
@@ -121,7 +142,12 @@ class LabelPipeline:
             prompts = [refs[d][0] + refs[d][1][:pos] + [tok] for d, pos, tok in batch]
             room = [self.pair.context_length - len(p) for p in prompts]
             params = [SamplingParams(max_tokens=max(1, min(max_tokens, r - 1)), stop=stops) for r in room]
-            gens = generate_sequential(self.pair.llm, self.pair.llm, AlwaysSLM(), prompts, params, self.greedy_llm_rule)
+            if self.continuation_policy is None:
+                gens = generate_sequential(self.pair.llm, self.pair.llm, AlwaysSLM(), prompts, params,
+                                           self.greedy_llm_rule)
+            else:
+                gens = generate_sequential(self.pair.slm, self.pair.llm, self.continuation_policy, prompts, params,
+                                           self.greedy_llm_rule)
             for (d, pos, tok), g in zip(batch, gens):
                 r = refs[d][1]
                 ref_tail = self._cut(decode(r[pos:]), stops) if sentence else self.greedy_llm_rule.text_of(r[pos:])
@@ -286,4 +312,12 @@ class CrossLabelPipeline(LabelPipeline):
 
 
 def make_pipeline(pair: ModelPair, verifier: Verifier, cfg: LabelConfig, prompts: list[PromptRecord]) -> LabelPipeline:
-    return (CrossLabelPipeline if pair.cross else LabelPipeline)(pair, verifier, cfg, prompts)
+    """The pipeline for `pair`; `continue_with="routed"` uses the pair's learned router."""
+    if cfg.continue_with == "llm":
+        return (CrossLabelPipeline if pair.cross else LabelPipeline)(pair, verifier, cfg, prompts)
+    if pair.cross:
+        raise ValueError("--continue-with routed is implemented for pairs with one tokenizer only")
+    router = pair.learned_policy()
+    if cfg.continue_share is not None:
+        router = router.with_threshold(router.threshold_for_share(cfg.continue_share))
+    return LabelPipeline(pair, verifier, cfg, prompts, router)

@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--top-k", type=int, default=32, help="top-k log-probs stored as router features")
     lab.add_argument("--keep-unfinished", action="store_true",
                      help="also label references that hit --max-new-tokens (dropped by default)")
+    lab.add_argument("--continue-with", choices=["llm", "routed"], default="llm",
+                     help="who continues each SLM branch for the verifier: the LLM (published method, default) or "
+                          "routed decoding with the pair's router (--router), as in serving: on-policy labels")
+    lab.add_argument("--continue-share", type=float, default=None,
+                     help="with --continue-with routed: the router's LLM-share budget (default: its stored threshold)")
 
     tr = sub.add_parser("train-router", help="train the router on label directories and calibrate its threshold")
     _add_pair_args(tr)
@@ -510,7 +515,8 @@ def _cmd_label(args: argparse.Namespace) -> int:
     prompts = load_prompts(args.prompts)
     cfg = LabelConfig(out_dir=args.out, verifier=args.verifier, chunk_size=args.chunk_size,
                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, top_k=args.top_k,
-                      keep_unfinished=args.keep_unfinished)
+                      keep_unfinished=args.keep_unfinished, continue_with=args.continue_with,
+                      continue_share=args.continue_share)
     pair = _load_pair(args)
     if args.verifier == "answer":
         verifier = AnswerVerifier()

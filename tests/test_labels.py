@@ -220,3 +220,50 @@ def test_router_card_names_the_labeling_llm(tmp_path: Path, tiny_pair, tiny_mode
     meta = json.loads((router / "router.json").read_text())
     assert meta["labels"][0]["llm_dir"] == str(tiny_models["llama_b"])
     assert f"labels labels (LLM {tiny_models['llama_b']})" in (router / "README.md").read_text()
+
+
+def test_routed_continuation_is_routed_decoding(tmp_path: Path, tiny_models) -> None:
+    """--continue-with routed: each SLM branch is continued by routed decoding. Always-LLM routing must give
+    the published (LLM) continuation; always-SLM routing the SLM's own greedy continuation, recomputed
+    here with a plain argmax loop over the HF model."""
+    from dataclasses import replace
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from data_gen.pipeline import LabelConfig, LabelPipeline
+    from router.policies import AlwaysLLM, AlwaysSLM
+    from serving.pair import PairSpec, load_pair
+
+    pair = load_pair(PairSpec("tiny", tiny_models["llama"], tiny_models["llama_b"]), "cpu")
+    prompts = load_prompts("testbed-math:3")
+    base = LabelConfig(out_dir=tmp_path / "llm", max_new_tokens=8, keep_unfinished=True)
+    routed = replace(base, out_dir=tmp_path / "routed", continue_with="routed")
+    published = LabelPipeline(pair, AnswerVerifier(), base, prompts)
+    ref = published.reference(prompts)
+    mism = published.mismatch(ref)
+    by_llm = published.continuation(ref, mism)
+    assert len(by_llm["data_id"]) > 0, "the tiny pair must disagree somewhere"
+
+    assert LabelPipeline(pair, AnswerVerifier(), routed, prompts, AlwaysLLM()).continuation(ref, mism) == by_llm
+
+    by_slm = LabelPipeline(pair, AnswerVerifier(), routed, prompts, AlwaysSLM()).continuation(ref, mism)
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).eval()
+    rule = pair.stop_rule()
+    refs = dict(zip(ref["data_id"], zip(ref["prompt_ids"], ref["ref_ids"])))
+    toks = {(d, p): t for d, p, t in zip(mism["data_id"], mism["position"], mism["slm_token"])}
+    for d, pos, branch in zip(by_slm["data_id"], by_slm["position"], by_slm["slm_branch"]):
+        prompt, ref_ids = refs[d]
+        ids, new = prompt + ref_ids[:pos] + [toks[(d, pos)]], []
+        while len(new) < base.max_new_tokens and not (new and new[-1] in rule.eos_ids):
+            with torch.inference_mode():
+                new.append(int(model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax()))
+        assert branch == rule.decode([toks[(d, pos)]]) + rule.text_of(new)
+    assert by_slm["slm_branch"] != by_llm["slm_branch"]
+
+
+def test_routed_continuation_needs_a_router(tmp_path: Path, tiny_pair) -> None:
+    proc = r2r("label", *tiny_pair, "--prompts", "testbed-math:2", "--continue-with", "routed",
+               "--out", str(tmp_path / "x"))
+    assert proc.wait(timeout=600) == 2
+    assert "router" in proc.stderr.read()

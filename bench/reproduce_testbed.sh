@@ -29,7 +29,14 @@ for family in math code; do
   cp runs/eval/testbed-$family/report.json runs/eval/testbed-$family/*.png "bench/eval/testbed-$family/"
 done
 $R2R bench serve --out bench/serve.json
-$R2R bench cross-tokenizer --n 500 --out bench/cross_tokenizer.json
+# the cross pair's router: labels made with SLM + llm-x (through the byte-level handoff)
+for family in math code; do
+  $R2R label --slm models/testbed/slm --llm models/testbed/llm-x --prompts "testbed-$family:800" --verifier answer \
+    --batch-size 64 --out "data/labels/testbed-x-$family"
+done
+$R2R train-router --slm models/testbed/slm --llm models/testbed/llm-x \
+  --labels data/labels/testbed-x-math data/labels/testbed-x-code --out models/testbed/router-x
+$R2R bench cross-tokenizer --n 500 --router-x models/testbed/router-x --out bench/cross_tokenizer.json
 $R2R models fetch smol-gemma
 $R2R bench handoff --pair smol-gemma --n 8 --max-tokens 48 --out bench/handoff_smol_gemma.json
 ${PYTHON:-.venv/bin/python} bench/experiments/takeover_recovery.py 150 > bench/experiments/takeover_recovery.json  # why code loses with llm-x

@@ -17,7 +17,8 @@ TESTBED_DIR = Path(__file__).resolve().parents[1] / "models" / "testbed"
 
 
 def _add_pair_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pair", default=None, help="a preset pair (default: testbed)")
+    p.add_argument("--pair", default=None, help="a preset pair: testbed, testbed-x (other tokenizer), smol-gemma, ... "
+                   "(default: testbed)")
     p.add_argument("--slm", default=None, help="SLM model directory (with --llm, instead of --pair)")
     p.add_argument("--llm", default=None, help="LLM model directory (with --slm, instead of --pair)")
     p.add_argument("--router", default=None, help="router checkpoint directory (default: the preset's)")
@@ -150,8 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "naive handoff at the same router shares; passes per byte")
     _add_pair_args(cx)
     cx.add_argument("--llm-x", type=Path, default=TESTBED_DIR / "llm-x", help="the LLM with the other tokenizer")
-    cx.add_argument("--router-x", type=Path, default=None,
-                    help="the router for SLM + llm-x (trained on that pair's labels; default: the shared pair's)")
+    cx.add_argument("--router-x", type=Path, default=TESTBED_DIR / "router-x",
+                    help="the router for SLM + llm-x, trained on that pair's labels")
     cx.add_argument("--n", type=int, default=200, help="test problems per family")
     cx.add_argument("--shares", default="0.15,0.25", help="learned-router LLM shares")
     cx.add_argument("--out", type=Path, default=Path("bench/cross_tokenizer.json"))
@@ -294,8 +295,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         cfg = CrossBenchConfig(shares=_floats(args.shares, "--shares"), n_problems=args.n)  # before loading models
         pair = _load_pair(args)
-        cross = load_pair(PairSpec("testbed-x", pair.spec.slm, args.llm_x, args.router_x or pair.spec.router),
-                          args.device)
+        cross = load_pair(PairSpec("testbed-x", pair.spec.slm, args.llm_x, args.router_x), args.device)
         return _write_bench(args.out, cross_bench(pair, cross, cfg))
     pair = _load_pair(args)
     if args.bench == "handoff":

@@ -36,6 +36,10 @@ class PairSpec:
 PRESETS: dict[str, PairSpec] = {
     "testbed": PairSpec("testbed", MODELS_DIR / "testbed" / "slm", MODELS_DIR / "testbed" / "llm",
                         MODELS_DIR / "testbed" / "router"),
+    # the same SLM routed to the LLM with another tokenizer (exact byte-level handoff), its router trained on
+    # labels from this pair
+    "testbed-x": PairSpec("testbed-x", MODELS_DIR / "testbed" / "slm", MODELS_DIR / "testbed" / "llm-x",
+                          MODELS_DIR / "testbed" / "router-x"),
     # GPU pair of the published method; hub ids are fetched on first use (needs hub access), serve it with
     # --backend sglang; a router comes from `r2r label` + `r2r train-router` on this pair (--router DIR)
     # real pair with different tokenizers (byte-level BPE vs SentencePiece): `r2r models fetch smol-gemma` first

@@ -33,3 +33,10 @@ def test_resolve_pair_errors() -> None:
         resolve_pair("nope", None, None)
     with pytest.raises(ValueError, match="both"):
         resolve_pair(None, "/a", None)
+
+
+def test_testbed_x_preset_routes_across_tokenizers_with_its_own_router(testbed_dirs) -> None:
+    pair = load_pair(resolve_pair("testbed-x", None, None), "cpu")
+    assert pair.cross and pair.spec.router.name == "router-x"
+    router = pair.learned_policy()  # checked against the SLM's fingerprint on load
+    assert router.threshold != load_pair(resolve_pair("testbed", None, None), "cpu").learned_policy().threshold

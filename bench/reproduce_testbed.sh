@@ -41,3 +41,31 @@ $R2R models fetch smol-gemma
 $R2R bench handoff --pair smol-gemma --n 8 --max-tokens 48 --out bench/handoff_smol_gemma.json
 ${PYTHON:-.venv/bin/python} bench/experiments/takeover_recovery.py 150 > bench/experiments/takeover_recovery.json  # why code loses with llm-x
 ${PYTHON:-.venv/bin/python} bench/experiments/router_vs_confidence.py > bench/experiments/router_vs_confidence.json  # router vs confidence on its labels
+# on-policy router: labels whose SLM branches are continued by routed decoding with the testbed router at 15%
+for family in math code; do
+  $R2R label --prompts "testbed-$family:800" --verifier answer --batch-size 64 --continue-with routed \
+    --continue-share 0.15 --out "data/labels/testbed-op-$family"
+done
+$R2R train-router --labels data/labels/testbed-op-math data/labels/testbed-op-code --out models/testbed/router-onpolicy
+for family in code math; do
+  $R2R bench router-budget --router models/testbed/router-onpolicy --family $family \
+    --budgets 0.15,0.16,0.17,0.18,0.19,0.20,0.21,0.22,0.23,0.24,0.25,0.26,0.27,0.28,0.29,0.30 \
+    --out runs/router_onpolicy_budget_$family.json
+done
+chosen_op() { python3 -c "import json; print(json.load(open('runs/router_onpolicy_budget_$1.json'))['chosen'])"; }
+$R2R bench router --router models/testbed/router-onpolicy --labels data/labels/testbed-math data/labels/testbed-code \
+  --share "math=$(chosen_op math),code=$(chosen_op code)" --out bench/router_onpolicy_testbed.json
+# both routers at a 10% budget, where the policies separate (copies: bench router rewrites a router's card)
+rm -rf runs/router-default runs/router-onpolicy
+cp -r models/testbed/router runs/router-default && cp -r models/testbed/router-onpolicy runs/router-onpolicy
+for name in onpolicy default; do
+  $R2R bench router --router runs/router-$name --labels data/labels/testbed-math data/labels/testbed-code \
+    --share math=0.1,code=0.1 --out runs/router_low_$name.json
+done
+python3 -c "import json; print(json.dumps({n: json.load(open(f'runs/router_low_{n}.json')) for n in ('onpolicy', 'default')}, indent=2))" \
+  > bench/router_low_share.json
+rm -rf runs/eval/testbed-code-onpolicy
+$R2R eval testbed-code --router models/testbed/router-onpolicy --policies learned --limit 200 --batch-size 25 \
+  --out runs/eval/testbed-code-onpolicy
+mkdir -p bench/eval/testbed-code-onpolicy
+cp runs/eval/testbed-code-onpolicy/report.json bench/eval/testbed-code-onpolicy/

@@ -574,7 +574,9 @@ def _cmd_train_router(args: argparse.Namespace) -> int:
         llm = {"llm_fingerprint": ident["llm"]}
         if ident["llm"] == pair.llm.fingerprint:
             llm["llm_dir"] = str(_shown(pair.spec.llm))
-        label_meta.append({"dir": str(root), "positives": args.positives, **llm, **manifest.get("counts", {})})
+        continued = {k: ident["settings"][k] for k in ("continue_with", "continue_share") if k in ident["settings"]}
+        label_meta.append({"dir": str(root), "positives": args.positives, **llm, **continued,
+                           **manifest.get("counts", {})})
     data = label_tensors({k: np.concatenate(v) for k, v in columns.items()}, args.positives)
     sizes = {k: v for k, v in (("width", args.width), ("depth", args.depth)) if v is not None}
     rcfg = RouterConfig(hidden_size=slm.hidden_size, embed_size=slm.embeddings.shape[1], top_k=top_k, **sizes)

@@ -219,7 +219,16 @@ def test_router_card_names_the_labeling_llm(tmp_path: Path, tiny_pair, tiny_mode
     assert proc.wait(timeout=600) == 0, proc.stderr.read()
     meta = json.loads((router / "router.json").read_text())
     assert meta["labels"][0]["llm_dir"] == str(tiny_models["llama_b"])
-    assert f"labels labels (LLM {tiny_models['llama_b']})" in (router / "README.md").read_text()
+    card = (router / "README.md").read_text()
+    assert f"labels labels (LLM {tiny_models['llama_b']})" in card
+    assert "every SLM token that differs" in card  # --positives mismatch
+
+    from evals.testbed.router_card import write_router_card
+
+    meta["labels"][0] |= {"positives": "divergent", "continue_with": "routed", "continue_share": 0.15}
+    (router / "router.json").write_text(json.dumps(meta))
+    write_router_card(router, None)
+    assert "routed decoding with the previous router at an LLM share of 15%" in (router / "README.md").read_text()
 
 
 def test_routed_continuation_is_routed_decoding(tmp_path: Path, tiny_models) -> None:

@@ -27,8 +27,13 @@ def write_router_card(router_dir: Path, bar: dict | None) -> None:
     meta = json.loads((router_dir / "router.json").read_text())
     cfg, val = meta["config"], meta["validation"]
     positives = {lab.get("positives", "divergent") for lab in meta["labels"]}
-    trained_on = ("path-divergence labels from `r2r label --verifier answer` (the LLM continues the SLM's branch to "
-                  "the final answer; divergent iff the answer changes)" if positives == {"divergent"} else
+    routed = {lab.get("continue_with", "llm") for lab in meta["labels"]} == {"routed"}
+    shares = {lab.get("continue_share") for lab in meta["labels"]}
+    budget = f" at an LLM share of {shares.pop():.0%}" if len(shares) == 1 and None not in shares else ""
+    continuer = (f"routed decoding with the previous router{budget} continues the SLM's branch, as in serving"
+                 if routed else "the LLM continues the SLM's branch")
+    trained_on = (f"path-divergence labels from `r2r label --verifier answer` ({continuer} to the final answer; "
+                  "divergent iff the answer changes)" if positives == {"divergent"} else
                   "SLM/LLM mismatches from `r2r label` (every SLM token that differs from the LLM's reference)")
     lines = [
         "# r2r testbed router", "",

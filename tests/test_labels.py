@@ -228,7 +228,8 @@ def test_router_card_names_the_labeling_llm(tmp_path: Path, tiny_pair, tiny_mode
     meta["labels"][0] |= {"positives": "divergent", "continue_with": "routed", "continue_share": 0.15}
     (router / "router.json").write_text(json.dumps(meta))
     write_router_card(router, None)
-    assert "routed decoding with the previous router at an LLM share of 15%, as in serving" in (router / "README.md").read_text()
+    card = (router / "README.md").read_text()
+    assert "routed decoding with the previous router at an LLM share of 15%, as in serving" in card
 
 
 def test_routed_continuation_is_routed_decoding(tmp_path: Path, tiny_models) -> None:

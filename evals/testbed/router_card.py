@@ -46,13 +46,14 @@ def write_router_card(router_dir: Path, bar: dict | None) -> None:
     ]
     for lab in meta["labels"]:
         llm = lab.get("llm_dir") or lab.get("llm_fingerprint")
-        lines.append(f"| labels {Path(lab['dir']).name}{f' (LLM {llm})' if llm else ''} | {lab.get('tokens', 0):,} tokens, "
+        name = f"{Path(lab['dir']).name}{f' (LLM {llm})' if llm else ''}"
+        lines.append(f"| labels {name} | {lab.get('tokens', 0):,} tokens, "
                      f"{lab.get('mismatches', 0):,} mismatches ({lab.get('mismatch_rate', 0):.1%}), "
                      f"{lab.get('divergent', 0):,} divergent ({lab.get('divergent_rate', 0):.1%}) |")
     lines += [
-        f"| validation (held-out prompts) | ROC-AUC {_auc(val['roc_auc'])}, PR-AUC {_auc(val['pr_auc'])}; at the stored "
-        f"threshold {val['threshold']:.3f}: recall {val['recall']:.1%}, precision {val['precision']:.1%}, "
-        f"LLM rate {val['llm_rate']:.1%} |",
+        f"| validation (held-out prompts) | ROC-AUC {_auc(val['roc_auc'])}, PR-AUC {_auc(val['pr_auc'])}; "
+        f"at the stored threshold {val['threshold']:.3f}: recall {val['recall']:.1%}, "
+        f"precision {val['precision']:.1%}, LLM rate {val['llm_rate']:.1%} |",
         f"| thresholds | recall {meta['thresholds']['recall']['target']:.0%} -> "
         f"{meta['thresholds']['recall']['threshold']:.3f}; any LLM share via the stored share curve |",
         "",

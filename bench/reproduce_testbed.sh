@@ -69,3 +69,26 @@ $R2R eval testbed-code --router models/testbed/router-onpolicy --policies learne
   --out runs/eval/testbed-code-onpolicy
 mkdir -p bench/eval/testbed-code-onpolicy
 cp runs/eval/testbed-code-onpolicy/report.json bench/eval/testbed-code-onpolicy/
+# an operating point chosen on validation only: the smallest budget whose validation accuracy is within 1 point
+# of the accuracy at the <=20%-share budget chosen above; both routers there on the test split
+for family in code math; do
+  $R2R bench router-budget --router models/testbed/router-onpolicy --family $family \
+    --budgets 0.05,0.06,0.07,0.08,0.09,0.10,0.11,0.12,0.13,0.14,0.15 --out runs/router_onpolicy_low_budget_$family.json
+done
+rule=$(python3 - <<'PY'
+import json
+picked = {}
+for f in ("math", "code"):
+    top = json.load(open(f"runs/router_onpolicy_budget_{f}.json"))
+    plateau = top["budgets"][f"{top['chosen']:.2f}"]["accuracy"]
+    low = json.load(open(f"runs/router_onpolicy_low_budget_{f}.json"))["budgets"]
+    picked[f] = min(float(b) for b, r in low.items() if r["accuracy"] >= plateau - 0.01)
+print(",".join(f"{f}={b}" for f, b in picked.items()))
+PY
+)
+for name in onpolicy default; do
+  $R2R bench router --router runs/router-$name --labels data/labels/testbed-math data/labels/testbed-code \
+    --share "$rule" --out runs/router_rule_$name.json
+done
+python3 -c "import json; print(json.dumps({'chosen': '$rule', 'validation': {f: json.load(open(f'runs/router_onpolicy_low_budget_{f}.json')) for f in ('math', 'code')}, **{n: json.load(open(f'runs/router_rule_{n}.json')) for n in ('onpolicy', 'default')}}, indent=2))" \
+  > bench/router_operating_point.json

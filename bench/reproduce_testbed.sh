@@ -64,11 +64,13 @@ for name in onpolicy default; do
 done
 python3 -c "import json; print(json.dumps({n: json.load(open(f'runs/router_low_{n}.json')) for n in ('onpolicy', 'default')}, indent=2))" \
   > bench/router_low_share.json
-rm -rf runs/eval/testbed-code-onpolicy
-$R2R eval testbed-code --router models/testbed/router-onpolicy --policies learned --limit 200 --batch-size 25 \
-  --out runs/eval/testbed-code-onpolicy
-mkdir -p bench/eval/testbed-code-onpolicy
-cp runs/eval/testbed-code-onpolicy/report.json bench/eval/testbed-code-onpolicy/
+for family in math code; do
+  rm -rf "runs/eval/testbed-$family-onpolicy"
+  $R2R eval "testbed-$family" --router models/testbed/router-onpolicy --policies learned --limit 200 --batch-size 25 \
+    --out "runs/eval/testbed-$family-onpolicy"
+  mkdir -p "bench/eval/testbed-$family-onpolicy"
+  cp "runs/eval/testbed-$family-onpolicy/report.json" "bench/eval/testbed-$family-onpolicy/"
+done
 # an operating point chosen on validation only: the smallest budget whose validation accuracy is within 1 point
 # of the accuracy at the <=20%-share budget chosen above; both routers there on the test split
 for family in code math; do

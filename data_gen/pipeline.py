@@ -27,7 +27,7 @@ from data_gen.prompts import PromptRecord
 from data_gen.shards import ShardStore
 from data_gen.verifiers import SENTENCE_STOPS, Candidate, Continuation, Verifier
 from router.features import topk_logprobs
-from router.policies import AlwaysSLM, RoutingPolicy
+from router.policies import AlwaysSLM, PolicyKind, RoutingPolicy
 from serving.backends.fingerprint import tokenizer_fingerprint
 from serving.pair import ModelPair
 from serving.sampling import SamplingParams
@@ -84,7 +84,8 @@ class LabelPipeline:
         if (continuation_policy is not None) != (cfg.continue_with == "routed"):
             raise ValueError("a continuation policy goes with continue_with='routed' (and only with it)")
         self.pair, self.verifier, self.cfg, self.prompts = pair, verifier, cfg, prompts
-        self.continuation_policy = continuation_policy
+        # who writes SLM-branch continuations: the LLM alone, or the SLM routed to the LLM
+        self._continuer = (pair.llm, AlwaysSLM()) if continuation_policy is None else (pair.slm, continuation_policy)
         identity = {"slm": pair.slm.fingerprint, "llm": pair.llm.fingerprint,
                     "tokenizer": tokenizer_fingerprint(pair.tokenizer), "settings": cfg.settings(),
                     **({"llm_tokenizer": tokenizer_fingerprint(pair.llm_tokenizer)} if pair.cross else {}),
@@ -142,12 +143,8 @@ class LabelPipeline:
             prompts = [refs[d][0] + refs[d][1][:pos] + [tok] for d, pos, tok in batch]
             room = [self.pair.context_length - len(p) for p in prompts]
             params = [SamplingParams(max_tokens=max(1, min(max_tokens, r - 1)), stop=stops) for r in room]
-            if self.continuation_policy is None:
-                gens = generate_sequential(self.pair.llm, self.pair.llm, AlwaysSLM(), prompts, params,
-                                           self.greedy_llm_rule)
-            else:
-                gens = generate_sequential(self.pair.slm, self.pair.llm, self.continuation_policy, prompts, params,
-                                           self.greedy_llm_rule)
+            writer, policy = self._continuer
+            gens = generate_sequential(writer, self.pair.llm, policy, prompts, params, self.greedy_llm_rule)
             for (d, pos, tok), g in zip(batch, gens):
                 r = refs[d][1]
                 ref_tail = self._cut(decode(r[pos:]), stops) if sentence else self.greedy_llm_rule.text_of(r[pos:])
@@ -317,7 +314,4 @@ def make_pipeline(pair: ModelPair, verifier: Verifier, cfg: LabelConfig, prompts
         return (CrossLabelPipeline if pair.cross else LabelPipeline)(pair, verifier, cfg, prompts)
     if pair.cross:
         raise ValueError("--continue-with routed is implemented for pairs with one tokenizer only")
-    router = pair.learned_policy()
-    if cfg.continue_share is not None:
-        router = router.with_threshold(router.threshold_for_share(cfg.continue_share))
-    return LabelPipeline(pair, verifier, cfg, prompts, router)
+    return LabelPipeline(pair, verifier, cfg, prompts, pair.policy(PolicyKind.LEARNED, llm_share=cfg.continue_share))

@@ -8,7 +8,7 @@ from pathlib import Path
 from evals.testbed.cross_bench import CrossBenchConfig, cross_bench
 from serving.pair import PairSpec, load_pair
 
-TESTBED = Path(__file__).resolve().parent.parent / "models" / "testbed"
+from .conftest import TESTBED
 
 
 def test_cross_pair_uses_its_own_router(testbed_dirs, tmp_path: Path) -> None:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from evals.testbed.problem import grade
 from evals.testbed.splits import heldout
 from evals.testbed.tokenizer import chat_text
 from router.policies import AlwaysLLM, AlwaysSLM
 from serving.cross_tokenizer import Handoff, generate_cross
-from serving.pair import PairSpec, load_pair, resolve_pair
+from serving.pair import load_pair, resolve_pair
 from serving.sampling import SamplingParams
 
 
@@ -41,7 +40,7 @@ def printed(text: str) -> str | None:
 
 def main(n: int) -> dict:
     pair = load_pair(resolve_pair("testbed", None, None), "cpu")
-    cross = load_pair(PairSpec("testbed-x", pair.spec.slm, Path("models/testbed/llm-x"), pair.spec.router), "cpu")
+    cross = load_pair(resolve_pair("testbed-x", None, None), "cpu")
     problems = heldout("code", "test", n)
     answers = pair.generate(AlwaysSLM(), [pair.tokenizer(chat_text(p.prompt))["input_ids"] for p in problems],
                             [SamplingParams(max_tokens=200)] * n)

@@ -28,7 +28,7 @@ from data_gen.shards import ShardStore
 from data_gen.verifiers import SENTENCE_STOPS, Candidate, Continuation, Verifier
 from router.features import topk_logprobs
 from router.policies import AlwaysSLM, PolicyKind, RoutingPolicy
-from serving.backends.fingerprint import tokenizer_fingerprint
+from serving.backends.fingerprint import router_fingerprint, tokenizer_fingerprint
 from serving.pair import ModelPair
 from serving.sampling import SamplingParams
 from serving.sequential import generate_sequential
@@ -79,8 +79,10 @@ class LabelPipeline:
     """Shared-tokenizer pairs; `CrossLabelPipeline` (below) is the cross-tokenizer variant."""
 
     def __init__(self, pair: ModelPair, verifier: Verifier, cfg: LabelConfig, prompts: list[PromptRecord],
-                 continuation_policy: RoutingPolicy | None = None) -> None:
-        """`continuation_policy`: the routing policy that continues SLM branches (`continue_with="routed"`)."""
+                 continuation_policy: RoutingPolicy | None = None, continuation_router: str | None = None) -> None:
+        """`continuation_policy`: the routing policy that continues SLM branches (`continue_with="routed"`);
+        `continuation_router`: its checkpoint's fingerprint, part of the label set's identity, since another
+        router labels other slips divergent."""
         if (continuation_policy is not None) != (cfg.continue_with == "routed"):
             raise ValueError("a continuation policy goes with continue_with='routed' (and only with it)")
         self.pair, self.verifier, self.cfg, self.prompts = pair, verifier, cfg, prompts
@@ -89,6 +91,7 @@ class LabelPipeline:
         identity = {"slm": pair.slm.fingerprint, "llm": pair.llm.fingerprint,
                     "tokenizer": tokenizer_fingerprint(pair.tokenizer), "settings": cfg.settings(),
                     **({"llm_tokenizer": tokenizer_fingerprint(pair.llm_tokenizer)} if pair.cross else {}),
+                    **({"continue_router": continuation_router} if continuation_router else {}),
                     "prompt_ids": [p.id for p in prompts][:3] + [len(prompts)]}
         self.store = ShardStore(cfg.out_dir, identity)
         self.greedy_llm_rule = pair.stop_rule()
@@ -314,4 +317,5 @@ def make_pipeline(pair: ModelPair, verifier: Verifier, cfg: LabelConfig, prompts
         return (CrossLabelPipeline if pair.cross else LabelPipeline)(pair, verifier, cfg, prompts)
     if pair.cross:
         raise ValueError("--continue-with routed is implemented for pairs with one tokenizer only")
-    return LabelPipeline(pair, verifier, cfg, prompts, pair.policy(PolicyKind.LEARNED, llm_share=cfg.continue_share))
+    policy = pair.policy(PolicyKind.LEARNED, llm_share=cfg.continue_share)
+    return LabelPipeline(pair, verifier, cfg, prompts, policy, router_fingerprint(pair.spec.router))

@@ -575,6 +575,8 @@ def _cmd_train_router(args: argparse.Namespace) -> int:
         if ident["llm"] == pair.llm.fingerprint:
             llm["llm_dir"] = str(_shown(pair.spec.llm))
         continued = {k: ident["settings"][k] for k in ("continue_with", "continue_share") if k in ident["settings"]}
+        if "continue_router" in ident:
+            continued["continue_router"] = ident["continue_router"]
         label_meta.append({"dir": str(root), "positives": args.positives, **llm, **continued,
                            **manifest.get("counts", {})})
     data = label_tensors({k: np.concatenate(v) for k, v in columns.items()}, args.positives)

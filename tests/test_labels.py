@@ -225,11 +225,12 @@ def test_router_card_names_the_labeling_llm(tmp_path: Path, tiny_pair, tiny_mode
 
     from evals.testbed.router_card import write_router_card
 
-    meta["labels"][0] |= {"positives": "divergent", "continue_with": "routed", "continue_share": 0.15}
+    meta["labels"][0] |= {"positives": "divergent", "continue_with": "routed", "continue_share": 0.15,
+                          "continue_router": "0123abcd"}
     (router / "router.json").write_text(json.dumps(meta))
     write_router_card(router, None)
     card = (router / "README.md").read_text()
-    assert "routed decoding with the previous router at an LLM share of 15%, as in serving" in card
+    assert "routed decoding with the previous router (fingerprint 0123abcd) at an LLM share of 15%, as in serving" in card
 
 
 def test_routed_continuation_is_routed_decoding(tmp_path: Path, tiny_models) -> None:
@@ -270,6 +271,31 @@ def test_routed_continuation_is_routed_decoding(tmp_path: Path, tiny_models) -> 
                 new.append(int(model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax()))
         assert branch == rule.decode([toks[(d, pos)]]) + rule.text_of(new)
     assert by_slm["slm_branch"] != by_llm["slm_branch"]
+
+
+def test_routed_labels_resume_only_with_the_same_router(tmp_path: Path, tiny_models) -> None:
+    """Another continuation router labels other slips divergent: resuming a routed label set with it is an
+    error, and the fingerprint follows the router's weights."""
+    from data_gen.pipeline import LabelConfig, LabelPipeline
+    from router.policies import AlwaysSLM
+    from serving.backends.fingerprint import router_fingerprint
+    from serving.pair import PairSpec, load_pair
+
+    pair = load_pair(PairSpec("tiny", tiny_models["llama"], tiny_models["llama_b"]), "cpu")
+    prompts = load_prompts("testbed-math:2")
+    cfg = LabelConfig(out_dir=tmp_path / "routed", continue_with="routed")
+    LabelPipeline(pair, AnswerVerifier(), cfg, prompts, AlwaysSLM(), "router-a")
+    LabelPipeline(pair, AnswerVerifier(), cfg, prompts, AlwaysSLM(), "router-a")  # resumes
+    with pytest.raises(ValueError, match="other models or settings"):
+        LabelPipeline(pair, AnswerVerifier(), cfg, prompts, AlwaysSLM(), "router-b")
+
+    router = tmp_path / "router"
+    router.mkdir()
+    (router / "router.json").write_text("{}")
+    (router / "router.safetensors").write_bytes(b"a")
+    before = router_fingerprint(router)
+    (router / "router.safetensors").write_bytes(b"b")
+    assert router_fingerprint(router) != before
 
 
 def test_routed_continuation_needs_a_router(tmp_path: Path, tiny_pair) -> None:

@@ -30,7 +30,9 @@ def write_router_card(router_dir: Path, bar: dict | None) -> None:
     routed = {lab.get("continue_with", "llm") for lab in meta["labels"]} == {"routed"}
     shares = {lab.get("continue_share") for lab in meta["labels"]}
     budget = f" at an LLM share of {shares.pop():.0%}" if len(shares) == 1 and None not in shares else ""
-    continuer = (f"routed decoding with the previous router{budget}, as in serving, continues the SLM's branch"
+    routers = {lab.get("continue_router") for lab in meta["labels"]}
+    which = f" (fingerprint {routers.pop()})" if len(routers) == 1 and None not in routers else ""
+    continuer = (f"routed decoding with the previous router{which}{budget}, as in serving, continues the SLM's branch"
                  if routed else "the LLM continues the SLM's branch")
     trained_on = (f"path-divergence labels from `r2r label --verifier answer` ({continuer} to the final answer; "
                   "divergent iff the answer changes)" if positives == {"divergent"} else

@@ -19,14 +19,23 @@ def _hash_file(h: hashlib._Hash, path: Path) -> None:
             h.update(f.read(_SAMPLE))
 
 
-def model_fingerprint(model_dir: str | Path) -> str:
-    """sha256 (16 hex chars) over config.json and the weight files."""
-    root = Path(model_dir)
+def _fingerprint_files(root: Path, config: str) -> str:
+    """sha256 (16 hex chars) over the config file and the weight files of a directory."""
     h = hashlib.sha256()
-    for path in sorted([root / "config.json", *root.glob("*.safetensors")]):
+    for path in sorted([root / config, *root.glob("*.safetensors")]):
         if path.exists():
             _hash_file(h, path)
     return h.hexdigest()[:16]
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """sha256 (16 hex chars) over config.json and the weight files."""
+    return _fingerprint_files(Path(model_dir), "config.json")
+
+
+def router_fingerprint(router_dir: str | Path) -> str:
+    """sha256 (16 hex chars) over a router checkpoint: router.json (thresholds) and its weights."""
+    return _fingerprint_files(Path(router_dir), "router.json")
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

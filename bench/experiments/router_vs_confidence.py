@@ -4,12 +4,12 @@ On the router's validation prompts (the split `r2r train-router` held out), per 
 ROC-AUC, PR-AUC and recall of divergent tokens at 2/5/10% routing rates for the router's score and
 for 1 - the SLM's top-1 probability (what confidence routing thresholds).
 
-    .venv/bin/python bench/experiments/router_vs_confidence.py [LABEL_DIR ...]
+    .venv/bin/python bench/experiments/router_vs_confidence.py [--router DIR] [LABEL_DIR ...]
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +30,8 @@ def scores_report(scores: np.ndarray, labels: np.ndarray) -> dict:
             "recall_at_rate": {rate: m["recall"] for rate, m in at_rate.items()}}
 
 
-def main(label_dirs: list[Path]) -> dict:
-    pair = load_pair(resolve_pair("testbed", None, None), "cpu")
+def main(label_dirs: list[Path], router_dir: str | None) -> dict:
+    pair = load_pair(resolve_pair("testbed", None, None, router_dir), "cpu")
     router = load_router(pair.spec.router, pair.slm.fingerprint, pair.slm.embed(torch.arange(pair.slm.vocab_size)))
     split = TrainConfig()
     out: dict = {}
@@ -47,5 +47,9 @@ def main(label_dirs: list[Path]) -> dict:
 
 
 if __name__ == "__main__":
-    dirs = [Path(a) for a in sys.argv[1:]] or [Path("data/labels/testbed-math"), Path("data/labels/testbed-code")]
-    print(json.dumps(main(dirs), indent=2))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--router", help="router checkpoint (default: the testbed preset's)")
+    parser.add_argument("labels", nargs="*", type=Path,
+                        default=[Path("data/labels/testbed-math"), Path("data/labels/testbed-code")])
+    args = parser.parse_args()
+    print(json.dumps(main(args.labels, args.router), indent=2))

@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on every route but /health")
     srv.add_argument("--max-running", type=int, default=32, help="sequences decoded together (continuous batching)")
     srv.add_argument("--max-queue", type=int, default=256, help="waiting requests before answering 429")
+    srv.add_argument("--threads", type=int, default=None,
+                     help="torch CPU threads for decoding (default: all cores but one, left to HTTP)")
 
     lab = sub.add_parser("label", help="label path-divergent tokens between the SLM and LLM (resumable)")
     _add_pair_args(lab)
@@ -270,6 +272,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from serving.scheduler import SchedulerConfig
     from serving.server import ServeConfig, serve
 
+    import torch
+
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads or max(1, torch.get_num_threads() - 1))
     pair = _load_pair(args)
     cfg = ServeConfig(host=args.host, port=args.port, model_name=args.model_name or f"r2r-{pair.spec.name}",
                       policy=PolicyKind(args.policy) if args.policy else None, threshold=args.threshold,

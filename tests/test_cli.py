@@ -45,6 +45,7 @@ def test_generate_pretty_output(testbed_dirs) -> None:
     (["bench", "cross-tokenizer", "--n", "0"], "must be positive"),  # used to divide by zero after an hour
     (["bench", "cross-tokenizer", "--shares", "0.2,most"], "--shares"),
     (["testbed", "train", "--size", "slm", "--steps", "0", "--out", "/nonexistent/m"], "must be positive"),
+    (["serve", "--threads", "0"], "--threads must be at least 1"),
 ])
 def test_bad_input_is_one_line_exit_2(testbed_dirs, args: list[str], fragment: str) -> None:
     out = r2r(*args)

@@ -122,3 +122,43 @@ def test_subset_calls_keep_the_batch_resident(tiny_models) -> None:
     torch.testing.assert_close(later[2].logits, full_forward(backend, prompts[2] + [25])[0][-1:], atol=ATOL, rtol=0)
     torch.testing.assert_close(later[0].logits, full_forward(backend, prompts[0] + [20, 21, 23])[0][-1:],
                                atol=ATOL, rtol=0)
+
+
+def test_prefill_groups_minimize_padding_plus_passes() -> None:
+    """Against brute force over every way to cut the length-sorted prompts into consecutive passes."""
+    import itertools
+    import random
+
+    from serving.backends.hf import prefill_groups
+
+    rng = random.Random(0)
+    for _ in range(200):
+        lengths = [rng.randint(1, 120) for _ in range(rng.randint(1, 8))]
+        pass_positions = rng.choice([0, 8, 32, 500])
+        groups = prefill_groups(lengths, pass_positions)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+
+        def cost(parts: list[list[int]]) -> int:
+            return sum(pass_positions + len(p) * max(lengths[i] for i in p) for p in parts)
+
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        best = min(cost([order[a:b] for a, b in zip((0, *cuts), (*cuts, len(order)))])
+                   for r in range(len(order)) for cuts in itertools.combinations(range(1, len(order)), r))
+        assert cost(groups) == best
+
+
+def test_open_of_mixed_lengths_runs_in_groups(tiny_models) -> None:
+    """Short and long prompts prefill in separate passes; each output is still its own prompt's, in order."""
+    backend = HFBackend(tiny_models["llama"])
+    prompts = [[3, 4, 5], list(range(10, 70)), [6, 7, 8, 9], list(range(100, 158))]
+    passes = backend.forward_passes
+    opened = backend.open(prompts, want_hidden=True)
+    assert backend.forward_passes - passes == 2
+    for (seq, out), ids in zip(opened, prompts):
+        ref_logits, ref_hidden = full_forward(backend, ids)
+        assert seq.length == len(ids)
+        torch.testing.assert_close(out.logits, ref_logits, atol=ATOL, rtol=0)
+        torch.testing.assert_close(out.hidden, ref_hidden, atol=ATOL, rtol=0)
+    later = backend.extend([s for s, _ in opened], [[1], [2], [3], [4]])
+    for ids, out, new in zip(prompts, later, [1, 2, 3, 4]):
+        torch.testing.assert_close(out.logits, full_forward(backend, ids + [new])[0][-1:], atol=ATOL, rtol=0)

@@ -152,9 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     cx = bench_sub.add_parser("cross-tokenizer", help="testbed: shared-tokenizer pair vs SLM+llm-x with exact and "
                               "naive handoff at the same router shares; passes per byte")
     _add_pair_args(cx)
-    cx.add_argument("--llm-x", type=Path, default=TESTBED_DIR / "llm-x", help="the LLM with the other tokenizer")
-    cx.add_argument("--router-x", type=Path, default=TESTBED_DIR / "router-x",
-                    help="the router for SLM + llm-x, trained on that pair's labels")
+    cx.add_argument("--llm-x", type=Path, default=None,
+                    help="the LLM with the other tokenizer (default: the testbed-x preset's)")
+    cx.add_argument("--router-x", type=Path, default=None,
+                    help="the router for SLM + llm-x, trained on that pair's labels (default: the testbed-x preset's)")
     cx.add_argument("--n", type=int, default=200, help="test problems per family")
     cx.add_argument("--shares", default="0.15,0.25", help="learned-router LLM shares")
     cx.add_argument("--out", type=Path, default=Path("bench/cross_tokenizer.json"))
@@ -298,11 +299,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return _write_bench(args.out, result)
     if args.bench == "cross-tokenizer":
         from evals.testbed.cross_bench import CrossBenchConfig, cross_bench
-        from serving.pair import PairSpec, load_pair
+        from serving.pair import PairSpec, load_pair, resolve_pair
 
         cfg = CrossBenchConfig(shares=_floats(args.shares, "--shares"), n_problems=args.n)  # before loading models
         pair = _load_pair(args)
-        cross = load_pair(PairSpec("testbed-x", pair.spec.slm, args.llm_x, args.router_x), args.device)
+        preset = resolve_pair("testbed-x", None, None)
+        cross = load_pair(PairSpec("testbed-x", pair.spec.slm, args.llm_x or preset.llm, args.router_x or preset.router),
+                          args.device)
         return _write_bench(args.out, cross_bench(pair, cross, cfg))
     pair = _load_pair(args)
     if args.bench == "handoff":

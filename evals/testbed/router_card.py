@@ -23,15 +23,20 @@ def _auc(value: float | None) -> str:
     return "n/a (one class)" if value is None else f"{value:.3f}"
 
 
+def _shared(labels: list[dict], key: str):
+    """The value of `key` that every label set has, or None when they differ or lack it."""
+    values = {lab.get(key) for lab in labels}
+    return values.pop() if len(values) == 1 else None
+
+
 def write_router_card(router_dir: Path, bar: dict | None) -> None:
     meta = json.loads((router_dir / "router.json").read_text())
     cfg, val = meta["config"], meta["validation"]
     positives = {lab.get("positives", "divergent") for lab in meta["labels"]}
     routed = {lab.get("continue_with", "llm") for lab in meta["labels"]} == {"routed"}
-    shares = {lab.get("continue_share") for lab in meta["labels"]}
-    budget = f" at an LLM share of {shares.pop():.0%}" if len(shares) == 1 and None not in shares else ""
-    routers = {lab.get("continue_router") for lab in meta["labels"]}
-    which = f" (fingerprint {routers.pop()})" if len(routers) == 1 and None not in routers else ""
+    share, router = _shared(meta["labels"], "continue_share"), _shared(meta["labels"], "continue_router")
+    budget = f" at an LLM share of {share:.0%}" if share is not None else ""
+    which = f" (fingerprint {router})" if router is not None else ""
     continuer = (f"routed decoding with the previous router{which}{budget}, as in serving, continues the SLM's branch"
                  if routed else "the LLM continues the SLM's branch")
     trained_on = (f"path-divergence labels from `r2r label --verifier answer` ({continuer} to the final answer; "

@@ -141,6 +141,7 @@ class RoutedService:
             f"r2r_slm_open_sequences {getattr(self.pair.slm, 'open_sequences', 0)}",
             "# TYPE r2r_llm_open_sequences gauge",
             f"r2r_llm_open_sequences {getattr(self.pair.llm, 'open_sequences', 0)}",
+            "# TYPE r2r_steps_total counter", f"r2r_steps_total {m.steps}",
             "# TYPE r2r_mean_batch_size gauge",
             f"r2r_mean_batch_size {m.batch_size_sum / m.steps if m.steps else 0.0:.3f}",
             "# TYPE r2r_request_latency_seconds histogram",

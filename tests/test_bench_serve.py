@@ -1,0 +1,38 @@
+"""`r2r bench serve` against a real server process: what it counts is what the pair generates."""
+from __future__ import annotations
+
+import pytest
+
+from serving.bench_serve import ServeBenchConfig, bench_serve
+from serving.generation import RoutingMode
+from serving.pair import PairSpec, load_pair
+from serving.sampling import SamplingParams
+
+PROMPTS = ["Ava has 12 apples. Then Ava finds 5 more apples. How many apples does Ava have now?",
+           "Cara has 7 coins. Cara gives away 3 coins. How many coins does Cara have now?",
+           "x = 4\nprint(x * 3)"]
+
+
+def test_bench_serve_counts_every_token_the_pair_generates(testbed_dirs) -> None:
+    cfg = ServeBenchConfig(concurrency=(1, 3), requests_per_client=2, min_requests=3, max_tokens=12,
+                           warmup_requests=1)
+    result = bench_serve(["--pair", "testbed"], PROMPTS, cfg)
+
+    pair = load_pair(PairSpec("testbed", testbed_dirs["slm"], testbed_dirs["llm"], testbed_dirs["router"]), "cpu")
+    gens = pair.generate(pair.policy(pair.default_policy), [pair.encode_chat([{"role": "user", "content": p}])
+                                                            for p in PROMPTS],
+                         [SamplingParams(max_tokens=12, temperature=0)] * 3, RoutingMode.SPECULATIVE)
+    lengths = [len(g.token_ids) for g in gens]
+    for c, n in ((1, 3), (3, 6)):
+        row = result[f"concurrency_{c}"]
+        assert row["requests"] == n and row["errors"] == 0
+        assert row["output_tokens"] == sum(lengths[i % 3] for i in range(n))
+        assert 0 < row["p50_ms"] <= row["p95_ms"]
+    assert result["scaling"] == pytest.approx(result["concurrency_3"]["tokens_per_s"]
+                                              / result["concurrency_1"]["tokens_per_s"], abs=0.01)
+
+
+def test_bench_serve_stops_on_a_failed_warmup(testbed_dirs) -> None:
+    cfg = ServeBenchConfig(concurrency=(1,), max_tokens=100_000, warmup_requests=1)  # beyond the context: 400
+    with pytest.raises(ValueError, match="warm-up"):
+        bench_serve(["--pair", "testbed"], PROMPTS, cfg)

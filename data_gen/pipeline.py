@@ -75,23 +75,30 @@ def _batches(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+@dataclass(frozen=True)
+class RoutedContinuation:
+    """Routed decoding continues SLM branches (`continue_with="routed"`). `router` identifies the policy
+    (a router checkpoint's fingerprint) in the label set's identity: another router labels other slips
+    divergent, so a resumed run must use the same one."""
+
+    policy: RoutingPolicy
+    router: str
+
+
 class LabelPipeline:
     """Shared-tokenizer pairs; `CrossLabelPipeline` (below) is the cross-tokenizer variant."""
 
     def __init__(self, pair: ModelPair, verifier: Verifier, cfg: LabelConfig, prompts: list[PromptRecord],
-                 continuation_policy: RoutingPolicy | None = None, continuation_router: str | None = None) -> None:
-        """`continuation_policy`: the routing policy that continues SLM branches (`continue_with="routed"`);
-        `continuation_router`: its checkpoint's fingerprint, part of the label set's identity, since another
-        router labels other slips divergent."""
-        if (continuation_policy is not None) != (cfg.continue_with == "routed"):
-            raise ValueError("a continuation policy goes with continue_with='routed' (and only with it)")
+                 routed: RoutedContinuation | None = None) -> None:
+        if (routed is not None) != (cfg.continue_with == "routed"):
+            raise ValueError("a routed continuation goes with continue_with='routed' (and only with it)")
         self.pair, self.verifier, self.cfg, self.prompts = pair, verifier, cfg, prompts
         # who writes SLM-branch continuations: the LLM alone, or the SLM routed to the LLM
-        self._continuer = (pair.llm, AlwaysSLM()) if continuation_policy is None else (pair.slm, continuation_policy)
+        self._continuer = (pair.llm, AlwaysSLM()) if routed is None else (pair.slm, routed.policy)
         identity = {"slm": pair.slm.fingerprint, "llm": pair.llm.fingerprint,
                     "tokenizer": tokenizer_fingerprint(pair.tokenizer), "settings": cfg.settings(),
                     **({"llm_tokenizer": tokenizer_fingerprint(pair.llm_tokenizer)} if pair.cross else {}),
-                    **({"continue_router": continuation_router} if continuation_router else {}),
+                    **({"continue_router": routed.router} if routed else {}),
                     "prompt_ids": [p.id for p in prompts][:3] + [len(prompts)]}
         self.store = ShardStore(cfg.out_dir, identity)
         self.greedy_llm_rule = pair.stop_rule()
@@ -318,4 +325,4 @@ def make_pipeline(pair: ModelPair, verifier: Verifier, cfg: LabelConfig, prompts
     if pair.cross:
         raise ValueError("--continue-with routed is implemented for pairs with one tokenizer only")
     policy = pair.policy(PolicyKind.LEARNED, llm_share=cfg.continue_share)
-    return LabelPipeline(pair, verifier, cfg, prompts, policy, router_fingerprint(pair.spec.router))
+    return LabelPipeline(pair, verifier, cfg, prompts, RoutedContinuation(policy, router_fingerprint(pair.spec.router)))

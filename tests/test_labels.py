@@ -242,7 +242,7 @@ def test_routed_continuation_is_routed_decoding(tmp_path: Path, tiny_models) -> 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from data_gen.pipeline import LabelConfig, LabelPipeline
+    from data_gen.pipeline import LabelConfig, LabelPipeline, RoutedContinuation
     from router.policies import AlwaysLLM, AlwaysSLM
     from serving.pair import PairSpec, load_pair
 
@@ -256,9 +256,11 @@ def test_routed_continuation_is_routed_decoding(tmp_path: Path, tiny_models) -> 
     by_llm = published.continuation(ref, mism)
     assert len(by_llm["data_id"]) > 0, "the tiny pair must disagree somewhere"
 
-    assert LabelPipeline(pair, AnswerVerifier(), routed, prompts, AlwaysLLM()).continuation(ref, mism) == by_llm
+    always_llm = LabelPipeline(pair, AnswerVerifier(), routed, prompts, RoutedContinuation(AlwaysLLM(), "always-llm"))
+    assert always_llm.continuation(ref, mism) == by_llm
 
-    by_slm = LabelPipeline(pair, AnswerVerifier(), routed, prompts, AlwaysSLM()).continuation(ref, mism)
+    by_slm = LabelPipeline(pair, AnswerVerifier(), replace(routed, out_dir=tmp_path / "routed-slm"), prompts,
+                           RoutedContinuation(AlwaysSLM(), "always-slm")).continuation(ref, mism)
     model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).eval()
     rule = pair.stop_rule()
     refs = dict(zip(ref["data_id"], zip(ref["prompt_ids"], ref["ref_ids"])))
@@ -276,7 +278,7 @@ def test_routed_continuation_is_routed_decoding(tmp_path: Path, tiny_models) -> 
 def test_routed_labels_resume_only_with_the_same_router(tmp_path: Path, tiny_models) -> None:
     """Another continuation router labels other slips divergent: resuming a routed label set with it is an
     error, and the fingerprint follows the router's weights."""
-    from data_gen.pipeline import LabelConfig, LabelPipeline
+    from data_gen.pipeline import LabelConfig, LabelPipeline, RoutedContinuation
     from router.policies import AlwaysSLM
     from serving.backends.fingerprint import router_fingerprint
     from serving.pair import PairSpec, load_pair
@@ -284,10 +286,10 @@ def test_routed_labels_resume_only_with_the_same_router(tmp_path: Path, tiny_mod
     pair = load_pair(PairSpec("tiny", tiny_models["llama"], tiny_models["llama_b"]), "cpu")
     prompts = load_prompts("testbed-math:2")
     cfg = LabelConfig(out_dir=tmp_path / "routed", continue_with="routed")
-    LabelPipeline(pair, AnswerVerifier(), cfg, prompts, AlwaysSLM(), "router-a")
-    LabelPipeline(pair, AnswerVerifier(), cfg, prompts, AlwaysSLM(), "router-a")  # resumes
+    LabelPipeline(pair, AnswerVerifier(), cfg, prompts, RoutedContinuation(AlwaysSLM(), "router-a"))
+    LabelPipeline(pair, AnswerVerifier(), cfg, prompts, RoutedContinuation(AlwaysSLM(), "router-a"))  # resumes
     with pytest.raises(ValueError, match="other models or settings"):
-        LabelPipeline(pair, AnswerVerifier(), cfg, prompts, AlwaysSLM(), "router-b")
+        LabelPipeline(pair, AnswerVerifier(), cfg, prompts, RoutedContinuation(AlwaysSLM(), "router-b"))
 
     router = tmp_path / "router"
     router.mkdir()

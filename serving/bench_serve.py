@@ -16,6 +16,10 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import httpx
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,7 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def _request(client, url: str, prompt: str, max_tokens: int) -> tuple[float, int, bool]:
+def _request(client: httpx.Client, url: str, prompt: str, max_tokens: int) -> tuple[float, int, bool]:
     """One greedy chat request: (latency s, completion tokens, succeeded)."""
     import httpx
 
@@ -91,9 +95,9 @@ def bench_serve(serve_args: list[str], prompts: list[str], cfg: ServeBenchConfig
                                      range(n)))
                 wall = time.perf_counter() - start
             latencies = [lat * 1000 for lat, _, ok in rows if ok]
+            tokens = sum(t for _, t, _ in rows)
             result[f"concurrency_{c}"] = {
-                "requests": n, "output_tokens": sum(t for _, t, _ in rows),
-                "tokens_per_s": round(sum(t for _, t, _ in rows) / wall, 1),
+                "requests": n, "output_tokens": tokens, "tokens_per_s": round(tokens / wall, 1),
                 "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
                 "p95_ms": round(_percentile(latencies, 0.95), 1) if latencies else None,
                 "errors": sum(not ok for _, _, ok in rows),

@@ -120,6 +120,19 @@ def metric(base_url: str, name: str) -> float:
     raise AssertionError(f"metric {name} missing")
 
 
+def test_metrics_count_what_the_responses_report(base_url: str) -> None:
+    names = ("r2r_requests_finished_total", "r2r_tokens_total", "r2r_llm_tokens_total", "r2r_steps_total")
+    before = {n: metric(base_url, n) for n in names}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Cara has 7 coins. How many coins?"}],
+            "temperature": 0, "max_tokens": 24, "mode": "sequential", "policy": "random", "llm_share": 0.5}
+    usage = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=120).json()["usage"]
+    delta = {n: metric(base_url, n) - before[n] for n in names}
+    assert delta["r2r_requests_finished_total"] == 1
+    assert delta["r2r_tokens_total"] == usage["completion_tokens"] > 0
+    assert delta["r2r_llm_tokens_total"] == usage["llm_tokens"] > 0
+    assert delta["r2r_steps_total"] == usage["completion_tokens"]  # sequential: one token per step
+
+
 def test_streaming_matches_non_streaming(base_url: str) -> None:
     from openai import OpenAI
 

@@ -9,8 +9,12 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from router.policies import PolicyKind
+
+if TYPE_CHECKING:
+    from serving.backends.threads import PassThreads
 
 EXIT_USAGE = 2
 TESTBED_DIR = Path(__file__).resolve().parents[1] / "models" / "testbed"
@@ -78,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-running", type=int, default=32, help="sequences decoded together (continuous batching)")
     srv.add_argument("--max-queue", type=int, default=256, help="waiting requests before answering 429")
     srv.add_argument("--threads", type=int, default=None,
-                     help="torch CPU threads for decoding (default: all cores but one, left to HTTP)")
+                     help="CPU threads for wide forward passes (default: all cores); smaller passes run on one "
+                          "thread, leaving the other cores to HTTP")
+    srv.add_argument("--wide-pass-gflop", type=float, default=0.5,
+                     help="a forward pass estimated at this many GFLOP or more is wide (default 0.5; 0: all)")
 
     lab = sub.add_parser("label", help="label path-divergent tokens between the SLM and LLM (resumable)")
     _add_pair_args(lab)
@@ -231,11 +238,11 @@ def _shown(path: Path) -> Path:
     return full.relative_to(Path.cwd()) if full.is_relative_to(Path.cwd()) else full
 
 
-def _load_pair(args: argparse.Namespace):
+def _load_pair(args: argparse.Namespace, pass_threads: PassThreads | None = None):
     from serving.pair import BackendChoice, load_pair, resolve_pair
 
     return load_pair(resolve_pair(args.pair, args.slm, args.llm, args.router), args.device,
-                     BackendChoice(kind=args.backend, llm_tp=args.llm_tp))
+                     BackendChoice(kind=args.backend, llm_tp=args.llm_tp, pass_threads=pass_threads))
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -275,10 +282,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from serving.scheduler import SchedulerConfig
     from serving.server import ServeConfig, serve
 
+    from serving.backends.threads import PassThreads
+
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
-    torch.set_num_threads(args.threads or max(1, torch.get_num_threads() - 1))
-    pair = _load_pair(args)
+    if args.wide_pass_gflop < 0:
+        raise ValueError(f"--wide-pass-gflop must be non-negative, got {args.wide_pass_gflop}")
+    threads = PassThreads(args.threads or torch.get_num_threads(), args.wide_pass_gflop * 1e9)
+    torch.set_num_threads(1)  # the decoding loop's small passes and the router; wide passes borrow more
+    pair = _load_pair(args, threads)
     cfg = ServeConfig(host=args.host, port=args.port, model_name=args.model_name or f"r2r-{pair.spec.name}",
                       policy=PolicyKind(args.policy) if args.policy else None, threshold=args.threshold,
                       mode=RoutingMode(args.mode), api_key=args.api_key,

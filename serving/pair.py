@@ -10,6 +10,7 @@ import torch
 from router.checkpoint import LearnedPolicy, load_router
 from router.policies import PolicyKind, RoutingPolicy, make_policy
 from serving.backends.base import Backend
+from serving.backends.threads import PassThreads
 from serving.generation import Generation, RoutingMode
 from serving.real_models import CACHE_DIR, GEMMA3_DIR, SMOLLM2_DIR
 from serving.sampling import SamplingParams
@@ -228,6 +229,7 @@ class BackendChoice:
     """Which runtime serves the pair. SGLang: both engines on the same GPUs, the LLM with tensor parallelism."""
 
     kind: str = "hf"  # "hf" (transformers, CPU/GPU) or "sglang" (GPU)
+    pass_threads: PassThreads | None = None  # hf on CPU: threads per pass by its size
     llm_tp: int = 1
     slm_mem_fraction: float = 0.15
     llm_mem_fraction: float = 0.65
@@ -243,7 +245,8 @@ def _backends(spec: PairSpec, device: str | None, choice: BackendChoice) -> tupl
     if choice.kind == "hf":
         from serving.backends.hf import HFBackend
 
-        return HFBackend(spec.slm, device), HFBackend(spec.llm, device)
+        return (HFBackend(spec.slm, device, pass_threads=choice.pass_threads),
+                HFBackend(spec.llm, device, pass_threads=choice.pass_threads))
     from serving.backends.sglang import SGLangBackend, SGLangConfig
 
     return (SGLangBackend(SGLangConfig(str(spec.slm), mem_fraction_static=choice.slm_mem_fraction)),

@@ -46,6 +46,7 @@ def test_generate_pretty_output(testbed_dirs) -> None:
     (["bench", "cross-tokenizer", "--shares", "0.2,most"], "--shares"),
     (["testbed", "train", "--size", "slm", "--steps", "0", "--out", "/nonexistent/m"], "must be positive"),
     (["serve", "--threads", "0"], "--threads must be at least 1"),
+    (["serve", "--wide-pass-gflop", "-1"], "--wide-pass-gflop must be non-negative"),
 ])
 def test_bad_input_is_one_line_exit_2(testbed_dirs, args: list[str], fragment: str) -> None:
     out = r2r(*args)

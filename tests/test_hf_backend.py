@@ -162,3 +162,26 @@ def test_open_of_mixed_lengths_runs_in_groups(tiny_models) -> None:
     later = backend.extend([s for s, _ in opened], [[1], [2], [3], [4]])
     for ids, out, new in zip(prompts, later, [1, 2, 3, 4]):
         torch.testing.assert_close(out.logits, full_forward(backend, ids + [new])[0][-1:], atol=ATOL, rtol=0)
+
+
+def test_wide_passes_borrow_threads_and_give_them_back(testbed_dirs) -> None:
+    """Under `PassThreads` a pass estimated at `wide_flops` or more runs on `threads` threads, a smaller one
+    on one; torch's count is back afterwards, and the backend still matches the references."""
+    from serving.backends.threads import PassThreads
+
+    probe = HFBackend(testbed_dirs["llm"], "cpu")
+    params = sum(p.numel() for p in probe.model.parameters())
+    backend = HFBackend(testbed_dirs["llm"], "cpu", pass_threads=PassThreads(2, wide_flops=2 * params * 12))
+    seen: list[int] = []
+    backend.model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        (seq, _), = backend.open([PROMPTS[2]])  # 11 positions: narrow
+        backend.extend([seq], [list(range(60, 80))])  # 20 positions: wide
+        backend.extend([seq], [[81]])  # narrow
+        assert seen == [1, 2, 1]
+        assert torch.get_num_threads() == 1
+        check_backend(backend)
+    finally:
+        torch.set_num_threads(before)

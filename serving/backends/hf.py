@@ -26,6 +26,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from serving.backends.base import StepOutput, open_by_extending
 from serving.backends.fingerprint import model_fingerprint
+from serving.backends.threads import PassThreads, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,9 @@ def pick_device(device: str | None) -> torch.device:
 class HFBackend:
     """Backend over a `transformers` AutoModelForCausalLM."""
 
-    def __init__(self, model_dir: str | Path, device: str | None = None, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, model_dir: str | Path, device: str | None = None, dtype: torch.dtype = torch.float32,
+                 pass_threads: PassThreads | None = None) -> None:
+        """`pass_threads`: CPU threads per pass by its size (None: every pass on torch's setting)."""
         from transformers import AutoConfig, AutoModelForCausalLM
 
         path = Path(model_dir)
@@ -174,6 +177,8 @@ class HFBackend:
         self.open_sequences = 0  # opened and not yet closed: what a leak check watches
         self.fingerprint = model_fingerprint(path)
         self._resident: _Resident | None = None
+        self._pass_threads = pass_threads if self.device.type == "cpu" else None
+        self._parameters = sum(p.numel() for p in self.model.parameters())
 
     # -- contract ---------------------------------------------------------------------------
     def open(self, prompts: list[list[int]], want_hidden: bool = False) -> list[tuple[HFSequence, StepOutput]]:
@@ -308,11 +313,14 @@ class HFBackend:
         res.valid = torch.cat([res.valid, new_pos >= 0], dim=1)
         res.pos = torch.cat([res.pos, new_pos], dim=1)
         dev = self.device
-        out = self.model(
-            input_ids=input_ids.to(dev), position_ids=position_ids.to(dev),
-            attention_mask=self._masks(position_ids, res), cache=res.cache, use_cache=True,
-            output_hidden_states=want_hidden,
-        )
+        threads = None if self._pass_threads is None else self._pass_threads.for_pass(self._parameters,
+                                                                                     len(new_ids) * width)
+        with torch_threads(threads):
+            out = self.model(
+                input_ids=input_ids.to(dev), position_ids=position_ids.to(dev),
+                attention_mask=self._masks(position_ids, res), cache=res.cache, use_cache=True,
+                output_hidden_states=want_hidden,
+            )
         self.forward_passes += 1
         assert res.cache.layers[0].get_seq_length() == cols + width, "cache and masks out of step"
         logits = out.logits.float()  # [batch, width, vocab]

@@ -43,8 +43,16 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def _request(client: httpx.Client, url: str, prompt: str, max_tokens: int) -> tuple[float, int, bool]:
-    """One greedy chat request: (latency s, completion tokens, succeeded)."""
+@dataclass(frozen=True)
+class _Reply:
+    seconds: float
+    ok: bool
+    tokens: int = 0  # completion tokens
+    llm_tokens: int = 0  # of which the LLM produced
+
+
+def _request(client: httpx.Client, url: str, prompt: str, max_tokens: int) -> _Reply:
+    """One greedy chat request."""
     import httpx
 
     body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "temperature": 0,
@@ -52,11 +60,12 @@ def _request(client: httpx.Client, url: str, prompt: str, max_tokens: int) -> tu
     start = time.perf_counter()
     try:
         r = client.post(f"{url}/v1/chat/completions", json=body)
-        ok = r.status_code == 200
-        tokens = r.json()["usage"]["completion_tokens"] if ok else 0
     except httpx.HTTPError:
-        ok, tokens = False, 0
-    return time.perf_counter() - start, tokens, ok
+        return _Reply(time.perf_counter() - start, False)
+    if r.status_code != 200:
+        return _Reply(time.perf_counter() - start, False)
+    usage = r.json()["usage"]
+    return _Reply(time.perf_counter() - start, True, usage["completion_tokens"], usage["llm_tokens"])
 
 
 def bench_serve(serve_args: list[str], prompts: list[str], cfg: ServeBenchConfig) -> dict:
@@ -83,7 +92,7 @@ def bench_serve(serve_args: list[str], prompts: list[str], cfg: ServeBenchConfig
         result: dict = {"config": {"max_tokens": cfg.max_tokens, "warmup_requests": cfg.warmup_requests,
                                    "server_args": serve_args}}
         with httpx.Client(timeout=600) as client:
-            if not all(_request(client, url, prompts[i % len(prompts)], cfg.max_tokens)[2]
+            if not all(_request(client, url, prompts[i % len(prompts)], cfg.max_tokens).ok
                        for i in range(cfg.warmup_requests)):
                 raise ValueError("the server failed a warm-up request")
         for c in cfg.concurrency:
@@ -94,13 +103,14 @@ def bench_serve(serve_args: list[str], prompts: list[str], cfg: ServeBenchConfig
                 rows = list(pool.map(lambda i: _request(client, url, prompts[i % len(prompts)], cfg.max_tokens),
                                      range(n)))
                 wall = time.perf_counter() - start
-            latencies = [lat * 1000 for lat, _, ok in rows if ok]
-            tokens = sum(t for _, t, _ in rows)
+            latencies = [r.seconds * 1000 for r in rows if r.ok]
+            tokens = sum(r.tokens for r in rows)
             result[f"concurrency_{c}"] = {
                 "requests": n, "output_tokens": tokens, "tokens_per_s": round(tokens / wall, 1),
+                "llm_share": round(sum(r.llm_tokens for r in rows) / tokens, 4) if tokens else None,
                 "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
                 "p95_ms": round(_percentile(latencies, 0.95), 1) if latencies else None,
-                "errors": sum(not ok for _, _, ok in rows),
+                "errors": sum(not r.ok for r in rows),
             }
         base = result[f"concurrency_{cfg.concurrency[0]}"]["tokens_per_s"]
         top = result[f"concurrency_{cfg.concurrency[-1]}"]["tokens_per_s"]

@@ -14,19 +14,21 @@ PROMPTS = ["Ava has 12 apples. Then Ava finds 5 more apples. How many apples doe
 
 
 def test_bench_serve_counts_every_token_the_pair_generates(testbed_dirs) -> None:
-    cfg = ServeBenchConfig(concurrency=(1, 3), requests_per_client=2, min_requests=3, max_tokens=12,
+    cfg = ServeBenchConfig(concurrency=(1, 3), requests_per_client=2, min_requests=3, max_tokens=24,
                            warmup_requests=1)
     result = bench_serve(["--pair", "testbed"], PROMPTS, cfg)
 
     pair = load_pair(PairSpec("testbed", testbed_dirs["slm"], testbed_dirs["llm"], testbed_dirs["router"]), "cpu")
     gens = pair.generate(pair.policy(pair.default_policy), [pair.encode_chat([{"role": "user", "content": p}])
                                                             for p in PROMPTS],
-                         [SamplingParams(max_tokens=12, temperature=0)] * 3, RoutingMode.SPECULATIVE)
-    lengths = [len(g.token_ids) for g in gens]
+                         [SamplingParams(max_tokens=24, temperature=0)] * 3, RoutingMode.SPECULATIVE)
+    lengths, llm = [len(g.token_ids) for g in gens], [g.stats.llm_tokens for g in gens]
+    assert sum(llm) > 0, "the reference must route some tokens for the share to be checked"
     for c, n in ((1, 3), (3, 6)):
         row = result[f"concurrency_{c}"]
         assert row["requests"] == n and row["errors"] == 0
         assert row["output_tokens"] == sum(lengths[i % 3] for i in range(n))
+        assert row["llm_share"] == round(sum(llm[i % 3] for i in range(n)) / row["output_tokens"], 4)
         assert 0 < row["p50_ms"] <= row["p95_ms"]
     assert result["scaling"] == pytest.approx(result["concurrency_3"]["tokens_per_s"]
                                               / result["concurrency_1"]["tokens_per_s"], abs=0.01)

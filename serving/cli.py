@@ -278,11 +278,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import torch
 
+    from serving.backends.threads import PassThreads
     from serving.generation import RoutingMode
     from serving.scheduler import SchedulerConfig
     from serving.server import ServeConfig, serve
-
-    from serving.backends.threads import PassThreads
 
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")

@@ -1,9 +1,10 @@
 """The routed decoding engine: live requests stepped together, requests joining and leaving between steps.
 
-Both routing modes run on the same request state; one `step` advances every active request
-by one token (sequential) or one block (speculative), with the SLM and LLM passes batched
-across requests. `generate_*` drive it to completion for a fixed batch; the server's
-scheduler adds and cancels requests between steps (continuous batching).
+Both routing modes run on the same request state; one `step` is one batched SLM pass: a token
+for each sequential request, a draft for each speculative one (and the LLM's verification
+when the speculative round ends), with the SLM and LLM passes batched across requests.
+`generate_*` drive it to completion for a fixed batch; the server's scheduler adds and
+cancels requests between steps (continuous batching), so a request joins a round in progress.
 """
 from __future__ import annotations
 
@@ -46,6 +47,14 @@ class Draft:
 
 
 @dataclass
+class Round:
+    """A speculative round in progress: the requests still drafting, and the batch size it opened with."""
+
+    batch: int
+    drafting: list = field(default_factory=list)
+
+
+@dataclass
 class Request:
     """Decoding state of one request."""
 
@@ -63,6 +72,8 @@ class Request:
     llm: SequenceHandle | None = None
     llm_seen: int = 0  # tokens of prompt + output the LLM holds in its KV
     drafts: list[Draft] = field(default_factory=list)
+    block: int = 0  # block size in the speculative round in progress (0: not in one)
+    riding: bool = False  # drafting on only while others do (serving.speculative._draft_step)
     done: bool = False
     _seed_base: int | None = None
 
@@ -155,6 +166,7 @@ class RoutedEngine:
         self.block = block or BlockConfig()
         self.costs = PassCosts()
         self.active: list[Request] = []
+        self.round: Round | None = None
 
     def add(self, prompts: list[list[int]], params: list[SamplingParams], policies: list[RoutingPolicy],
             modes: list[RoutingMode], keys: list[int]) -> list[Request]:
@@ -172,9 +184,10 @@ class RoutedEngine:
         return reqs
 
     def step(self) -> list[Request]:
-        """Advance every active request; returns the requests that finished in this step (their memory freed)."""
+        """Advance every active request by one SLM pass: a token (sequential) or a draft, the round's
+        verification at its end (speculative). Returns the requests that finished (their memory freed)."""
         from serving.sequential import sequential_step
-        from serving.speculative import speculative_round
+        from serving.speculative import speculative_step
 
         start = time.perf_counter()
         seq = [r for r in self.active if r.mode == RoutingMode.SEQUENTIAL]
@@ -182,7 +195,7 @@ class RoutedEngine:
         if seq:
             sequential_step(self, seq)
         if spec:
-            speculative_round(self, spec)
+            speculative_step(self, spec)
         elapsed = time.perf_counter() - start
         finished = [r for r in self.active if r.done]
         for r in self.active:
@@ -196,6 +209,8 @@ class RoutedEngine:
         """Drop a request now (a client went away); its KV is freed."""
         if req in self.active:
             self.active.remove(req)
+            if self.round is not None and req in self.round.drafting:
+                self.round.drafting.remove(req)
             self._release(req)
 
     def _release(self, r: Request) -> None:

@@ -26,7 +26,8 @@ import torch
 
 from router.policies import RoutingPolicy
 from serving.backends.base import Backend
-from serving.engine import BlockConfig, Draft, Request, RoutedEngine, llm_feed, route, run_to_completion, slm_feed
+from serving.engine import (BlockConfig, Draft, Request, Round, RoutedEngine, llm_feed, route, run_to_completion,
+                            slm_feed)
 from serving.generation import Generation, RoutingMode, Source
 from serving.pass_costs import PassCosts
 from serving.sampling import SamplingParams, processed_probs
@@ -63,13 +64,32 @@ def past_flag(r: Request, k_left: int, costs: PassCosts, batch: int) -> bool:
     return (1.0 - r.reject_rate) * another_flag * costs.llm.fixed > r.reject_rate * wasted * costs.step(batch)
 
 
-def speculative_round(engine: RoutedEngine, reqs: list[Request]) -> None:
-    """One block for every request: draft, verify the flagged positions, commit, resynchronise the SLM.
+def speculative_step(engine: RoutedEngine, reqs: list[Request]) -> None:
+    """One drafting pass of the round in progress (a round opens with every request), and when no
+    request drafts on, the round's end: verify the flagged positions, commit, resynchronise the SLM.
+
+    A round lasts as long as its longest block. Requests that join mid-round (continuous batching)
+    ride along from the next pass: they draft while the round lasts, up to their own block size, and
+    are verified with it, instead of waiting for the round to end (at concurrency 32 a round is ~14
+    passes, a request's whole life ~5 rounds).
 
     A block's last draft is not fed to the SLM while drafting: after verification the SLM is fed
     the last committed token (that draft, or the LLM's correction), so a rejection costs no extra
     SLM pass."""
-    _draft(engine, reqs)
+    rnd = engine.round
+    joining = rnd is not None
+    if rnd is None:
+        rnd = engine.round = Round(batch=len(reqs))
+    for r in reqs:
+        if not r.block:  # opening the round, or joining it
+            r.block = block_size(r, engine.block, engine.costs, rnd.batch)
+            r.riding = joining
+            rnd.drafting.append(r)
+    with engine.costs.timing("draft", len(rnd.drafting)):
+        rnd.drafting = _draft_step(engine, rnd)
+    if rnd.drafting:
+        return
+    engine.round = None
     _verify(engine, reqs)
     running = [r for r in reqs if not r.done]
     for r in running:
@@ -78,7 +98,7 @@ def speculative_round(engine: RoutedEngine, reqs: list[Request]) -> None:
             engine.slm.truncate(r.slm, keep)  # drafts past a correction
     slm_feed(engine.slm, running, [r.tokens[-1] for r in running])
     for r in reqs:
-        r.drafts = []
+        r.drafts, r.block, r.riding = [], 0, False
         r.out.stats.blocks += 1
 
 
@@ -91,24 +111,14 @@ def generate_speculative(slm: Backend, llm: Backend, policy: RoutingPolicy, prom
                              block)
 
 
-def _draft(engine: RoutedEngine, reqs: list[Request]) -> None:
-    """Each request drafts up to its block size, or to a flag it should not draft past; one batched SLM
-    pass per drafted position.
+def _draft_step(engine: RoutedEngine, rnd: Round) -> list[Request]:
+    """One drafted position for each drafting request, in one batched SLM pass; returns those that draft on.
 
-    The round lasts while some request wants to draft on. Requests that would stop at a flag ride
-    along (up to their block size) meanwhile: the pass runs anyway, so their extra drafts cost one
-    row each and are kept whenever their flags are accepted; they do not make the round longer."""
-    sizes = {id(r): block_size(r, engine.block, engine.costs, len(reqs)) for r in reqs}
-    riding: set[int] = set()
-    drafting = list(reqs)
-    while drafting:
-        with engine.costs.timing("draft", len(drafting)):
-            drafting = _draft_step(engine, drafting, sizes, riding, len(reqs))
-
-
-def _draft_step(engine: RoutedEngine, drafting: list[Request], sizes: dict[int, int], riding: set[int],
-                batch: int) -> list[Request]:
-    """One drafted position for each drafting request; returns those that draft on."""
+    A request drafts up to its block size, or to a flag it should not draft past. The round lasts
+    while some request wants to draft on. Requests that would stop at a flag ride along (up to their
+    block size) meanwhile: the pass runs anyway, so their extra drafts cost one row each and are kept
+    whenever their flags are accepted; they do not make the round longer."""
+    drafting = rnd.drafting
     scores, flagged = route(drafting, [len(r.tokens) + len(r.drafts) for r in drafting])
     wanting, rides = [], []
     for r, score, f in zip(drafting, scores, flagged):
@@ -119,14 +129,14 @@ def _draft_step(engine: RoutedEngine, drafting: list[Request], sizes: dict[int, 
             q = processed_probs(logits, r.params)
             token = int(torch.multinomial(q, 1, generator=r.generator_at(len(r.tokens) + len(r.drafts), _DRAFT)))
         r.drafts.append(Draft(token, bool(f), float(score), q))
-        k_left = sizes[id(r)] - len(r.drafts)
+        k_left = r.block - len(r.drafts)
         if k_left <= 0 or engine.stop_rule.check_tokens(r.prompt, r.out.token_ids + [d.token for d in r.drafts],
                                                         r.params) is not None:
             continue
-        if id(r) not in riding and (not f or past_flag(r, k_left, engine.costs, batch)):
+        if not r.riding and (not f or past_flag(r, k_left, engine.costs, rnd.batch)):
             wanting.append(r)
         else:
-            riding.add(id(r))
+            r.riding = True
             rides.append(r)
     still = wanting + rides if wanting else []
     # drafts that are drafted on from go into the SLM now (their KV, the next position's outputs)

@@ -136,6 +136,32 @@ def test_engine_mixes_modes_policies_and_late_joiners() -> None:
         assert r.out.token_ids == alone(prompt, policy, mode, key), f"request {key} ({mode.value}) changed in a batch"
 
 
+def test_a_request_joins_the_round_in_progress() -> None:
+    """Continuous batching within a round: a request added two passes into an 8-draft round drafts from the
+    next pass and is verified with the round (6 tokens), rather than waiting for the round to end."""
+    from serving.engine import RoutedEngine
+    from serving.generation import RoutingMode
+
+    slm, llm = FakeBackend(11, seed=3), FakeBackend(11, seed=4)
+    rule = StopRule(frozenset(), lambda ids: "", 64)
+    params, policy = SamplingParams(max_tokens=15), RandomPolicy(rate=0.0, seed=5)
+    engine = RoutedEngine(slm, llm, rule, BlockConfig(k_min=8, k_max=8))
+    first = engine.add([[1, 2]], [params], [policy], [RoutingMode.SPECULATIVE], [0])[0]
+    engine.step()
+    engine.step()
+    late = engine.add([[3, 4]], [params], [policy], [RoutingMode.SPECULATIVE], [1])[0]
+    engine.step()
+    assert len(late.drafts) == 1 and engine.round is not None
+    while engine.round is not None:
+        engine.step()
+    assert (len(first.out.token_ids), len(late.out.token_ids)) == (8, 6)
+    while engine.active:
+        engine.step()
+    for r, prompt, key in ((first, [1, 2], 0), (late, [3, 4], 1)):
+        alone = generate_speculative(slm, llm, policy, [prompt], [params], rule, stream_keys=[key])[0]
+        assert r.out.token_ids == alone.token_ids
+
+
 def test_pass_cost_fit_recovers_the_fixed_and_per_token_parts() -> None:
     from serving.pass_costs import PassCost
 

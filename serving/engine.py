@@ -51,7 +51,7 @@ class Round:
     """A speculative round in progress: the requests still drafting, and the batch size it opened with."""
 
     batch: int
-    drafting: list = field(default_factory=list)
+    drafting: list[Request] = field(default_factory=list)
 
 
 @dataclass

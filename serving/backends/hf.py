@@ -47,15 +47,11 @@ def _attend(query_pos: torch.Tensor, res: _Resident, window: int | None) -> torc
 class _GrowableLayer(DynamicLayer):
     """A cache layer with spare capacity: appending writes in place instead of concatenating."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, cols: int) -> None:
+        """`k`, `v`: [batch, kv_heads, capacity, head_dim] buffers whose first `cols` columns are filled."""
         super().__init__()
-        self.is_initialized, self.device = True, keys.device
-        batch, heads, cols, dim = keys.shape
-        self._k = keys.new_empty((batch, heads, max(capacity, cols), dim))
-        self._v = values.new_empty((batch, heads, max(capacity, cols), dim))
-        self._k[:, :, :cols] = keys
-        self._v[:, :, :cols] = values
-        self.cols = cols
+        self.is_initialized, self.device = True, k.device
+        self._k, self._v, self.cols = k, v, cols
 
     @property
     def keys(self) -> torch.Tensor:
@@ -271,9 +267,11 @@ class HFBackend:
         res = res or self._resident
         layers = res.cache.layers
         cols = torch.nonzero(res.valid[seq.row]).squeeze(1).to(layers[0].keys.device)
-        kv = torch.stack([torch.stack([layer.keys[seq.row].index_select(1, cols),
-                                       layer.values[seq.row].index_select(1, cols)]) for layer in layers])
-        assert kv.shape[3] == seq.length, f"gathered {kv.shape[3]} positions for length {seq.length}"
+        assert len(cols) == seq.length, f"{len(cols)} valid positions for length {seq.length}"
+        kv = layers[0].keys.new_empty((len(layers), 2, self.kv_heads, seq.length, self.head_dim))
+        for i, layer in enumerate(layers):  # gathered straight into place: no intermediate copies
+            torch.index_select(layer.keys[seq.row], 1, cols, out=kv[i, 0])
+            torch.index_select(layer.values[seq.row], 1, cols, out=kv[i, 1])
         return kv
 
     def _rebuild(self, seqs: list[HFSequence]) -> None:
@@ -282,17 +280,17 @@ class HFBackend:
         batch, max_past = len(seqs), max(s.length for s in seqs)
         valid = torch.zeros((batch, max_past), dtype=torch.bool)
         pos = torch.full((batch, max_past), -1, dtype=torch.long)
-        # past: [layers, 2, batch, kv_heads, max_past, head_dim]
-        past = torch.zeros((self.num_layers, 2, batch, self.kv_heads, max_past, self.head_dim),
-                           dtype=self.model.dtype, device=self.device)
+        # every layer's K and V with spare capacity, in one buffer: [layers, 2, batch, kv_heads, capacity, head_dim]
+        buf = torch.empty((self.num_layers, 2, batch, self.kv_heads, 2 * max_past + 64, self.head_dim),
+                          dtype=self.model.dtype, device=self.device)
         for row, seq in enumerate(seqs):
             if seq.length:
-                past[:, :, row, :, : seq.length] = seq.kv
+                buf[:, :, row, :, : seq.length] = seq.kv
                 valid[row, : seq.length] = True
                 pos[row, : seq.length] = torch.arange(seq.length)
+            buf[:, :, row, :, seq.length : max_past] = 0  # holes are masked, but garbage could be NaN: 0 * NaN
             seq.row, seq.kv = row, None
-        capacity = 2 * max_past + 64
-        cache = Cache(layers=[_GrowableLayer(past[i, 0], past[i, 1], capacity) for i in range(self.num_layers)])
+        cache = Cache(layers=[_GrowableLayer(buf[i, 0], buf[i, 1], max_past) for i in range(self.num_layers)])
         self._resident = _Resident(list(seqs), cache, valid, pos)
 
     def _forward(self, new_ids: list[list[int]], want_hidden: bool) -> list[StepOutput | None]:

@@ -48,9 +48,9 @@ class Draft:
 
 @dataclass
 class Round:
-    """A speculative round in progress: the requests still drafting, and the batch size it opened with."""
+    """A speculative round in progress: the requests still drafting, and how many requests it holds."""
 
-    batch: int
+    batch: int = 0
     drafting: list[Request] = field(default_factory=list)
 
 

@@ -79,7 +79,8 @@ def speculative_step(engine: RoutedEngine, reqs: list[Request]) -> None:
     rnd = engine.round
     joining = rnd is not None
     if rnd is None:
-        rnd = engine.round = Round(batch=len(reqs))
+        rnd = engine.round = Round()
+    rnd.batch = len(reqs)  # the block sizer's batch: joiners make the passes wider
     for r in reqs:
         if not r.block:  # opening the round, or joining it
             r.block = block_size(r, engine.block, engine.costs, rnd.batch)

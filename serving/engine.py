@@ -47,14 +47,6 @@ class Draft:
 
 
 @dataclass
-class Round:
-    """A speculative round in progress: the requests still drafting, and how many requests it holds."""
-
-    batch: int = 0
-    drafting: list[Request] = field(default_factory=list)
-
-
-@dataclass
 class Request:
     """Decoding state of one request."""
 
@@ -166,7 +158,7 @@ class RoutedEngine:
         self.block = block or BlockConfig()
         self.costs = PassCosts()
         self.active: list[Request] = []
-        self.round: Round | None = None
+        self.drafting: list[Request] | None = None  # a speculative round in progress: who drafts on
 
     def add(self, prompts: list[list[int]], params: list[SamplingParams], policies: list[RoutingPolicy],
             modes: list[RoutingMode], keys: list[int]) -> list[Request]:
@@ -209,8 +201,8 @@ class RoutedEngine:
         """Drop a request now (a client went away); its KV is freed."""
         if req in self.active:
             self.active.remove(req)
-            if self.round is not None and req in self.round.drafting:
-                self.round.drafting.remove(req)
+            if self.drafting is not None and req in self.drafting:
+                self.drafting.remove(req)
             self._release(req)
 
     def _release(self, r: Request) -> None:

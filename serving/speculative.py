@@ -26,8 +26,7 @@ import torch
 
 from router.policies import RoutingPolicy
 from serving.backends.base import Backend
-from serving.engine import (BlockConfig, Draft, Request, Round, RoutedEngine, llm_feed, route, run_to_completion,
-                            slm_feed)
+from serving.engine import BlockConfig, Draft, Request, RoutedEngine, llm_feed, route, run_to_completion, slm_feed
 from serving.generation import Generation, RoutingMode, Source
 from serving.pass_costs import PassCosts
 from serving.sampling import SamplingParams, processed_probs
@@ -76,21 +75,18 @@ def speculative_step(engine: RoutedEngine, reqs: list[Request]) -> None:
     A block's last draft is not fed to the SLM while drafting: after verification the SLM is fed
     the last committed token (that draft, or the LLM's correction), so a rejection costs no extra
     SLM pass."""
-    rnd = engine.round
-    joining = rnd is not None
-    if rnd is None:
-        rnd = engine.round = Round()
-    rnd.batch = len(reqs)  # the block sizer's batch: joiners make the passes wider
+    joining = engine.drafting is not None
+    drafting = engine.drafting if joining else []
     for r in reqs:
         if not r.block:  # opening the round, or joining it
-            r.block = block_size(r, engine.block, engine.costs, rnd.batch)
+            r.block = block_size(r, engine.block, engine.costs, len(reqs))
             r.riding = joining
-            rnd.drafting.append(r)
-    with engine.costs.timing("draft", len(rnd.drafting)):
-        rnd.drafting = _draft_step(engine, rnd)
-    if rnd.drafting:
+            drafting.append(r)
+    with engine.costs.timing("draft", len(drafting)):
+        engine.drafting = _draft_step(engine, drafting, len(reqs))
+    if engine.drafting:
         return
-    engine.round = None
+    engine.drafting = None
     _verify(engine, reqs)
     running = [r for r in reqs if not r.done]
     for r in running:
@@ -112,14 +108,14 @@ def generate_speculative(slm: Backend, llm: Backend, policy: RoutingPolicy, prom
                              block)
 
 
-def _draft_step(engine: RoutedEngine, rnd: Round) -> list[Request]:
+def _draft_step(engine: RoutedEngine, drafting: list[Request], batch: int) -> list[Request]:
     """One drafted position for each drafting request, in one batched SLM pass; returns those that draft on.
 
     A request drafts up to its block size, or to a flag it should not draft past. The round lasts
     while some request wants to draft on. Requests that would stop at a flag ride along (up to their
     block size) meanwhile: the pass runs anyway, so their extra drafts cost one row each and are kept
-    whenever their flags are accepted; they do not make the round longer."""
-    drafting = rnd.drafting
+    whenever their flags are accepted; they do not make the round longer. `batch`: requests in the round
+    (joiners included), for the block sizer's costs."""
     scores, flagged = route(drafting, [len(r.tokens) + len(r.drafts) for r in drafting])
     wanting, rides = [], []
     for r, score, f in zip(drafting, scores, flagged):
@@ -134,7 +130,7 @@ def _draft_step(engine: RoutedEngine, rnd: Round) -> list[Request]:
         if k_left <= 0 or engine.stop_rule.check_tokens(r.prompt, r.out.token_ids + [d.token for d in r.drafts],
                                                         r.params) is not None:
             continue
-        if not r.riding and (not f or past_flag(r, k_left, engine.costs, rnd.batch)):
+        if not r.riding and (not f or past_flag(r, k_left, engine.costs, batch)):
             wanting.append(r)
         else:
             r.riding = True

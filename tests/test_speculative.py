@@ -151,8 +151,8 @@ def test_a_request_joins_the_round_in_progress() -> None:
     engine.step()
     late = engine.add([[3, 4]], [params], [policy], [RoutingMode.SPECULATIVE], [1])[0]
     engine.step()
-    assert len(late.drafts) == 1 and engine.round is not None
-    while engine.round is not None:
+    assert len(late.drafts) == 1 and engine.drafting is not None
+    while engine.drafting is not None:
         engine.step()
     assert (len(first.out.token_ids), len(late.out.token_ids)) == (8, 6)
     while engine.active:

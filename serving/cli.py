@@ -146,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--new-tokens", type=int, default=64)
     dec.add_argument("--repeats", type=int, default=3)
 
+    hl = bench_sub.add_parser("headline", help="LLM alone, SLM alone, lossless speculative and routed decoding "
+                              "(the default operating point), interleaved in one run: accuracy and tokens/s")
+    _add_pair_args(hl)
+    hl.add_argument("--n", type=int, default=200, help="test problems per family (default 200)")
+    hl.add_argument("--families", default="math,code", help="testbed families, comma-separated")
+    hl.add_argument("--batch-sizes", default="1,8,32", help="static batch sizes, comma-separated")
+    hl.add_argument("--out", type=Path, default=Path("bench/headline.json"),
+                    help="JSON out; the plots go beside it (<stem>_<family>.png)")
+
     sp = bench_sub.add_parser("speculative", help="sequential vs speculative routing throughput (learned router)")
     _add_pair_args(sp)
     sp.add_argument("--n", type=int, default=32, help="prompts (half math, half code test problems)")
@@ -198,8 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--tokenizer-dir", type=Path, default=TESTBED_DIR / "tokenizer")
     train = tb_sub.add_parser("train", help="train the SLM or LLM from scratch (resumable)")
     train.add_argument("--size", choices=["slm", "llm"], required=True)
-    train.add_argument("--steps", type=int, default=None, help="default: 800 (slm), 1500 (llm)")
-    train.add_argument("--lr", type=float, default=None, help="default: 3e-3 (slm), 2e-3 (llm)")
+    train.add_argument("--steps", type=int, default=None, help="default: 800 (slm), 1200 (llm)")
+    train.add_argument("--lr", type=float, default=None, help="default: 3e-3 (slm), 1.5e-3 (llm)")
     train.add_argument("--ckpt-dir", type=Path, default=None, help="default: runs/testbed/ckpt-<size>")
     train.add_argument("--threads", type=int, default=2)
     train.add_argument("--init-from", type=Path, default=None,
@@ -318,6 +327,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         cross = load_pair(PairSpec("testbed-x", pair.spec.slm, args.llm_x or preset.llm, args.router_x or preset.router),
                           args.device)
         return _write_bench(args.out, cross_bench(pair, cross, cfg))
+    if args.bench == "headline":
+        return _bench_headline(args)
     pair = _load_pair(args)
     if args.bench == "handoff":
         from evals.testbed.cross_bench import handoff_cost
@@ -350,6 +361,39 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         prompts = [pair.encode_chat([{"role": "user", "content": p.prompt}]) for p in heldout("math", "test", 16)]
         result = bench_decode(pair, prompts, DecodeBenchConfig(new_tokens=args.new_tokens, repeats=args.repeats))
     return _write_bench(args.out, result)
+
+
+def _bench_headline(args: argparse.Namespace) -> int:
+    from evals.bench.headline import HeadlineConfig, bench_headline
+    from evals.bench.headline_plot import plot_headline
+    from evals.testbed.splits import FAMILIES, heldout
+    from evals.testbed.tokenizer import chat_text
+
+    batches = _floats(args.batch_sizes, "--batch-sizes")
+    if any(b != int(b) for b in batches):
+        raise ValueError(f"--batch-sizes must be positive integers, got {args.batch_sizes!r}")
+    cfg = HeadlineConfig(n_problems=args.n, batch_sizes=tuple(int(b) for b in batches))  # checks before loading
+    families = [f.strip() for f in args.families.split(",")]
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown testbed families {unknown}; known: {', '.join(FAMILIES)}")
+    if cfg.n_problems > 1000 - cfg.warmup_problems:
+        raise ValueError(f"--n must be at most {1000 - cfg.warmup_problems} (the test split's size less warm-up)")
+    pair = _load_pair(args)
+    routed = pair.policy(pair.default_policy)
+
+    def encode(problem) -> list[int]:
+        return list(pair.tokenizer(chat_text(problem.prompt))["input_ids"])
+
+    problems = {}
+    for f in families:
+        split = heldout(f, "test", cfg.n_problems + cfg.warmup_problems)
+        problems[f] = (split[cfg.warmup_problems :], split[: cfg.warmup_problems])
+    result = bench_headline(pair, routed, problems, cfg, encode, progress=lambda what: print(what, file=sys.stderr))
+    _write_bench(args.out, result)
+    for path in plot_headline(result, args.out.with_suffix("")):
+        print(f"plot: {path}", file=sys.stderr)
+    return 0
 
 
 HANDOFF_PROMPTS = [
@@ -502,7 +546,7 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
     if args.testbed == "train":
         from evals.testbed.train import TrainConfig, train
 
-        defaults = {"slm": (800, 3e-3), "llm": (1500, 2e-3)}[args.size]
+        defaults = {"slm": (800, 3e-3), "llm": (1200, 1.5e-3)}[args.size]
         families, weights = _family_weights(args.family_weights)
         cfg = TrainConfig(size=args.size, tokenizer_dir=args.tokenizer_dir or TESTBED_DIR / "tokenizer",
                           out_dir=args.out or TESTBED_DIR / args.size,

@@ -1,0 +1,192 @@
+"""`r2r bench headline`: routed decoding against what a user would pick instead, in one run.
+
+Configurations (greedy; each family's held-out test problems; static batches of 1, 8, 32):
+  llm_alone              the LLM as the only model: no SLM pass, no router.
+  slm_alone              the SLM as the only model.
+  lossless_speculative   the SLM drafts, the LLM verifies every drafted position (the `llm` policy in
+                         speculative mode): the LLM's own output, blocks sized by the engine's cost model.
+  routed_sequential      the learned router at the pair's default operating point, sequential routing.
+  routed_speculative     the same router, speculative routing (same output as sequential).
+
+Configurations interleave: problems go in chunks, every configuration runs each chunk before the next
+chunk starts, in an order that rotates, so this machine's drift (+-15% between runs) hits all alike. Each
+configuration keeps one engine for the whole run (its measured pass costs carry over between chunks) and
+is warmed up on problems outside the measured set first.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from evals.bench.step_costs import ProbeConfig, bare_forward_ms, probe_costs, routed_bounds
+from evals.report import wilson
+from evals.testbed.problem import Problem, grade
+from router.policies import AlwaysLLM, AlwaysSLM, RoutingPolicy
+from serving.engine import RoutedEngine, run_engine
+from serving.generation import Generation, RoutingMode
+from serving.pair import ModelPair
+from serving.sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+
+MAX_NEW_TOKENS = 200  # the testbed evaluation's generation limit
+
+
+class Config(str, Enum):
+    LLM_ALONE = "llm_alone"
+    SLM_ALONE = "slm_alone"
+    LOSSLESS_SPECULATIVE = "lossless_speculative"
+    ROUTED_SEQUENTIAL = "routed_sequential"
+    ROUTED_SPECULATIVE = "routed_speculative"
+
+
+@dataclass(frozen=True)
+class HeadlineConfig:
+    n_problems: int = 200
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    chunk: int = 8  # problems per interleaved chunk (at least one batch)
+    warmup_problems: int = 2
+    max_tokens: int = MAX_NEW_TOKENS
+    probe: ProbeConfig = ProbeConfig()
+
+    def __post_init__(self) -> None:
+        if self.n_problems < 1:
+            raise ValueError(f"--n must be at least 1, got {self.n_problems}")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ValueError(f"batch sizes must be positive, got {list(self.batch_sizes)}")
+        if self.chunk < 1 or self.warmup_problems < 1:
+            raise ValueError(f"chunk and warmup_problems must be positive, got {self.chunk}, {self.warmup_problems}")
+
+
+@dataclass
+class _Run:
+    """One configuration's engine and what it has produced so far."""
+
+    engine: RoutedEngine
+    policy: RoutingPolicy
+    mode: RoutingMode
+    gens: list[Generation]
+    seconds: float = 0.0
+
+
+def _runs(pair: ModelPair, routed: RoutingPolicy) -> dict[Config, _Run]:
+    rule = pair.stop_rule()
+
+    def run(slm, llm, policy: RoutingPolicy, mode: RoutingMode) -> _Run:
+        return _Run(RoutedEngine(slm, llm, rule), policy, mode, [])
+
+    return {Config.LLM_ALONE: run(pair.llm, pair.llm, AlwaysSLM(), RoutingMode.SEQUENTIAL),
+            Config.SLM_ALONE: run(pair.slm, pair.slm, AlwaysSLM(), RoutingMode.SEQUENTIAL),
+            Config.LOSSLESS_SPECULATIVE: run(pair.slm, pair.llm, AlwaysLLM(), RoutingMode.SPECULATIVE),
+            Config.ROUTED_SEQUENTIAL: run(pair.slm, pair.llm, routed, RoutingMode.SEQUENTIAL),
+            Config.ROUTED_SPECULATIVE: run(pair.slm, pair.llm, routed, RoutingMode.SPECULATIVE)}
+
+
+def _decode(run: _Run, prompts: list[list[int]], batch: int, params: SamplingParams, key0: int) -> list[Generation]:
+    out: list[Generation] = []
+    for i in range(0, len(prompts), batch):
+        chunk = prompts[i : i + batch]
+        keys = list(range(key0 + i, key0 + i + len(chunk)))
+        out += run_engine(run.engine, chunk, [params] * len(chunk), [run.policy] * len(chunk), run.mode, keys)
+    return out
+
+
+def _summary(name: Config, run: _Run, problems: list[Problem]) -> dict:
+    tokens = sum(len(g.token_ids) for g in run.gens)
+    correct = sum(grade(p, g.text) for p, g in zip(problems, run.gens))
+    if name == Config.LLM_ALONE:  # the LLM plays the engine's only model: its passes are the SLM counters
+        llm_tokens, llm_passes = tokens, sum(g.stats.slm_passes for g in run.gens)
+    elif name == Config.SLM_ALONE:
+        llm_tokens = llm_passes = 0
+    else:
+        llm_tokens, llm_passes = (sum(g.stats.llm_tokens for g in run.gens), sum(g.stats.llm_passes for g in run.gens))
+    return {"accuracy": correct / len(problems), "ci95": list(wilson(correct, len(problems))),
+            "tokens_per_s": tokens / run.seconds, "output_tokens": tokens, "seconds": run.seconds,
+            "llm_share": llm_tokens / tokens, "llm_passes_per_token": llm_passes / tokens}
+
+
+def bench_family(pair: ModelPair, routed: RoutingPolicy, problems: list[Problem], warmup: list[Problem],
+                 batch: int, cfg: HeadlineConfig, encode: Callable[[Problem], list[int]]) -> dict:
+    """Every configuration on `problems` at one batch size, interleaved by chunks (module docstring)."""
+    params = SamplingParams(max_tokens=cfg.max_tokens)
+    runs = _runs(pair, routed)
+    prompts = [encode(p) for p in problems]
+    for run in runs.values():  # warm-up: outside the measured problems and time
+        _decode(run, [encode(p) for p in warmup], batch, params, key0=10**6)
+    chunk = max(cfg.chunk, batch)
+    order = list(runs)
+    for n, start in enumerate(range(0, len(prompts), chunk)):
+        rotated = order[n % len(order):] + order[: n % len(order)]
+        for name in rotated:
+            run = runs[name]
+            t0 = time.perf_counter()
+            run.gens += _decode(run, prompts[start : start + chunk], batch, params, key0=start)
+            run.seconds += time.perf_counter() - t0
+    result: dict = {}
+    for name, run in runs.items():
+        result[name.value] = _summary(name, run, problems)
+    ids = {name: [g.token_ids for g in run.gens] for name, run in runs.items()}
+    result[Config.LOSSLESS_SPECULATIVE.value]["identical_to_llm_alone"] = (
+        ids[Config.LOSSLESS_SPECULATIVE] == ids[Config.LLM_ALONE])
+    result[Config.ROUTED_SPECULATIVE.value]["identical_to_sequential"] = (
+        ids[Config.ROUTED_SPECULATIVE] == ids[Config.ROUTED_SEQUENTIAL])
+    return result
+
+
+def bench_headline(pair: ModelPair, routed: RoutingPolicy, families: dict[str, tuple[list[Problem], list[Problem]]],
+                   cfg: HeadlineConfig, encode: Callable[[Problem], list[int]],
+                   progress: Callable[[str], None] | None = None) -> dict:
+    """The headline JSON: {family: {batch_B: {config: {...}}}, "meta": {...}}. `families` maps a family to
+    (measured problems, warm-up problems)."""
+    result: dict = {}
+    for family, (problems, warmup) in families.items():
+        result[family] = {}
+        for batch in cfg.batch_sizes:
+            if progress:
+                progress(f"{family} batch {batch}")
+            result[family][f"batch_{batch}"] = bench_family(pair, routed, problems, warmup, batch, cfg, encode)
+    probe_prompts = [encode(p) for p in next(iter(families.values()))[0]]
+    result["meta"] = _meta(pair, routed, result, probe_prompts, cfg)
+    return result
+
+
+def _meta(pair: ModelPair, routed: RoutingPolicy, result: dict, prompts: list[list[int]], cfg: HeadlineConfig) -> dict:
+    """Pass costs per batch size, the bounds they imply for each routed configuration's measured share,
+    and the batch-1 step-overhead figures."""
+    from serving.backends.hf import HFBackend
+
+    meta: dict = {"pair": pair.spec.name, "n_problems": cfg.n_problems, "max_tokens": cfg.max_tokens,
+                  "routed_policy": routed.kind.value, "routed_threshold": routed.threshold,
+                  "batch_sizes": list(cfg.batch_sizes), "pass_costs": {}, "bounds": {}}
+    families = [f for f in result if f != "meta"]
+    for batch in cfg.batch_sizes:
+        rows = [prompts[i % len(prompts)] for i in range(batch)]
+        costs = probe_costs(pair.slm, pair.llm, routed, rows, cfg.probe)
+        meta["pass_costs"][f"batch_{batch}"] = costs
+        bounds = {}
+        for family in families:
+            entry = result[family][f"batch_{batch}"]
+            for name, mode in ((Config.ROUTED_SEQUENTIAL, "sequential"), (Config.ROUTED_SPECULATIVE, "speculative"),
+                               (Config.LOSSLESS_SPECULATIVE, "speculative")):
+                measured = entry[name.value]
+                bound = routed_bounds(costs, batch, measured["llm_share"])
+                ratio = measured["tokens_per_s"] / entry[Config.LLM_ALONE.value]["tokens_per_s"]
+                bounds[f"{family}/{name.value}"] = {
+                    "bound_tokens_per_s": bound[f"{mode}_tokens_per_s"],
+                    "bound_over_llm_alone": bound[f"{mode}_over_llm_alone"],
+                    "measured_over_llm_alone": ratio,
+                    "measured_over_bound": measured["tokens_per_s"] / bound[f"{mode}_tokens_per_s"]}
+        meta["bounds"][f"batch_{batch}"] = bounds
+    one = meta["pass_costs"].get("batch_1")
+    if one is not None:
+        draft = one["slm_step_ms"] + one["router_ms"]
+        step = {"slm_step_plus_router_ms": draft, "router_over_slm_step": one["router_ms"] / one["slm_step_ms"],
+                "llm_step_over_slm_step_plus_router": one["llm_step_ms"] / draft}
+        if isinstance(pair.slm, HFBackend):
+            bare = bare_forward_ms(pair.slm.model, prompts[0], cfg.probe.repeats)
+            step |= {"slm_bare_forward_ms": bare, "slm_step_plus_router_over_bare": draft / bare}
+        meta["step_overhead_batch_1"] = step
+    return meta

@@ -33,22 +33,15 @@ done
 cp runs/router_budget_onpolicy_code.json bench/router_budget_code.json
 cp runs/router_budget_onpolicy_math.json bench/router_budget_math.json
 # the default router's operating point, chosen on validation only: the smallest budget whose validation accuracy
-# is within 1 point of the accuracy at its plateau budget
+# is within 1 point of the accuracy at its plateau budget; it becomes the router's default threshold
 for family in code math; do
   $R2R bench router-budget --family $family --budgets 0.05,0.06,0.07,0.08,0.09,0.10,0.11,0.12,0.13,0.14,0.15 \
     --out runs/router_low_budget_$family.json
 done
-rule=$(python3 - <<'PY'
-import json
-picked = {}
-for f in ("math", "code"):
-    top = json.load(open(f"runs/router_budget_onpolicy_{f}.json"))
-    plateau = top["budgets"][f"{top['chosen']:.2f}"]["accuracy"]
-    low = json.load(open(f"runs/router_low_budget_{f}.json"))["budgets"]
-    picked[f] = min(float(b) for b, r in low.items() if r["accuracy"] >= plateau - 0.01)
-print(",".join(f"{f}={b}" for f, b in picked.items()))
-PY
-)
+$R2R bench operating-point --router models/testbed/router \
+  --plateau runs/router_budget_onpolicy_math.json runs/router_budget_onpolicy_code.json \
+  --low runs/router_low_budget_math.json runs/router_low_budget_code.json --out bench/router_default.json
+rule=$(python3 -c "import json; print(json.load(open('bench/router_default.json'))['chosen'])")
 # the issue's bar (and the default router's card) at that operating point
 $R2R bench router --labels data/labels/testbed-math data/labels/testbed-code --share "$rule" --out bench/router_testbed.json
 # both routers at the operating point, at 10% and at their plateau budgets

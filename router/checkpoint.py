@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from router.features import features_from_outputs
-from router.model import RouterConfig, RouterNet
+from router.model import FoldedRouter, RouterConfig, RouterNet
 from router.policies import PolicyKind, RouteInput
 from router.train import share_threshold
 
@@ -34,6 +34,17 @@ def save_router(out_dir: Path, net: RouterNet, meta: dict) -> None:
     (out_dir / CONFIG).write_text(json.dumps({"config": net.cfg.to_json(), **meta}, indent=2) + "\n")
 
 
+def curve_threshold(curve: list[list[float]], share: float) -> float:
+    """The threshold a share curve (`share_curve`) gives for routing about `share` of tokens to the LLM."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"llm_share must be in [0, 1], got {share}")
+    if share <= 0.0:
+        return 1.0
+    if share >= 1.0:
+        return -1.0
+    return float(np.interp(share, [s for s, _ in curve], [t for _, t in curve]))
+
+
 @dataclass
 class LearnedPolicy:
     """The trained router as a RoutingPolicy: score = sigmoid(router(features))."""
@@ -43,27 +54,36 @@ class LearnedPolicy:
     curve: list[list[float]] = field(default_factory=list)
     kind: PolicyKind = PolicyKind.LEARNED
     needs_hidden: bool = True
+    folded: FoldedRouter | None = field(default=None, repr=False)  # built from `net` on first use
 
     def scores(self, inputs: RouteInput) -> torch.Tensor:
         assert inputs.hidden is not None, "the learned router needs the SLM's hidden states"
+        if self.folded is None:
+            self.folded = FoldedRouter(self.net)
         feats = features_from_outputs(inputs.logits, inputs.hidden, self.net.cfg.top_k)
-        with torch.inference_mode():
-            return torch.sigmoid(self.net(feats))
+        with torch.no_grad():
+            return torch.sigmoid(self.folded(feats.hidden, feats.token, feats.topk))
 
     def threshold_for_share(self, share: float) -> float:
         """The validation-calibrated threshold that routes about `share` of tokens to the LLM."""
-        if not 0.0 <= share <= 1.0:
-            raise ValueError(f"llm_share must be in [0, 1], got {share}")
-        if share <= 0.0:
-            return 1.0
-        if share >= 1.0:
-            return -1.0
-        shares = [s for s, _ in self.curve]
-        thresholds = [t for _, t in self.curve]
-        return float(np.interp(share, shares, thresholds))
+        return curve_threshold(self.curve, share)
 
     def with_threshold(self, threshold: float) -> LearnedPolicy:
-        return LearnedPolicy(self.net, threshold, self.curve)
+        return LearnedPolicy(self.net, threshold, self.curve, folded=self.folded)
+
+
+def set_default_threshold(router_dir: Path, share: float, rule: str) -> float:
+    """Make the threshold that routes `share` of validation tokens (the router's own share curve) the
+    router's default, recording the operating point and the rule that chose it; returns the threshold."""
+    path = router_dir / CONFIG
+    if not path.exists():
+        raise FileNotFoundError(f"no router checkpoint at {router_dir} ({CONFIG} expected)")
+    meta = json.loads(path.read_text())
+    threshold = curve_threshold(meta.get("share_curve", []), share)
+    meta["thresholds"]["operating_point"] = {"share": share, "threshold": threshold, "rule": rule}
+    meta["thresholds"]["default"] = meta["threshold"] = threshold
+    path.write_text(json.dumps(meta, indent=2) + "\n")
+    return threshold
 
 
 def load_router(router_dir: Path, slm_fingerprint: str, embeddings: torch.Tensor) -> LearnedPolicy:

@@ -73,3 +73,42 @@ class RouterNet(nn.Module):
 
     def n_trainable(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+class FoldedRouter:
+    """A trained `RouterNet` in the form decoding calls it: the top-token embedding and the top-k projection
+    folded into the input layer, and the blocks called through `torch.nn.functional` without module calls.
+
+    Why: at batch 1 on a CPU the router is a couple of dozen tiny ops, each costing its dispatch, not its
+    arithmetic. The input layer sees [hidden, E[token], P topk + p], so W [h; e; t] + b equals
+    W_h hidden + (E W_e^T)[token] + (W_t P) topk + (b + W_t p): one table lookup and one matmul replace the
+    embedding gather, the projection, the concatenation of three parts and the input layer. Equal to the
+    network up to float rounding; eval mode only (no dropout)."""
+
+    def __init__(self, net: RouterNet) -> None:
+        cfg, h, e = net.cfg, net.cfg.hidden_size, net.cfg.embed_size
+        with torch.no_grad():
+            w = net.inp.weight  # [width, 2 * hidden + embed]: hidden | embed | projected top-k
+            w_h, w_e, w_t = w[:, :h], w[:, h : h + e], w[:, h + e :]
+            # [vocab, width]: each token's embedding through the input layer, plus every constant of that layer
+            self.token_rows = (net.embeddings @ w_e.T + net.inp.bias + w_t @ net.topk_proj.bias).detach()
+            self.w_in = torch.cat([w_h, w_t @ net.topk_proj.weight], dim=1).T.contiguous().detach()  # [h + k, width]
+            self.blocks = [tuple(t.detach() for t in (b.norm.weight, b.norm.bias, b.mlp[0].weight, b.mlp[0].bias,
+                                                      b.mlp[3].weight, b.mlp[3].bias)) for b in net.blocks]
+            self.out_norm = (net.out_norm.weight.detach(), net.out_norm.bias.detach())
+            self.head = (net.head.weight.detach(), net.head.bias.detach())
+        self.eps = [b.norm.eps for b in net.blocks] + [net.out_norm.eps]
+        self.width, self.top_k = cfg.width, cfg.top_k
+
+    def __call__(self, hidden: torch.Tensor, token: torch.Tensor, topk: torch.Tensor) -> torch.Tensor:
+        """hidden [batch, hidden], token [batch] int64, topk [batch, k] -> divergence logits [batch]."""
+        assert hidden.shape[0] == token.shape[0] == topk.shape[0] and topk.shape[1] == self.top_k, (
+            f"feature shapes disagree: {tuple(hidden.shape)}, {tuple(token.shape)}, {tuple(topk.shape)}")
+        from torch.nn import functional as F
+
+        shape = (self.width,)
+        x = torch.addmm(self.token_rows[token], torch.cat([hidden, topk], dim=1), self.w_in)  # [batch, width]
+        for (nw, nb, w1, b1, w2, b2), eps in zip(self.blocks, self.eps):
+            x = x + F.linear(F.gelu(F.linear(F.layer_norm(x, shape, nw, nb, eps), w1, b1)), w2, b2)
+        x = F.layer_norm(x, shape, *self.out_norm, self.eps[-1])
+        return F.linear(x, *self.head).squeeze(-1)

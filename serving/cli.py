@@ -200,6 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--n", type=int, default=300, help="validation problems")
     bb.add_argument("--out", type=Path, default=Path("bench/router_budget.json"))
 
+    op = bench_sub.add_parser("operating-point", help="choose each family's learned-router budget from "
+                              "router-budget runs on validation and make it the router's default threshold")
+    op.add_argument("--router", type=Path, default=TESTBED_DIR / "router", help="router checkpoint to update")
+    op.add_argument("--plateau", type=Path, nargs="+", required=True,
+                    help="router-budget JSON per family over large budgets (the LLM's plateau)")
+    op.add_argument("--low", type=Path, nargs="+", required=True,
+                    help="router-budget JSON per family over small budgets (the candidates)")
+    op.add_argument("--tolerance", type=float, default=0.01, help="accuracy below the plateau allowed (default 0.01)")
+    op.add_argument("--out", type=Path, default=Path("bench/router_default.json"))
+
     tb = sub.add_parser("testbed", help="build the testbed pair: task data, tokenizer, training, evaluation")
     tb_sub = tb.add_subparsers(dest="testbed", required=True)
     data = tb_sub.add_parser("data", help="write the held-out splits as JSONL and train the tokenizer")
@@ -329,6 +339,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return _write_bench(args.out, cross_bench(pair, cross, cfg))
     if args.bench == "headline":
         return _bench_headline(args)
+    if args.bench == "operating-point":
+        return _bench_operating_point(args)
     pair = _load_pair(args)
     if args.bench == "handoff":
         from evals.testbed.cross_bench import handoff_cost
@@ -394,6 +406,36 @@ def _bench_headline(args: argparse.Namespace) -> int:
     for path in plot_headline(result, args.out.with_suffix("")):
         print(f"plot: {path}", file=sys.stderr)
     return 0
+
+
+def _bench_operating_point(args: argparse.Namespace) -> int:
+    from evals.testbed.router_bar import OPERATING_POINT_RULE, operating_point
+    from router.checkpoint import set_default_threshold
+
+    def by_family(paths: list[Path], flag: str) -> dict[str, dict]:
+        runs = {}
+        for path in paths:
+            if not path.exists():
+                raise FileNotFoundError(f"{flag}: no such file {path}")
+            run = json.loads(path.read_text())
+            if "family" not in run or "budgets" not in run:
+                raise ValueError(f"{flag}: {path} is not a `r2r bench router-budget` result")
+            runs[run["family"]] = run
+        return runs
+
+    plateau, low = by_family(args.plateau, "--plateau"), by_family(args.low, "--low")
+    if set(plateau) != set(low):
+        raise ValueError(f"--plateau covers {sorted(plateau)} but --low {sorted(low)}")
+    chosen = {f: operating_point(plateau[f], low[f], args.tolerance) for f in sorted(plateau)}
+    max_share = max(run["max_share"] for run in plateau.values())
+    rule = OPERATING_POINT_RULE.format(points=100 * args.tolerance, max_share=max_share)
+    # one default for every family: the largest family budget, so no family falls below its plateau
+    share = max(chosen.values())
+    threshold = set_default_threshold(args.router, share, rule)
+    result = {"rule": rule, "chosen": ",".join(f"{f}={b:g}" for f, b in chosen.items()), "default_share": share,
+              "default_threshold": threshold, "router": str(_shown(args.router)), "validation": low,
+              "plateau": plateau}
+    return _write_bench(args.out, result)
 
 
 HANDOFF_PROMPTS = [

@@ -77,8 +77,9 @@ def test_lossless_is_the_llm_alone(result_and_pair) -> None:
     (["--batch-sizes", "1.5"], "--batch-sizes must be positive integers"),
 ])
 def test_bad_flags_are_one_line_exit_2(args: list[str], fragment: str, tmp_path) -> None:
-    proc = subprocess.run([sys.executable, "-c", "from serving.cli import main_entry; main_entry()", "bench", "headline", *args,
-                           "--out", str(tmp_path / "h.json")], capture_output=True, text=True, timeout=120)
+    cli = [sys.executable, "-c", "from serving.cli import main_entry; main_entry()"]
+    proc = subprocess.run([*cli, "bench", "headline", *args, "--out", str(tmp_path / "h.json")], capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], proc.stderr

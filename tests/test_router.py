@@ -7,7 +7,7 @@ import torch
 
 from router.checkpoint import LearnedPolicy, load_router, save_router, share_curve
 from router.features import features_from_outputs, topk_logprobs
-from router.model import RouterConfig, RouterNet
+from router.model import FoldedRouter, RouterConfig, RouterNet
 from router.policies import RouteInput, flags
 from router.train import LabelTensors, TrainConfig, calibrate, metrics, predict, split_by_prompt, train_router
 
@@ -94,6 +94,22 @@ def test_learned_policy_scores_and_share_budget() -> None:
     assert abs(flags(budget, inputs)[1].float().mean().item() - 0.2) < 0.02
     m = metrics(probs.numpy(), (probs.numpy() > 0.5).astype(int), 0.5)
     assert m["recall"] == 1.0 and m["precision"] == 1.0
+
+
+def test_folded_router_equals_the_network() -> None:
+    """The decoding form (embedding and top-k projection folded into the input layer) computes the same
+    logits as the trained modules, on weights far from their init so every folded term matters."""
+    g = torch.Generator().manual_seed(3)
+    net = RouterNet(RouterConfig(hidden_size=HIDDEN, embed_size=12, top_k=K, width=24, depth=2),
+                    torch.randn(VOCAB, 12, generator=g)).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, 0.3, generator=g)
+    logits, hidden = torch.randn(64, VOCAB, generator=g), torch.randn(64, HIDDEN, generator=g)
+    feats = features_from_outputs(logits, hidden, K)
+    with torch.no_grad():
+        torch.testing.assert_close(FoldedRouter(net)(feats.hidden, feats.token, feats.topk), net(feats),
+                                   rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("bad", [{"epochs": 0}, {"batch_size": 0}, {"lr": 0.0}, {"target_recall": 1.5},

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from evals.bench.step_costs import ProbeConfig, bare_forward_ms, probe_costs, routed_bounds
+from evals.bench.step_costs import ProbeConfig, probe_costs, routed_bounds
 from evals.report import wilson
 from evals.testbed.problem import Problem, grade
 from router.policies import AlwaysLLM, AlwaysSLM, RoutingPolicy
@@ -164,7 +164,8 @@ def _meta(pair: ModelPair, routed: RoutingPolicy, result: dict, prompts: list[li
     families = [f for f in result if f != "meta"]
     for batch in cfg.batch_sizes:
         rows = [prompts[i % len(prompts)] for i in range(batch)]
-        costs = probe_costs(pair.slm, pair.llm, routed, rows, cfg.probe)
+        bare = pair.slm.model if batch == 1 and isinstance(pair.slm, HFBackend) else None
+        costs = probe_costs(pair.slm, pair.llm, routed, rows, cfg.probe, bare)
         meta["pass_costs"][f"batch_{batch}"] = costs
         bounds = {}
         for family in families:
@@ -185,8 +186,8 @@ def _meta(pair: ModelPair, routed: RoutingPolicy, result: dict, prompts: list[li
         draft = one["slm_step_ms"] + one["router_ms"]
         step = {"slm_step_plus_router_ms": draft, "router_over_slm_step": one["router_ms"] / one["slm_step_ms"],
                 "llm_step_over_slm_step_plus_router": one["llm_step_ms"] / draft}
-        if isinstance(pair.slm, HFBackend):
-            bare = bare_forward_ms(pair.slm.model, prompts[0], cfg.probe.repeats)
-            step |= {"slm_bare_forward_ms": bare, "slm_step_plus_router_over_bare": draft / bare}
+        if "slm_bare_forward_ms" in one:
+            step |= {"slm_bare_forward_ms": one["slm_bare_forward_ms"],
+                     "slm_step_plus_router_over_bare": draft / one["slm_bare_forward_ms"]}
         meta["step_overhead_batch_1"] = step
     return meta

@@ -24,8 +24,8 @@ def plot_headline(result: dict, out_prefix: Path) -> list[Path]:
             for name, run in configs.items():
                 lo, hi = run["ci95"]
                 ax.errorbar([run["tokens_per_s"]], [run["accuracy"]],
-                            yerr=[[max(0.0, run["accuracy"] - lo)], [max(0.0, hi - run["accuracy"])]], marker=MARKERS.get(name, "o"),
-                            markersize=9, capsize=3, linestyle="none", label=name)
+                            yerr=[[max(0.0, run["accuracy"] - lo)], [max(0.0, hi - run["accuracy"])]],
+                            marker=MARKERS.get(name, "o"), markersize=9, capsize=3, linestyle="none", label=name)
             ax.set_title(f"{family}, {batch.replace('_', ' ')}")
             ax.set_xlabel("output tokens/s")
             ax.set_ylabel("accuracy")

@@ -32,7 +32,7 @@ from serving.engine import route_rows
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    repeats: int = 15
+    repeats: int = 30  # the LLM rows grow by 1 + catchup_tokens per repeat
     catchup_tokens: int = 8
 
     def __post_init__(self) -> None:
@@ -40,20 +40,26 @@ class ProbeConfig:
             raise ValueError(f"need repeats >= 1 and catchup_tokens >= 2, got {self.repeats}, {self.catchup_tokens}")
 
 
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def _interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median ms of each function, called in turn `repeats` times (after one warm call each): drift on this
+    machine hits all of them alike."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
-def probe_costs(slm: Backend, llm: Backend, policy: RoutingPolicy, prompts: list[list[int]],
-                cfg: ProbeConfig) -> dict[str, float]:
-    """ms of each kind of pass for len(prompts) rows (sequences opened here and closed after)."""
-    b = len(prompts)
+def probe_costs(slm: Backend, llm: Backend, policy: RoutingPolicy, prompts: list[list[int]], cfg: ProbeConfig,
+                bare_slm: torch.nn.Module | None = None) -> dict[str, float]:
+    """ms of each kind of pass for len(prompts) rows (sequences opened here and closed after), interleaved;
+    with `bare_slm` (batch 1 only) the same SLM called directly through transformers too."""
+    b, m = len(prompts), cfg.catchup_tokens
+    assert bare_slm is None or b == 1, "the bare forward is measured at batch 1"
     slm_seqs = [s for s, _ in slm.open(prompts, want_hidden=True)]
     llm_seqs = [s for s, _ in llm.open(prompts)]
     last: list = []
@@ -65,21 +71,21 @@ def probe_costs(slm: Backend, llm: Backend, policy: RoutingPolicy, prompts: list
         route_rows([policy] * b, [o.logits[-1] for o in last], [o.hidden[-1] for o in last],
                    [s.length for s in slm_seqs], list(range(b)))
 
+    fns = {"slm_step_ms": slm_step, "router_ms": router,
+           "llm_step_ms": lambda: llm.extend(llm_seqs, [[p[-1]] for p in prompts]),
+           f"llm_catchup_{m}_ms": lambda: llm.extend(llm_seqs, [[p[-1]] * m for p in prompts])}
+    if bare_slm is not None:
+        fns["slm_bare_forward_ms"] = _bare_forward(bare_slm, prompts[0])
     try:
-        slm_ms = _median_ms(slm_step, cfg.repeats)
-        router_ms = _median_ms(router, cfg.repeats)
-        llm_ms = _median_ms(lambda: llm.extend(llm_seqs, [[p[-1]] for p in prompts]), cfg.repeats)
-        m = cfg.catchup_tokens
-        catchup_ms = _median_ms(lambda: llm.extend(llm_seqs, [[p[-1]] * m for p in prompts]), cfg.repeats)
+        costs = _interleaved_ms(fns, cfg.repeats)
     finally:
         for s in slm_seqs:
             slm.close(s)
         for s in llm_seqs:
             llm.close(s)
-    per_token = max(0.0, (catchup_ms - llm_ms) / (b * (m - 1)))
-    return {"slm_step_ms": slm_ms, "router_ms": router_ms, "llm_step_ms": llm_ms,
-            f"llm_catchup_{m}_ms": catchup_ms, "llm_pass_fixed_ms": max(0.0, llm_ms - b * per_token),
-            "llm_catchup_ms_per_token": per_token}
+    per_token = max(0.0, (costs[f"llm_catchup_{m}_ms"] - costs["llm_step_ms"]) / (b * (m - 1)))
+    return costs | {"llm_pass_fixed_ms": max(0.0, costs["llm_step_ms"] - b * per_token),
+                    "llm_catchup_ms_per_token": per_token}
 
 
 def routed_bounds(costs: dict[str, float], batch: int, share: float) -> dict[str, float]:
@@ -96,17 +102,18 @@ def routed_bounds(costs: dict[str, float], batch: int, share: float) -> dict[str
             "sequential_over_llm_alone": seq / alone, "speculative_over_llm_alone": spec / alone}
 
 
-def bare_forward_ms(model: torch.nn.Module, prompt: list[int], repeats: int) -> float:
-    """Batch-1 decode step of a transformers model called directly with a plain `DynamicCache`."""
+def _bare_forward(model: torch.nn.Module, prompt: list[int]) -> Callable[[], None]:
+    """A batch-1 decode step of a transformers model called directly with a plain `DynamicCache`."""
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
+    cache = DynamicCache()
     with torch.inference_mode():
-        cache = DynamicCache()
         model(input_ids=torch.tensor([prompt], device=device), past_key_values=cache, use_cache=True)
-        step = torch.tensor([[prompt[-1]]], device=device)
+    step = torch.tensor([[prompt[-1]]], device=device)
 
-        def forward() -> None:
+    def forward() -> None:
+        with torch.inference_mode():
             model(input_ids=step, past_key_values=cache, use_cache=True)
 
-        return _median_ms(forward, repeats)
+    return forward

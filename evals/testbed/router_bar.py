@@ -78,3 +78,24 @@ def choose_budget(pair: ModelPair, family: str, budgets: list[float], max_share:
     fitting = [float(b) for b, row in rows.items() if row["llm_share"] <= max_share]
     return {"family": family, "split": "validation", "n_problems": n, "max_share": max_share, "budgets": rows,
             "chosen": max(fitting) if fitting else None}
+
+
+OPERATING_POINT_RULE = ("the smallest budget whose validation accuracy is within {points:g} point(s) of the accuracy "
+                        "at the largest budget whose routed LLM share stays within {max_share:.0%}")
+
+
+def operating_point(plateau: dict, low: dict, tolerance: float = 0.01) -> float:
+    """A family's default LLM-share budget, from two `choose_budget` runs on validation problems: the smallest
+    budget of `low` whose accuracy is within `tolerance` of the accuracy at `plateau`'s chosen budget (the
+    LLM's plateau: the largest budget that fits the share cap). Past it, more LLM tokens buy no accuracy."""
+    if plateau["family"] != low["family"]:
+        raise ValueError(f"budget runs of different families: {plateau['family']} and {low['family']}")
+    if plateau["chosen"] is None:
+        raise ValueError(f"{plateau['family']}: no budget fits the {plateau['max_share']:.0%} share cap")
+    best = plateau["budgets"][f"{plateau['chosen']:.2f}"]["accuracy"]
+    good = [float(b) for b, row in low["budgets"].items() if row["accuracy"] >= best - tolerance]
+    if not good:
+        raise ValueError(f"{low['family']}: no budget in {sorted(low['budgets'])} comes within "
+                         f"{100 * tolerance:g} point(s) of "
+                         f"the plateau's {best:.1%}; try larger budgets")
+    return min(good)

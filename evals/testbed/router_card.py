@@ -29,6 +29,14 @@ def _shared(labels: list[dict], key: str):
     return values.pop() if len(values) == 1 else None
 
 
+def _operating_point(thresholds: dict) -> list[str]:
+    point = thresholds.get("operating_point")
+    if point is None:
+        return []
+    return [f"| default threshold (`r2r serve`, `r2r generate`) | {point['threshold']:.3f}: the operating point, "
+            f"{point['share']:.0%} of validation tokens to the LLM, chosen by {point['rule']} |"]
+
+
 def write_router_card(router_dir: Path, bar: dict | None) -> None:
     meta = json.loads((router_dir / "router.json").read_text())
     cfg, val = meta["config"], meta["validation"]
@@ -59,10 +67,11 @@ def write_router_card(router_dir: Path, bar: dict | None) -> None:
                      f"{lab.get('divergent', 0):,} divergent ({lab.get('divergent_rate', 0):.1%}) |")
     lines += [
         f"| validation (held-out prompts) | ROC-AUC {_auc(val['roc_auc'])}, PR-AUC {_auc(val['pr_auc'])}; "
-        f"at the stored threshold {val['threshold']:.3f}: recall {val['recall']:.1%}, "
+        f"at the recall threshold {val['threshold']:.3f}: recall {val['recall']:.1%}, "
         f"precision {val['precision']:.1%}, LLM rate {val['llm_rate']:.1%} |",
         f"| thresholds | recall {meta['thresholds']['recall']['target']:.0%} -> "
         f"{meta['thresholds']['recall']['threshold']:.3f}; any LLM share via the stored share curve |",
+        *_operating_point(meta["thresholds"]),
         "",
     ]
     if bar:

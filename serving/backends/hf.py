@@ -107,8 +107,29 @@ class HFSequence:
 class _Resident:
     seqs: list[HFSequence]
     cache: object  # transformers Cache over _GrowableLayer
-    valid: torch.Tensor  # [batch, columns] bool: the column holds a real position of that row
-    pos: torch.Tensor  # [batch, columns] long: the position stored in each column (-1 for none)
+    valid_buf: torch.Tensor  # [batch, capacity] bool: the column holds a real position of that row
+    pos_buf: torch.Tensor  # [batch, capacity] long: the position stored in each column (-1 for none)
+    cols: int  # columns in use
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """[batch, cols] view: writes go to the buffer."""
+        return self.valid_buf[:, : self.cols]
+
+    @property
+    def pos(self) -> torch.Tensor:
+        return self.pos_buf[:, : self.cols]
+
+    def append(self, new_pos: torch.Tensor) -> None:
+        """Columns for one pass's new positions ([batch, width], -1 for padding), written in place."""
+        width, capacity = new_pos.shape[1], self.valid_buf.shape[1]
+        if self.cols + width > capacity:
+            grow = max(capacity, self.cols + width - capacity)
+            self.valid_buf = torch.cat([self.valid_buf, self.valid_buf.new_zeros((len(self.seqs), grow))], dim=1)
+            self.pos_buf = torch.cat([self.pos_buf, self.pos_buf.new_full((len(self.seqs), grow), -1)], dim=1)
+        self.pos_buf[:, self.cols : self.cols + width] = new_pos
+        self.valid_buf[:, self.cols : self.cols + width] = new_pos >= 0
+        self.cols += width
 
 
 # What one more prefill pass must save in padding to be worth it: a pass's fixed cost, in prompt positions
@@ -278,10 +299,11 @@ class HFBackend:
         """Make `seqs` the resident batch, rows in the given order, pasts left-aligned."""
         self._evict()
         batch, max_past = len(seqs), max(s.length for s in seqs)
-        valid = torch.zeros((batch, max_past), dtype=torch.bool)
-        pos = torch.full((batch, max_past), -1, dtype=torch.long)
+        capacity = 2 * max_past + 64
+        valid = torch.zeros((batch, capacity), dtype=torch.bool)
+        pos = torch.full((batch, capacity), -1, dtype=torch.long)
         # every layer's K and V with spare capacity, in one buffer: [layers, 2, batch, kv_heads, capacity, head_dim]
-        buf = torch.empty((self.num_layers, 2, batch, self.kv_heads, 2 * max_past + 64, self.head_dim),
+        buf = torch.empty((self.num_layers, 2, batch, self.kv_heads, capacity, self.head_dim),
                           dtype=self.model.dtype, device=self.device)
         for row, seq in enumerate(seqs):
             if seq.length:
@@ -291,32 +313,40 @@ class HFBackend:
             buf[:, :, row, :, seq.length : max_past] = 0  # holes are masked, but garbage could be NaN: 0 * NaN
             seq.row, seq.kv = row, None
         cache = Cache(layers=[_GrowableLayer(buf[i, 0], buf[i, 1], max_past) for i in range(self.num_layers)])
-        self._resident = _Resident(list(seqs), cache, valid, pos)
+        self._resident = _Resident(list(seqs), cache, valid, pos, max_past)
 
     def _forward(self, new_ids: list[list[int]], want_hidden: bool) -> list[StepOutput | None]:
         """One pass over every resident row; rows with no new ids idle (their outputs are None)."""
         res = self._resident
-        width, cols = max(len(ids) for ids in new_ids), res.valid.shape[1]
-        # built as Python lists and converted once: per-row tensor writes cost more than the SLM's pass at batch 32
-        ids_rows, pos_rows, new_rows = [], [], []
-        for seq, ids in zip(res.seqs, new_ids):
-            n, pad = len(ids), width - len(ids)
-            real = list(range(seq.length, seq.length + n))
-            ids_rows.append(ids + [0] * pad)
-            new_rows.append(real + [-1] * pad)
-            pos_rows.append(real + [max(seq.length + n - 1, 0)] * pad)  # padding reuses the last real position
-        input_ids = torch.tensor(ids_rows, dtype=torch.long)
-        new_pos = torch.tensor(new_rows, dtype=torch.long)
-        position_ids = torch.tensor(pos_rows, dtype=torch.long)
-        res.valid = torch.cat([res.valid, new_pos >= 0], dim=1)
-        res.pos = torch.cat([res.pos, new_pos], dim=1)
+        width, cols = max(len(ids) for ids in new_ids), res.cols
+        if width == 1 and not self.layer_types and all(new_ids):
+            # decode: one token for every row. A row's valid columns all hold positions below the new one, so
+            # its mask is its valid columns (what _attend computes), read straight off the buffer
+            position_ids = torch.tensor([[seq.length] for seq in res.seqs], dtype=torch.long)
+            input_ids = torch.tensor(new_ids, dtype=torch.long)
+            res.append(position_ids)
+            mask: torch.Tensor | dict[str, torch.Tensor] = res.valid[:, None, None, :].to(self.device)
+        else:
+            # built as Python lists and converted once: per-row tensor writes cost more than the SLM's pass at
+            # batch 32
+            ids_rows, pos_rows, new_rows = [], [], []
+            for seq, ids in zip(res.seqs, new_ids):
+                n, pad = len(ids), width - len(ids)
+                real = list(range(seq.length, seq.length + n))
+                ids_rows.append(ids + [0] * pad)
+                new_rows.append(real + [-1] * pad)
+                pos_rows.append(real + [max(seq.length + n - 1, 0)] * pad)  # padding reuses the last real position
+            input_ids = torch.tensor(ids_rows, dtype=torch.long)
+            position_ids = torch.tensor(pos_rows, dtype=torch.long)
+            res.append(torch.tensor(new_rows, dtype=torch.long))
+            mask = self._masks(position_ids, res)
         dev = self.device
         threads = None if self._pass_threads is None else self._pass_threads.for_pass(self._parameters,
                                                                                      len(new_ids) * width)
         with torch_threads(threads):
             out = self.model(
                 input_ids=input_ids.to(dev), position_ids=position_ids.to(dev),
-                attention_mask=self._masks(position_ids, res), cache=res.cache, use_cache=True,
+                attention_mask=mask, cache=res.cache, use_cache=True,
                 output_hidden_states=want_hidden,
             )
         self.forward_passes += 1

@@ -30,8 +30,8 @@ from router.features import topk_logprobs
 from router.policies import AlwaysSLM, PolicyKind, RoutingPolicy
 from serving.backends.fingerprint import router_fingerprint, tokenizer_fingerprint
 from serving.pair import ModelPair
-from serving.sampling import SamplingParams
-from serving.sequential import generate_sequential
+from serving.decoding.sampling import SamplingParams
+from serving.decoding.sequential import generate_sequential
 
 log = logging.getLogger(__name__)
 
@@ -246,11 +246,11 @@ class CrossLabelPipeline(LabelPipeline):
     The reference is the LLM's text; the SLM is teacher-forced over its own encoding of it, and
     a position is a mismatch when the SLM's top token's bytes are not what the reference text
     continues with (a different segmentation of the same text is not a mismatch). The LLM
-    continues each SLM branch conditioned on its exact bytes (covers: serving.byte_level), so a
+    continues each SLM branch conditioned on its exact bytes (covers: serving.byte_level.probabilities), so a
     branch ending inside an LLM token is not biased."""
 
     def reference(self, chunk: list[PromptRecord]) -> dict:
-        from serving.cross_tokenizer import generate_cross
+        from serving.byte_level.cross_tokenizer import generate_cross
 
         slm_blm, llm_blm = self.pair.byte_models()
         texts = [self._llm_prompt(p) for p in chunk]
@@ -278,7 +278,7 @@ class CrossLabelPipeline(LabelPipeline):
         return rows
 
     def continuation(self, ref: dict, mism) -> dict:
-        from serving.cross_tokenizer import generate_cross
+        from serving.byte_level.cross_tokenizer import generate_cross
 
         llm_blm = self.pair.byte_models()[1]
         table = self.pair.byte_models()[0].vocab.table

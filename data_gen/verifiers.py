@@ -19,7 +19,7 @@ from typing import Protocol
 
 import torch
 
-from evals.testbed.problem import extract_final
+from testbed.problem import extract_final
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +95,9 @@ class JudgeVerifier:
 
     def label(self, candidates: list[Candidate]) -> list[int]:
         from router.policies import AlwaysSLM
-        from serving.sampling import SamplingParams
-        from serving.sequential import generate_sequential
-        from serving.stopping import StopRule
+        from serving.decoding.sampling import SamplingParams
+        from serving.decoding.sequential import generate_sequential
+        from serving.decoding.stopping import StopRule
 
         if not candidates:
             return []

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from evals.tasks import EvalProblem, Task
 from router.policies import PolicyKind, RoutingPolicy
-from serving.generation import RoutingMode
+from serving.decoding.generation import RoutingMode
 from serving.pair import ModelPair
-from serving.sampling import SamplingParams
+from serving.decoding.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 

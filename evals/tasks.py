@@ -57,14 +57,14 @@ def _rows(hub_id: str, config: str | None, split: str, data_file: Path | None, f
 
 def _testbed(family: str) -> Callable[[Path | None], list[EvalProblem]]:
     def load(data_file: Path | None) -> list[EvalProblem]:
-        from evals.testbed.splits import heldout
+        from testbed.splits import heldout
 
         return [EvalProblem(f"{family}-{i}", p.prompt, p.answer) for i, p in enumerate(heldout(family, "test", 500))]
     return load
 
 
 def _grade_testbed(problem: EvalProblem, completion: str) -> bool:
-    from evals.testbed.problem import extract_final
+    from testbed.problem import extract_final
 
     return extract_final(completion) == problem.reference
 

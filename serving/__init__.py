@@ -1,1 +1,2 @@
-"""Serving: routed decoding, the batching scheduler, the OpenAI-compatible server and the r2r CLI."""
+"""Serving: model pairs and presets, decoding (`decoding/`), byte-level probabilities and the cross-tokenizer
+engine (`byte_level/`), the OpenAI-compatible HTTP layer (`http/`) and the backends (`backends/`)."""

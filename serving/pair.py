@@ -11,12 +11,12 @@ from router.checkpoint import LearnedPolicy, load_router
 from router.policies import PolicyKind, RoutingPolicy, make_policy
 from serving.backends.base import Backend
 from serving.backends.threads import PassThreads
-from serving.generation import Generation, RoutingMode
+from serving.decoding.generation import Generation, RoutingMode
 from serving.real_models import CACHE_DIR, GEMMA3_DIR, SMOLLM2_DIR
-from serving.sampling import SamplingParams
-from serving.sequential import generate_sequential
-from serving.speculative import generate_speculative
-from serving.stopping import StopRule
+from serving.decoding.sampling import SamplingParams
+from serving.decoding.sequential import generate_sequential
+from serving.decoding.speculative import generate_speculative
+from serving.decoding.stopping import StopRule
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +78,13 @@ class ModelPair:
 
     @property
     def cross(self) -> bool:
-        """Different tokenizers: decoding shares bytes, not token ids (serving.cross_tokenizer)."""
+        """Different tokenizers: decoding shares bytes, not token ids (serving.byte_level.cross_tokenizer)."""
         return self.llm_tokenizer is not None
 
     def byte_models(self) -> tuple:
         """(SLM, LLM) as `ByteLevelLM`s over this pair's backends, built once."""
         if self._byte_models is None:
-            from serving.byte_level import ByteLevelLM
+            from serving.byte_level.probabilities import ByteLevelLM
 
             self._byte_models = (ByteLevelLM(self.slm, self.tokenizer),
                                  ByteLevelLM(self.llm, self.llm_tokenizer or self.tokenizer))
@@ -92,7 +92,7 @@ class ModelPair:
 
     def byte_engine(self):
         """A byte-level engine over this pair (cross pairs; exact prompt boundaries on any pair)."""
-        from serving.cross_tokenizer import CrossEngine
+        from serving.byte_level.cross_tokenizer import CrossEngine
 
         return CrossEngine(*self.byte_models(), context_length=self.context_length)
 
@@ -100,7 +100,7 @@ class ModelPair:
         """The decoding engine the scheduler drives: token-level, or byte-level for a cross pair."""
         if self.cross:
             return self.byte_engine()
-        from serving.engine import RoutedEngine
+        from serving.decoding.engine import RoutedEngine
 
         return RoutedEngine(self.slm, self.llm, self.stop_rule())
 
@@ -193,7 +193,7 @@ class ModelPair:
             self.check_prompt(ids)
         self.check_sampling(params)
         if self.cross:
-            from serving.engine import run_engine
+            from serving.decoding.engine import run_engine
 
             return run_engine(self.engine(), prompts, params, [policy] * len(prompts), mode)
         decode = generate_speculative if mode == RoutingMode.SPECULATIVE else generate_sequential

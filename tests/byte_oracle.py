@@ -109,7 +109,7 @@ class TableLM:
 
 
 def token_bytes(tokenizer) -> dict[int, bytes]:
-    """Token id -> bytes, read independently of serving.token_bytes (via the decoder on one id)."""
+    """Token id -> bytes, read independently of serving.byte_level.token_bytes (via the decoder on one id)."""
     out = {}
     for i in range(len(tokenizer)):
         if i in tokenizer.all_special_ids:

@@ -8,12 +8,12 @@ import pytest
 
 from evals.bench.headline import Config, HeadlineConfig, bench_headline
 from evals.bench.step_costs import ProbeConfig
-from evals.testbed.splits import heldout
-from evals.testbed.tokenizer import chat_text
+from testbed.splits import heldout
+from testbed.tokenizer import chat_text
 from router.policies import AlwaysSLM, RandomPolicy
 from serving.pair import PairSpec, load_pair
-from serving.sampling import SamplingParams
-from serving.sequential import generate_sequential
+from serving.decoding.sampling import SamplingParams
+from serving.decoding.sequential import generate_sequential
 
 FIELDS = {"accuracy", "ci95", "tokens_per_s", "llm_share", "llm_passes_per_token"}
 
@@ -77,7 +77,7 @@ def test_lossless_is_the_llm_alone(result_and_pair) -> None:
     (["--batch-sizes", "1.5"], "--batch-sizes must be positive integers"),
 ])
 def test_bad_flags_are_one_line_exit_2(args: list[str], fragment: str, tmp_path) -> None:
-    cli = [sys.executable, "-c", "from serving.cli import main_entry; main_entry()"]
+    cli = [sys.executable, "-c", "from r2r.cli import main_entry; main_entry()"]
     proc = subprocess.run([*cli, "bench", "headline", *args, "--out", str(tmp_path / "h.json")], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from serving.bench_serve import ServeBenchConfig, bench_serve
-from serving.generation import RoutingMode
+from evals.bench.serve import ServeBenchConfig, bench_serve
+from serving.decoding.generation import RoutingMode
 from serving.pair import PairSpec, load_pair
-from serving.sampling import SamplingParams
+from serving.decoding.sampling import SamplingParams
 
 PROMPTS = ["Ava has 12 apples. Then Ava finds 5 more apples. How many apples does Ava have now?",
            "Cara has 7 coins. Cara gives away 3 coins. How many coins does Cara have now?",

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from serving.byte_level import ByteLevelLM
-from serving.token_bytes import END, TokenBytes
+from serving.byte_level.probabilities import ByteLevelLM
+from serving.byte_level.token_bytes import END, TokenBytes
 from tests.byte_oracle import (
     RestrictedHF,
     TableLM,

@@ -11,7 +11,7 @@ QUESTION = "Ava has 12 apples. Then Ava finds 5 more apples. How many apples doe
 
 
 def r2r(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from serving.cli import main_entry; main_entry()", *args],
+    return subprocess.run([sys.executable, "-c", "from r2r.cli import main_entry; main_entry()", *args],
                           capture_output=True, text=True, timeout=300)
 
 

@@ -5,7 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
-from evals.testbed.cross_bench import CrossBenchConfig, cross_bench
+from evals.bench.cross_tokenizer import CrossBenchConfig, cross_bench
 from serving.pair import PairSpec, load_pair
 
 from .conftest import TESTBED

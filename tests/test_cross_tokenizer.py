@@ -20,9 +20,9 @@ import torch
 from scipy.stats import chi2_contingency, chisquare
 
 from router.policies import PolicyKind, make_policy
-from serving.byte_level import ByteLevelLM
-from serving.cross_tokenizer import Handoff, generate_cross
-from serving.sampling import SamplingParams
+from serving.byte_level.probabilities import ByteLevelLM
+from serving.byte_level.cross_tokenizer import Handoff, generate_cross
+from serving.decoding.sampling import SamplingParams
 from tests.byte_oracle import SourceLM, gpt2_style_tokenizer, random_source, sentencepiece_style_tokenizer
 
 N_SAMPLES = 8_000
@@ -100,9 +100,9 @@ def test_greedy_always_llm_equals_the_llm_alone(source_pair):
 def test_speculative_equals_sequential_on_the_testbed_cross_pair(testbed_dirs):
     """SLM + llm-x with the learned router: greedy speculative blocks give the sequential output with
     no more LLM passes per prompt, and every sequence is closed afterwards."""
-    from evals.testbed.splits import heldout
-    from evals.testbed.tokenizer import chat_text
-    from serving.generation import RoutingMode
+    from testbed.splits import heldout
+    from testbed.tokenizer import chat_text
+    from serving.decoding.generation import RoutingMode
     from serving.pair import PairSpec, load_pair
 
     pair = load_pair(PairSpec("x", testbed_dirs["slm"], testbed_dirs["slm"].parent / "llm-x", testbed_dirs["router"]),
@@ -144,7 +144,7 @@ def test_speculative_sampling_has_the_sequential_distribution(two_source_pair):
     as under sequential routing. The prompt ends mid-text, so several covers are live from the first
     draft and the confidence router flags some of them and not others. (Checked to fail, p < 1e-16,
     without the flagged-cover restriction of q or when a flagged draft after a flagged one is redrawn.)"""
-    from serving.generation import RoutingMode
+    from serving.decoding.generation import RoutingMode
 
     a, b = two_source_pair
     policy = make_policy(PolicyKind.CONFIDENCE, threshold=0.55)

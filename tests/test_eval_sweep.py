@@ -14,7 +14,7 @@ from evals.report import wilson
 
 def r2r(*args: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", "from serving.cli import main_entry; main_entry()", *args],
+    return subprocess.Popen([sys.executable, "-c", "from r2r.cli import main_entry; main_entry()", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 

@@ -22,7 +22,7 @@ LABEL_ARGS = ["--prompts", "testbed-math:12", "--chunk-size", "2", "--batch-size
 
 def r2r(*args: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", "from serving.cli import main_entry; main_entry()", *args],
+    return subprocess.Popen([sys.executable, "-c", "from r2r.cli import main_entry; main_entry()", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -176,7 +176,7 @@ def test_cross_tokenizer_labels_compare_bytes(tmp_path: Path, tiny_models) -> No
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from serving.token_bytes import TokenBytes
+    from serving.byte_level.token_bytes import TokenBytes
 
     tok_x = AutoTokenizer.from_pretrained(Path(__file__).resolve().parents[1] / "models" / "testbed" / "tokenizer-x")
     torch.manual_seed(0)
@@ -223,7 +223,7 @@ def test_router_card_names_the_labeling_llm(tmp_path: Path, tiny_pair, tiny_mode
     assert f"labels labels (LLM {tiny_models['llama_b']})" in card
     assert "every SLM token that differs" in card  # --positives mismatch
 
-    from evals.testbed.router_card import write_router_card
+    from testbed.router_card import write_router_card
 
     meta["labels"][0] |= {"positives": "divergent", "continue_with": "routed", "continue_share": 0.15,
                           "continue_router": "0123abcd"}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from evals.testbed.router_bar import operating_point
+from evals.bench.router_bar import operating_point
 from router.checkpoint import load_router, save_router, set_default_threshold, share_curve
 from router.model import RouterConfig, RouterNet
 
@@ -56,6 +56,6 @@ def test_cli_needs_budget_runs(tmp_path) -> None:
     bad.write_text("{}")
     for args, fragment in ((["--plateau", str(tmp_path / "none.json"), "--low", str(bad)], "no such file"),
                            (["--plateau", str(bad), "--low", str(bad)], "is not a `r2r bench router-budget` result")):
-        proc = subprocess.run([sys.executable, "-c", "from serving.cli import main_entry; main_entry()", "bench",
+        proc = subprocess.run([sys.executable, "-c", "from r2r.cli import main_entry; main_entry()", "bench",
                                "operating-point", "--router", str(tmp_path), *args], capture_output=True, text=True)
         assert proc.returncode == 2 and fragment in proc.stderr, proc.stderr

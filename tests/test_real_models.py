@@ -21,7 +21,7 @@ def test_backend_on_smollm2(smollm2_dir) -> None:
 def test_humaneval_with_smollm2_alone(smollm2_dir, tmp_path) -> None:
     """Loader, chat prompt and sandbox on a real model: SmolLM2 as both models, SLM-only policy."""
     out = tmp_path / "he"
-    proc = subprocess.run([sys.executable, "-c", "from serving.cli import main_entry; main_entry()", "eval",
+    proc = subprocess.run([sys.executable, "-c", "from r2r.cli import main_entry; main_entry()", "eval",
                            "humaneval", "--slm", str(smollm2_dir), "--llm", str(smollm2_dir), "--policies", "slm",
                            "--limit", "16", "--max-tokens", "256", "--out", str(out)],
                           capture_output=True, text=True, timeout=3000)
@@ -40,7 +40,7 @@ def test_token_bytes_round_trip_real_tokenizers(smollm2_dir, gemma3_dir) -> None
     """GPT-2 byte-level BPE (SmolLM2) and SentencePiece with byte fallback and added whitespace tokens (Gemma 3)."""
     from transformers import AutoTokenizer
 
-    from serving.token_bytes import TokenBytes
+    from serving.byte_level.token_bytes import TokenBytes
 
     for model_dir in (smollm2_dir, gemma3_dir):
         tok = AutoTokenizer.from_pretrained(model_dir)
@@ -55,7 +55,7 @@ def test_token_bytes_round_trip_real_tokenizers(smollm2_dir, gemma3_dir) -> None
 @pytest.mark.slow
 def test_byte_level_chain_rule_on_smollm2(smollm2_dir) -> None:
     """log P(x + b) - log P(x) = log P(b | x) on a real 49k vocabulary, for prefixes ending mid-token."""
-    from serving.byte_level import ByteLevelLM
+    from serving.byte_level.probabilities import ByteLevelLM
 
     blm = ByteLevelLM.from_pretrained(smollm2_dir)
     for x in [b"The capital of Fra", b"def fibonacci(n", b"Hello, wor"]:
@@ -68,7 +68,7 @@ def test_byte_level_chain_rule_on_smollm2(smollm2_dir) -> None:
 
 @pytest.mark.slow
 def test_smol_gemma_routes_end_to_end_through_the_cli(smollm2_dir, gemma3_dir) -> None:
-    proc = subprocess.run([sys.executable, "-c", "from serving.cli import main_entry; main_entry()", "generate",
+    proc = subprocess.run([sys.executable, "-c", "from r2r.cli import main_entry; main_entry()", "generate",
                            "--pair", "smol-gemma", "--policy", "random", "--llm-share", "0.4", "--max-tokens", "16",
                            "--json", "What is the capital of France?"], capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -4,12 +4,12 @@ from __future__ import annotations
 import threading
 
 from router.policies import RandomPolicy
-from serving.engine import RoutedEngine
-from serving.generation import RoutingMode
-from serving.sampling import SamplingParams
-from serving.scheduler import Scheduler, SchedulerConfig, Ticket
-from serving.sequential import generate_sequential
-from serving.stopping import StopRule
+from serving.decoding.engine import RoutedEngine
+from serving.decoding.generation import RoutingMode
+from serving.decoding.sampling import SamplingParams
+from serving.http.scheduler import Scheduler, SchedulerConfig, Ticket
+from serving.decoding.sequential import generate_sequential
+from serving.decoding.stopping import StopRule
 from tests.fakes import FakeBackend
 
 VOCAB, EOS = 12, 11

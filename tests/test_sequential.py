@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evals.testbed.splits import heldout
+from testbed.splits import heldout
 from router.policies import AlwaysLLM, AlwaysSLM, RandomPolicy
-from serving.generation import FinishReason, RoutingMode, Source
+from serving.decoding.generation import FinishReason, RoutingMode, Source
 from serving.pair import ModelPair, PairSpec, load_pair
-from serving.sampling import SamplingParams
-from serving.sequential import generate_sequential
+from serving.decoding.sampling import SamplingParams
+from serving.decoding.sequential import generate_sequential
 
 TIE_MARGIN = 1e-4
 

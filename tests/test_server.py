@@ -13,8 +13,8 @@ import pytest
 
 from router.policies import AlwaysLLM, AlwaysSLM
 from serving.pair import ModelPair, PairSpec, load_pair
-from serving.sampling import SamplingParams
-from serving.server import ServeConfig, build_app
+from serving.decoding.sampling import SamplingParams
+from serving.http.server import ServeConfig, build_app
 
 MODEL = "r2r-testbed"
 QUESTION = "Ava has 12 apples. Then Ava finds 5 more apples. How many apples does Ava have now?"
@@ -155,7 +155,7 @@ def test_concurrent_streams_with_disconnects(base_url: str) -> None:
     lone greedy answer, nothing leaks, the server keeps serving."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from evals.testbed.splits import heldout
+    from testbed.splits import heldout
 
     questions = [p.prompt for p in heldout("math", "validation", 16) + heldout("code", "validation", 16)]
 
@@ -194,7 +194,7 @@ def test_concurrent_streams_with_disconnects(base_url: str) -> None:
 def test_api_key_and_queue_limit(pair: ModelPair) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from serving.scheduler import SchedulerConfig
+    from serving.http.scheduler import SchedulerConfig
 
     with running_server(pair, api_key="sekrit", scheduler=SchedulerConfig(max_running=1, max_queue=1)) as url:
         body = {"model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 60}
@@ -293,7 +293,7 @@ def test_exact_prompt_boundary_continues_inside_a_token(base_url: str, pair: Mod
     prompt, a token boundary after the space) does not. Streamed and not, equal to the byte-level decoder."""
     from openai import OpenAI
 
-    from serving.cross_tokenizer import generate_cross
+    from serving.byte_level.cross_tokenizer import generate_cross
 
     ids = pair.encode_chat([{"role": "user", "content": QUESTION}])
     answer = pair.generate(AlwaysSLM(), [ids], [SamplingParams(max_tokens=40)])[0].text

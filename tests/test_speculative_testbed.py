@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evals.testbed.splits import heldout
+from testbed.splits import heldout
 from serving.pair import ModelPair, PairSpec, load_pair
-from serving.sampling import SamplingParams
-from serving.sequential import generate_sequential
-from serving.speculative import generate_speculative
+from serving.decoding.sampling import SamplingParams
+from serving.decoding.sequential import generate_sequential
+from serving.decoding.speculative import generate_speculative
 
 TIE_MARGIN = 1e-4
 N_PER_FAMILY = 150

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import random
 
-from evals.testbed.code_tasks import generate_code, run_snippet
-from evals.testbed.math_tasks import generate_math
-from evals.testbed.problem import extract_final, grade
-from evals.testbed.splits import heldout, heldout_prompts, sample_train
+from testbed.code_tasks import generate_code, run_snippet
+from testbed.math_tasks import generate_math
+from testbed.problem import extract_final, grade
+from testbed.splits import heldout, heldout_prompts, sample_train
 
 
 def test_splits_are_deterministic_and_disjoint() -> None:

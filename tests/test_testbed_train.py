@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evals.testbed.train import TrainConfig, train
+from testbed.train import TrainConfig, train
 
 TOKENIZER = Path(__file__).resolve().parents[1] / "models" / "testbed" / "tokenizer"
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import sys
 
-from evals.testbed.problem import grade
-from evals.testbed.splits import heldout
-from evals.testbed.tokenizer import chat_text
+from testbed.problem import grade
+from testbed.splits import heldout
+from testbed.tokenizer import chat_text
 from router.policies import AlwaysLLM, AlwaysSLM
-from serving.cross_tokenizer import Handoff, generate_cross
+from serving.byte_level.cross_tokenizer import Handoff, generate_cross
 from serving.pair import load_pair, resolve_pair
-from serving.sampling import SamplingParams
+from serving.decoding.sampling import SamplingParams
 
 
 def cut(answer: str, after_print_var: bool) -> str | None:

@@ -23,12 +23,12 @@ from enum import Enum
 
 from evals.bench.step_costs import ProbeConfig, probe_costs, routed_bounds
 from evals.report import wilson
-from evals.testbed.problem import Problem, grade
+from testbed.problem import Problem, grade
 from router.policies import AlwaysLLM, AlwaysSLM, RoutingPolicy
-from serving.engine import RoutedEngine, run_engine
-from serving.generation import Generation, RoutingMode
+from serving.decoding.engine import RoutedEngine, run_engine
+from serving.decoding.generation import Generation, RoutingMode
 from serving.pair import ModelPair
-from serving.sampling import SamplingParams
+from serving.decoding.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 

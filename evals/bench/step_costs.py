@@ -27,7 +27,7 @@ import torch
 
 from router.policies import RoutingPolicy
 from serving.backends.base import Backend
-from serving.engine import route_rows
+from serving.decoding.engine import route_rows
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,48 @@
+"""Label sets as router training data: checked against the SLM they must come from, merged, described."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data_gen.shards import load_labels
+from router.fit import SLMInfo, label_tensors
+from router.train import LabelTensors
+
+
+@dataclass
+class RouterData:
+    tensors: LabelTensors
+    label_meta: list[dict]  # one description per label set, recorded in the router's JSON and card
+    top_k: int  # top-k log-probs the label sets store as features
+
+
+def load_router_data(label_dirs: list[Path], slm: SLMInfo, llm_fingerprint: str, llm_dir: str,
+                     positives: str) -> RouterData:
+    """Every label set, which must come from this SLM and tokenizer and store the same top-k; `llm_dir` is
+    recorded for label sets made with the LLM of fingerprint `llm_fingerprint`."""
+    columns: dict[str, list] = {}
+    label_meta: list[dict] = []
+    top_k = None
+    for root in label_dirs:
+        ds, manifest = load_labels(root)
+        ident = manifest["identity"]
+        if ident["slm"] != slm.fingerprint or ident["tokenizer"] != slm.tokenizer_fingerprint:
+            raise ValueError(f"{root} was labeled with another SLM or tokenizer (SLM {ident['slm']}, tokenizer "
+                             f"{ident['tokenizer']}) than {slm.model_dir} ({slm.fingerprint}, {slm.tokenizer_fingerprint})")
+        k = ident["settings"]["top_k"]
+        if top_k is not None and k != top_k:
+            raise ValueError(f"{root} stores top-{k} features, the other label sets top-{top_k}")
+        top_k = k
+        part = ds.select_columns(["data_id", "hidden", "slm_token", "topk", positives]).with_format("numpy")[:]
+        for key, value in part.items():
+            columns.setdefault(key, []).append(np.asarray(value))
+        llm = {"llm_fingerprint": ident["llm"]} | ({"llm_dir": llm_dir} if ident["llm"] == llm_fingerprint else {})
+        continued = {k: ident["settings"][k] for k in ("continue_with", "continue_share") if k in ident["settings"]}
+        if "continue_router" in ident:
+            continued["continue_router"] = ident["continue_router"]
+        label_meta.append({"dir": str(root), "positives": positives, **llm, **continued, **manifest.get("counts", {})})
+    assert top_k is not None, "no label directories given"
+    tensors = label_tensors({k: np.concatenate(v) for k, v in columns.items()}, positives)
+    return RouterData(tensors, label_meta, top_k)

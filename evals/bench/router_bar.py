@@ -1,0 +1,119 @@
+"""The router bar on the testbed: learned vs confidence vs random routing at one LLM share.
+
+For each family: SLM and LLM accuracy alone, then the learned router with its threshold set
+for the target share (from its validation calibration), and the two baselines calibrated
+to the LLM share the learned router actually produced: random at that rate, confidence
+(1 - SLM max probability) with the threshold that routes that share of the SLM's
+teacher-forced positions in the label data. Shares are measured, not assumed.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from testbed.evaluate import solve_routed
+from testbed.problem import grade
+from testbed.splits import heldout
+from router.policies import AlwaysLLM, AlwaysSLM, ConfidencePolicy, RandomPolicy, RoutingPolicy
+from router.train import share_threshold
+from serving.pair import ModelPair
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RouterBarConfig:
+    target_share: dict[str, float]  # per family: the learned router's LLM-share budget
+    n_problems: int = 500
+    batch_size: int = 50
+    seed: int = 0
+
+
+def run_policy(pair: ModelPair, policy: RoutingPolicy, family: str, cfg: RouterBarConfig,
+               split: str = "test") -> dict:
+    problems = heldout(family, split, cfg.n_problems)
+    gens = solve_routed(pair.slm, pair.llm, policy, pair.tokenizer, problems, cfg.batch_size)
+    tokens = sum(len(g.token_ids) for g in gens)
+    return {"accuracy": sum(grade(p, g.text) for p, g in zip(problems, gens)) / len(problems),
+            "llm_share": sum(g.stats.llm_tokens for g in gens) / max(1, tokens), "tokens": tokens}
+
+
+def confidence_threshold(top1_logprobs: np.ndarray, share: float) -> float:
+    """The 1 - max-prob threshold that routes `share` of the given positions."""
+    return share_threshold(1.0 - np.exp(top1_logprobs), share)
+
+
+def top1_by_family(label_dirs: list[Path]) -> dict[str, np.ndarray]:
+    """The SLM's top-1 log-prob at every labeled position, by testbed family (they calibrate the confidence
+    baseline to the share the learned router used)."""
+    from data_gen.shards import load_labels
+
+    top1: dict[str, list] = {}
+    for root in label_dirs:
+        ds, _ = load_labels(root)
+        cols = ds.select_columns(["data_id", "topk"]).with_format("numpy")[:]
+        for data_id, topk in zip(cols["data_id"], cols["topk"]):
+            top1.setdefault(str(data_id).split("-")[0], []).append(topk[0])
+    unknown = set(top1) - {"math", "code"}
+    if unknown:
+        raise ValueError(f"the router bar needs testbed labels; found prompts of {sorted(unknown)}")
+    return {f: np.asarray(v) for f, v in sorted(top1.items())}
+
+
+def router_bar(pair: ModelPair, top1_by_family: dict[str, np.ndarray], cfg: RouterBarConfig) -> dict:
+    learned = pair.learned_policy()
+    result: dict = {"target_share": cfg.target_share, "n_problems": cfg.n_problems}
+    for family, top1 in top1_by_family.items():
+        if family not in cfg.target_share:
+            continue
+        row: dict = {}
+        row["slm"] = run_policy(pair, AlwaysSLM(), family, cfg)["accuracy"]
+        row["llm"] = run_policy(pair, AlwaysLLM(), family, cfg)["accuracy"]
+        budget = learned.threshold_for_share(cfg.target_share[family])
+        row["learned"] = run_policy(pair, learned.with_threshold(budget), family, cfg)
+        share = row["learned"]["llm_share"]
+        row["confidence"] = run_policy(pair, ConfidencePolicy(threshold=confidence_threshold(top1, share)), family, cfg)
+        row["random"] = run_policy(pair, RandomPolicy(rate=share, seed=cfg.seed), family, cfg)
+        gap = row["llm"] - row["slm"]
+        for name in ("learned", "confidence", "random"):
+            row[name]["gap_recovered"] = (row[name]["accuracy"] - row["slm"]) / gap if gap else None
+        log.info("%s: %s", family, row)
+        result[family] = row
+    return result
+
+
+def choose_budget(pair: ModelPair, family: str, budgets: list[float], max_share: float, n: int = 300) -> dict:
+    """The learned router's budget for a family, chosen on *validation* problems: the largest whose routed
+    LLM share (what decoding actually spends, which differs from the token-level calibration) stays
+    within `max_share`."""
+    learned = pair.learned_policy()
+    cfg = RouterBarConfig(target_share={}, n_problems=n)
+    rows = {str(b): run_policy(pair, learned.with_threshold(learned.threshold_for_share(b)), family, cfg, "validation")
+            for b in sorted(budgets)}
+    fitting = [float(b) for b, row in rows.items() if row["llm_share"] <= max_share]
+    return {"family": family, "split": "validation", "n_problems": n, "max_share": max_share, "budgets": rows,
+            "chosen": max(fitting) if fitting else None}
+
+
+OPERATING_POINT_RULE = ("the smallest budget whose validation accuracy is within {points:g} point(s) of the accuracy "
+                        "at the largest budget whose routed LLM share stays within {max_share:.0%}")
+
+
+def operating_point(plateau: dict, low: dict, tolerance: float = 0.01) -> float:
+    """A family's default LLM-share budget, from two `choose_budget` runs on validation problems: the smallest
+    budget of `low` whose accuracy is within `tolerance` of the accuracy at `plateau`'s chosen budget (the
+    LLM's plateau: the largest budget that fits the share cap). Past it, more LLM tokens buy no accuracy."""
+    if plateau["family"] != low["family"]:
+        raise ValueError(f"budget runs of different families: {plateau['family']} and {low['family']}")
+    if plateau["chosen"] is None:
+        raise ValueError(f"{plateau['family']}: no budget fits the {plateau['max_share']:.0%} share cap")
+    best = plateau["budgets"][f"{plateau['chosen']:.2f}"]["accuracy"]
+    good = [float(b) for b, row in low["budgets"].items() if row["accuracy"] >= best - tolerance]
+    if not good:
+        raise ValueError(f"{low['family']}: no budget in {sorted(low['budgets'])} comes within "
+                         f"{100 * tolerance:g} point(s) of "
+                         f"the plateau's {best:.1%}; try larger budgets")
+    return min(good)

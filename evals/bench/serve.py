@@ -1,0 +1,124 @@
+"""`r2r bench serve`: throughput and latency of the HTTP server under concurrent load.
+
+The server runs in its own process (`r2r serve` on a free loopback port); this process is
+the load generator: `concurrency` client threads each send requests back to back over one
+pooled client, as an application's OpenAI client would. A client made per request (a new
+connection and TLS context each time) cost ~15 ms of this process's CPU per request, under
+its GIL: at concurrency 32 the first 32 requests took ~0.5 s to go out, so the numbers
+measured the load generator as much as the server.
+"""
+from __future__ import annotations
+
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import httpx
+
+
+@dataclass(frozen=True)
+class ServeBenchConfig:
+    concurrency: tuple[int, ...] = (1, 8, 32)
+    requests_per_client: int = 2
+    min_requests: int = 16
+    max_tokens: int = 64
+    warmup_requests: int = 2  # sent one by one before timing: lazy loads (router, pass-cost estimates)
+    startup_timeout_s: float = 120.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+@dataclass(frozen=True)
+class _Reply:
+    seconds: float
+    ok: bool
+    tokens: int = 0  # completion tokens
+    llm_tokens: int = 0  # of which the LLM produced
+
+
+def _request(client: httpx.Client, url: str, prompt: str, max_tokens: int) -> _Reply:
+    """One greedy chat request."""
+    import httpx
+
+    body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "temperature": 0,
+            "max_tokens": max_tokens}
+    start = time.perf_counter()
+    try:
+        r = client.post(f"{url}/v1/chat/completions", json=body)
+    except httpx.HTTPError:
+        return _Reply(time.perf_counter() - start, False)
+    if r.status_code != 200:
+        return _Reply(time.perf_counter() - start, False)
+    usage = r.json()["usage"]
+    return _Reply(time.perf_counter() - start, True, usage["completion_tokens"], usage["llm_tokens"])
+
+
+def bench_serve(serve_args: list[str], prompts: list[str], cfg: ServeBenchConfig) -> dict:
+    import httpx
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-c", "from r2r.cli import main_entry; main_entry()", "serve",
+                               "--port", str(port), "--model-name", "bench", *serve_args],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + cfg.startup_timeout_s
+        while True:
+            if server.poll() is not None:
+                raise ValueError(f"the server exited: {server.stderr.read()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise ValueError("the server did not come up")
+            time.sleep(0.2)
+        result: dict = {"config": {"max_tokens": cfg.max_tokens, "warmup_requests": cfg.warmup_requests,
+                                   "server_args": serve_args}}
+        with httpx.Client(timeout=600) as client:
+            if not all(_request(client, url, prompts[i % len(prompts)], cfg.max_tokens).ok
+                       for i in range(cfg.warmup_requests)):
+                raise ValueError("the server failed a warm-up request")
+        for c in cfg.concurrency:
+            n = max(cfg.min_requests, c * cfg.requests_per_client)
+            limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
+            with httpx.Client(limits=limits, timeout=600) as client, ThreadPoolExecutor(max_workers=c) as pool:
+                start = time.perf_counter()
+                rows = list(pool.map(lambda i: _request(client, url, prompts[i % len(prompts)], cfg.max_tokens),
+                                     range(n)))
+                wall = time.perf_counter() - start
+            latencies = [r.seconds * 1000 for r in rows if r.ok]
+            tokens = sum(r.tokens for r in rows)
+            result[f"concurrency_{c}"] = {
+                "requests": n, "output_tokens": tokens, "tokens_per_s": round(tokens / wall, 1),
+                "llm_share": round(sum(r.llm_tokens for r in rows) / tokens, 4) if tokens else None,
+                "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
+                "p95_ms": round(_percentile(latencies, 0.95), 1) if latencies else None,
+                "errors": sum(not r.ok for r in rows),
+            }
+        base = result[f"concurrency_{cfg.concurrency[0]}"]["tokens_per_s"]
+        top = result[f"concurrency_{cfg.concurrency[-1]}"]["tokens_per_s"]
+        result["scaling"] = round(top / base, 2) if base else None
+        return result
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()

@@ -1,0 +1,146 @@
+"""`r2r bench ...`: every benchmark, JSON out (the benchmarks live in evals.bench)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from r2r.commands.common import floats, load_pair_from_args, shown, write_bench
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.bench == "serve":
+        from testbed.splits import heldout
+        from evals.bench.serve import ServeBenchConfig, bench_serve
+
+        serve_args = [flag for name in ("pair", "slm", "llm", "router", "device")
+                      if getattr(args, name) for flag in (f"--{name}", str(getattr(args, name)))]
+        prompts = [p.prompt for p in heldout("math", "test", 32) + heldout("code", "test", 32)]
+        result = bench_serve(serve_args, prompts, ServeBenchConfig(max_tokens=args.max_tokens))
+        return write_bench(args.out, result)
+    if args.bench == "cross-tokenizer":
+        from evals.bench.cross_tokenizer import CrossBenchConfig, cross_bench
+        from serving.pair import PairSpec, load_pair, resolve_pair
+
+        cfg = CrossBenchConfig(shares=floats(args.shares, "--shares"), n_problems=args.n)  # before loading models
+        pair = load_pair_from_args(args)
+        preset = resolve_pair("testbed-x", None, None)
+        cross = load_pair(PairSpec("testbed-x", pair.spec.slm, args.llm_x or preset.llm, args.router_x or preset.router),
+                          args.device)
+        return write_bench(args.out, cross_bench(pair, cross, cfg))
+    if args.bench == "headline":
+        return _bench_headline(args)
+    if args.bench == "operating-point":
+        return _bench_operating_point(args)
+    pair = load_pair_from_args(args)
+    if args.bench == "handoff":
+        from evals.bench.cross_tokenizer import HANDOFF_PROMPTS, handoff_cost
+        from serving.byte_level.cross_tokenizer import Handoff
+
+        if not pair.cross:
+            raise ValueError("bench handoff needs a pair with different tokenizers (e.g. --pair smol-gemma)")
+        texts = [pair.tokenizer.decode(pair.encode_chat([{"role": "user", "content": q}]), skip_special_tokens=False)
+                 for q in HANDOFF_PROMPTS[: args.n]]
+        result = {"pair": [str(pair.spec.slm), str(pair.spec.llm)], "rate": args.rate, "prompts": len(texts)}
+        result |= {h.value: handoff_cost(pair, texts, h, args.rate, len(texts), args.max_tokens) for h in Handoff}
+        result["exact_over_naive_passes"] = result["exact"]["passes_per_byte"] / result["naive"]["passes_per_byte"]
+    elif args.bench == "router":
+        result = _bench_router(pair, args)
+    elif args.bench == "router-budget":
+        from evals.bench.router_bar import choose_budget
+
+        result = choose_budget(pair, args.family, list(floats(args.budgets, "--budgets")), args.max_share, args.n)
+    elif args.bench == "speculative":
+        from testbed.splits import heldout
+        from evals.bench.decode import SpeculativeBenchConfig, bench_speculative
+
+        problems = heldout("math", "test", args.n // 2) + heldout("code", "test", args.n - args.n // 2)
+        prompts = [pair.encode_chat([{"role": "user", "content": p.prompt}]) for p in problems]
+        result = bench_speculative(pair, prompts, SpeculativeBenchConfig(n_prompts=args.n))
+    else:
+        from testbed.splits import heldout
+        from evals.bench.decode import DecodeBenchConfig, bench_decode
+
+        prompts = [pair.encode_chat([{"role": "user", "content": p.prompt}]) for p in heldout("math", "test", 16)]
+        result = bench_decode(pair, prompts, DecodeBenchConfig(new_tokens=args.new_tokens, repeats=args.repeats))
+    return write_bench(args.out, result)
+
+
+def _bench_headline(args: argparse.Namespace) -> int:
+    from evals.bench.headline import HeadlineConfig, bench_headline
+    from evals.bench.headline_plot import plot_headline
+    from testbed.splits import FAMILIES, heldout
+    from testbed.tokenizer import chat_text
+
+    batches = floats(args.batch_sizes, "--batch-sizes")
+    if any(b != int(b) for b in batches):
+        raise ValueError(f"--batch-sizes must be positive integers, got {args.batch_sizes!r}")
+    cfg = HeadlineConfig(n_problems=args.n, batch_sizes=tuple(int(b) for b in batches))  # checks before loading
+    families = [f.strip() for f in args.families.split(",")]
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown testbed families {unknown}; known: {', '.join(FAMILIES)}")
+    if cfg.n_problems > 1000 - cfg.warmup_problems:
+        raise ValueError(f"--n must be at most {1000 - cfg.warmup_problems} (the test split's size less warm-up)")
+    pair = load_pair_from_args(args)
+    routed = pair.policy(pair.default_policy)
+
+    def encode(problem) -> list[int]:
+        return list(pair.tokenizer(chat_text(problem.prompt))["input_ids"])
+
+    problems = {}
+    for f in families:
+        split = heldout(f, "test", cfg.n_problems + cfg.warmup_problems)
+        problems[f] = (split[cfg.warmup_problems :], split[: cfg.warmup_problems])
+    result = bench_headline(pair, routed, problems, cfg, encode, progress=lambda what: print(what, file=sys.stderr))
+    write_bench(args.out, result)
+    for path in plot_headline(result, args.out.with_suffix("")):
+        print(f"plot: {path}", file=sys.stderr)
+    return 0
+
+
+def _bench_operating_point(args: argparse.Namespace) -> int:
+    from evals.bench.router_bar import OPERATING_POINT_RULE, operating_point
+    from router.checkpoint import set_default_threshold
+
+    def by_family(paths: list[Path], flag: str) -> dict[str, dict]:
+        runs = {}
+        for path in paths:
+            if not path.exists():
+                raise FileNotFoundError(f"{flag}: no such file {path}")
+            run = json.loads(path.read_text())
+            if "family" not in run or "budgets" not in run:
+                raise ValueError(f"{flag}: {path} is not a `r2r bench router-budget` result")
+            runs[run["family"]] = run
+        return runs
+
+    plateau, low = by_family(args.plateau, "--plateau"), by_family(args.low, "--low")
+    if set(plateau) != set(low):
+        raise ValueError(f"--plateau covers {sorted(plateau)} but --low {sorted(low)}")
+    chosen = {f: operating_point(plateau[f], low[f], args.tolerance) for f in sorted(plateau)}
+    max_share = max(run["max_share"] for run in plateau.values())
+    rule = OPERATING_POINT_RULE.format(points=100 * args.tolerance, max_share=max_share)
+    # one default for every family: the largest family budget, so no family falls below its plateau
+    share = max(chosen.values())
+    threshold = set_default_threshold(args.router, share, rule)
+    result = {"rule": rule, "chosen": ",".join(f"{f}={b:g}" for f, b in chosen.items()), "default_share": share,
+              "default_threshold": threshold, "router": str(shown(args.router)), "validation": low,
+              "plateau": plateau}
+    return write_bench(args.out, result)
+
+
+def _bench_router(pair, args: argparse.Namespace) -> dict:
+    from evals.bench.router_bar import RouterBarConfig, router_bar, top1_by_family
+
+    try:
+        shares = {f: float(v) for f, v in (item.split("=") for item in args.share.split(","))}
+    except ValueError as exc:
+        raise ValueError(f"--share must look like math=0.2,code=0.15, got {args.share!r}") from exc
+    cfg = RouterBarConfig(target_share=shares, n_problems=args.n)
+    result = router_bar(pair, top1_by_family(args.labels), cfg)
+    if pair.spec.router is not None:
+        from testbed.router_card import write_router_card
+
+        write_router_card(pair.spec.router, result)
+    return result

@@ -1,0 +1,62 @@
+"""`r2r eval`: benchmark tasks, every policy swept, JSON and plots (resumable)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from r2r.commands.common import load_pair_from_args
+from router.policies import PolicyKind
+
+
+def run(args: argparse.Namespace) -> int:
+    from evals.report import write_report
+    from evals.tasks import TASKS, get_task
+
+    if args.list or not args.target:
+        for task in TASKS.values():
+            print(f"{task.name:15} {task.description}  [fields: {task.fields}]")
+        return 0
+    if args.target == "report":
+        if args.run_dir is None:
+            raise ValueError("usage: r2r eval report RUN_DIR")
+        summary = write_report(args.run_dir)
+        _print_eval_table(summary)
+        return 0
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from evals.sweep import DEFAULT_GRID, SweepConfig, run_sweep
+    from serving.decoding.generation import RoutingMode
+
+    task = get_task(args.target)
+    problems = task.load(args.data_file)[: args.limit]
+    out = args.out or Path("runs/eval") / task.name
+    pair = load_pair_from_args(args)
+    kinds = tuple(PolicyKind(p) for p in args.policies) if args.policies else tuple(DEFAULT_GRID)
+    if PolicyKind.LEARNED in kinds:
+        pair.learned_policy()  # fail now, not after the other policies ran
+    cfg = SweepConfig(task=task.name, out_dir=out, policies=kinds, limit=args.limit, batch_size=args.batch_size,
+                      mode=RoutingMode(args.mode), max_tokens=args.max_tokens or task.max_tokens)
+    with Progress(TextColumn("{task.description:>18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+        bars: dict[str, int] = {}
+
+        def progress(key: str, done: int, total: int) -> None:
+            if key not in bars:
+                bars[key] = bar.add_task(key, total=total)
+            bar.update(bars[key], completed=done)
+
+        run_sweep(pair, task, problems, cfg, progress)
+    _print_eval_table(write_report(out))
+    print(f"report: {out / 'report.json'}, plots: {out}/accuracy_vs_*.png")
+    return 0
+
+
+def _print_eval_table(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("run", "n", "accuracy", "95% CI", "LLM share", "tokens/s")
+    for key, run in sorted(summary["runs"].items(), key=lambda kv: (kv[1]["policy"], kv[1]["llm_share"])):
+        lo, hi = run["ci95"]
+        table.add_row(key, str(run["n"]), f"{run['accuracy']:.1%}", f"{lo:.1%}-{hi:.1%}", f"{run['llm_share']:.1%}",
+                      f"{run['tokens_per_s']:.0f}")
+    Console().print(table)

@@ -1,0 +1,1 @@
+"""Exact byte-level next-byte probabilities of token LMs, and routing between models with different tokenizers."""

@@ -1,0 +1,394 @@
+"""Routed decoding between an SLM and an LLM with different tokenizers.
+
+The shared state is the generated text as bytes. Each model keeps a `ByteState` over its own
+prompt and that text. The model that writes a piece continues from its own last token
+(token-level, exact); a model that receives control after the other one wrote bytes is
+conditioned on the exact byte prefix (its covers, one batched pass) and writes a cover's
+token: a *leaf* whose bytes run past the prefix (`serving.byte_level.probabilities`). So a handoff in the
+middle of either model's token carries no tokenization bias. `Handoff.NAIVE` is the biased
+baseline: decode to text, re-encode it, continue after that token boundary.
+
+Exact means each handoff: the receiving model samples its P(continuation | exact bytes). The
+writer's token boundary is not passed on; the other tokenizer cannot express it.
+
+Sequential step = one SLM pass (its pending token, or its covers after LLM bytes) for every
+request, the router on the SLM's proposal, and one LLM pass for the flagged requests.
+
+Speculative round: the SLM drafts up to k pieces; at a flagged draft it assumes the LLM will
+write the same bytes and goes on conditioned on them *as bytes* (exactly what it would see
+after an LLM piece), keeping a snapshot to roll back to. One LLM pass then gives the LLM's
+distribution over pieces at every flagged prefix (a forked LLM state each), and the block is
+accepted up to the first flagged position where the LLM writes other bytes, which it writes
+instead: greedy, the LLM's most probable leaf; sampling, the speculative test over pieces
+(accept the draft piece s with min(1, p(s)/q(s)), else draw from norm(max(p - q, 0))), p and q
+each summed over the leaves that add s. A flagged draft right after a flagged draft ends the
+block and opens the next one (its LLM piece needs the LLM's own token path after the first).
+Same output as sequential routing (greedy) or the same distribution (sampling), never more LLM
+passes.
+
+Where the router's flag depends on which cover the SLM's proposal came from (several covers
+are live after a handoff), a flagged draft is a draw from q restricted to the flagged covers,
+and that restricted q is what the test uses.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+
+from router.policies import RoutingPolicy
+from serving.byte_level.probabilities import ByteLevelLM, ByteState, Leaf, LeafTable
+from serving.decoding.engine import drain, route_rows
+from serving.decoding.generation import FinishReason, Generation, RoutingMode, Source
+from serving.decoding.sampling import SamplingParams, make_generator
+from serving.decoding.stopping import cut_at_stop
+
+_MAX_RESIDUAL_DRAWS = 100_000
+
+
+class Handoff(str, Enum):
+    EXACT = "exact"  # condition on the byte prefix through its covers
+    NAIVE = "naive"  # re-encode the text and continue after the forced token boundary
+
+
+@dataclass
+class Side:
+    """One model of the pair: its byte-level view and how prompts are rendered for it."""
+
+    blm: ByteLevelLM
+
+    def context_and_tail(self, prompt_text: str, as_bytes: bool = False) -> tuple[list[int], bytes]:
+        """The prompt as (token context, text bytes conditioned on through covers).
+
+        By default the whole prompt is the token context, tokenized as at training and serving
+        time: prompt positions were never prediction targets (the loss is on the answer), so
+        covers that re-tokenize the prompt's last bytes would be weighed by untrained
+        probabilities. `as_bytes` keeps only up to the last special token as context and treats
+        the rest as a byte prefix (what a handoff in the middle of text is)."""
+        tok = self.blm.tokenizer
+        ids = tok(prompt_text, add_special_tokens=True)["input_ids"]
+        if not as_bytes:
+            return (ids or list(self.blm.default_context)), b""
+        special = self.blm.vocab.special
+        last = max((k for k, i in enumerate(ids) if special[i]), default=-1)
+        if last < 0:
+            return list(self.blm.default_context), self.blm.vocab.decode(ids)
+        return ids[: last + 1], self.blm.vocab.decode(ids[last + 1:])
+
+
+@dataclass
+class CrossRequest:
+    key: int
+    params: SamplingParams
+    policy: RoutingPolicy
+    generator: torch.Generator
+    slm: ByteState
+    slm_tail: bytes  # the SLM prompt's text after its last special token
+    llm_context: list[int]
+    llm_tail: bytes
+    out: Generation
+    text: bytes = b""  # given prefix + generated so far
+    start: int = 0  # bytes of `text` given as a prefix (not part of the output)
+    llm: ByteState | None = None  # opened on the first routed piece
+    done: bool = False
+    speculative: bool = False
+    carry: _Draft | None = None  # a flagged draft that opens the next speculative block
+
+
+class CrossEngine:
+    """Requests of one cross-tokenizer pair, advanced together one piece at a time."""
+
+    def __init__(self, slm: ByteLevelLM, llm: ByteLevelLM, handoff: Handoff = Handoff.EXACT,
+                 context_length: int | None = None, block_size: int = 8, prompt_as_bytes: bool = False) -> None:
+        self.slm, self.llm = Side(slm), Side(llm)
+        self.handoff = handoff
+        self.block_size = block_size
+        self.prompt_as_bytes = prompt_as_bytes
+        self.context_length = context_length or min(slm.backend.max_length, llm.backend.max_length)
+        self.active: list[CrossRequest] = []
+
+    def add(self, prompts: list[list[int]], params: list[SamplingParams], policies: list[RoutingPolicy],
+            modes: list[RoutingMode], keys: list[int]) -> list[CrossRequest]:
+        """Start requests from SLM prompt ids (the same interface as the shared-tokenizer engine)."""
+        decode = self.slm.blm.tokenizer.decode
+        return self.add_texts([decode(p, skip_special_tokens=False) for p in prompts], params, policies, keys, modes)
+
+    def add_texts(self, prompts: list[str], params: list[SamplingParams], policies: list[RoutingPolicy],
+                  keys: list[int], modes: list[RoutingMode] | None = None, prefixes: list[bytes] | None = None,
+                  as_bytes: list[bool] | None = None) -> list[CrossRequest]:
+        """Start requests from prompt texts (special tokens written out, as a chat template renders them).
+
+        `prefixes`: answer text already written (e.g. a label branch): both models are conditioned
+        on it as bytes and the output continues it. `as_bytes`: per request, see
+        `Side.context_and_tail` (default: the engine's `prompt_as_bytes`)."""
+        modes = modes or [RoutingMode.SEQUENTIAL] * len(prompts)
+        as_bytes = as_bytes or [self.prompt_as_bytes] * len(prompts)
+        slm_views = [self.slm.context_and_tail(p, b) for p, b in zip(prompts, as_bytes)]
+        hidden = any(p.needs_hidden for p in policies)
+        states = self.slm.blm.start([c for c, _ in slm_views], want_hidden=hidden)
+        self.slm.blm.push(states, [t for _, t in slm_views], want_hidden=hidden)
+        reqs = [CrossRequest(k, sp, pol, make_generator(sp.seed), st, tail, *self.llm.context_and_tail(p, b),
+                             Generation(prompt_tokens=len(ctx) + len(self.slm.blm.vocab.encode(tail)), pieces=[]),
+                             speculative=m == RoutingMode.SPECULATIVE)
+                for p, sp, pol, k, st, (ctx, tail), m, b
+                in zip(prompts, params, policies, keys, states, slm_views, modes, as_bytes)]
+        for r, prefix in zip(reqs, prefixes or [b""] * len(reqs)):
+            r.out.stats.slm_passes += 2
+            r.text, r.start = prefix, len(prefix)
+        self.active += reqs
+        return reqs
+
+    def step(self) -> list[CrossRequest]:
+        """Advance every active request (a piece, or a speculative block); returns those that finished."""
+        start = time.perf_counter()
+        seq = [r for r in self.active if not r.speculative]
+        spec = [r for r in self.active if r.speculative]
+        if seq:
+            self._sequential_step(seq)
+        if spec:
+            self._speculative_round(spec)
+        elapsed = time.perf_counter() - start
+        for r in self.active:
+            r.out.stats.seconds += elapsed
+        finished = [r for r in self.active if r.done]
+        for r in finished:
+            self._release(r)
+        self.active = [r for r in self.active if not r.done]
+        return finished
+
+    def _sequential_step(self, reqs: list[CrossRequest]) -> None:
+        self._sync(self.slm.blm, [r.slm for r in reqs], [r.slm_tail + r.text for r in reqs],
+                   any(r.policy.needs_hidden for r in reqs))
+        for r in reqs:
+            r.out.stats.slm_passes += 1
+        proposals = [self.slm.blm.pick_leaf(r.slm, r.params, r.generator) for r in reqs]
+        scores, flagged = self._route(reqs, proposals)
+        routed = [r for r, f in zip(reqs, flagged) if f]
+        llm_leaves = dict(zip(map(id, routed), self._llm_leaves(routed)))
+        for r, leaf, score, f in zip(reqs, proposals, scores, flagged):
+            blm, state = (self.llm.blm, r.llm) if f else (self.slm.blm, r.slm)
+            leaf = llm_leaves[id(r)] if f else leaf
+            piece = blm.commit(state, leaf) if blm.piece(state, leaf) else b""
+            self._emit(r, leaf, piece, Source.LLM if f else Source.SLM, float(score))
+
+    def _speculative_round(self, reqs: list[CrossRequest]) -> None:
+        slm = self.slm.blm
+        drafts: dict[int, list[_Draft]] = {id(r): [] for r in reqs}
+        drafting = list(reqs)
+        for _ in range(self.block_size):
+            if not drafting:
+                break
+            fresh = [r for r in drafting if r.carry is None]
+            proposed = dict(zip(map(id, fresh), self._drafts(fresh)))
+            still = []
+            for r in drafting:
+                d, r.carry = r.carry or proposed[id(r)], None
+                block = drafts[id(r)]
+                if d.flagged and block and block[-1].flagged:
+                    r.carry = d  # kept, not redrawn: dropping flagged draws would bias a sampled block
+                    continue
+                d.text_before, d.snapshot = len(r.text), slm.fork_state(r.slm) if d.flagged else None
+                block.append(d)
+                if not d.piece:
+                    continue  # end of text
+                if not d.flagged:  # flagged: as if the LLM wrote it, the SLM will condition on these bytes
+                    slm.commit(r.slm, d.leaf)
+                r.text += d.piece
+                r.out.pieces.append(d.piece)
+                if self._stop_reason(r) is None:
+                    still.append(r)
+            drafting = still
+        self._verify(reqs, drafts)
+
+    def _drafts(self, reqs: list[CrossRequest]) -> list[_Draft]:
+        """Each request's next SLM piece, routed; flagged sampled drafts keep the q they were drawn from."""
+        slm = self.slm.blm
+        self._sync(slm, [r.slm for r in reqs], [r.slm_tail + r.text for r in reqs],
+                   any(r.policy.needs_hidden for r in reqs))
+        tables = [slm.leaf_table(r.slm) for r in reqs]
+        out = []
+        for r, table in zip(reqs, tables):
+            r.out.stats.slm_passes += 1
+            probs = None if r.params.greedy else table.probs(r.params)
+            k = table.draw(probs, r.generator)
+            out.append(_Draft(table.leaf(k), table.piece(k), False, 0.0, table, probs))
+        scores, flagged = self._route(reqs, [d.leaf for d in out])
+        for r, d, score, f in zip(reqs, out, scores, flagged):
+            d.flagged, d.score = f, float(score)
+            if f and d.q is not None and len(r.slm.rows) > 1:
+                d.q = d.q * self._flagged_splits(r, d.table)
+                d.q /= d.q.sum()
+        return out
+
+    def _flagged_splits(self, r: CrossRequest, table: LeafTable) -> torch.Tensor:
+        """[n] 1.0 where the router flags the cover a leaf comes from, else 0.0."""
+        splits = table.splits.unique().tolist()
+        rows = [r.slm.rows[s] for s in splits]
+        _, flagged = route_rows([r.policy] * len(rows), [row.logits for row in rows], [row.hidden for row in rows],
+                                [len(r.out.pieces)] * len(rows), [r.key] * len(rows))
+        keep = torch.tensor([s for s, f in zip(splits, flagged) if f], dtype=torch.long)
+        return torch.isin(table.splits, keep).double()
+
+    def _verify(self, reqs: list[CrossRequest], drafts: dict[int, list[_Draft]]) -> None:
+        """One LLM pass over every flagged prefix; accept each block up to its first disagreement."""
+        llm = self.llm.blm
+        jobs = [(r, d) for r in reqs for d in drafts[id(r)] if d.flagged]
+        routed = list({id(r): r for r, _ in jobs}.values())
+        self._open_llm(routed)
+        copies = [llm.fork_state(r.llm) for r, _ in jobs]
+        self._sync(llm, copies, [r.llm_tail + r.text[: d.text_before] for r, d in jobs], False)
+        verdicts = {id(d): (copy, self._llm_verdict(llm.leaf_table(copy), d, r)) for (r, d), copy in zip(jobs, copies)}
+        for r in routed:
+            r.out.stats.llm_passes += 1
+        for r in reqs:
+            self._accept(r, drafts[id(r)], verdicts)
+        for copy in copies:
+            if copy.rows and not any(copy is r.llm for r in reqs):
+                llm.close(copy)
+
+    @staticmethod
+    def _llm_verdict(table: LeafTable, d: _Draft, r: CrossRequest) -> Leaf:
+        """The LLM's leaf at a flagged draft: its most probable one (greedy), or the speculative test."""
+        if d.q is None:
+            return table.leaf(table.draw(None, None))
+        p = table.probs(r.params)
+        q_piece = float(d.q[d.table.with_piece(d.piece)].sum())
+        same = table.with_piece(d.piece)
+        if float(torch.rand(1, dtype=torch.float64, generator=r.generator)) * q_piece < float(p[same].sum()):
+            return table.leaf(table.draw(p * same, r.generator))
+        for _ in range(_MAX_RESIDUAL_DRAWS):  # norm(max(p - q, 0)) by rejection from p: entered with
+            k = table.draw(p, r.generator)  # probability TV(p, q), 1 / TV draws
+            piece = table.piece(k)
+            p_piece = float(p[table.with_piece(piece)].sum())
+            q_other = float(d.q[d.table.with_piece(piece)].sum())
+            if float(torch.rand(1, dtype=torch.float64, generator=r.generator)) * p_piece < p_piece - q_other:
+                return table.leaf(k)
+        return table.leaf(k)  # p and q equal up to rounding: the residual is p's rounding noise
+
+    def _accept(self, r: CrossRequest, block: list[_Draft], verdicts: dict) -> None:
+        slm, llm = self.slm.blm, self.llm.blm
+        r.out.pieces = r.out.pieces[: len(r.out.pieces) - sum(1 for d in block if d.piece)]
+        r.text = r.text[: block[0].text_before] if block else r.text
+        for j, d in enumerate(block):
+            diverged = False
+            if not d.flagged:
+                self._emit(r, d.leaf, d.piece, Source.SLM, d.score)
+            else:
+                copy, leaf = verdicts[id(d)]
+                llm_piece = llm.piece(copy, leaf)
+                llm.close(r.llm)
+                r.llm = copy
+                if llm_piece:
+                    llm.commit(copy, leaf)
+                diverged = llm_piece != d.piece
+                if diverged:  # the LLM writes something else: roll the SLM back to before this draft
+                    slm.close(r.slm)
+                    r.slm = d.snapshot
+                else:
+                    slm.close(d.snapshot)
+                self._emit(r, leaf, llm_piece, Source.LLM, d.score)
+            if diverged or r.done:
+                for later in block[j + 1:]:
+                    if later.snapshot is not None:
+                        slm.close(later.snapshot)
+                r.carry = None  # drawn after bytes that were not written
+                return
+
+    def _emit(self, r: CrossRequest, leaf: Leaf, piece: bytes, source: Source, score: float) -> None:
+        """Record one written piece (b"": end of text); the writer's state is already advanced."""
+        r.out.sources.append(source)
+        r.out.scores.append(score)
+        r.out.stats.llm_tokens += int(source == Source.LLM)
+        r.out.token_ids.append(leaf.token)
+        if not piece:
+            r.done, r.out.finish_reason = True, FinishReason.STOP
+            return
+        r.text += piece
+        r.out.pieces.append(piece)
+        reason = self._stop_reason(r)
+        if reason is not None:
+            r.done, r.out.finish_reason = True, reason
+
+    def _stop_reason(self, r: CrossRequest) -> FinishReason | None:
+        """Why the output so far (drafts included while drafting) must end: a stop string, max_tokens, or
+        either model's context."""
+        text = r.text[r.start:].decode("utf-8", errors="replace")
+        if r.params.stop and any(s in text for s in r.params.stop):
+            return FinishReason.STOP
+        tokens = max(len(s.context) + len(s.root.ids) for s in (r.slm, r.llm) if s is not None and s.rows)
+        if len(r.out.pieces) >= r.params.max_tokens or tokens >= self.context_length - 1:
+            return FinishReason.LENGTH
+        return None
+
+    def cancel(self, req: CrossRequest) -> None:
+        if req in self.active:
+            self.active.remove(req)
+            self._release(req)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _sync(self, blm: ByteLevelLM, states: list[ByteState], texts: list[bytes], want_hidden: bool) -> None:
+        """Give each state the bytes of its text it has not seen, then evaluate all in one pass."""
+        chunks = [text[len(s.text):] for s, text in zip(states, texts)]
+        if self.handoff == Handoff.NAIVE:
+            for s, chunk in zip(states, chunks):
+                if chunk:
+                    blm.resync_naive(s, chunk)
+            blm.evaluate(states, want_hidden)
+        else:
+            blm.push(states, chunks, want_hidden)
+
+    @staticmethod
+    def _route(reqs: list[CrossRequest], proposals: list[Leaf]) -> tuple[list[float], list[bool]]:
+        """The router on each SLM proposal: the row (cover) it came from holds the features."""
+        rows = [r.slm.rows[leaf.split] for r, leaf in zip(reqs, proposals)]
+        return route_rows([r.policy for r in reqs], [row.logits for row in rows], [row.hidden for row in rows],
+                          [len(r.out.pieces) for r in reqs], [r.key for r in reqs])
+
+    def _llm_leaves(self, reqs: list[CrossRequest]) -> list[Leaf]:
+        """The LLM's piece for each routed request: conditioned on the text, one batched pass."""
+        if not reqs:
+            return []
+        self._open_llm(reqs)
+        self._sync(self.llm.blm, [r.llm for r in reqs], [r.llm_tail + r.text for r in reqs], False)
+        for r in reqs:
+            r.out.stats.llm_passes += 1
+        return [self.llm.blm.pick_leaf(r.llm, r.params, r.generator) for r in reqs]
+
+    def _open_llm(self, reqs: list[CrossRequest]) -> None:
+        """Open the LLM state of requests routed to it for the first time (one batched prefill)."""
+        fresh = [r for r in reqs if r.llm is None]
+        for r, state in zip(fresh, self.llm.blm.start([r.llm_context for r in fresh])):
+            r.llm = state
+            r.out.stats.llm_passes += 1
+
+    def _release(self, r: CrossRequest) -> None:
+        self.slm.blm.close(r.slm)
+        if r.llm is not None:
+            self.llm.blm.close(r.llm)
+        r.out.text = cut_at_stop(r.text[r.start:].decode("utf-8", errors="replace"), r.params.stop)
+
+
+@dataclass
+class _Draft:
+    leaf: Leaf
+    piece: bytes  # b"" for end of text
+    flagged: bool
+    score: float
+    table: LeafTable  # the SLM's leaves where it was drawn
+    q: torch.Tensor | None  # sampling: [leaves] what it was drawn from (flagged: restricted to flagged covers)
+    text_before: int = 0  # len(request.text) when it joined a block
+    snapshot: ByteState | None = None  # the SLM's state before it (flagged drafts: the rollback point)
+
+
+def generate_cross(slm: ByteLevelLM, llm: ByteLevelLM, policy: RoutingPolicy, prompts: list[str],
+                   params: list[SamplingParams], handoff: Handoff = Handoff.EXACT,
+                   stream_keys: list[int] | None = None, mode: RoutingMode = RoutingMode.SEQUENTIAL,
+                   prompt_as_bytes: bool = False, prefixes: list[bytes] | None = None) -> list[Generation]:
+    """Decode a fixed batch of prompt texts to the end (`prompt_as_bytes`: see `Side.context_and_tail`;
+    `prefixes`: see `CrossEngine.add_texts`)."""
+    engine = CrossEngine(slm, llm, handoff, prompt_as_bytes=prompt_as_bytes)
+    keys = stream_keys if stream_keys is not None else list(range(len(prompts)))
+    return drain(engine, engine.add_texts(prompts, params, [policy] * len(prompts), keys, [mode] * len(prompts),
+                                          prefixes))

@@ -1,0 +1,356 @@
+"""Exact byte-level probabilities from a token LM (the cover-encoding sum, incrementally).
+
+A token LM defines a distribution over byte strings. Definition used everywhere here: the
+model's distribution restricted to canonical tokenizations, each next-token distribution
+renormalized over the tokens that keep the sequence canonical (`TokenBytes.valid_after`).
+Then the probability that the text starts with x is the sum over its *covers*: the canonical
+sequences encode(x[:i]) + [v] whose last token v starts with x[i:] (and runs past the end of x
+when i < len(x); at i = len(x) every token counts, specials as END). Only i within one token
+length of the end can have a cover, so the sum has few terms.
+
+`ByteState` keeps one *row* per live split i: the canonical tokens of x[:i] as a backend
+sequence, their canonical log-probability and the next-token log-probs after them. x only
+grows, so a row never changes once made; pushing bytes adds rows for the new splits, each a
+`fork` of the row sharing its longest token prefix, all states' new rows in one batched
+pass (the Valid Covering Tree, with KV reuse). Everything else (the next-byte distribution,
+the prefix probability, a leaf to hand off from) is arithmetic over the rows.
+
+The model in control of a routed decode continues token by token from a chosen leaf (which is
+exact: sampling a leaf and continuing token-level samples the continuation of x); only a
+handoff, when bytes written by the other model arrive, needs the rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from serving.decoding.sampling import SamplingParams, processed_probs
+from serving.byte_level.token_bytes import TokenBytes
+
+N_BINS = 257  # bytes 0..255 and END
+
+
+@dataclass
+class Row:
+    """The canonical tokens of text[:split], cached in `seq` after the context."""
+
+    split: int
+    ids: list[int]
+    seq: object  # the backend's SequenceHandle: context + ids (maybe minus pending tokens)
+    cum: list[float]  # cum[j] = log P(ids[:j] | context); len(ids) + 1 entries
+    next_logp: torch.Tensor | None = None  # [vocab] float64 canonical log-probs after ids; None while pending
+    hidden: torch.Tensor | None = None  # the hidden state that predicted next_logp (when asked for)
+    logits: torch.Tensor | None = None  # [vocab] the raw logits behind next_logp (router features)
+
+
+@dataclass
+class ByteState:
+    """One model's view of one text: a fixed token context and the bytes after it."""
+
+    context: list[int]
+    text: bytes = b""
+    rows: dict[int, Row] = field(default_factory=dict)
+    own_boundary: bool = True  # text ends where the model's own last token ended: only that row is needed
+
+    @property
+    def root(self) -> Row:
+        return self.rows[max(self.rows)]
+
+
+@dataclass(frozen=True)
+class Leaf:
+    split: int
+    token: int
+    logp: float  # log P(cover) - log P(text): the leaf's probability given the text
+
+
+@dataclass
+class LeafTable:
+    """The leaves of one text: leaf k is token ids[k] after the canonical tokens of text[:splits[k]]."""
+
+    text: bytes
+    splits: torch.Tensor  # [n] long
+    ids: torch.Tensor  # [n] long
+    logp: torch.Tensor  # [n] float64 log P(leaf | text)
+    vocab: TokenBytes
+
+    def leaf(self, k: int) -> Leaf:
+        return Leaf(int(self.splits[k]), int(self.ids[k]), float(self.logp[k]))
+
+    def piece(self, k: int) -> bytes:
+        """The bytes leaf k adds to the text (b"": end of text)."""
+        return self.vocab.table[int(self.ids[k])][len(self.text) - int(self.splits[k]):]
+
+    def probs(self, params: SamplingParams | None) -> torch.Tensor:
+        """[n] what a draw samples from: the params' temperature / top-k / top-p over the leaves (none: T = 1)."""
+        return torch.exp(self.logp) if params is None else processed_probs(self.logp.float(), params).double()
+
+    def draw(self, probs: torch.Tensor | None, generator: torch.Generator | None) -> int:
+        """A leaf index: the most probable leaf when `probs` is None (greedy), else a draw from `probs`."""
+        if probs is None:
+            return int(torch.argmax(self.logp))
+        return int(torch.multinomial(probs, 1, generator=generator))
+
+    def with_piece(self, piece: bytes) -> torch.Tensor:
+        """[n] bool: the leaves that add exactly `piece` (one per split at most, save duplicate byte tokens)."""
+        mask = torch.zeros_like(self.ids, dtype=torch.bool)
+        for split in self.splits.unique().tolist():
+            wanted = self.vocab.ids_of(self.text[split:] + piece) if piece or split == len(self.text) else []
+            if wanted:
+                mask |= (self.splits == split) & torch.isin(self.ids, torch.tensor(wanted, dtype=torch.long))
+        return mask
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for k in range(n):
+        if a[k] != b[k]:
+            return k
+    return n
+
+
+class ByteLevelLM:
+    """Exact next-byte distributions of a backend's model; see the module docstring."""
+
+    def __init__(self, backend, tokenizer, canonical: bool = True, unchecked_mass: float = 1e-6,
+                 max_checked: int = 2048) -> None:
+        if not getattr(backend, "exact_full_distribution", True):
+            raise ValueError(f"{type(backend).__name__} returns only top-k log-probs; byte-level "
+                             "probabilities need the full next-token distribution (use the hf backend)")
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.canonical = canonical
+        # canonicality is checked for the most probable tokens until at most `unchecked_mass` is left
+        # unchecked (assumed canonical), or `max_checked` tokens per step (memoized per left token):
+        # every token with mass on small vocabularies; the head of real 50k-260k vocabularies
+        self.unchecked_mass, self.max_checked = unchecked_mass, max_checked
+        self.vocab = TokenBytes.from_tokenizer(tokenizer, backend.vocab_size)
+        self.max_token_len = self.vocab.max_len
+        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        self.default_context = [bos] if bos is not None else []
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, canonical: bool = True) -> ByteLevelLM:
+        from transformers import AutoTokenizer
+
+        from serving.backends.hf import HFBackend
+
+        return cls(HFBackend(model_dir), AutoTokenizer.from_pretrained(model_dir), canonical)
+
+    # -- one-shot queries ----------------------------------------------------------------------
+    def next_byte_logprobs(self, prefix: bytes, context: list[int] | None = None) -> torch.Tensor:
+        """[257] log P(next byte | the text starts with prefix); index 256 = end of text."""
+        return self._once(prefix, context, self.distribution)
+
+    def logprob(self, prefix: bytes, context: list[int] | None = None) -> float:
+        """log P(the text starts with prefix)."""
+        return self._once(prefix, context, self.prefix_logprob)
+
+    def _once(self, prefix: bytes, context: list[int] | None, read):
+        """`read` a fresh state pushed to `prefix`, then free it."""
+        (state,) = self.start([context])
+        try:
+            self.push([state], [prefix])
+            return read(state)
+        finally:
+            self.close(state)
+
+    # -- incremental states --------------------------------------------------------------------
+    def start(self, contexts: list[list[int] | None], want_hidden: bool = False) -> list[ByteState]:
+        """One state per context (default: BOS, or EOS for models without one), in one pass."""
+        if not contexts:
+            return []
+        contexts = [list(c) if c is not None else list(self.default_context) for c in contexts]
+        if any(not c for c in contexts):
+            raise ValueError("a byte-level state needs a non-empty token context (this tokenizer has no BOS/EOS)")
+        opened = self.backend.open(contexts, want_hidden)
+        states = []
+        for context, (seq, out) in zip(contexts, opened):
+            row = Row(0, [], seq, [0.0], self._next_logp(out.logits[-1], None),
+                      None if out.hidden is None else out.hidden[-1], out.logits[-1])
+            states.append(ByteState(context, b"", {0: row}))
+        return states
+
+    def push(self, states: list[ByteState], chunks: list[bytes], want_hidden: bool = False) -> None:
+        """Append bytes to each state and evaluate the new covers: one batched pass in all."""
+        for state, chunk in zip(states, chunks):
+            if chunk:
+                state.text += chunk
+                state.own_boundary = False
+        self.evaluate(states, want_hidden)
+
+    def evaluate(self, states: list[ByteState], want_hidden: bool = False) -> None:
+        """Bring every needed row up to date in one batched forward pass (none if nothing is stale)."""
+        seqs, feeds, jobs = [], [], []
+        for state in states:
+            for split in self._needed_splits(state):
+                row = state.rows.get(split)
+                if row is not None and row.next_logp is not None:
+                    continue
+                job = self._plan_row(state, split, row)
+                seqs.append(job[1].seq)
+                feeds.append(job[2])
+                jobs.append((state, *job))
+        outs = self.backend.extend(seqs, feeds, want_hidden) if seqs else []
+        for (state, j0, row, _feed), out in zip(jobs, outs):
+            self._finish_row(state, row, j0, out)
+        for state in states:
+            keep = set(self._needed_splits(state))
+            for split in [s for s in state.rows if s not in keep]:
+                self.backend.close(state.rows.pop(split).seq)
+
+    def close(self, state: ByteState) -> None:
+        for row in state.rows.values():
+            self.backend.close(row.seq)
+        state.rows.clear()
+
+    # -- arithmetic over the rows --------------------------------------------------------------
+    def leaves(self, state: ByteState) -> list[tuple[Row, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per row: (row, candidate ids, log P(cover) unnormalized, the byte each would produce next)."""
+        n, out = len(state.text), []
+        for split in self._needed_splits(state):
+            row = state.rows[split]
+            assert row.next_logp is not None, "evaluate() the state first"
+            if split == n:
+                ids = torch.arange(row.next_logp.shape[0])
+                next_byte = self.vocab.first_byte
+            else:
+                ids = torch.tensor(self.vocab.starting_with(state.text[split:], longer=True), dtype=torch.long)
+                next_byte = torch.tensor([self.vocab.table[v][n - split] for v in ids.tolist()], dtype=torch.long)
+            weights = row.cum[-1] + row.next_logp[ids]
+            live = weights > float("-inf")
+            out.append((row, ids[live], weights[live], next_byte[live]))
+        return out
+
+    def prefix_logprob(self, state: ByteState) -> float:
+        """log P(the text starts with state.text | context)."""
+        return float(torch.logsumexp(torch.cat([w for _, _, w, _ in self.leaves(state)]), 0))
+
+    def distribution(self, state: ByteState) -> torch.Tensor:
+        """[257] float64 log-probs of the next byte (END = 256) given state.text."""
+        acc = torch.full((N_BINS,), float("-inf"), dtype=torch.float64)
+        for _, _, weights, next_byte in self.leaves(state):
+            acc = torch.logaddexp(acc, _scatter_logsumexp(weights, next_byte, N_BINS))
+        return acc - torch.logsumexp(acc, 0)
+
+    def leaf_table(self, state: ByteState) -> LeafTable:
+        """Every leaf of the state's text with its probability given the text."""
+        table = self.leaves(state)
+        weights = torch.cat([w for _, _, w, _ in table])
+        return LeafTable(state.text, torch.cat([torch.full_like(ids, row.split) for row, ids, _, _ in table]),
+                         torch.cat([ids for _, ids, _, _ in table]), weights - torch.logsumexp(weights, 0), self.vocab)
+
+    def pick_leaf(self, state: ByteState, params: SamplingParams | None = None,
+                  generator: torch.Generator | None = None) -> Leaf:
+        """A cover of the state's text: the most probable one (greedy params, or no generator), else one
+        drawn with its probability after the params' temperature / top-k / top-p (none: T = 1)."""
+        table = self.leaf_table(state)
+        greedy = generator is None or (params is not None and params.greedy)
+        return table.leaf(table.draw(None if greedy else table.probs(params), generator))
+
+    def piece(self, state: ByteState, leaf: Leaf) -> bytes:
+        """The bytes `leaf` would add to the state's text (b"" for a special token: end of text)."""
+        return self.vocab.table[leaf.token][len(state.text) - leaf.split:]
+
+    def commit(self, state: ByteState, leaf: Leaf) -> bytes:
+        """Continue from `leaf`: its token becomes the model's own; returns the bytes it adds."""
+        row = state.rows[leaf.split]
+        added = self.piece(state, leaf)
+        lp = float(row.next_logp[leaf.token])
+        new_row = Row(leaf.split + len(self.vocab.table[leaf.token]), row.ids + [leaf.token], row.seq,
+                      row.cum + [row.cum[-1] + lp])
+        for split, other in state.rows.items():
+            if split != leaf.split:
+                self.backend.close(other.seq)
+        state.rows = {new_row.split: new_row}
+        state.text += added
+        state.own_boundary = True
+        return added
+
+    def fork_state(self, state: ByteState) -> ByteState:
+        """An independent copy (each row's sequence forked; the shared prefix's KV is copied, not recomputed)."""
+        rows = {split: Row(row.split, list(row.ids), self.backend.fork(row.seq, row.seq.length), list(row.cum),
+                           row.next_logp, row.hidden, row.logits) for split, row in state.rows.items()}
+        return ByteState(list(state.context), state.text, rows, state.own_boundary)
+
+    def resync_naive(self, state: ByteState, chunk: bytes) -> None:
+        """The biased baseline: re-encode the whole text and condition on that token boundary.
+
+        (What a decode-to-text, re-encode, continue handoff does; the KV of the shared token
+        prefix is kept.) Evaluate the state afterwards."""
+        root = state.rows.pop(state.root.split)
+        self.close(state)
+        state.text += chunk
+        ids = self.vocab.encode(state.text)
+        lcp = _common_prefix(ids, root.ids)
+        lcp = min(lcp, root.seq.length - len(state.context) + 1, len(ids))
+        self.backend.truncate(root.seq, len(state.context) + lcp - 1)
+        cum = root.cum[: lcp + 1] + [0.0] * (len(ids) - lcp)  # the tail is recomputed by evaluate()
+        state.rows = {len(state.text): Row(len(state.text), ids, root.seq, cum)}
+        state.own_boundary = True
+
+    # -- internals -----------------------------------------------------------------------------
+    def _needed_splits(self, state: ByteState) -> list[int]:
+        n = len(state.text)
+        if state.own_boundary:
+            return [state.root.split]
+        splits = [n]
+        for i in range(max(0, n - self.max_token_len + 1), n):
+            if self.vocab.starting_with(state.text[i:], longer=True):
+                splits.append(i)
+        return sorted(splits)
+
+    def _plan_row(self, state: ByteState, split: int, row: Row | None) -> tuple[int, Row, list[int]]:
+        """(first token index whose log-prob the pass yields, the row to fill, tokens to feed)."""
+        ctx = len(state.context)
+        if row is not None:  # own tokens pending: feed them in place
+            fed = row.seq.length - ctx
+            start = min(fed, len(row.ids) - 1) if row.ids else None
+            if start is None:
+                raise AssertionError("a stale row with no tokens")
+            if fed > start:
+                self.backend.truncate(row.seq, ctx + start)
+            return start + 1, row, (state.context + row.ids)[ctx + start:]
+        ids = self.vocab.encode(state.text[:split])
+        source = max(state.rows.values(), key=lambda r: (_common_prefix(ids, r.ids), -len(r.ids)))
+        lcp = _common_prefix(ids, source.ids)
+        fork_at = min(ctx + lcp - 1, source.seq.length)  # re-feed one shared token to get the next-token row
+        seq = self.backend.fork(source.seq, fork_at)
+        j0 = fork_at + 1 - ctx  # the pass predicts ids[j0:], each after ids[:j]
+        new = Row(split, ids, seq, source.cum[: j0 + 1])
+        return j0, new, (state.context + ids)[fork_at:]
+
+    def _finish_row(self, state: ByteState, row: Row, j0: int, out) -> None:
+        # output k is the distribution after (context + ids)[: seq_len_before + k + 1]
+        cum = row.cum[: j0 + 1]
+        for k in range(out.logits.shape[0] - 1):
+            j = j0 + k
+            lp = self._next_logp(out.logits[k], row.ids[j - 1] if j > 0 else None)
+            cum.append(cum[-1] + float(lp[row.ids[j]]))
+        row.cum = cum
+        row.next_logp = self._next_logp(out.logits[-1], row.ids[-1] if row.ids else None)
+        row.hidden = None if out.hidden is None else out.hidden[-1]
+        row.logits = out.logits[-1]
+        state.rows[row.split] = row
+
+    def _next_logp(self, logits: torch.Tensor, left: int | None) -> torch.Tensor:
+        lp = torch.log_softmax(logits.double(), dim=-1)
+        if not self.canonical:
+            return lp
+        head = torch.topk(lp, min(self.max_checked, lp.shape[0]))  # the probable head, in order
+        tail = 1.0 - torch.cumsum(head.values.exp(), 0)  # mass after each head token
+        n_check = min(int((tail > self.unchecked_mass).sum()) + 1, head.indices.shape[0])
+        order = head.indices
+        lp = lp.masked_fill(~self.vocab.valid_after(left, order[:n_check]), float("-inf"))
+        return lp - torch.logsumexp(lp, 0)
+
+
+def _scatter_logsumexp(values: torch.Tensor, index: torch.Tensor, bins: int) -> torch.Tensor:
+    out = torch.full((bins,), float("-inf"), dtype=torch.float64)
+    if values.numel() == 0:
+        return out
+    peak = values.max()
+    mass = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, torch.exp(values - peak))
+    return torch.log(mass) + peak

@@ -1,0 +1,60 @@
+"""Sequential routed decoding: the reference semantics every faster mode must reproduce.
+
+Glossary
+  SLM / LLM      the small model that proposes every token / the large model that writes routed ones.
+  flagged        a position whose router score exceeds the threshold: the LLM writes that token.
+  catch-up       the LLM is lazy: it only sees the tokens written since its last pass when it is
+                 next needed, all of them in one extend.
+
+At each step the SLM's logits (and hidden state) at the current position are scored by each
+request's policy; flagged requests get their token from the LLM (after catch-up), the rest
+from the SLM; then every request still running appends its token to the SLM in one pass.
+"""
+from __future__ import annotations
+
+import torch
+
+from router.policies import RoutingPolicy
+from serving.backends.base import Backend
+from serving.decoding.engine import Request, RoutedEngine, llm_feed, route, run_to_completion, slm_feed
+from serving.decoding.generation import Generation, RoutingMode, Source
+from serving.decoding.sampling import SamplingParams, choose_token
+from serving.decoding.stopping import StopRule
+
+
+def sequential_step(engine: RoutedEngine, reqs: list[Request]) -> None:
+    """One token for every request."""
+    scores, flagged = route(reqs, [len(r.tokens) for r in reqs])
+    routed = [r for r, f in zip(reqs, flagged) if f]
+    llm_logits: dict[int, torch.Tensor] = {}
+    if routed:
+        outs = llm_feed(engine.llm, routed, [r.tokens[r.llm_seen :] for r in routed])
+        llm_logits = {id(r): o.logits[-1] for r, o in zip(routed, outs)}
+    for r, score, f in zip(reqs, scores, flagged):
+        logits = llm_logits[id(r)] if f else r.slm_out.logits[-1]
+        r.out.token_ids.append(choose_token(logits, r.params, r.generator))
+        if r.params.logprobs is not None:
+            record_logprobs(r.out, logits, r.params.logprobs)
+        r.out.sources.append(Source.LLM if f else Source.SLM)
+        r.out.scores.append(float(score))
+        r.out.stats.llm_tokens += int(f)
+        reason = engine.stop_rule.check_tokens(r.prompt, r.out.token_ids, r.params)
+        if reason is not None:
+            r.done, r.out.finish_reason = True, reason
+    running = [r for r in reqs if not r.done]
+    slm_feed(engine.slm, running, [r.out.token_ids[-1] for r in running])
+
+
+def record_logprobs(out: Generation, logits: torch.Tensor, k: int) -> None:
+    """The chosen token's log-prob under the model that wrote it, and the k most likely alternatives."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    out.logprobs.append(float(lp[out.token_ids[-1]]))
+    top = torch.topk(lp, k) if k else None
+    out.top_logprobs.append([] if top is None else list(zip(top.indices.tolist(), top.values.tolist())))
+
+
+def generate_sequential(slm: Backend, llm: Backend, policy: RoutingPolicy, prompts: list[list[int]],
+                        params: list[SamplingParams], stop_rule: StopRule,
+                        stream_keys: list[int] | None = None) -> list[Generation]:
+    """Decode every prompt with sequential routing, batched across prompts."""
+    return run_to_completion(slm, llm, policy, prompts, params, stop_rule, RoutingMode.SEQUENTIAL, stream_keys)

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible server: wire types, the continuous-batching scheduler, the HTTP endpoints."""

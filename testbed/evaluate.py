@@ -1,0 +1,142 @@
+"""Held-out accuracy and decode latency of a testbed model, written into its model card."""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from testbed.problem import Problem, grade
+from testbed.splits import FAMILIES, heldout
+from router.policies import AlwaysSLM, RoutingPolicy
+from serving.backends.base import Backend
+from serving.decoding.generation import Generation
+from serving.decoding.sampling import SamplingParams
+from serving.decoding.sequential import generate_sequential
+from serving.decoding.stopping import StopRule
+
+MAX_NEW_TOKENS = 200
+
+LLM_X_CARD = (
+    "The testbed LLM with another tokenizer (`models/testbed/tokenizer-x`: SentencePiece-style BPE, U+2581 spaces, "
+    "byte fallback, 1024 pieces learned separately) for cross-tokenizer routing. Same architecture and training "
+    "data as the LLM; started from the LLM's weights with each new embedding the mean of the LLM embeddings of "
+    "its text (vocabulary transplant), then trained on the testbed families. Its SLM partner shares nothing "
+    "with its tokenizer: routing between them goes through exact byte-level handoff.")
+LLM_X_REPRODUCE = ("Reproduce: `r2r testbed data` (writes tokenizer-x too), then `r2r testbed train --size llm "
+                   "--init-from models/testbed/llm --tokenizer-dir models/testbed/tokenizer-x --out models/testbed/llm-x "
+                   "--steps 500 --lr 1e-3 --warmup 50 --ckpt-dir runs/testbed/ckpt-llm-x`, `r2r testbed eval`.")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    model_dir: Path
+    n_problems: int = 500
+    batch_size: int = 50
+    split: str = "test"
+
+    def __post_init__(self) -> None:
+        if self.n_problems < 1:
+            raise ValueError(f"evaluation needs at least one problem per family, got {self.n_problems}")
+
+
+def solve_routed(slm: Backend, llm: Backend, policy: RoutingPolicy, tokenizer, problems: list[Problem],
+                 batch_size: int) -> list[Generation]:
+    """Greedy routed completions of testbed problems (chat-formatted prompts)."""
+    from testbed.tokenizer import chat_text
+
+    rule = StopRule(frozenset({tokenizer.eos_token_id}), tokenizer.decode, min(slm.max_length, llm.max_length))
+    params = SamplingParams(max_tokens=MAX_NEW_TOKENS)
+    out: list[Generation] = []
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start : start + batch_size]
+        prompts = [tokenizer(chat_text(p.prompt))["input_ids"] for p in chunk]
+        keys = list(range(start, start + len(chunk)))
+        out += generate_sequential(slm, llm, policy, prompts, [params] * len(chunk), rule, stream_keys=keys)
+    return out
+
+
+def solve(backend: Backend, tokenizer, problems: list[Problem], batch_size: int) -> list[str]:
+    """Greedy completions of one model (routed decoding with always-SLM and the model as SLM)."""
+    return [g.text for g in solve_routed(backend, backend, AlwaysSLM(), tokenizer, problems, batch_size)]
+
+
+def decode_latency_ms(backend: Backend, prompt: list[int], n_tokens: int = 64, repeats: int = 3) -> float:
+    """Median per-token latency of batch-1 greedy decoding (one extend per token, KV reused)."""
+    per_run = []
+    for _ in range(repeats):
+        seq, out = backend.open([prompt])[0]
+        tok = int(out.logits[-1].argmax())
+        start = time.perf_counter()
+        for _ in range(n_tokens):
+            tok = int(backend.extend([seq], [[tok]])[0].logits[-1].argmax())
+        per_run.append((time.perf_counter() - start) / n_tokens * 1000)
+        backend.close(seq)
+    return statistics.median(per_run)
+
+
+def evaluate_model(cfg: EvalConfig) -> dict:
+    from transformers import AutoTokenizer
+
+    from testbed.tokenizer import chat_text
+    from serving.backends.hf import HFBackend
+
+    backend = HFBackend(cfg.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model_dir)
+    result: dict = {"model_dir": str(cfg.model_dir), "split": cfg.split, "n_problems": cfg.n_problems,
+                    "accuracy": {}}
+    for family in FAMILIES:
+        problems = heldout(family, cfg.split, cfg.n_problems)
+        texts = solve(backend, tokenizer, problems, cfg.batch_size)
+        result["accuracy"][family] = sum(grade(p, t) for p, t in zip(problems, texts)) / len(problems)
+    probe = tokenizer(chat_text(heldout("math", cfg.split, 1)[0].prompt))["input_ids"]
+    result["ms_per_token_batch1"] = round(decode_latency_ms(backend, probe), 3)
+    return result
+
+
+def _training_line(training: dict) -> str:
+    """Steps and mixture of each training stage, then total tokens and time."""
+    stages = training.get("stages") or [{**training["config"], **training}]
+
+    def mix(s: dict) -> str:
+        weights = s.get("family_weights")
+        return "uniform mix" if not weights else ", ".join(f"{f}={w:g}" for f, w in zip(FAMILIES, weights))
+
+    steps = " then ".join(f"{s['steps']} steps x {s['batch_size']} problems ({mix(s)}, peak lr {s['lr']:g})"
+                          for s in stages)
+    tokens = training.get("total_train_tokens", training["train_tokens"])
+    seconds = training.get("total_train_seconds", training["train_seconds"])
+    return f"{steps}; {tokens:,} tokens, {seconds / 60:.1f} min on 2 CPU cores"
+
+
+def write_model_card(model_dir: Path, role: str, evaluation: dict, other: dict | None,
+                     description: str | None = None, reproduce: str | None = None) -> None:
+    """README.md model card: config, parameter count, training tokens/time, accuracy, latency."""
+    training = json.loads((model_dir / "training.json").read_text())
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "eval.json").write_text(json.dumps(evaluation, indent=2))
+    acc = evaluation["accuracy"]
+    lines = [
+        f"# r2r testbed {role.upper()}",
+        "",
+        description or f"A {config['model_type']} causal LM trained from scratch on the r2r testbed task families "
+        f"({', '.join(FAMILIES)}), the {'small' if role == 'slm' else 'large'} model of the embedded default pair.",
+        "",
+        "| | |", "|---|---|",
+        f"| architecture | {config['architectures'][0]}: hidden {config['hidden_size']}, "
+        f"{config['num_hidden_layers']} layers, {config['num_attention_heads']} heads "
+        f"({config['num_key_value_heads']} KV), FFN {config['intermediate_size']}, vocab {config['vocab_size']} |",
+        f"| parameters | {training['parameters']:,} |",
+        f"| training | {_training_line(training)} |",
+        f"| held-out accuracy ({evaluation['n_problems']} {evaluation['split']} problems, greedy) | "
+        + ", ".join(f"{f}: {acc[f]:.1%}" for f in FAMILIES) + " |",
+        f"| decode latency, batch 1 | {evaluation['ms_per_token_batch1']:.2f} ms/token |",
+    ]
+    if other is not None:
+        lines.append("| vs the other model | accuracy " + ", ".join(
+            f"{f}: {acc[f] - other['accuracy'][f]:+.1%}" for f in FAMILIES)
+            + f"; latency ratio {evaluation['ms_per_token_batch1'] / other['ms_per_token_batch1']:.2f}x |")
+    lines += ["", reproduce or "Reproduce: `r2r testbed data && r2r testbed train --size slm && r2r testbed train "
+              "--size llm && r2r testbed eval` (see the repository README).", ""]
+    (model_dir / "README.md").write_text("\n".join(lines))

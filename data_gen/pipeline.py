@@ -31,7 +31,9 @@ from router.policies import AlwaysSLM, PolicyKind, RoutingPolicy
 from serving.backends.fingerprint import router_fingerprint, tokenizer_fingerprint
 from serving.pair import ModelPair
 from serving.decoding.sampling import SamplingParams
+from serving.decoding.generation import Source
 from serving.decoding.sequential import generate_sequential
+from serving.decoding.single import decode
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +110,8 @@ class LabelPipeline:
         prompts = [self.pair.encode_chat(p.chat()) for p in chunk]
         gens = []
         for batch in _batches(prompts, self.cfg.batch_size):
-            gens += generate_sequential(self.pair.llm, self.pair.llm, AlwaysSLM(), batch,
-                                        [SamplingParams(max_tokens=self.cfg.max_new_tokens)] * len(batch),
-                                        self.greedy_llm_rule)
+            gens += decode(self.pair.llm, batch, [SamplingParams(max_tokens=self.cfg.max_new_tokens)] * len(batch),
+                           self.greedy_llm_rule, Source.LLM)
         return {"data_id": [p.id for p in chunk], "prompt_ids": prompts, "ref_ids": [g.token_ids for g in gens],
                 "finished": [g.finish_reason.value == "stop" for g in gens]}
 

@@ -94,16 +94,15 @@ class JudgeVerifier:
             tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"])
 
     def label(self, candidates: list[Candidate]) -> list[int]:
-        from router.policies import AlwaysSLM
         from serving.decoding.sampling import SamplingParams
-        from serving.decoding.sequential import generate_sequential
+        from serving.decoding.single import decode
         from serving.decoding.stopping import StopRule
 
         if not candidates:
             return []
         rule = StopRule(frozenset({self.tokenizer.eos_token_id}), self.tokenizer.decode, self.backend.max_length)
-        gens = generate_sequential(self.backend, self.backend, AlwaysSLM(), [self.prompt(c) for c in candidates],
-                                   [SamplingParams(max_tokens=self.max_tokens)] * len(candidates), rule)
+        gens = decode(self.backend, [self.prompt(c) for c in candidates],
+                      [SamplingParams(max_tokens=self.max_tokens)] * len(candidates), rule)
         labels, unparsed = [], 0
         for g in gens:
             match = _DIGIT.search(g.text)

@@ -93,8 +93,7 @@ def run_sweep(pair: ModelPair, task: Task, problems: list[EvalProblem], cfg: Swe
     runs.mkdir(parents=True, exist_ok=True)
     meta = {"task": task.name, "pair": pair.spec.name, "mode": cfg.mode.value, "n_problems": len(problems),
             "max_tokens": cfg.max_tokens, "identity": identity,
-            "slm_params": sum(p.numel() for p in pair.slm.model.parameters()),
-            "llm_params": sum(p.numel() for p in pair.llm.model.parameters())}
+            "slm_params": pair.slm.n_parameters, "llm_params": pair.llm.n_parameters}
     (cfg.out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
     prompts = {p.id: pair.encode_chat([{"role": "user", "content": p.prompt}]) for p in problems}
     settings = [(k, v) for k in cfg.policies for v in DEFAULT_GRID[k]]

@@ -172,7 +172,7 @@ class ModelPair:
         """Backends without full-vocabulary distributions (SGLang) sample exactly only within their top-k;
         anything else is refused rather than silently approximated."""
         for b in (self.slm, self.llm):
-            if getattr(b, "exact_full_distribution", True):
+            if b.exact_full_distribution:
                 continue
             for p in params:
                 if not p.greedy and not 1 <= p.top_k <= b.returned_top_k:

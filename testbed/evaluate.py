@@ -9,11 +9,12 @@ from pathlib import Path
 
 from testbed.problem import Problem, grade
 from testbed.splits import FAMILIES, heldout
-from router.policies import AlwaysSLM, RoutingPolicy
+from router.policies import RoutingPolicy
 from serving.backends.base import Backend
 from serving.decoding.generation import Generation
 from serving.decoding.sampling import SamplingParams
 from serving.decoding.sequential import generate_sequential
+from serving.decoding.single import decode
 from serving.decoding.stopping import StopRule
 
 MAX_NEW_TOKENS = 200
@@ -58,8 +59,16 @@ def solve_routed(slm: Backend, llm: Backend, policy: RoutingPolicy, tokenizer, p
 
 
 def solve(backend: Backend, tokenizer, problems: list[Problem], batch_size: int) -> list[str]:
-    """Greedy completions of one model (routed decoding with always-SLM and the model as SLM)."""
-    return [g.text for g in solve_routed(backend, backend, AlwaysSLM(), tokenizer, problems, batch_size)]
+    """Greedy completions of one model alone, in batches."""
+    from testbed.tokenizer import chat_text
+
+    rule = StopRule(frozenset({tokenizer.eos_token_id}), tokenizer.decode, backend.max_length)
+    params = SamplingParams(max_tokens=MAX_NEW_TOKENS)
+    texts: list[str] = []
+    for start in range(0, len(problems), batch_size):
+        prompts = [tokenizer(chat_text(p.prompt))["input_ids"] for p in problems[start : start + batch_size]]
+        texts += [g.text for g in decode(backend, prompts, [params] * len(prompts), rule)]
+    return texts
 
 
 def decode_latency_ms(backend: Backend, prompt: list[int], n_tokens: int = 64, repeats: int = 3) -> float:

@@ -65,6 +65,8 @@ class TableLM:
         self.vocab_size, self.hidden_size, self.max_length = vocab_size, 4, 10_000
         self.allowed, self.eos, self.context_len, self.max_new, self.seed = allowed, eos, context_len, max_new, seed
         self.forward_passes = self.open_sequences = 0
+        self.n_parameters, self.exact_full_distribution, self.returned_top_k = 0, True, vocab_size
+        self.model_id = self.fingerprint = f"table-{seed}"
 
     def logits_after(self, tokens: list[int]) -> torch.Tensor:
         out = torch.full((self.vocab_size,), float("-inf"))
@@ -166,6 +168,8 @@ class RestrictedHF:
     def __init__(self, inner, allowed: list[int], eos: int, context_len: int, max_new: int):
         self.inner, self.allowed, self.eos, self.context_len, self.max_new = inner, allowed, eos, context_len, max_new
         self.vocab_size, self.hidden_size, self.max_length = inner.vocab_size, inner.hidden_size, inner.max_length
+        self.n_parameters, self.exact_full_distribution, self.returned_top_k = inner.n_parameters, True, inner.vocab_size
+        self.model_id, self.fingerprint = inner.model_id, inner.fingerprint
         self._mask = torch.full((inner.vocab_size,), float("-inf"))
         self._mask[allowed + [eos]] = 0.0
 

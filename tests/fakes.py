@@ -26,7 +26,8 @@ class FakeBackend:
         self.vocab_size, self.hidden_size, self.max_length = vocab, hidden, max_length
         self.seed, self.sharpness = seed, sharpness
         self.model_id = self.fingerprint = f"fake-{seed}"
-        self.forward_passes = 0
+        self.forward_passes = self.open_sequences = 0
+        self.n_parameters, self.exact_full_distribution, self.returned_top_k = 0, True, vocab
 
     def logits_for(self, prefix: list[int]) -> torch.Tensor:
         digest = hashlib.sha256(f"{self.seed}:{prefix}".encode()).digest()
@@ -41,6 +42,7 @@ class FakeBackend:
     def open(self, prompts: list[list[int]], want_hidden: bool = False) -> list[tuple[FakeSequence, StepOutput]]:
         self.forward_passes += 1
         seqs = [FakeSequence(list(p)) for p in prompts]
+        self.open_sequences += len(seqs)
         return [(s, self._outputs(s, len(s.tokens))) for s in seqs]
 
     def extend(self, seqs: list[FakeSequence], new_ids: list[list[int]], want_hidden: bool = False) -> list[StepOutput]:
@@ -55,6 +57,7 @@ class FakeBackend:
         del seq.tokens[length:]
 
     def close(self, seq: FakeSequence) -> None:
+        self.open_sequences -= not seq.closed
         seq.closed = True
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,19 @@ def same(a: torch.Tensor, b: torch.Tensor) -> None:
     torch.testing.assert_close(torch.topk(la, K, -1).values, torch.topk(lb, K, -1).values, atol=2e-3, rtol=0)
 
 
+def declares_the_protocol(backend) -> None:
+    """Every attribute the Backend protocol declares is set (callers read them directly, never with defaults)."""
+    from typing import get_type_hints
+
+    from serving.backends.base import Backend
+
+    missing = [name for name in get_type_hints(Backend) if not hasattr(backend, name)]
+    assert not missing, f"{type(backend).__name__} lacks {missing}"
+    assert isinstance(backend.n_parameters, int) and backend.returned_top_k >= 1
+
+
 def conformance(backend) -> None:
+    declares_the_protocol(backend)
     opened = backend.open(PROMPTS)
     batched = backend.extend([s for s, _ in opened], NEW)
     for ids, new, b in zip(PROMPTS, NEW, batched):
@@ -36,7 +48,18 @@ def conformance(backend) -> None:
 def test_hf_backend_conforms(tiny_models) -> None:
     from serving.backends.hf import HFBackend
 
-    conformance(HFBackend(tiny_models["qwen2"]))
+    backend = HFBackend(tiny_models["qwen2"])
+    conformance(backend)
+    assert backend.n_parameters == sum(p.numel() for p in backend.model.parameters())
+    assert backend.exact_full_distribution and backend.returned_top_k == backend.vocab_size
+
+
+def test_test_fakes_declare_the_protocol() -> None:
+    from tests.byte_oracle import TableLM
+    from tests.fakes import FakeBackend
+
+    declares_the_protocol(FakeBackend(vocab=8, seed=0))
+    declares_the_protocol(TableLM(vocab_size=8, allowed=[1, 2], eos=0, context_len=1, max_new=2))
 
 
 @pytest.mark.gpu

@@ -19,6 +19,7 @@ from serving.decoding.generation import Generation
 from serving.pair import ModelPair
 from serving.decoding.sampling import SamplingParams
 from serving.decoding.sequential import generate_sequential
+from serving.decoding.single import decode
 from serving.decoding.speculative import generate_speculative
 from serving.decoding.stopping import StopRule
 
@@ -46,14 +47,20 @@ def _ms_per_token(slm: Backend, llm: Backend, policy: RoutingPolicy, prompts: li
     return statistics.median(times), statistics.mean(shares)
 
 
+def _alone(model: Backend, _llm: Backend, _policy: RoutingPolicy, prompts: list[list[int]],
+           params: list[SamplingParams], rule: StopRule) -> list[Generation]:
+    """One model decoding alone, in `_ms_per_token`'s signature."""
+    return decode(model, prompts, params, rule)
+
+
 def bench_decode(pair: ModelPair, prompts: list[list[int]], cfg: DecodeBenchConfig) -> dict:
     """The decode benchmark JSON (see the module docstring); prompts are cycled to fill a batch."""
     result: dict = {"config": {"new_tokens": cfg.new_tokens, "repeats": cfg.repeats, "pair": pair.spec.name}}
     ctx = pair.context_length
     for batch in cfg.batch_sizes:
         batch_prompts = [prompts[i % len(prompts)] for i in range(batch)]
-        slm_ms, _ = _ms_per_token(pair.slm, pair.slm, AlwaysSLM(), batch_prompts, cfg, ctx)
-        llm_ms, _ = _ms_per_token(pair.llm, pair.llm, AlwaysSLM(), batch_prompts, cfg, ctx)
+        slm_ms, _ = _ms_per_token(pair.slm, pair.slm, AlwaysSLM(), batch_prompts, cfg, ctx, _alone)
+        llm_ms, _ = _ms_per_token(pair.llm, pair.llm, AlwaysSLM(), batch_prompts, cfg, ctx, _alone)
         entry: dict = {"slm_ms_per_token": round(slm_ms, 3), "llm_ms_per_token": round(llm_ms, 3), "rates": {}}
         for rate in cfg.rates:
             policy = RandomPolicy(rate=rate, seed=cfg.seed)

@@ -1,7 +1,7 @@
 """`r2r bench headline`: routed decoding against what a user would pick instead, in one run.
 
 Configurations (greedy; each family's held-out test problems; static batches of 1, 8, 32):
-  llm_alone              the LLM as the only model: no SLM pass, no router.
+  llm_alone              the LLM as the only model (`serving.decoding.decode`): no SLM pass, no router.
   slm_alone              the SLM as the only model.
   lossless_speculative   the SLM drafts, the LLM verifies every drafted position (the `llm` policy in
                          speculative mode): the LLM's own output, blocks sized by the engine's cost model.
@@ -24,9 +24,11 @@ from enum import Enum
 from evals.bench.step_costs import ProbeConfig, probe_costs, routed_bounds
 from evals.report import wilson
 from testbed.problem import Problem, grade
-from router.policies import AlwaysLLM, AlwaysSLM, RoutingPolicy
+from router.policies import AlwaysLLM, RoutingPolicy
+from serving.backends.base import Backend
 from serving.decoding.engine import RoutedEngine, run_engine
-from serving.decoding.generation import Generation, RoutingMode
+from serving.decoding.generation import Generation, RoutingMode, Source
+from serving.decoding.single import decode
 from serving.pair import ModelPair
 from serving.decoding.sampling import SamplingParams
 
@@ -63,46 +65,42 @@ class HeadlineConfig:
 
 @dataclass
 class _Run:
-    """One configuration's engine and what it has produced so far."""
+    """One configuration: how it decodes a batch (prompts, stream keys), and what it has produced so far."""
 
-    engine: RoutedEngine
-    policy: RoutingPolicy
-    mode: RoutingMode
+    batch_decode: Callable[[list[list[int]], list[int]], list[Generation]]
     gens: list[Generation]
     seconds: float = 0.0
 
 
-def _runs(pair: ModelPair, routed: RoutingPolicy) -> dict[Config, _Run]:
+def _runs(pair: ModelPair, routed: RoutingPolicy, params: SamplingParams) -> dict[Config, _Run]:
     rule = pair.stop_rule()
 
-    def run(slm, llm, policy: RoutingPolicy, mode: RoutingMode) -> _Run:
-        return _Run(RoutedEngine(slm, llm, rule), policy, mode, [])
+    def alone(backend: Backend, role: Source) -> _Run:
+        return _Run(lambda prompts, keys: decode(backend, prompts, [params] * len(prompts), rule, role), [])
 
-    return {Config.LLM_ALONE: run(pair.llm, pair.llm, AlwaysSLM(), RoutingMode.SEQUENTIAL),
-            Config.SLM_ALONE: run(pair.slm, pair.slm, AlwaysSLM(), RoutingMode.SEQUENTIAL),
-            Config.LOSSLESS_SPECULATIVE: run(pair.slm, pair.llm, AlwaysLLM(), RoutingMode.SPECULATIVE),
-            Config.ROUTED_SEQUENTIAL: run(pair.slm, pair.llm, routed, RoutingMode.SEQUENTIAL),
-            Config.ROUTED_SPECULATIVE: run(pair.slm, pair.llm, routed, RoutingMode.SPECULATIVE)}
+    def paired(policy: RoutingPolicy, mode: RoutingMode) -> _Run:
+        engine = RoutedEngine(pair.slm, pair.llm, rule)  # one per configuration: its pass costs carry over
+        return _Run(lambda prompts, keys: run_engine(engine, prompts, [params] * len(prompts),
+                                                     [policy] * len(prompts), mode, keys), [])
+
+    return {Config.LLM_ALONE: alone(pair.llm, Source.LLM), Config.SLM_ALONE: alone(pair.slm, Source.SLM),
+            Config.LOSSLESS_SPECULATIVE: paired(AlwaysLLM(), RoutingMode.SPECULATIVE),
+            Config.ROUTED_SEQUENTIAL: paired(routed, RoutingMode.SEQUENTIAL),
+            Config.ROUTED_SPECULATIVE: paired(routed, RoutingMode.SPECULATIVE)}
 
 
-def _decode(run: _Run, prompts: list[list[int]], batch: int, params: SamplingParams, key0: int) -> list[Generation]:
+def _decode(run: _Run, prompts: list[list[int]], batch: int, key0: int) -> list[Generation]:
     out: list[Generation] = []
     for i in range(0, len(prompts), batch):
         chunk = prompts[i : i + batch]
-        keys = list(range(key0 + i, key0 + i + len(chunk)))
-        out += run_engine(run.engine, chunk, [params] * len(chunk), [run.policy] * len(chunk), run.mode, keys)
+        out += run.batch_decode(chunk, list(range(key0 + i, key0 + i + len(chunk))))
     return out
 
 
 def _summary(name: Config, run: _Run, problems: list[Problem]) -> dict:
     tokens = sum(len(g.token_ids) for g in run.gens)
     correct = sum(grade(p, g.text) for p, g in zip(problems, run.gens))
-    if name == Config.LLM_ALONE:  # the LLM plays the engine's only model: its passes are the SLM counters
-        llm_tokens, llm_passes = tokens, sum(g.stats.slm_passes for g in run.gens)
-    elif name == Config.SLM_ALONE:
-        llm_tokens = llm_passes = 0
-    else:
-        llm_tokens, llm_passes = (sum(g.stats.llm_tokens for g in run.gens), sum(g.stats.llm_passes for g in run.gens))
+    llm_tokens, llm_passes = sum(g.stats.llm_tokens for g in run.gens), sum(g.stats.llm_passes for g in run.gens)
     return {"accuracy": correct / len(problems), "ci95": list(wilson(correct, len(problems))),
             "tokens_per_s": tokens / run.seconds, "output_tokens": tokens, "seconds": run.seconds,
             "llm_share": llm_tokens / tokens, "llm_passes_per_token": llm_passes / tokens}
@@ -111,11 +109,10 @@ def _summary(name: Config, run: _Run, problems: list[Problem]) -> dict:
 def bench_family(pair: ModelPair, routed: RoutingPolicy, problems: list[Problem], warmup: list[Problem],
                  batch: int, cfg: HeadlineConfig, encode: Callable[[Problem], list[int]]) -> dict:
     """Every configuration on `problems` at one batch size, interleaved by chunks (module docstring)."""
-    params = SamplingParams(max_tokens=cfg.max_tokens)
-    runs = _runs(pair, routed)
+    runs = _runs(pair, routed, SamplingParams(max_tokens=cfg.max_tokens))
     prompts = [encode(p) for p in problems]
     for run in runs.values():  # warm-up: outside the measured problems and time
-        _decode(run, [encode(p) for p in warmup], batch, params, key0=10**6)
+        _decode(run, [encode(p) for p in warmup], batch, key0=10**6)
     chunk = max(cfg.chunk, batch)
     order = list(runs)
     for n, start in enumerate(range(0, len(prompts), chunk)):
@@ -123,7 +120,7 @@ def bench_family(pair: ModelPair, routed: RoutingPolicy, problems: list[Problem]
         for name in rotated:
             run = runs[name]
             t0 = time.perf_counter()
-            run.gens += _decode(run, prompts[start : start + chunk], batch, params, key0=start)
+            run.gens += _decode(run, prompts[start : start + chunk], batch, key0=start)
             run.seconds += time.perf_counter() - t0
     result: dict = {}
     for name, run in runs.items():

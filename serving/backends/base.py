@@ -39,6 +39,10 @@ class Backend(Protocol):
     max_length: int  # the model's context length in tokens
     model_id: str
     fingerprint: str  # content hash of the weights, recorded in labels and router checkpoints
+    n_parameters: int  # the model's parameter count (average activated parameters in eval reports)
+    exact_full_distribution: bool  # logits cover the whole vocabulary; False: only the top `returned_top_k`
+    returned_top_k: int  # how many of the most likely tokens each row's logits are exact for
+    open_sequences: int  # opened and not yet closed: what leak checks watch
 
     def open(self, prompts: list[list[int]], want_hidden: bool = False) -> list[tuple[SequenceHandle, StepOutput]]:
         """Prefill one new sequence per prompt, in one batched pass."""

@@ -195,7 +195,8 @@ class HFBackend:
         self.fingerprint = model_fingerprint(path)
         self._resident: _Resident | None = None
         self._pass_threads = pass_threads if self.device.type == "cpu" else None
-        self._parameters = sum(p.numel() for p in self.model.parameters())
+        self.n_parameters = sum(p.numel() for p in self.model.parameters())
+        self.exact_full_distribution, self.returned_top_k = True, self.vocab_size
 
     # -- contract ---------------------------------------------------------------------------
     def open(self, prompts: list[list[int]], want_hidden: bool = False) -> list[tuple[HFSequence, StepOutput]]:
@@ -341,7 +342,7 @@ class HFBackend:
             res.append(torch.tensor(new_rows, dtype=torch.long))
             mask = self._masks(position_ids, res)
         dev = self.device
-        threads = None if self._pass_threads is None else self._pass_threads.for_pass(self._parameters,
+        threads = None if self._pass_threads is None else self._pass_threads.for_pass(self.n_parameters,
                                                                                      len(new_ids) * width)
         with torch_threads(threads):
             out = self.model(

@@ -108,6 +108,20 @@ def parse_response(out: dict, n_new: int, vocab: int, want_hidden: bool) -> Step
     return StepOutput(logits=torch.stack(rows), hidden=hidden)
 
 
+def _parameter_count(model_dir: Path) -> int:
+    """Parameters from the safetensors headers (the weights live in SGLang's processes, not here)."""
+    import json
+    import math
+    import struct
+
+    total = 0
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        with shard.open("rb") as f:
+            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+        total += sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
+    return total
+
+
 class SGLangBackend:
     """Backend over `sglang.Engine`; see the module docstring for what is exact."""
 
@@ -131,6 +145,7 @@ class SGLangBackend:
         self.fingerprint = model_fingerprint(path)
         self.returned_top_k = cfg.top_k
         self.open_sequences = 0
+        self.n_parameters = _parameter_count(path)
         self._embeddings: torch.Tensor | None = None
 
     def open(self, prompts: list[list[int]], want_hidden: bool = False) -> list[tuple[SGLangSequence, StepOutput]]:

@@ -116,7 +116,7 @@ class ByteLevelLM:
 
     def __init__(self, backend, tokenizer, canonical: bool = True, unchecked_mass: float = 1e-6,
                  max_checked: int = 2048) -> None:
-        if not getattr(backend, "exact_full_distribution", True):
+        if not backend.exact_full_distribution:
             raise ValueError(f"{type(backend).__name__} returns only top-k log-probs; byte-level "
                              "probabilities need the full next-token distribution (use the hf backend)")
         self.backend = backend

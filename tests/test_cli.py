@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -29,9 +30,16 @@ def test_generate_json(testbed_dirs) -> None:
 
 
 def test_generate_pretty_output(testbed_dirs) -> None:
-    out = r2r("generate", "--policy", "entropy", "--threshold", "0.05", "--max-tokens", "20", QUESTION)
-    assert out.returncode == 0, out.stderr
-    assert "from the LLM" in out.stdout
+    """The pretty summary's counts are the generation's own: the same request as --json gives its sources."""
+    args = ("generate", "--policy", "entropy", "--threshold", "0.05", "--max-tokens", "20", QUESTION)
+    out, js = r2r(*args), r2r(*args, "--json")
+    assert out.returncode == 0 and js.returncode == 0, out.stderr + js.stderr
+    row = json.loads(js.stdout.splitlines()[0])
+    llm = row["sources"].count("llm")
+    assert 0 < llm < len(row["sources"]), "the threshold should route some tokens, not all"
+    summary = re.search(r"(\d+) tokens, (\d+) from the LLM", out.stdout)
+    assert summary, out.stdout
+    assert (int(summary[1]), int(summary[2])) == (len(row["sources"]), llm)
 
 
 @pytest.mark.parametrize("args,fragment", [

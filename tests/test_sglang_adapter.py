@@ -3,6 +3,7 @@ pinned sglang 0.5.23 source (see serving/backends/sglang.py for the file and fun
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -43,8 +44,16 @@ def test_parse_response_rows_follow_the_appended_positions() -> None:
     torch.testing.assert_close(step.hidden, torch.tensor([[0.0, 0.1], [1.0, 1.1], [2.0, 2.1]]))
 
 
+def serverargs_fields() -> set[str]:
+    """ServerArgs field names of the pinned sglang, extracted from its wheel (see the data file's header)."""
+    path = Path(__file__).parent / "data" / "sglang_0.5.23_serverargs_fields.txt"
+    return {line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")}
+
+
 def test_engine_kwargs_are_serverargs_fields() -> None:
     kwargs = SGLangConfig("/m", tp_size=2, mem_fraction_static=0.6).engine_kwargs()
+    unknown = set(kwargs) - serverargs_fields()
+    assert not unknown, f"sglang 0.5.23's ServerArgs has no fields {sorted(unknown)}: Engine(**kwargs) would fail"
     assert kwargs["tp_size"] == 2 and kwargs["enable_return_hidden_states"] and kwargs["skip_tokenizer_init"]
     with pytest.raises(ValueError):
         SGLangConfig("/m", mem_fraction_static=1.5)

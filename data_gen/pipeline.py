@@ -19,13 +19,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
 
 from data_gen.prompts import PromptRecord
 from data_gen.shards import ShardStore
-from data_gen.verifiers import SENTENCE_STOPS, Candidate, Continuation, Verifier
+from data_gen.verifiers import SENTENCE_STOPS, Candidate, Continuation, Verifier, VerifierKind
 from router.features import topk_logprobs
 from router.policies import AlwaysSLM, PolicyKind, RoutingPolicy
 from serving.backends.fingerprint import router_fingerprint, tokenizer_fingerprint
@@ -40,10 +41,17 @@ log = logging.getLogger(__name__)
 STAGES = ("reference", "mismatch", "continuation", "verify", "labels")
 
 
+class ContinueWith(str, Enum):
+    """Who continues an SLM branch for the verifier (see LabelConfig)."""
+
+    LLM = "llm"
+    ROUTED = "routed"
+
+
 @dataclass(frozen=True)
 class LabelConfig:
     out_dir: Path
-    verifier: str = "answer"
+    verifier: VerifierKind = VerifierKind.ANSWER
     chunk_size: int = 100  # prompts per shard
     batch_size: int = 32  # sequences per model pass
     max_new_tokens: int = 256  # reference and answer-continuation length limit
@@ -55,14 +63,18 @@ class LabelConfig:
     # `continue_share`, or its stored threshold) continues it, as it does in routed decoding: a slip the
     # LLM would repair but the routed system does not is then divergent. On-policy labels for the
     # next router; the routed system's own later errors also count, so positives rise slightly.
-    continue_with: str = "llm"
+    continue_with: ContinueWith = ContinueWith.LLM
     continue_share: float | None = None
 
     def __post_init__(self) -> None:
         if min(self.chunk_size, self.batch_size, self.max_new_tokens, self.sentence_max_tokens, self.top_k) < 1:
             raise ValueError(f"label sizes must be positive: {self}")
-        if self.continue_with not in ("llm", "routed"):
-            raise ValueError(f"continue_with must be 'llm' or 'routed', got {self.continue_with!r}")
+        try:  # str enums: a label set's identity (JSON) reads the same as when these were strings
+            object.__setattr__(self, "continue_with", ContinueWith(self.continue_with))
+            object.__setattr__(self, "verifier", VerifierKind(self.verifier))
+        except ValueError as exc:
+            raise ValueError(f"continue_with must be one of {[c.value for c in ContinueWith]} and verifier one of "
+                             f"{[v.value for v in VerifierKind]}: {exc}") from exc
         if self.continue_share is not None and not 0.0 <= self.continue_share <= 1.0:
             raise ValueError(f"continue_share must be in [0, 1], got {self.continue_share}")
 
@@ -92,7 +104,7 @@ class LabelPipeline:
 
     def __init__(self, pair: ModelPair, verifier: Verifier, cfg: LabelConfig, prompts: list[PromptRecord],
                  routed: RoutedContinuation | None = None) -> None:
-        if (routed is not None) != (cfg.continue_with == "routed"):
+        if (routed is not None) != (cfg.continue_with == ContinueWith.ROUTED):
             raise ValueError("a routed continuation goes with continue_with='routed' (and only with it)")
         self.pair, self.verifier, self.cfg, self.prompts = pair, verifier, cfg, prompts
         # who writes SLM-branch continuations: the LLM alone, or the SLM routed to the LLM
@@ -321,7 +333,7 @@ class CrossLabelPipeline(LabelPipeline):
 
 def make_pipeline(pair: ModelPair, verifier: Verifier, cfg: LabelConfig, prompts: list[PromptRecord]) -> LabelPipeline:
     """The pipeline for `pair`; `continue_with="routed"` uses the pair's learned router."""
-    if cfg.continue_with == "llm":
+    if cfg.continue_with == ContinueWith.LLM:
         return (CrossLabelPipeline if pair.cross else LabelPipeline)(pair, verifier, cfg, prompts)
     if pair.cross:
         raise ValueError("--continue-with routed is implemented for pairs with one tokenizer only")

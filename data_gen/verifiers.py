@@ -24,6 +24,12 @@ from testbed.problem import extract_final
 log = logging.getLogger(__name__)
 
 
+class VerifierKind(str, Enum):
+    ANSWER = "answer"  # compare the branches' final answers
+    JUDGE = "judge"  # an instruct model judges whether two sentences diverge
+    EMBEDDING = "embedding"  # sentence-embedding similarity of the branches
+
+
 class Continuation(str, Enum):
     SENTENCE = "sentence"  # continue to the end of the sentence holding the divergence
     ANSWER = "answer"  # continue to the end of the answer

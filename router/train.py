@@ -126,8 +126,17 @@ def metrics(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
 
 def train_router(data: LabelTensors, embeddings: torch.Tensor, rcfg: RouterConfig, cfg: TrainConfig,
                  progress=None) -> tuple[RouterNet, dict]:
-    """Train with early stopping; returns the best network and a report with calibrated thresholds."""
-    torch.manual_seed(cfg.seed)
+    """Train with early stopping; returns the best network and a report with calibrated thresholds.
+
+    The network's initialization draws from torch's default generator, seeded with `cfg.seed` inside a
+    forked RNG state: the caller's random state is what it was before."""
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        return _train_router(data, embeddings, rcfg, cfg, progress)
+
+
+def _train_router(data: LabelTensors, embeddings: torch.Tensor, rcfg: RouterConfig, cfg: TrainConfig,
+                  progress) -> tuple[RouterNet, dict]:
     train, val = split_by_prompt(data, cfg.val_fraction, cfg.seed)
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"too few prompts to split ({len(data)} tokens): need both train and validation prompts")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 
 import torch
@@ -224,25 +225,32 @@ def _check_model_dir(path: Path, role: str) -> None:
         raise FileNotFoundError(f"{role} model at {path} has no weights (*.safetensors)")
 
 
+class BackendKind(str, Enum):
+    HF = "hf"  # transformers, CPU or CUDA
+    SGLANG = "sglang"  # SGLang engines, GPU
+
+
 @dataclass(frozen=True)
 class BackendChoice:
     """Which runtime serves the pair. SGLang: both engines on the same GPUs, the LLM with tensor parallelism."""
 
-    kind: str = "hf"  # "hf" (transformers, CPU/GPU) or "sglang" (GPU)
+    kind: BackendKind = BackendKind.HF
     pass_threads: PassThreads | None = None  # hf on CPU: threads per pass by its size
     llm_tp: int = 1
     slm_mem_fraction: float = 0.15
     llm_mem_fraction: float = 0.65
 
     def __post_init__(self) -> None:
-        if self.kind not in ("hf", "sglang"):
-            raise ValueError(f"unknown backend {self.kind!r}; use hf or sglang")
+        try:
+            object.__setattr__(self, "kind", BackendKind(self.kind))
+        except ValueError as exc:
+            raise ValueError(f"unknown backend {self.kind!r}; use {' or '.join(k.value for k in BackendKind)}") from exc
         if self.llm_tp < 1:
             raise ValueError(f"--llm-tp must be positive, got {self.llm_tp}")
 
 
 def _backends(spec: PairSpec, device: str | None, choice: BackendChoice) -> tuple[Backend, Backend]:
-    if choice.kind == "hf":
+    if choice.kind == BackendKind.HF:
         from serving.backends.hf import HFBackend
 
         return (HFBackend(spec.slm, device, pass_threads=choice.pass_threads),
@@ -265,7 +273,7 @@ def load_pair(spec: PairSpec, device: str | None = None, backend: BackendChoice 
     llm_tokenizer = AutoTokenizer.from_pretrained(spec.llm)
     cross = tokenizer.get_vocab() != llm_tokenizer.get_vocab()
     choice = backend or BackendChoice()
-    if cross and choice.kind != "hf":
+    if cross and choice.kind != BackendKind.HF:
         raise ValueError("cross-tokenizer pairs need full next-token distributions: use --backend hf")
     slm, llm = _backends(spec, device, choice)
     for role, b, tok in (("SLM", slm, tokenizer), ("LLM", llm, llm_tokenizer)):

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from serving.backends.threads import torch_threads
+
 from testbed.splits import FAMILIES, heldout_prompts, sample_train
 from testbed.tokenizer import chat_text
 
@@ -117,10 +119,16 @@ def train(cfg: TrainConfig) -> Path:
     With `init_from`, training starts from that model's weights instead of a random init
     (a resumed checkpoint still wins); see `transplant` for a source with another tokenizer.
     """
+    # transformers initializes from torch's default generator: seeded inside a forked RNG state, on cfg.threads
+    # threads, both restored afterwards
+    with torch_threads(cfg.threads), torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> Path:
     from transformers import AutoTokenizer
 
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_dir)
     model = build_model(SHAPES[cfg.size], len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
     prior = read_training_record(cfg.init_from)

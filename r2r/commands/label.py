@@ -11,7 +11,7 @@ def run(args: argparse.Namespace) -> int:
 
     from data_gen.pipeline import STAGES, LabelConfig, make_pipeline
     from data_gen.prompts import load_prompts
-    from data_gen.verifiers import AnswerVerifier, EmbeddingVerifier, JudgeVerifier, minilm_dir
+    from data_gen.verifiers import AnswerVerifier, EmbeddingVerifier, JudgeVerifier, VerifierKind, minilm_dir
 
     prompts = load_prompts(args.prompts)
     cfg = LabelConfig(out_dir=args.out, verifier=args.verifier, chunk_size=args.chunk_size,
@@ -19,9 +19,9 @@ def run(args: argparse.Namespace) -> int:
                       keep_unfinished=args.keep_unfinished, continue_with=args.continue_with,
                       continue_share=args.continue_share)
     pair = load_pair_from_args(args)
-    if args.verifier == "answer":
+    if cfg.verifier == VerifierKind.ANSWER:
         verifier = AnswerVerifier()
-    elif args.verifier == "embedding":
+    elif cfg.verifier == VerifierKind.EMBEDDING:
         verifier = EmbeddingVerifier(minilm_dir())
     else:
         if not args.judge_model:

@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     hl.add_argument("--batch-sizes", default="1,8,32", help="static batch sizes, comma-separated")
     hl.add_argument("--out", type=Path, default=Path("bench/headline.json"),
                     help="JSON out; the plots go beside it (<stem>_<family>.png)")
+    hl.add_argument("--no-plot", action="store_true", help="JSON only (where matplotlib is not installed)")
 
     sp = bench_sub.add_parser("speculative", help="sequential vs speculative routing throughput (learned router)")
     _add_pair_args(sp)
@@ -198,6 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--max-share", type=float, default=0.2, help="the routed LLM share to stay within")
     bb.add_argument("--n", type=int, default=300, help="validation problems")
     bb.add_argument("--out", type=Path, default=Path("bench/router_budget.json"))
+
+    gc = bench_sub.add_parser("gpu-costs", help="decode-step and catch-up costs of random-weight models shaped like "
+                              "R1-Distill-Qwen-1.5B/32B on a device, and the routed-vs-LLM-alone bound they imply")
+    gc.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    gc.add_argument("--quick", action="store_true", help="tiny shapes (a CPU check of the same code paths)")
+    gc.add_argument("--batch-sizes", default="1,8,32", help="comma-separated")
+    gc.add_argument("--sglang-dir", type=Path, default=None,
+                    help="also time the SLM-shaped model's step through the SGLang backend (weights saved here)")
+    gc.add_argument("--out", type=Path, default=Path("runs/gpu/costs.json"))
 
     op = bench_sub.add_parser("operating-point", help="choose each family's learned-router budget from "
                               "router-budget runs on validation and make it the router's default threshold")

@@ -33,6 +33,13 @@ def run(args: argparse.Namespace) -> int:
         return _bench_headline(args)
     if args.bench == "operating-point":
         return _bench_operating_point(args)
+    if args.bench == "gpu-costs":
+        from evals.bench.gpu_costs import GpuCostsConfig, gpu_costs
+
+        batches = floats(args.batch_sizes, "--batch-sizes")
+        cfg = GpuCostsConfig(device=args.device, quick=args.quick, batch_sizes=tuple(int(b) for b in batches),
+                             **({"new_tokens": 8, "repeats": 3, "prompt_tokens": 16} if args.quick else {}))
+        return write_bench(args.out, gpu_costs(cfg, args.sglang_dir))
     pair = load_pair_from_args(args)
     if args.bench == "handoff":
         from evals.bench.cross_tokenizer import HANDOFF_PROMPTS, handoff_cost
@@ -69,7 +76,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _bench_headline(args: argparse.Namespace) -> int:
     from evals.bench.headline import HeadlineConfig, bench_headline
-    from evals.bench.headline_plot import plot_headline
     from testbed.splits import FAMILIES, heldout
     from testbed.tokenizer import chat_text
 
@@ -95,8 +101,11 @@ def _bench_headline(args: argparse.Namespace) -> int:
         problems[f] = (split[cfg.warmup_problems :], split[: cfg.warmup_problems])
     result = bench_headline(pair, routed, problems, cfg, encode, progress=lambda what: print(what, file=sys.stderr))
     write_bench(args.out, result)
-    for path in plot_headline(result, args.out.with_suffix("")):
-        print(f"plot: {path}", file=sys.stderr)
+    if not args.no_plot:
+        from evals.bench.headline_plot import plot_headline
+
+        for path in plot_headline(result, args.out.with_suffix("")):
+            print(f"plot: {path}", file=sys.stderr)
     return 0
 
 

@@ -169,18 +169,29 @@ class HFBackend:
     def __init__(self, model_dir: str | Path, device: str | None = None, dtype: torch.dtype = torch.float32,
                  pass_threads: PassThreads | None = None) -> None:
         """`pass_threads`: CPU threads per pass by its size (None: every pass on torch's setting)."""
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM
 
         path = Path(model_dir)
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"no model at {path}: config.json is missing")
-        self.device = pick_device(device)
-        self.model_id = str(model_dir)
-        config = AutoConfig.from_pretrained(path)
         # sdpa: the boolean masks built in _masks are its format (True = attend)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
-        self.model = self.model.to(self.device).eval()
-        text_config = config.get_text_config(decoder=True)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+        self._setup(model.to(pick_device(device)).eval(), str(model_dir), model_fingerprint(path), pass_threads)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, model_id: str, fingerprint: str,
+                   pass_threads: PassThreads | None = None) -> HFBackend:
+        """A backend over a model already in memory (built on its device: cost probes of shapes too large to
+        write to disk). Its attention implementation must be sdpa."""
+        backend = cls.__new__(cls)
+        backend._setup(model.eval(), model_id, fingerprint, pass_threads)
+        return backend
+
+    def _setup(self, model: torch.nn.Module, model_id: str, fingerprint: str,
+               pass_threads: PassThreads | None) -> None:
+        self.model, self.model_id, self.fingerprint = model, model_id, fingerprint
+        self.device = next(model.parameters()).device
+        text_config = model.config.get_text_config(decoder=True)
         self.vocab_size = int(text_config.vocab_size)
         self.hidden_size = int(text_config.hidden_size)
         self.num_layers = int(text_config.num_hidden_layers)
@@ -192,7 +203,6 @@ class HFBackend:
         self.max_length = int(getattr(text_config, "max_position_embeddings", 2048))
         self.forward_passes = 0
         self.open_sequences = 0  # opened and not yet closed: what a leak check watches
-        self.fingerprint = model_fingerprint(path)
         self._resident: _Resident | None = None
         self._pass_threads = pass_threads if self.device.type == "cpu" else None
         self.n_parameters = sum(p.numel() for p in self.model.parameters())

@@ -3,15 +3,27 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from router.policies import PolicyKind
 
 MAX_TOP_LOGPROBS = 20
 MAX_STOP_STRINGS = 4
 MAX_CHOICES = 8
+
+
+def _encodable(text: str) -> str:
+    """JSON can carry lone UTF-16 surrogates ("\\udcff") that no UTF-8 tokenizer can take: a client's mistake."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"text is not valid Unicode at character {exc.start} (a lone UTF-16 surrogate)") from exc
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]  # text that reaches a tokenizer
 
 
 class SamplingFields(BaseModel):
@@ -24,7 +36,7 @@ class SamplingFields(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0)
     seed: int | None = None
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     # routing extras
@@ -80,7 +92,7 @@ class SamplingFields(BaseModel):
 
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: Text
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -88,16 +100,9 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str = Field(min_length=1)
+    prompt: Text = Field(min_length=1)
     # condition on the prompt's bytes exactly, also when it ends inside a token (no token healing)
     exact_prompt_boundary: bool = False
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    llm_tokens: int
 
 
 def new_id(prefix: str) -> str:

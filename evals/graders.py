@@ -5,8 +5,8 @@ import re
 from dataclasses import dataclass
 
 from evals.sandbox import SandboxLimits, run_python
+from testbed.problem import extract_final
 
-_HASH_RE = re.compile(r"####\s*(.+?)\s*$", re.MULTILINE)
 _UNITS_RE = re.compile(r"(\s*[A-Za-z][A-Za-z.]*)+$")
 _CHOICE_RE = re.compile(r"answer\s*(?:is)?\s*[:：]?\s*\(?([A-J])\)?", re.IGNORECASE)
 
@@ -14,10 +14,10 @@ _CHOICE_RE = re.compile(r"answer\s*(?:is)?\s*[:：]?\s*\(?([A-J])\)?", re.IGNORE
 def final_math_answer(completion: str) -> str:
     """The part of a completion to grade: the `#### x` line if any, else the whole text (boxed answers
     are found by math-verify itself)."""
-    matches = _HASH_RE.findall(completion)
-    if not matches or "\\boxed" in completion:
+    final = extract_final(completion)
+    if final is None or "\\boxed" in completion:
         return completion
-    answer = matches[-1].strip().lstrip("$").rstrip(".")
+    answer = final.strip().lstrip("$").rstrip(".")
     answer = _UNITS_RE.sub("", answer) or answer  # "15 dollars" -> "15"
     return f"${answer}$"
 

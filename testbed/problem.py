@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass
 
 FINAL_MARK = "####"
-_FINAL_RE = re.compile(r"^####\s*(.+?)\s*$", re.MULTILINE)
+_FINAL_RE = re.compile(r"####\s*(.+?)\s*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -19,9 +19,11 @@ class Problem:
 
 
 def extract_final(completion: str) -> str | None:
-    """The text after the first `#### ` line of a completion, or None when there is none."""
-    match = _FINAL_RE.search(completion)
-    return match.group(1) if match else None
+    """The text after the last `#### ` of a completion (a model may restate its answer: the last one counts,
+    as GSM8K-style graders read it), or None when there is none. The one `####` reader: the testbed grader,
+    the math graders of `evals` and the label pipeline's answer verifier all use it."""
+    matches = _FINAL_RE.findall(completion)
+    return matches[-1] if matches else None
 
 
 def grade(problem: Problem, completion: str) -> bool:

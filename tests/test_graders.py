@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from evals.graders import CodeTests, grade_choice, grade_code, grade_math
+from evals.graders import CodeTests, final_math_answer, grade_choice, grade_code, grade_math
 
 
 @pytest.mark.parametrize("completion,reference,ok", [
@@ -35,3 +35,14 @@ def test_code_grader_program_and_io_cases() -> None:
     io = CodeTests(io_cases=(("3 4\n", "7"), ("1 1\n", "2")))
     assert grade_code("a, b = map(int, input().split())\nprint(a + b)", io)
     assert not grade_code("print(7)", io)
+
+
+def test_one_final_answer_reader_takes_the_last_mark() -> None:
+    """The testbed grader, the math grader and the answer verifier read `####` the same way: the last one."""
+    from testbed.problem import Problem, extract_final, grade
+
+    text = "First try: #### 12\nNo wait.\n#### 13"
+    assert extract_final(text) == "13"
+    assert grade(Problem("math", "q", "s", "13"), text) and not grade(Problem("math", "q", "s", "12"), text)
+    assert final_math_answer(text) == "$13$"
+    assert extract_final("no mark here") is None

@@ -65,12 +65,14 @@ def _done(path: Path) -> set[str]:
 
 
 def run_identity(pair: ModelPair, task: Task, cfg: SweepConfig) -> dict:
-    """What a run's rows depend on: resuming is only sound when all of it is unchanged."""
-    from serving.backends.fingerprint import model_fingerprint
+    """What a run's rows depend on: resuming is only sound when all of it is unchanged. The router's identity
+    is its own fingerprint (weights and router.json, thresholds included): a changed default threshold is a
+    changed run."""
+    from serving.backends.fingerprint import router_fingerprint
 
     router = pair.spec.router
     return {"task": task.name, "slm": pair.slm.fingerprint, "llm": pair.llm.fingerprint,
-            "router": model_fingerprint(router) if router is not None and router.exists() else None,
+            "router": router_fingerprint(router) if router is not None and (router / "router.json").exists() else None,
             "mode": cfg.mode.value, "max_tokens": cfg.max_tokens, "seed": cfg.seed}
 
 

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from evals.report import wilson
 
 
@@ -59,3 +61,29 @@ def test_wilson_interval() -> None:
     lo, hi = wilson(50, 100)
     assert abs(lo - 0.404) < 0.001 and abs(hi - 0.596) < 0.001
     assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == 1.0
+
+
+def test_resume_with_a_changed_router_threshold_is_an_error(tmp_path) -> None:
+    """A run's identity includes the router's thresholds: resuming after the default threshold changed fails."""
+    import json
+    from types import SimpleNamespace
+
+    import torch
+
+    from evals.sweep import SweepConfig, _check_resumable, run_identity
+    from router.checkpoint import save_router, set_default_threshold, share_curve
+    from router.model import RouterConfig, RouterNet
+
+    router = tmp_path / "router"
+    net = RouterNet(RouterConfig(hidden_size=4, embed_size=4, top_k=2, width=4, depth=1), torch.zeros(8, 4))
+    save_router(router, net, {"threshold": 0.5, "share_curve": share_curve(torch.rand(100).numpy()),
+                              "thresholds": {"recall": {"target": 0.95, "threshold": 0.5}}})
+    pair = SimpleNamespace(spec=SimpleNamespace(router=router), slm=SimpleNamespace(fingerprint="s"),
+                           llm=SimpleNamespace(fingerprint="l"))
+    task, cfg = SimpleNamespace(name="t"), SweepConfig(task="t", out_dir=tmp_path / "run")
+    (cfg.out_dir / "runs").mkdir(parents=True)
+    (cfg.out_dir / "meta.json").write_text(json.dumps({"identity": run_identity(pair, task, cfg)}))
+    _check_resumable(cfg.out_dir, run_identity(pair, task, cfg))  # unchanged: resumes
+    set_default_threshold(router, 0.2, "a rule")
+    with pytest.raises(ValueError, match="router"):
+        _check_resumable(cfg.out_dir, run_identity(pair, task, cfg))

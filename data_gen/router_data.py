@@ -42,7 +42,9 @@ def load_router_data(label_dirs: list[Path], slm: SLMInfo, llm_fingerprint: str,
         continued = {k: ident["settings"][k] for k in ("continue_with", "continue_share") if k in ident["settings"]}
         if "continue_router" in ident:
             continued["continue_router"] = ident["continue_router"]
-        label_meta.append({"dir": str(root), "positives": positives, **llm, **continued, **manifest.get("counts", {})})
+        how = {"verifier": ident["settings"].get("verifier", "answer"), "task": ident["settings"].get("task")}
+        label_meta.append({"dir": str(root), "positives": positives, **how, **llm, **continued,
+                           **manifest.get("counts", {})})
     assert top_k is not None, "no label directories given"
     tensors = label_tensors({k: np.concatenate(v) for k, v in columns.items()}, positives)
     return RouterData(tensors, label_meta, top_k)

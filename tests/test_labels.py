@@ -222,15 +222,18 @@ def test_router_card_names_the_labeling_llm(tmp_path: Path, tiny_pair, tiny_mode
     card = (router / "README.md").read_text()
     assert f"labels labels (LLM {tiny_models['llama_b']})" in card
     assert "every SLM token that differs" in card  # --positives mismatch
+    assert card.splitlines()[0] == f"# r2r router for {meta['slm_dir']}", "the card is the pair's, not the testbed's"
+    assert f"Labeling LLM: {tiny_models['llama_b']}" in card
 
-    from testbed.router_card import write_router_card
+    from router.card import write_router_card
 
     meta["labels"][0] |= {"positives": "divergent", "continue_with": "routed", "continue_share": 0.15,
-                          "continue_router": "0123abcd"}
+                          "continue_router": "0123abcd", "verifier": "judge", "task": "gsm8k"}
     (router / "router.json").write_text(json.dumps(meta))
     write_router_card(router, None)
     card = (router / "README.md").read_text()
     assert "routed decoding with the previous router (fingerprint 0123abcd) at an LLM share of 15%, as in serving" in card
+    assert "`r2r label --verifier judge --task gsm8k`" in card and "as an instruct model judged it" in card
 
 
 def test_routed_continuation_is_routed_decoding(tmp_path: Path, tiny_models) -> None:

@@ -149,7 +149,7 @@ def _bench_router(pair, args: argparse.Namespace) -> dict:
     cfg = RouterBarConfig(target_share=shares, n_problems=args.n)
     result = router_bar(pair, top1_by_family(args.labels), cfg)
     if pair.spec.router is not None:
-        from testbed.router_card import write_router_card
+        from router.card import write_router_card
 
         write_router_card(pair.spec.router, result)
     return result

@@ -15,7 +15,7 @@ def run(args: argparse.Namespace) -> int:
     from router.model import RouterConfig
     from router.train import TrainConfig
     from serving.backends.fingerprint import tokenizer_fingerprint
-    from testbed.router_card import write_router_card
+    from router.card import write_router_card
 
     pair = load_pair_from_args(args)
     slm = SLMInfo(str(shown(pair.spec.slm)), pair.slm.fingerprint, tokenizer_fingerprint(pair.tokenizer),

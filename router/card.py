@@ -1,4 +1,5 @@
-"""The testbed router's model card: labels, validation metrics and the held-out accuracy table."""
+"""A router's model card: its SLM, labels (labeling LLM, verifier, task), validation metrics, thresholds and, when
+measured, the held-out accuracy table of the router bar."""
 from __future__ import annotations
 
 import json
@@ -47,13 +48,20 @@ def write_router_card(router_dir: Path, bar: dict | None) -> None:
     which = f" (fingerprint {router})" if router is not None else ""
     continuer = (f"routed decoding with the previous router{which}{budget}, as in serving, continues the SLM's branch"
                  if routed else "the LLM continues the SLM's branch")
-    trained_on = (f"path-divergence labels from `r2r label --verifier answer` ({continuer} to the final answer; "
-                  "divergent iff the answer changes)" if positives == {"divergent"} else
+    verifier = _shared(meta["labels"], "verifier") or "answer"
+    task = _shared(meta["labels"], "task")
+    judged = {"answer": "divergent iff the final answer changes", "judge": "divergent as an instruct model judged it",
+              "embedding": "divergent iff the branches' sentence embeddings part"}.get(verifier, verifier)
+    how = f"`r2r label --verifier {verifier}{f' --task {task}' if task else ''}`"
+    trained_on = (f"path-divergence labels from {how} ({continuer} to the end; {judged})"
+                  if positives == {"divergent"} else
                   "SLM/LLM mismatches from `r2r label` (every SLM token that differs from the LLM's reference)")
+    llms = sorted({str(lab.get("llm_dir") or lab.get("llm_fingerprint")) for lab in meta["labels"]})
     lines = [
-        "# r2r testbed router", "",
-        "Residual-MLP router over the testbed SLM's features (last hidden state, embedding of its top token, "
-        f"sorted top-k log-probs), trained with class-balanced BCE on {trained_on}.",
+        f"# r2r router for {meta['slm_dir']}", "",
+        f"Residual-MLP router over the SLM's features (last hidden state, embedding of its top token, sorted top-k "
+        f"log-probs), trained with class-balanced BCE on {trained_on}. Labeling LLM: {', '.join(llms)}; a router "
+        "is trained for the LLM whose divergences it learned (route another LLM with a router labeled for it).",
         "", "| | |", "|---|---|",
         f"| network | width {cfg['width']}, {cfg['depth']} residual blocks, top-{cfg['top_k']} log-probs; "
         f"{meta['trainable_parameters']:,} trainable parameters |",

@@ -26,7 +26,7 @@ import numpy as np
 
 from data_gen.prompts import PromptRecord
 from data_gen.shards import ShardStore
-from data_gen.verifiers import SENTENCE_STOPS, Candidate, Continuation, Verifier, VerifierKind
+from data_gen.verifiers import SENTENCE_STOPS, Candidate, Continuation, Verdict, Verifier, VerifierKind
 from router.features import topk_logprobs
 from router.policies import AlwaysSLM, PolicyKind, RoutingPolicy
 from serving.backends.fingerprint import router_fingerprint, tokenizer_fingerprint
@@ -65,6 +65,7 @@ class LabelConfig:
     # next router; the routed system's own later errors also count, so positives rise slightly.
     continue_with: ContinueWith = ContinueWith.LLM
     continue_share: float | None = None
+    task: str | None = None  # the task whose grading the answer verifier follows (None: the testbed's `####`)
 
     def __post_init__(self) -> None:
         if min(self.chunk_size, self.batch_size, self.max_new_tokens, self.sentence_max_tokens, self.top_k) < 1:
@@ -81,7 +82,7 @@ class LabelConfig:
     def settings(self) -> dict:
         """What a resumed run must match; the continuation fields only when not the default, so label
         sets made before they existed still resume."""
-        default = {"continue_with": "llm", "continue_share": None}
+        default = {"continue_with": "llm", "continue_share": None, "task": None}
         return {k: v for k, v in asdict(self).items() if k != "out_dir" and default.get(k, k) != v}
 
 
@@ -185,7 +186,8 @@ class LabelPipeline:
         return text[: min(ends) + 1] if ends else text
 
     def verify(self, cont) -> dict:
-        cands = [Candidate(c, s, r) for c, s, r in zip(cont["context"], cont["slm_branch"], cont["ref_branch"])]
+        cands = [Candidate(c, s, r, d) for c, s, r, d in
+                 zip(cont["context"], cont["slm_branch"], cont["ref_branch"], cont["data_id"])]
         labels: list[int] = []
         for batch in _batches(cands, self.cfg.batch_size):
             labels += self.verifier.label(batch)
@@ -193,9 +195,13 @@ class LabelPipeline:
 
     @staticmethod
     def labels(mism, ver) -> dict:
-        div = {(d, p): y for d, p, y in zip(ver["data_id"], ver["position"], ver["divergent"])}
+        """Every teacher-forced position: divergent (1) or not; `unverifiable` marks mismatches whose branches
+        gave no gradeable answer (no label: router training leaves them out)."""
+        verdict = {(d, p): y for d, p, y in zip(ver["data_id"], ver["position"], ver["divergent"])}
         rows = {k: mism[k] for k in ("data_id", "position", "slm_token", "ref_token", "mismatch", "hidden", "topk")}
-        rows["divergent"] = [div.get((d, p), 0) for d, p in zip(mism["data_id"], mism["position"])]
+        found = [verdict.get((d, p), Verdict.NEUTRAL) for d, p in zip(mism["data_id"], mism["position"])]
+        rows["divergent"] = [int(v == Verdict.DIVERGENT) for v in found]
+        rows["unverifiable"] = [v == Verdict.UNVERIFIABLE for v in found]
         return rows
 
     # -- driver ------------------------------------------------------------------------------
@@ -245,12 +251,34 @@ class LabelPipeline:
         shards = [s for s in shards if len(s)]
         if not shards:
             return {"tokens": 0}
-        ds = concatenate_datasets(shards).select_columns(["mismatch", "divergent"])
+        ds = concatenate_datasets(shards)
         mismatch, divergent = np.asarray(ds["mismatch"]), np.asarray(ds["divergent"])
+        unverifiable = _unverifiable(ds)
         n = len(ds)
         return {"prompts_done": sum(len(set(s["data_id"])) for s in shards), "tokens": n,
                 "mismatches": int(mismatch.sum()), "divergent": int(divergent.sum()),
-                "mismatch_rate": float(mismatch.mean()), "divergent_rate": float(divergent.mean())}
+                "unverifiable": int(unverifiable.sum()),
+                "neutral": int(mismatch.sum() - divergent.sum() - unverifiable.sum()),
+                "mismatch_rate": float(mismatch.mean()), "divergent_rate": float(divergent.mean()),
+                "shards": [_verdict_counts(s) for s in shards]}
+
+
+def _unverifiable(ds) -> np.ndarray:
+    """Label sets made before unverifiable candidates were told apart have no such column: none were."""
+    return _bools(ds, "unverifiable") if "unverifiable" in ds.column_names else np.zeros(len(ds), bool)
+
+
+def _bools(ds, column: str) -> np.ndarray:
+    """A dataset column as a bool array (a datasets Column is lazy: listed first, or numpy reads it as one object)."""
+    return np.asarray(list(ds[column]), dtype=bool)
+
+
+def _verdict_counts(shard) -> dict[str, int]:
+    """Neutral, divergent and unverifiable candidates (mismatches) of one shard."""
+    mismatch, divergent = _bools(shard, "mismatch"), _bools(shard, "divergent")
+    unverifiable = _unverifiable(shard)
+    return {"candidates": int(mismatch.sum()), "neutral": int((mismatch & ~divergent & ~unverifiable).sum()),
+            "divergent": int(divergent.sum()), "unverifiable": int(unverifiable.sum())}
 
 
 class CrossLabelPipeline(LabelPipeline):

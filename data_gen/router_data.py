@@ -36,15 +36,22 @@ def load_router_data(label_dirs: list[Path], slm: SLMInfo, llm_fingerprint: str,
             raise ValueError(f"{root} stores top-{k} features, the other label sets top-{top_k}")
         top_k = k
         part = ds.select_columns(["data_id", "hidden", "slm_token", "topk", positives]).with_format("numpy")[:]
+        # unverifiable candidates (no gradeable answer in either branch) have no divergence label: left out
+        # (mismatch positives need none)
+        keep = (~np.asarray(list(ds["unverifiable"]), dtype=bool)
+                if positives == "divergent" and "unverifiable" in ds.column_names else np.ones(len(ds), dtype=bool))
         for key, value in part.items():
-            columns.setdefault(key, []).append(np.asarray(value))
+            columns.setdefault(key, []).append(np.asarray(value)[keep])
         llm = {"llm_fingerprint": ident["llm"]} | ({"llm_dir": llm_dir} if ident["llm"] == llm_fingerprint else {})
         continued = {k: ident["settings"][k] for k in ("continue_with", "continue_share") if k in ident["settings"]}
         if "continue_router" in ident:
             continued["continue_router"] = ident["continue_router"]
         how = {"verifier": ident["settings"].get("verifier", "answer"), "task": ident["settings"].get("task")}
-        label_meta.append({"dir": str(root), "positives": positives, **how, **llm, **continued,
-                           **manifest.get("counts", {})})
+        counts = {k: v for k, v in manifest.get("counts", {}).items() if k != "shards"}
+        label_meta.append({"dir": str(root), "positives": positives, **how, **llm, **continued, **counts})
     assert top_k is not None, "no label directories given"
+    if not sum(len(c) for c in columns["data_id"]):
+        raise ValueError(f"no labeled positions left in {[str(d) for d in label_dirs]}: every candidate was "
+                         "unverifiable (see the label run's counts)")
     tensors = label_tensors({k: np.concatenate(v) for k, v in columns.items()}, positives)
     return RouterData(tensors, label_meta, top_k)

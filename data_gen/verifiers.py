@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, IntEnum
 from typing import Protocol
 
 import torch
@@ -43,6 +44,25 @@ class Candidate:
     context: str  # the response text before the divergence point
     slm_branch: str  # the SLM's token and the LLM's continuation after it
     ref_branch: str  # the reference from the divergence point, cut the same way
+    data_id: str = ""  # the prompt it came from (a task's comparer looks up the problem's tests by it)
+
+
+class Verdict(IntEnum):
+    NEUTRAL = 0
+    DIVERGENT = 1
+    UNVERIFIABLE = -1  # neither branch gives a gradeable answer: no label, kept out of training
+
+
+# (data_id, reference branch, SLM branch) -> verdict: how a task reads and compares two completions' answers
+BranchComparer = Callable[[str, str, str], Verdict]
+
+
+def compare_final_marks(data_id: str, ref_text: str, slm_text: str) -> Verdict:
+    """The testbed rule: the `#### <answer>` of each branch (the last mark), compared exactly."""
+    ref, slm = extract_final(ref_text), extract_final(slm_text)
+    if ref is None and slm is None:
+        return Verdict.UNVERIFIABLE
+    return Verdict.NEUTRAL if ref == slm else Verdict.DIVERGENT
 
 
 def _sentence_tail(context: str) -> str:
@@ -56,18 +76,22 @@ class Verifier(Protocol):
     continuation: Continuation
 
     def label(self, candidates: list[Candidate]) -> list[int]:
-        """0 (neutral) or 1 (divergent) per candidate."""
+        """A `Verdict` per candidate: 0 (neutral), 1 (divergent) or -1 (unverifiable)."""
         ...
 
 
 @dataclass
 class AnswerVerifier:
+    """Both branches run to the end of the answer; `compare` reads and compares their answers as the task's
+    grader would (`evals.branch_compare.comparer_for`; default: the testbed's `####` rule)."""
+
+    compare: BranchComparer = compare_final_marks
+    task: str | None = None  # the task whose grading `compare` follows (recorded in the label set)
     name: str = "answer"
     continuation: Continuation = Continuation.ANSWER
 
     def label(self, candidates: list[Candidate]) -> list[int]:
-        return [int(extract_final(c.context + c.slm_branch) != extract_final(c.context + c.ref_branch))
-                for c in candidates]
+        return [int(self.compare(c.data_id, c.context + c.ref_branch, c.context + c.slm_branch)) for c in candidates]
 
 
 JUDGE_SYSTEM = "You are a semantic comparison expert."

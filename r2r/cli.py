@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--prompts", required=True,
                      help="testbed-<family>:<n>, a JSONL file (prompt or messages per line), or hf:<name>[:split]")
     lab.add_argument("--verifier", default="answer", choices=["answer", "judge", "embedding"])
+    lab.add_argument("--task", default=None,
+                     help="read and compare each branch's answer as this task grades it (any `r2r eval --list` name: "
+                          "math-verify for math, the letter for choices, the tests for code); with a JSONL --prompts "
+                          "file in the dataset's own fields, or hf:NAME for the task's hub rows (default: the "
+                          "testbed's #### rule)")
     lab.add_argument("--judge-model", default=None, help="instruct model directory for --verifier judge")
     lab.add_argument("--out", type=Path, required=True, help="output directory (re-run to resume)")
     lab.add_argument("--chunk-size", type=int, default=100, help="prompts per shard")

@@ -308,3 +308,46 @@ def test_routed_continuation_needs_a_router(tmp_path: Path, tiny_pair) -> None:
                "--out", str(tmp_path / "x"))
     assert proc.wait(timeout=600) == 2
     assert "router" in proc.stderr.read()
+
+
+def test_label_with_a_task_reads_its_rows_and_counts_every_verdict(tmp_path: Path, tiny_pair, tiny_models) -> None:
+    """`--task gsm8k` on a JSONL file in GSM8K's own fields: prompts are the task's problems, the answer verifier
+    compares branches by the task's comparer (never the `####` rule unless the task says so), and the manifest's
+    neutral / divergent / unverifiable counts add up, per shard and in all."""
+    rows = [{"question": f"Tom has {a} apples and buys {b} more. How many apples does he have?",
+             "answer": f"He has {a} + {b} = {a + b} apples.\n#### {a + b}"} for a, b in ((3, 4), (10, 5), (7, 8), (2, 9))]
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "labels"
+    proc = r2r("label", *tiny_pair, "--prompts", str(data), "--task", "gsm8k", "--chunk-size", "2", "--batch-size",
+               "4", "--max-new-tokens", "10", "--keep-unfinished", "--out", str(out))
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    _, manifest = load_labels(out)
+    counts, ident = manifest["counts"], manifest["identity"]
+    assert ident["settings"]["task"] == "gsm8k"
+    assert counts["neutral"] + counts["divergent"] + counts["unverifiable"] == counts["mismatches"] > 0
+    assert len(counts["shards"]) == 2
+    for key in ("neutral", "divergent", "unverifiable"):
+        assert sum(s[key] for s in counts["shards"]) == counts[key]
+    # random tiny models rarely state answers: many candidates are unverifiable; over half, and the run says so
+    assert counts["unverifiable"] > 0
+    assert ("WARNING" in proc.stderr.read()) == (counts["unverifiable"] * 2 > counts["mismatches"])
+
+    from data_gen.pipeline import LabelConfig, make_pipeline
+    from evals.tasks import get_task
+    from r2r.commands.label import _prompts
+    from serving.pair import PairSpec, load_pair
+
+    seen: list[str] = []
+
+    def recording(data_id: str, ref: str, slm: str):
+        seen.append(data_id)
+        from data_gen.verifiers import Verdict
+
+        return Verdict.NEUTRAL
+
+    prompts, problems = _prompts(str(data), get_task("gsm8k"))
+    pair = load_pair(PairSpec("tiny", tiny_models["llama"], tiny_models["llama_b"]), "cpu")
+    cfg = LabelConfig(out_dir=tmp_path / "rec", batch_size=4, max_new_tokens=10, keep_unfinished=True, task="gsm8k")
+    make_pipeline(pair, AnswerVerifier(recording, task="gsm8k"), cfg, prompts).run()
+    assert seen and set(seen) <= {p.id for p in problems}, "the comparer gets each candidate's problem id"

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from r2r.commands.common import load_pair_from_args
 
@@ -10,16 +12,26 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from data_gen.pipeline import STAGES, LabelConfig, make_pipeline
-    from data_gen.prompts import load_prompts
     from data_gen.verifiers import AnswerVerifier, EmbeddingVerifier, JudgeVerifier, VerifierKind, minilm_dir
 
-    prompts = load_prompts(args.prompts)
+    task = None
+    if args.task is not None:
+        from evals.tasks import get_task
+
+        task = get_task(args.task)
+        if args.verifier != VerifierKind.ANSWER.value:
+            raise ValueError("--task sets how the answer verifier compares branches: use it with --verifier answer")
+    prompts, problems = _prompts(args.prompts, task)
     cfg = LabelConfig(out_dir=args.out, verifier=args.verifier, chunk_size=args.chunk_size,
                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, top_k=args.top_k,
                       keep_unfinished=args.keep_unfinished, continue_with=args.continue_with,
-                      continue_share=args.continue_share)
+                      continue_share=args.continue_share, task=None if task is None else task.name)
     pair = load_pair_from_args(args)
-    if cfg.verifier == VerifierKind.ANSWER:
+    if cfg.verifier == VerifierKind.ANSWER and task is not None:
+        from evals.branch_compare import comparer_for
+
+        verifier = AnswerVerifier(comparer_for(task, problems), task=task.name)
+    elif cfg.verifier == VerifierKind.ANSWER:
         verifier = AnswerVerifier()
     elif cfg.verifier == VerifierKind.EMBEDDING:
         verifier = EmbeddingVerifier(minilm_dir())
@@ -36,8 +48,23 @@ def run(args: argparse.Namespace) -> int:
         tasks = {name: bar.add_task(name, total=None) for name in STAGES}
         counts = pipeline.run(lambda stage, done, total: bar.update(tasks[stage], completed=done, total=total))
     last = counts.get("last_run", {})
-    print(f"{counts['tokens']} tokens labeled, {counts.get('mismatches', 0)} mismatches, "
-          f"{counts.get('divergent', 0)} divergent ({counts.get('divergent_rate', 0):.2%}); this run: "
-          f"{last.get('tokens_labeled', 0)} tokens in {last.get('seconds', 0)} s "
+    print(f"{counts['tokens']} tokens labeled, {counts.get('mismatches', 0)} mismatches: "
+          f"{counts.get('neutral', 0)} neutral, {counts.get('divergent', 0)} divergent "
+          f"({counts.get('divergent_rate', 0):.2%} of tokens), {counts.get('unverifiable', 0)} unverifiable "
+          f"(left out of training); this run: {last.get('tokens_labeled', 0)} tokens in {last.get('seconds', 0)} s "
           f"({last.get('tokens_per_second', 0)} tokens/s) -> {args.out}")
+    if counts.get("unverifiable", 0) * 2 > counts.get("mismatches", 0) > 0:
+        print(f"WARNING: {counts['unverifiable']} of {counts['mismatches']} candidates are unverifiable: neither "
+              "branch gave an answer the verifier can read. Is --task right for these prompts, and "
+              "--max-new-tokens long enough for the answers to finish?", file=sys.stderr)
     return 0
+
+
+def _prompts(source: str, task) -> tuple[list, list]:
+    """(prompt records, the task's problems): a --task reads a JSONL file or its hub rows in its own fields."""
+    from data_gen.prompts import PromptRecord, load_prompts
+
+    if task is None or source.startswith("testbed-"):
+        return load_prompts(source), []
+    problems = task.load(None if source.startswith("hf:") else Path(source))
+    return [PromptRecord(p.id, (("user", p.prompt),)) for p in problems], problems

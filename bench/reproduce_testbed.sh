@@ -65,6 +65,7 @@ for out, merged in (("operating_point", {"chosen": sys.argv[1], "validation": va
                     ("low_share", both("low")), ("plateau", both("plateau"))):
     open(f"bench/router_{out}.json", "w").write(json.dumps(merged, indent=2) + "\n")
 PY
+$R2R bench headline --n 200 --out bench/headline.json
 $R2R bench decode --out bench/decode.json
 $R2R bench speculative --out bench/speculative.json
 for family in math code; do

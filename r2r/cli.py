@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--llm-share", type=float, default=None, help="calibrate to this LLM share instead of recall")
     tr.add_argument("--width", type=int, default=None, help="router MLP width (default: RouterConfig's)")
     tr.add_argument("--depth", type=int, default=None, help="residual blocks (default: RouterConfig's)")
+    tr.add_argument("--expansion", type=int, default=None,
+                    help="MLP expansion inside each block (default: RouterConfig's); smaller routers cost less per step")
     tr.add_argument("--positives", choices=["divergent", "mismatch"], default="divergent",
                     help="tokens the router learns to flag: the verifier's divergent labels (default) or every "
                          "SLM/LLM mismatch")

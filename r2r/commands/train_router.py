@@ -21,7 +21,8 @@ def run(args: argparse.Namespace) -> int:
     slm = SLMInfo(str(shown(pair.spec.slm)), pair.slm.fingerprint, tokenizer_fingerprint(pair.tokenizer),
                   pair.slm.hidden_size, pair.slm.embed(torch.arange(pair.slm.vocab_size)))
     data = load_router_data(args.labels, slm, pair.llm.fingerprint, str(shown(pair.spec.llm)), args.positives)
-    sizes = {k: v for k, v in (("width", args.width), ("depth", args.depth)) if v is not None}
+    sizes = {k: v for k, v in (("width", args.width), ("depth", args.depth), ("expansion", args.expansion))
+             if v is not None}
     rcfg = RouterConfig(hidden_size=slm.hidden_size, embed_size=slm.embeddings.shape[1], top_k=data.top_k, **sizes)
     tcfg = TrainConfig(epochs=args.epochs, seed=args.seed, target_recall=args.recall, target_share=args.llm_share)
     report = fit_router(data.tensors, slm, rcfg, tcfg, args.out, data.label_meta)

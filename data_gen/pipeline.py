@@ -109,7 +109,7 @@ class LabelPipeline:
             raise ValueError("a routed continuation goes with continue_with='routed' (and only with it)")
         self.pair, self.verifier, self.cfg, self.prompts = pair, verifier, cfg, prompts
         # who writes SLM-branch continuations: the LLM alone, or the SLM routed to the LLM
-        self._continuer = (pair.llm, AlwaysSLM()) if routed is None else (pair.slm, routed.policy)
+        self._routed = routed  # who writes SLM-branch continuations: the LLM alone (None) or the routed pair
         identity = {"slm": pair.slm.fingerprint, "llm": pair.llm.fingerprint,
                     "tokenizer": tokenizer_fingerprint(pair.tokenizer), "settings": cfg.settings(),
                     **({"llm_tokenizer": tokenizer_fingerprint(pair.llm_tokenizer)} if pair.cross else {}),
@@ -161,21 +161,25 @@ class LabelPipeline:
         sentence = self.verifier.continuation == Continuation.SENTENCE
         max_tokens = self.cfg.sentence_max_tokens if sentence else self.cfg.max_new_tokens
         stops = SENTENCE_STOPS if sentence else ()
-        decode = self.greedy_llm_rule.decode
+        text_of_ids = self.greedy_llm_rule.decode
         out: dict[str, list] = {"data_id": [], "position": [], "context": [], "slm_branch": [], "ref_branch": []}
         for batch in _batches(cands, self.cfg.batch_size):
             prompts = [refs[d][0] + refs[d][1][:pos] + [tok] for d, pos, tok in batch]
             room = [self.pair.context_length - len(p) for p in prompts]
             params = [SamplingParams(max_tokens=max(1, min(max_tokens, r - 1)), stop=stops) for r in room]
-            writer, policy = self._continuer
-            gens = generate_sequential(writer, self.pair.llm, policy, prompts, params, self.greedy_llm_rule)
+            if self._routed is None:
+                gens = decode(self.pair.llm, prompts, params, self.greedy_llm_rule, Source.LLM)
+            else:
+                gens = generate_sequential(self.pair.slm, self.pair.llm, self._routed.policy, prompts, params,
+                                           self.greedy_llm_rule)
             for (d, pos, tok), g in zip(batch, gens):
                 r = refs[d][1]
-                ref_tail = self._cut(decode(r[pos:]), stops) if sentence else self.greedy_llm_rule.text_of(r[pos:])
+                ref_tail = self._cut(text_of_ids(r[pos:]), stops) if sentence else self.greedy_llm_rule.text_of(r[pos:])
                 out["data_id"].append(d)
                 out["position"].append(pos)
-                out["context"].append(decode(r[:pos]))
-                out["slm_branch"].append(self._cut(decode([tok]) + g.text, stops) if sentence else decode([tok]) + g.text)
+                out["context"].append(text_of_ids(r[:pos]))
+                branch = text_of_ids([tok]) + g.text
+                out["slm_branch"].append(self._cut(branch, stops) if sentence else branch)
                 out["ref_branch"].append(ref_tail)
         return out
 

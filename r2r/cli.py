@@ -233,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--tokenizer-dir", type=Path, default=TESTBED_DIR / "tokenizer")
     train = tb_sub.add_parser("train", help="train the SLM or LLM from scratch (resumable)")
     train.add_argument("--size", choices=["slm", "llm"], required=True)
-    train.add_argument("--steps", type=int, default=None, help="default: 800 (slm), 1200 (llm)")
-    train.add_argument("--lr", type=float, default=None, help="default: 3e-3 (slm), 1.5e-3 (llm)")
+    train.add_argument("--steps", type=int, default=None, help="default: 800 (slm), 1500 (llm)")
+    train.add_argument("--lr", type=float, default=None, help="default: 3e-3 (slm), 2e-3 (llm)")
     train.add_argument("--ckpt-dir", type=Path, default=None, help="default: runs/testbed/ckpt-<size>")
     train.add_argument("--threads", type=int, default=2)
     train.add_argument("--init-from", type=Path, default=None,

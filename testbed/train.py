@@ -36,13 +36,12 @@ class ModelShape:
 
 SHAPES: dict[str, ModelShape] = {
     "slm": ModelShape(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=384),
-    # deep and narrow: a batch-1 decode step on a CPU costs about a fixed amount per layer, so 24 layers make the
-    # LLM's step >= 8x the SLM's (the cost ratio of a 32B model to a 1.5B one on a GPU) for ~9.5M parameters
-    "llm": ModelShape(hidden_size=192, num_layers=24, num_heads=6, num_kv_heads=2, intermediate_size=512),
+    # the committed LLM; a 24 x 192 one was tried for a larger step ratio and missed accuracy (docs/perf-notes.md)
+    "llm": ModelShape(hidden_size=256, num_layers=6, num_heads=8, num_kv_heads=4, intermediate_size=768),
 }
 
 
-DEFAULT_STEPS_LR: dict[str, tuple[int, float]] = {"slm": (800, 3e-3), "llm": (1200, 1.5e-3)}
+DEFAULT_STEPS_LR: dict[str, tuple[int, float]] = {"slm": (800, 3e-3), "llm": (1500, 2e-3)}
 
 
 @dataclass(frozen=True)

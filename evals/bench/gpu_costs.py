@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from evals.bench.step_costs import ProbeConfig, probe_costs, routed_bounds
+from evals.bench.step_costs import ProbeConfig, _interleaved_ms, probe_costs, routed_bounds
 from router.policies import RandomPolicy
 from serving.backends.hf import HFBackend
 from serving.decoding.generation import Source
@@ -79,17 +79,12 @@ def build_backend(shape: Shape, device: str, dtype: torch.dtype) -> HFBackend:
 
 def step_ms(backend, prompts: list[list[int]], repeats: int) -> float:
     """Median ms of one decode step (one token per row) of `backend` for these prompts."""
-    import statistics
-
     seqs = [s for s, _ in backend.open(prompts)]
-    times = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        backend.extend(seqs, [[p[-1]] for p in prompts])
-        times.append(time.perf_counter() - start)
-    for s in seqs:
-        backend.close(s)
-    return statistics.median(times[1:]) * 1e3
+    try:
+        return _interleaved_ms({"step": lambda: backend.extend(seqs, [[p[-1]] for p in prompts])}, repeats)["step"]
+    finally:
+        for s in seqs:
+            backend.close(s)
 
 
 def sglang_step_costs(slm: HFBackend, cfg: GpuCostsConfig, model_dir: Path) -> dict:

@@ -33,7 +33,7 @@ from serving.backends.fingerprint import router_fingerprint, tokenizer_fingerpri
 from serving.pair import ModelPair
 from serving.decoding.sampling import SamplingParams
 from serving.decoding.generation import Source
-from serving.decoding.sequential import generate_sequential
+from serving.decoding.routed import generate_sequential
 from serving.decoding.single import decode
 
 log = logging.getLogger(__name__)

@@ -232,13 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--out", type=Path, default=Path("data/testbed"))
     data.add_argument("--tokenizer-dir", type=Path, default=TESTBED_DIR / "tokenizer")
     train = tb_sub.add_parser("train", help="train the SLM or LLM from scratch (resumable)")
-    train.add_argument("--size", choices=["slm", "llm"], required=True)
-    train.add_argument("--steps", type=int, default=None, help="default: 800 (slm), 1500 (llm)")
-    train.add_argument("--lr", type=float, default=None, help="default: 3e-3 (slm), 2e-3 (llm)")
+    train.add_argument("--size", choices=["slm", "llm-base", "llm"], required=True,
+                       help="llm-base trains from scratch; llm grows from it (--init-from an llm-base directory)")
+    train.add_argument("--steps", type=int, default=None, help="default: 800 (slm), 1500 (llm-base), 240 (llm)")
+    train.add_argument("--lr", type=float, default=None, help="default: 3e-3 (slm), 2e-3 (llm-base), 3e-4 (llm)")
     train.add_argument("--ckpt-dir", type=Path, default=None, help="default: runs/testbed/ckpt-<size>")
+    train.add_argument("--ckpt-every", type=int, default=50, help="steps between checkpoints")
+    train.add_argument("--seed", type=int, default=0,
+                       help="initialisation and data order (a continued stage takes another seed for new problems)")
     train.add_argument("--threads", type=int, default=2)
     train.add_argument("--init-from", type=Path, default=None,
-                       help="start from this model directory's weights (continued training or a tokenizer transplant)")
+                       help="start from this model directory's weights (continued training, a tokenizer transplant, or "
+                            "depth growth from a shallower model)")
     train.add_argument("--family-weights", default=None, help="training mixture, e.g. math=1,code=3 (default: uniform)")
     train.add_argument("--warmup", type=int, default=100, help="learning-rate warmup steps")
     train.add_argument("--tokenizer-dir", type=Path, default=None, help="default: models/testbed/tokenizer")

@@ -15,8 +15,7 @@ from serving.backends.threads import PassThreads
 from serving.decoding.generation import Generation, RoutingMode
 from serving.real_models import CACHE_DIR, GEMMA3_DIR, SMOLLM2_DIR
 from serving.decoding.sampling import SamplingParams
-from serving.decoding.sequential import generate_sequential
-from serving.decoding.speculative import generate_speculative
+from serving.decoding.routed import generate_sequential, generate_speculative
 from serving.decoding.stopping import StopRule
 
 log = logging.getLogger(__name__)
@@ -101,7 +100,7 @@ class ModelPair:
         """The decoding engine the scheduler drives: token-level, or byte-level for a cross pair."""
         if self.cross:
             return self.byte_engine()
-        from serving.decoding.engine import RoutedEngine
+        from serving.decoding.routed import RoutedEngine
 
         return RoutedEngine(self.slm, self.llm, self.stop_rule())
 

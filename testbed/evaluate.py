@@ -13,7 +13,7 @@ from router.policies import RoutingPolicy
 from serving.backends.base import Backend
 from serving.decoding.generation import Generation
 from serving.decoding.sampling import SamplingParams
-from serving.decoding.sequential import generate_sequential
+from serving.decoding.routed import generate_sequential
 from serving.decoding.single import decode
 from serving.decoding.stopping import StopRule
 
@@ -25,9 +25,20 @@ LLM_X_CARD = (
     "data as the LLM; started from the LLM's weights with each new embedding the mean of the LLM embeddings of "
     "its text (vocabulary transplant), then trained on the testbed families. Its SLM partner shares nothing "
     "with its tokenizer: routing between them goes through exact byte-level handoff.")
-LLM_X_REPRODUCE = ("Reproduce: `r2r testbed data` (writes tokenizer-x too), then `r2r testbed train --size llm "
-                   "--init-from models/testbed/llm --tokenizer-dir models/testbed/tokenizer-x --out models/testbed/llm-x "
-                   "--steps 500 --lr 1e-3 --warmup 50 --ckpt-dir runs/testbed/ckpt-llm-x`, `r2r testbed eval`.")
+BUILD_LLM = ("r2r testbed train --size llm-base --out runs/testbed/llm-base && r2r testbed train --size llm "
+             "--init-from runs/testbed/llm-base --seed 1 --warmup 20 --ckpt-every 20")
+LLM_X_REPRODUCE = ("Reproduce: `r2r testbed data` (writes tokenizer-x too), `r2r testbed train --size llm-base --out "
+                   "runs/testbed/llm-base`, then `r2r testbed train --size llm-base --init-from runs/testbed/llm-base "
+                   "--tokenizer-dir models/testbed/tokenizer-x --out models/testbed/llm-x --steps 500 --lr 1e-3 "
+                   "--warmup 50 --ckpt-dir runs/testbed/ckpt-llm-x`, `r2r testbed eval`.")
+LLM_CARD = (
+    "The large model of the embedded default pair, a llama causal LM trained on the r2r testbed task families "
+    "(math, code). Trained in two stages: a 6-layer model (`--size llm-base`) from scratch, then grown 6x in depth "
+    "(`testbed/grow.py`: each trained layer followed by five new ones whose attention and MLP output projections "
+    "start at zero, so the grown model starts as the same function) and trained on. Deep so that its batch-1 "
+    "decode step costs many SLM steps, as a large model's does on a GPU: on this CPU a step costs about a fixed "
+    "amount per layer. Stored in bfloat16 to halve its weights; loaded as float32, the accuracy below is the "
+    "stored weights'.")
 
 
 @dataclass(frozen=True)
@@ -146,6 +157,6 @@ def write_model_card(model_dir: Path, role: str, evaluation: dict, other: dict |
         lines.append("| vs the other model | accuracy " + ", ".join(
             f"{f}: {acc[f] - other['accuracy'][f]:+.1%}" for f in FAMILIES)
             + f"; latency ratio {evaluation['ms_per_token_batch1'] / other['ms_per_token_batch1']:.2f}x |")
-    lines += ["", reproduce or "Reproduce: `r2r testbed data && r2r testbed train --size slm && r2r testbed train "
-              "--size llm && r2r testbed eval` (see the repository README).", ""]
+    lines += ["", reproduce or f"Reproduce: `r2r testbed data && r2r testbed train --size slm && {BUILD_LLM} && "
+              "r2r testbed eval` (see the repository README).", ""]
     (model_dir / "README.md").write_text("\n".join(lines))

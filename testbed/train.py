@@ -32,16 +32,20 @@ class ModelShape:
     num_heads: int
     num_kv_heads: int
     intermediate_size: int
+    stored_dtype: str = "float32"  # bfloat16 halves a large model's committed weights; it is loaded as float32
 
 
 SHAPES: dict[str, ModelShape] = {
     "slm": ModelShape(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=384),
-    # the committed LLM; a 24 x 192 one was tried for a larger step ratio and missed accuracy (docs/perf-notes.md)
-    "llm": ModelShape(hidden_size=256, num_layers=6, num_heads=8, num_kv_heads=4, intermediate_size=768),
+    # trained from scratch; the LLM grows from it (and llm-x is transplanted from it)
+    "llm-base": ModelShape(hidden_size=256, num_layers=6, num_heads=8, num_kv_heads=4, intermediate_size=768),
+    # the committed LLM: llm-base grown 6x in depth (testbed/grow.py), so that its decode step costs many SLM steps
+    "llm": ModelShape(hidden_size=256, num_layers=36, num_heads=8, num_kv_heads=4, intermediate_size=768,
+                      stored_dtype="bfloat16"),
 }
 
 
-DEFAULT_STEPS_LR: dict[str, tuple[int, float]] = {"slm": (800, 3e-3), "llm": (1500, 2e-3)}
+DEFAULT_STEPS_LR: dict[str, tuple[int, float]] = {"slm": (800, 3e-3), "llm-base": (1500, 2e-3), "llm": (240, 3e-4)}
 
 
 @dataclass(frozen=True)
@@ -132,9 +136,7 @@ def _train(cfg: TrainConfig) -> Path:
     model = build_model(SHAPES[cfg.size], len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
     prior = read_training_record(cfg.init_from)
     if cfg.init_from is not None:
-        from testbed.transplant import init_from_pretrained
-
-        init_from_pretrained(model, tokenizer, cfg.init_from)
+        _init_from(model, tokenizer, cfg.init_from)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     cfg.ckpt_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = cfg.ckpt_dir / "last.pt"
@@ -171,7 +173,7 @@ def _train(cfg: TrainConfig) -> Path:
             tmp.replace(ckpt_path)
     model.eval()
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(cfg.out_dir)
+    model.to(getattr(torch, SHAPES[cfg.size].stored_dtype)).save_pretrained(cfg.out_dir)
     tokenizer.save_pretrained(cfg.out_dir)
     n_params = sum(p.numel() for p in model.parameters())
     info = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
@@ -179,6 +181,22 @@ def _train(cfg: TrainConfig) -> Path:
             "train_seconds": round(train_seconds, 1)}
     (cfg.out_dir / "training.json").write_text(json.dumps(with_stages(info, prior), indent=2))
     return cfg.out_dir
+
+
+def _init_from(model: torch.nn.Module, tokenizer, source_dir: Path) -> None:
+    """Continued training or a tokenizer transplant from a model of this depth, depth growth from a shallower one."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if AutoConfig.from_pretrained(source_dir).num_hidden_layers < model.config.num_hidden_layers:
+        from testbed.grow import grow_depth
+
+        if AutoTokenizer.from_pretrained(source_dir).get_vocab() != tokenizer.get_vocab():
+            raise ValueError(f"depth growth needs {source_dir} to have this model's tokenizer")
+        grow_depth(model, AutoModelForCausalLM.from_pretrained(source_dir, dtype=torch.float32))
+        return
+    from testbed.transplant import init_from_pretrained
+
+    init_from_pretrained(model, tokenizer, source_dir)
 
 
 def read_training_record(model_dir: Path | None) -> dict | None:

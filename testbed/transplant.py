@@ -20,7 +20,7 @@ def init_from_pretrained(model: torch.nn.Module, tokenizer, source_dir: Path) ->
     """Load `source_dir` weights into `model` (same shape), mapping embeddings if vocabularies differ."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = AutoModelForCausalLM.from_pretrained(source_dir)
+    source = AutoModelForCausalLM.from_pretrained(source_dir, dtype=torch.float32)
     source_tok = AutoTokenizer.from_pretrained(source_dir)
     state = {k: v for k, v in source.state_dict().items() if "embed_tokens" not in k and "lm_head" not in k}
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -13,7 +13,7 @@ from testbed.tokenizer import chat_text
 from router.policies import AlwaysSLM, RandomPolicy
 from serving.pair import PairSpec, load_pair
 from serving.decoding.sampling import SamplingParams
-from serving.decoding.sequential import generate_sequential
+from serving.decoding.routed import generate_sequential
 
 FIELDS = {"accuracy", "ci95", "tokens_per_s", "llm_share", "llm_passes_per_token"}
 

@@ -23,7 +23,7 @@ from router.policies import PolicyKind, make_policy
 from serving.byte_level.probabilities import ByteLevelLM
 from serving.byte_level.cross_tokenizer import Handoff, generate_cross
 from serving.decoding.sampling import SamplingParams
-from tests.byte_oracle import SourceLM, gpt2_style_tokenizer, random_source, sentencepiece_style_tokenizer
+from tests.byte_oracle import SourceLM, TableLM, gpt2_style_tokenizer, random_source, sentencepiece_style_tokenizer
 
 N_SAMPLES = 8_000
 ALPHA = 1e-3  # significance of the goodness-of-fit test
@@ -157,3 +157,66 @@ def test_speculative_sampling_has_the_sequential_distribution(two_source_pair):
     seq, spec = runs[RoutingMode.SEQUENTIAL], runs[RoutingMode.SPECULATIVE]
     assert len(set(seq)) > 20 and any("l" in x.split("|")[1] for x in seq)
     assert _two_sample_p(seq, spec) > ALPHA
+
+
+@pytest.fixture(scope="module")
+def long_pair():
+    """Two pseudo-random LMs behind different tokenizers whose texts run long (EOS is rare)."""
+    def lm(tok, seed: int) -> ByteLevelLM:
+        allowed = [i for i in range(len(tok)) if i not in set(tok.all_special_ids)
+                   and tok.decode([i]) and set(tok.decode([i])) <= set("ab ")]
+        return ByteLevelLM(TableLM(len(tok), allowed, tok.eos_token_id, context_len=0, max_new=10**6, seed=seed), tok)
+
+    return lm(gpt2_style_tokenizer(24), 7), lm(sentencepiece_style_tokenizer(16), 8)
+
+
+def test_cross_engine_mixes_modes_and_late_joiners(long_pair):
+    """Continuous batching across tokenizers: requests of both modes joining every other step, greedy and
+    sampled, each get exactly what they get alone (sampled speculative pieces draw from per-position
+    generators, so a seed reproduces whatever the block boundaries)."""
+    from serving.byte_level.cross_tokenizer import CrossEngine
+    from serving.decoding.generation import RoutingMode
+
+    a, b = long_pair
+    policy = make_policy(PolicyKind.CONFIDENCE, threshold=0.55)
+    jobs = [("a" if i % 3 else "ba", SamplingParams(max_tokens=12, temperature=1.0 if i % 2 else 0.0, seed=i),
+             list(RoutingMode)[i % 3 % 2], i) for i in range(9)]
+
+    def alone(prompt, params, mode, key):
+        return generate_cross(a, b, policy, [prompt], [params], stream_keys=[key], mode=mode,
+                              prompt_as_bytes=True)[0]
+
+    engine = CrossEngine(a, b, prompt_as_bytes=True)
+    reqs = []
+    for step in range(200):
+        if step % 2 == 0 and len(reqs) < len(jobs):
+            prompt, params, mode, key = jobs[len(reqs)]
+            reqs += engine.add_texts([prompt], [params], [policy], [mode], [key])
+        if engine.active:
+            engine.step()
+    assert not engine.active and len(reqs) == len(jobs)
+    assert any(s.value == "llm" for r in reqs for s in r.out.sources)
+    for job, r in zip(jobs, reqs):
+        want = alone(*job)
+        assert (r.out.text, r.out.sources) == (want.text, want.sources), f"request {job[3]} changed in a batch"
+
+
+def test_a_cross_request_joins_the_round_in_progress(long_pair):
+    """A request added two passes into an 8-piece round drafts from the next pass and is verified with the
+    round (6 pieces), instead of waiting for the round to end; blocks are sized by `BlockConfig`."""
+    from serving.byte_level.cross_tokenizer import CrossEngine
+    from serving.decoding.engine import BlockConfig
+    from serving.decoding.generation import RoutingMode
+
+    a, b = long_pair
+    policy, params = make_policy(PolicyKind.SLM), SamplingParams(max_tokens=15)
+    engine = CrossEngine(a, b, block=BlockConfig(k_min=8, k_max=8), prompt_as_bytes=True)
+    first = engine.add_texts(["a"], [params], [policy], [RoutingMode.SPECULATIVE], [0])[0]
+    engine.step()
+    engine.step()
+    late = engine.add_texts(["b"], [params], [policy], [RoutingMode.SPECULATIVE], [1])[0]
+    engine.step()
+    assert len(late.drafts) == 1 and engine.drafting is not None
+    while engine.drafting is not None:
+        engine.step()
+    assert (len(first.out.pieces), len(late.out.pieces)) == (8, 6)

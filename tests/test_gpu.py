@@ -31,8 +31,8 @@ def test_hf_backend_conforms_on_device(tiny_models) -> None:
 
 def test_speculative_equals_sequential_on_device(testbed_dirs) -> None:
     from serving.decoding.sampling import SamplingParams
-    from serving.decoding.sequential import generate_sequential
-    from serving.decoding.speculative import generate_speculative
+    from serving.decoding.routed import generate_sequential
+    from serving.decoding.routed import generate_speculative
     from serving.pair import PairSpec, load_pair
     from testbed.splits import heldout
 

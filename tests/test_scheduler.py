@@ -4,11 +4,10 @@ from __future__ import annotations
 import threading
 
 from router.policies import RandomPolicy
-from serving.decoding.engine import RoutedEngine
+from serving.decoding.routed import RoutedEngine, generate_sequential
 from serving.decoding.generation import RoutingMode
 from serving.decoding.sampling import SamplingParams
 from serving.http.scheduler import Scheduler, SchedulerConfig, Ticket
-from serving.decoding.sequential import generate_sequential
 from serving.decoding.stopping import StopRule
 from tests.fakes import FakeBackend
 

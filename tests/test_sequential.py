@@ -9,7 +9,7 @@ from router.policies import AlwaysLLM, AlwaysSLM, RandomPolicy
 from serving.decoding.generation import FinishReason, RoutingMode, Source
 from serving.pair import ModelPair, PairSpec, load_pair
 from serving.decoding.sampling import SamplingParams
-from serving.decoding.sequential import generate_sequential
+from serving.decoding.routed import generate_sequential
 
 TIE_MARGIN = 1e-4
 

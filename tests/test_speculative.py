@@ -9,8 +9,8 @@ import pytest
 
 from router.policies import ConfidencePolicy, RandomPolicy, RouteInput, flags
 from serving.decoding.sampling import SamplingParams, processed_probs
-from serving.decoding.sequential import generate_sequential
-from serving.decoding.speculative import BlockConfig, generate_speculative
+from serving.decoding.routed import generate_sequential, generate_speculative
+from serving.decoding.engine import BlockConfig
 from serving.decoding.stopping import StopRule
 
 from .fakes import FakeBackend
@@ -110,7 +110,7 @@ def test_greedy_equals_sequential_on_fakes(k: int) -> None:
 def test_engine_mixes_modes_policies_and_late_joiners() -> None:
     """Continuous batching: requests of both modes and different policies, some joining mid-flight, each
     get exactly the tokens they get alone."""
-    from serving.decoding.engine import RoutedEngine
+    from serving.decoding.routed import RoutedEngine
     from serving.decoding.generation import RoutingMode
 
     slm, llm = FakeBackend(11, seed=3), FakeBackend(11, seed=4)
@@ -139,7 +139,7 @@ def test_engine_mixes_modes_policies_and_late_joiners() -> None:
 def test_a_request_joins_the_round_in_progress() -> None:
     """Continuous batching within a round: a request added two passes into an 8-draft round drafts from the
     next pass and is verified with the round (6 tokens), rather than waiting for the round to end."""
-    from serving.decoding.engine import RoutedEngine
+    from serving.decoding.routed import RoutedEngine
     from serving.decoding.generation import RoutingMode
 
     slm, llm = FakeBackend(11, seed=3), FakeBackend(11, seed=4)

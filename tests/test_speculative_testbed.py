@@ -8,8 +8,7 @@ import torch
 from testbed.splits import heldout
 from serving.pair import ModelPair, PairSpec, load_pair
 from serving.decoding.sampling import SamplingParams
-from serving.decoding.sequential import generate_sequential
-from serving.decoding.speculative import generate_speculative
+from serving.decoding.routed import generate_sequential, generate_speculative
 
 TIE_MARGIN = 1e-4
 N_PER_FAMILY = 150

@@ -18,9 +18,8 @@ from serving.backends.base import Backend
 from serving.decoding.generation import Generation
 from serving.pair import ModelPair
 from serving.decoding.sampling import SamplingParams
-from serving.decoding.sequential import generate_sequential
+from serving.decoding.routed import generate_sequential, generate_speculative
 from serving.decoding.single import decode
-from serving.decoding.speculative import generate_speculative
 from serving.decoding.stopping import StopRule
 
 

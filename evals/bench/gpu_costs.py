@@ -22,7 +22,7 @@ from router.policies import RandomPolicy
 from serving.backends.hf import HFBackend
 from serving.decoding.generation import Source
 from serving.decoding.sampling import SamplingParams
-from serving.decoding.sequential import generate_sequential
+from serving.decoding.routed import generate_sequential
 from serving.decoding.single import decode
 from serving.decoding.stopping import StopRule
 

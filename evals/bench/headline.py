@@ -26,7 +26,8 @@ from evals.report import wilson
 from testbed.problem import Problem, grade
 from router.policies import AlwaysLLM, RoutingPolicy
 from serving.backends.base import Backend
-from serving.decoding.engine import RoutedEngine, run_engine
+from serving.decoding.engine import run_engine
+from serving.decoding.routed import RoutedEngine
 from serving.decoding.generation import Generation, RoutingMode, Source
 from serving.decoding.single import decode
 from serving.pair import ModelPair

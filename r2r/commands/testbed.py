@@ -28,17 +28,17 @@ def run(args: argparse.Namespace) -> int:
                           ckpt_dir=args.ckpt_dir or Path(f"runs/testbed/ckpt-{args.size}"),
                           steps=defaults[0] if args.steps is None else args.steps,
                           lr=defaults[1] if args.lr is None else args.lr, threads=args.threads,
-                          ckpt_every=50, warmup_steps=args.warmup, families=families, family_weights=weights,
+                          ckpt_every=args.ckpt_every, seed=args.seed, warmup_steps=args.warmup, families=families, family_weights=weights,
                           init_from=args.init_from)
         print(f"saved {train(cfg)}")
         return 0
-    from testbed.evaluate import LLM_X_CARD, LLM_X_REPRODUCE, EvalConfig, evaluate_model, write_model_card
+    from testbed.evaluate import LLM_CARD, LLM_X_CARD, LLM_X_REPRODUCE, EvalConfig, evaluate_model, write_model_card
 
     sizes = ["slm", "llm"] + (["llm-x"] if (TESTBED_DIR / "llm-x" / "config.json").exists() else [])
     configs = {size: EvalConfig(TESTBED_DIR / size, n_problems=args.n) for size in sizes}  # checks --n first
     results = {size: evaluate_model(cfg) for size, cfg in configs.items()}
     write_model_card(TESTBED_DIR / "slm", "slm", results["slm"], results["llm"])
-    write_model_card(TESTBED_DIR / "llm", "llm", results["llm"], results["slm"])
+    write_model_card(TESTBED_DIR / "llm", "llm", results["llm"], results["slm"], LLM_CARD)
     if "llm-x" in results:
         write_model_card(TESTBED_DIR / "llm-x", "llm-x", results["llm-x"], results["slm"], LLM_X_CARD, LLM_X_REPRODUCE)
     print(json.dumps(results, indent=2))

@@ -14,8 +14,9 @@ writer's token boundary is not passed on; the other tokenizer cannot express it.
 Sequential step = one SLM pass (its pending token, or its covers after LLM bytes) for every
 request, the router on the SLM's proposal, and one LLM pass for the flagged requests.
 
-Speculative round: the SLM drafts up to k pieces; at a flagged draft it assumes the LLM will
-write the same bytes and goes on conditioned on them *as bytes* (exactly what it would see
+Speculative round (`serving.decoding.engine.SteppedEngine`'s step, block sizes from its cost model,
+requests joining a round in progress, as at token level): the SLM drafts up to k pieces; at a flagged
+draft it assumes the LLM will write the same bytes and goes on conditioned on them *as bytes* (exactly what it would see
 after an LLM piece), keeping a snapshot to roll back to. One LLM pass then gives the LLM's
 distribution over pieces at every flagged prefix (a forked LLM state each), and the block is
 accepted up to the first flagged position where the LLM writes other bytes, which it writes
@@ -32,20 +33,21 @@ and that restricted q is what the test uses.
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 import torch
 
 from router.policies import RoutingPolicy
 from serving.byte_level.probabilities import ByteLevelLM, ByteState, Leaf, LeafTable
-from serving.decoding.engine import drain, route_rows
+from serving.decoding.engine import BlockConfig, SteppedEngine, drain, route_rows
 from serving.decoding.generation import FinishReason, Generation, RoutingMode, Source
-from serving.decoding.sampling import SamplingParams, make_generator
-from serving.decoding.stopping import cut_at_stop
+from serving.decoding.sampling import SamplingParams, make_generator, position_generator
+from serving.decoding.speculative import block_size, past_flag
+from serving.decoding.stopping import cut_at_stop, stop_or_length
 
 _MAX_RESIDUAL_DRAWS = 100_000
+_DRAFT, _VERIFY = 0, 1  # random streams per piece position (CrossRequest.generator_at)
 
 
 class Handoff(str, Enum):
@@ -91,39 +93,52 @@ class CrossRequest:
     out: Generation
     text: bytes = b""  # given prefix + generated so far
     start: int = 0  # bytes of `text` given as a prefix (not part of the output)
+    mode: RoutingMode = RoutingMode.SEQUENTIAL
     llm: ByteState | None = None  # opened on the first routed piece
     done: bool = False
-    speculative: bool = False
+    flag_rate: float = 0.1
+    reject_rate: float = 0.5
+    drafts: list[_Draft] = field(default_factory=list)  # the block in progress
+    block: int = 0  # block size in the speculative round in progress (0: not in one)
+    riding: bool = False  # drafting on only while others do
     carry: _Draft | None = None  # a flagged draft that opens the next speculative block
+    _seed_base: int | None = None
+
+    def generator_at(self, position: int, stream: int) -> torch.Generator:
+        """Speculative sampling: block boundaries follow measured pass times, so each piece position draws
+        from its own generator (from the request's seed) and a seed still reproduces."""
+        if self._seed_base is None:
+            self._seed_base = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        return position_generator(self._seed_base, position, stream)
 
 
-class CrossEngine:
+class CrossEngine(SteppedEngine):
     """Requests of one cross-tokenizer pair, advanced together one piece at a time."""
 
     def __init__(self, slm: ByteLevelLM, llm: ByteLevelLM, handoff: Handoff = Handoff.EXACT,
-                 context_length: int | None = None, block_size: int = 8, prompt_as_bytes: bool = False) -> None:
+                 context_length: int | None = None, block: BlockConfig | None = None,
+                 prompt_as_bytes: bool = False) -> None:
+        super().__init__(block)
         self.slm, self.llm = Side(slm), Side(llm)
         self.handoff = handoff
-        self.block_size = block_size
         self.prompt_as_bytes = prompt_as_bytes
         self.context_length = context_length or min(slm.backend.max_length, llm.backend.max_length)
-        self.active: list[CrossRequest] = []
 
     def add(self, prompts: list[list[int]], params: list[SamplingParams], policies: list[RoutingPolicy],
             modes: list[RoutingMode], keys: list[int]) -> list[CrossRequest]:
         """Start requests from SLM prompt ids (the same interface as the shared-tokenizer engine)."""
         decode = self.slm.blm.tokenizer.decode
-        return self.add_texts([decode(p, skip_special_tokens=False) for p in prompts], params, policies, keys, modes)
+        return self.add_texts([decode(p, skip_special_tokens=False) for p in prompts], params, policies, modes, keys)
 
     def add_texts(self, prompts: list[str], params: list[SamplingParams], policies: list[RoutingPolicy],
-                  keys: list[int], modes: list[RoutingMode] | None = None, prefixes: list[bytes] | None = None,
+                  modes: list[RoutingMode], keys: list[int], prefixes: list[bytes] | None = None,
                   as_bytes: list[bool] | None = None) -> list[CrossRequest]:
         """Start requests from prompt texts (special tokens written out, as a chat template renders them).
 
         `prefixes`: answer text already written (e.g. a label branch): both models are conditioned
         on it as bytes and the output continues it. `as_bytes`: per request, see
         `Side.context_and_tail` (default: the engine's `prompt_as_bytes`)."""
-        modes = modes or [RoutingMode.SEQUENTIAL] * len(prompts)
+        assert len(prompts) == len(params) == len(policies) == len(modes) == len(keys), "one of each per request"
         as_bytes = as_bytes or [self.prompt_as_bytes] * len(prompts)
         slm_views = [self.slm.context_and_tail(p, b) for p, b in zip(prompts, as_bytes)]
         hidden = any(p.needs_hidden for p in policies)
@@ -131,7 +146,8 @@ class CrossEngine:
         self.slm.blm.push(states, [t for _, t in slm_views], want_hidden=hidden)
         reqs = [CrossRequest(k, sp, pol, make_generator(sp.seed), st, tail, *self.llm.context_and_tail(p, b),
                              Generation(prompt_tokens=len(ctx) + len(self.slm.blm.vocab.encode(tail)), pieces=[]),
-                             speculative=m == RoutingMode.SPECULATIVE)
+                             mode=m, flag_rate=self.block.init_flag_rate,
+                             reject_rate=self.block.init_reject_rate)
                 for p, sp, pol, k, st, (ctx, tail), m, b
                 in zip(prompts, params, policies, keys, states, slm_views, modes, as_bytes)]
         for r, prefix in zip(reqs, prefixes or [b""] * len(reqs)):
@@ -139,24 +155,6 @@ class CrossEngine:
             r.text, r.start = prefix, len(prefix)
         self.active += reqs
         return reqs
-
-    def step(self) -> list[CrossRequest]:
-        """Advance every active request (a piece, or a speculative block); returns those that finished."""
-        start = time.perf_counter()
-        seq = [r for r in self.active if not r.speculative]
-        spec = [r for r in self.active if r.speculative]
-        if seq:
-            self._sequential_step(seq)
-        if spec:
-            self._speculative_round(spec)
-        elapsed = time.perf_counter() - start
-        for r in self.active:
-            r.out.stats.seconds += elapsed
-        finished = [r for r in self.active if r.done]
-        for r in finished:
-            self._release(r)
-        self.active = [r for r in self.active if not r.done]
-        return finished
 
     def _sequential_step(self, reqs: list[CrossRequest]) -> None:
         self._sync(self.slm.blm, [r.slm for r in reqs], [r.slm_tail + r.text for r in reqs],
@@ -173,34 +171,58 @@ class CrossEngine:
             piece = blm.commit(state, leaf) if blm.piece(state, leaf) else b""
             self._emit(r, leaf, piece, Source.LLM if f else Source.SLM, float(score))
 
-    def _speculative_round(self, reqs: list[CrossRequest]) -> None:
+    def _speculative_step(self, reqs: list[CrossRequest]) -> None:
+        """One drafting pass of the round in progress (a round opens with every request; one that arrives
+        meanwhile rides along, up to its own block size), and when no request drafts on, the round's end:
+        one LLM pass over every flagged prefix."""
+        joining = self.drafting is not None
+        drafting = self.drafting if joining else []
+        for r in reqs:
+            if not r.block:
+                r.block = block_size(r, self.block, self.costs, len(reqs))
+                r.riding = joining
+                drafting.append(r)
+        with self.costs.timing("draft", len(drafting)):
+            self.drafting = self._draft_pass(drafting, len(reqs))
+        if self.drafting:
+            return
+        self.drafting = None
+        self._verify(reqs)
+        for r in reqs:
+            r.drafts, r.block, r.riding = [], 0, False
+            r.out.stats.blocks += 1
+
+    def _draft_pass(self, drafting: list[CrossRequest], batch: int) -> list[CrossRequest]:
+        """One drafted piece for each drafting request (one batched SLM pass); returns those that draft on.
+
+        As at token level (`serving.decoding.speculative._draft_step`): a request drafts up to its block
+        size or to a flag it should not draft past, and rides along while others draft on."""
         slm = self.slm.blm
-        drafts: dict[int, list[_Draft]] = {id(r): [] for r in reqs}
-        drafting = list(reqs)
-        for _ in range(self.block_size):
-            if not drafting:
-                break
-            fresh = [r for r in drafting if r.carry is None]
-            proposed = dict(zip(map(id, fresh), self._drafts(fresh)))
-            still = []
-            for r in drafting:
-                d, r.carry = r.carry or proposed[id(r)], None
-                block = drafts[id(r)]
-                if d.flagged and block and block[-1].flagged:
-                    r.carry = d  # kept, not redrawn: dropping flagged draws would bias a sampled block
-                    continue
-                d.text_before, d.snapshot = len(r.text), slm.fork_state(r.slm) if d.flagged else None
-                block.append(d)
-                if not d.piece:
-                    continue  # end of text
-                if not d.flagged:  # flagged: as if the LLM wrote it, the SLM will condition on these bytes
-                    slm.commit(r.slm, d.leaf)
-                r.text += d.piece
-                r.out.pieces.append(d.piece)
-                if self._stop_reason(r) is None:
-                    still.append(r)
-            drafting = still
-        self._verify(reqs, drafts)
+        fresh = [r for r in drafting if r.carry is None]
+        proposed = dict(zip(map(id, fresh), self._drafts(fresh)))
+        wanting, rides = [], []
+        for r in drafting:
+            d, r.carry = r.carry or proposed[id(r)], None
+            if d.flagged and r.drafts and r.drafts[-1].flagged:
+                r.carry = d  # kept, not redrawn: dropping flagged draws would bias a sampled block
+                continue
+            d.text_before, d.snapshot = len(r.text), slm.fork_state(r.slm) if d.flagged else None
+            r.drafts.append(d)
+            if not d.piece:
+                continue  # end of text
+            if not d.flagged:  # flagged: as if the LLM wrote it, the SLM will condition on these bytes
+                slm.commit(r.slm, d.leaf)
+            r.text += d.piece
+            r.out.pieces.append(d.piece)
+            k_left = r.block - len(r.drafts)
+            if k_left <= 0 or self._stop_reason(r) is not None:
+                continue
+            if not r.riding and (not d.flagged or past_flag(r, k_left, self.costs, batch)):
+                wanting.append(r)
+            else:
+                r.riding = True
+                rides.append(r)
+        return wanting + rides if wanting else []
 
     def _drafts(self, reqs: list[CrossRequest]) -> list[_Draft]:
         """Each request's next SLM piece, routed; flagged sampled drafts keep the q they were drawn from."""
@@ -211,9 +233,10 @@ class CrossEngine:
         out = []
         for r, table in zip(reqs, tables):
             r.out.stats.slm_passes += 1
+            position = len(r.out.pieces)
             probs = None if r.params.greedy else table.probs(r.params)
-            k = table.draw(probs, r.generator)
-            out.append(_Draft(table.leaf(k), table.piece(k), False, 0.0, table, probs))
+            k = table.draw(probs, None if probs is None else r.generator_at(position, _DRAFT))
+            out.append(_Draft(table.leaf(k), table.piece(k), False, 0.0, table, probs, position))
         scores, flagged = self._route(reqs, [d.leaf for d in out])
         for r, d, score, f in zip(reqs, out, scores, flagged):
             d.flagged, d.score = f, float(score)
@@ -231,19 +254,25 @@ class CrossEngine:
         keep = torch.tensor([s for s, f in zip(splits, flagged) if f], dtype=torch.long)
         return torch.isin(table.splits, keep).double()
 
-    def _verify(self, reqs: list[CrossRequest], drafts: dict[int, list[_Draft]]) -> None:
+    def _verify(self, reqs: list[CrossRequest]) -> None:
         """One LLM pass over every flagged prefix; accept each block up to its first disagreement."""
         llm = self.llm.blm
-        jobs = [(r, d) for r in reqs for d in drafts[id(r)] if d.flagged]
+        jobs = [(r, d) for r in reqs for d in r.drafts if d.flagged]
         routed = list({id(r): r for r, _ in jobs}.values())
         self._open_llm(routed)
         copies = [llm.fork_state(r.llm) for r, _ in jobs]
-        self._sync(llm, copies, [r.llm_tail + r.text[: d.text_before] for r, d in jobs], False)
-        verdicts = {id(d): (copy, self._llm_verdict(llm.leaf_table(copy), d, r)) for (r, d), copy in zip(jobs, copies)}
+        fed = sum(max(1, _pieces_between(r, len(copy.text) - len(r.llm_tail), d.text_before))
+                  for (r, d), copy in zip(jobs, copies))
+        with self.costs.timing("llm", fed if jobs else 0):
+            self._sync(llm, copies, [r.llm_tail + r.text[: d.text_before] for r, d in jobs], False)
+            tables = [llm.leaf_table(copy) for copy in copies]
+        verdicts = {id(d): (copy, self._llm_verdict(table, d, r))
+                    for (r, d), copy, table in zip(jobs, copies, tables)}
         for r in routed:
             r.out.stats.llm_passes += 1
         for r in reqs:
-            self._accept(r, drafts[id(r)], verdicts)
+            self._accept(r, r.drafts, verdicts)
+            r.flag_rate += self.block.ema * (sum(d.flagged for d in r.drafts) / len(r.drafts) - r.flag_rate)
         for copy in copies:
             if copy.rows and not any(copy is r.llm for r in reqs):
                 llm.close(copy)
@@ -253,17 +282,18 @@ class CrossEngine:
         """The LLM's leaf at a flagged draft: its most probable one (greedy), or the speculative test."""
         if d.q is None:
             return table.leaf(table.draw(None, None))
+        gen = r.generator_at(d.position, _VERIFY)
         p = table.probs(r.params)
         q_piece = float(d.q[d.table.with_piece(d.piece)].sum())
         same = table.with_piece(d.piece)
-        if float(torch.rand(1, dtype=torch.float64, generator=r.generator)) * q_piece < float(p[same].sum()):
-            return table.leaf(table.draw(p * same, r.generator))
+        if float(torch.rand(1, dtype=torch.float64, generator=gen)) * q_piece < float(p[same].sum()):
+            return table.leaf(table.draw(p * same, gen))
         for _ in range(_MAX_RESIDUAL_DRAWS):  # norm(max(p - q, 0)) by rejection from p: entered with
-            k = table.draw(p, r.generator)  # probability TV(p, q), 1 / TV draws
+            k = table.draw(p, gen)  # probability TV(p, q), 1 / TV draws
             piece = table.piece(k)
             p_piece = float(p[table.with_piece(piece)].sum())
             q_other = float(d.q[d.table.with_piece(piece)].sum())
-            if float(torch.rand(1, dtype=torch.float64, generator=r.generator)) * p_piece < p_piece - q_other:
+            if float(torch.rand(1, dtype=torch.float64, generator=gen)) * p_piece < p_piece - q_other:
                 return table.leaf(k)
         return table.leaf(k)  # p and q equal up to rounding: the residual is p's rounding noise
 
@@ -283,6 +313,7 @@ class CrossEngine:
                 if llm_piece:
                     llm.commit(copy, leaf)
                 diverged = llm_piece != d.piece
+                r.reject_rate += self.block.ema * (float(diverged) - r.reject_rate)  # per verified flag
                 if diverged:  # the LLM writes something else: roll the SLM back to before this draft
                     slm.close(r.slm)
                     r.slm = d.snapshot
@@ -314,18 +345,10 @@ class CrossEngine:
     def _stop_reason(self, r: CrossRequest) -> FinishReason | None:
         """Why the output so far (drafts included while drafting) must end: a stop string, max_tokens, or
         either model's context."""
-        text = r.text[r.start:].decode("utf-8", errors="replace")
-        if r.params.stop and any(s in text for s in r.params.stop):
-            return FinishReason.STOP
         tokens = max(len(s.context) + len(s.root.ids) for s in (r.slm, r.llm) if s is not None and s.rows)
-        if len(r.out.pieces) >= r.params.max_tokens or tokens >= self.context_length - 1:
-            return FinishReason.LENGTH
-        return None
-
-    def cancel(self, req: CrossRequest) -> None:
-        if req in self.active:
-            self.active.remove(req)
-            self._release(req)
+        # + 1: the next piece is at least one more token of either model
+        return stop_or_length(r.params, lambda: r.text[r.start:].decode("utf-8", errors="replace"),
+                              len(r.out.pieces), tokens + 1, self.context_length)
 
     # -- internals -----------------------------------------------------------------------------
     def _sync(self, blm: ByteLevelLM, states: list[ByteState], texts: list[bytes], want_hidden: bool) -> None:
@@ -364,10 +387,23 @@ class CrossEngine:
             r.out.stats.llm_passes += 1
 
     def _release(self, r: CrossRequest) -> None:
+        for d in r.drafts:  # a request cancelled mid-round: its rollback points
+            if d.snapshot is not None:
+                self.slm.blm.close(d.snapshot)
         self.slm.blm.close(r.slm)
         if r.llm is not None:
             self.llm.blm.close(r.llm)
         r.out.text = cut_at_stop(r.text[r.start:].decode("utf-8", errors="replace"), r.params.stop)
+
+
+def _pieces_between(r: CrossRequest, lo: int, hi: int) -> int:
+    """Pieces of `r`'s output ending after byte `lo` and by byte `hi` of its text (what an LLM state that
+    holds `lo` bytes is fed to reach `hi`, in pieces: the unit the pass-cost model counts)."""
+    n, end = 0, r.start
+    for piece in r.out.pieces:
+        end += len(piece)
+        n += lo < end <= hi
+    return n
 
 
 @dataclass
@@ -378,6 +414,7 @@ class _Draft:
     score: float
     table: LeafTable  # the SLM's leaves where it was drawn
     q: torch.Tensor | None  # sampling: [leaves] what it was drawn from (flagged: restricted to flagged covers)
+    position: int  # pieces of output before it (its random streams)
     text_before: int = 0  # len(request.text) when it joined a block
     snapshot: ByteState | None = None  # the SLM's state before it (flagged drafts: the rollback point)
 
@@ -390,5 +427,5 @@ def generate_cross(slm: ByteLevelLM, llm: ByteLevelLM, policy: RoutingPolicy, pr
     `prefixes`: see `CrossEngine.add_texts`)."""
     engine = CrossEngine(slm, llm, handoff, prompt_as_bytes=prompt_as_bytes)
     keys = stream_keys if stream_keys is not None else list(range(len(prompts)))
-    return drain(engine, engine.add_texts(prompts, params, [policy] * len(prompts), keys, [mode] * len(prompts),
+    return drain(engine, engine.add_texts(prompts, params, [policy] * len(prompts), [mode] * len(prompts), keys,
                                           prefixes))

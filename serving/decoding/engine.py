@@ -1,10 +1,9 @@
 """The routed decoding engine: live requests stepped together, requests joining and leaving between steps.
 
-Both routing modes run on the same request state; one `step` is one batched SLM pass: a token
-for each sequential request, a draft for each speculative one (and the LLM's verification
-when the speculative round ends), with the SLM and LLM passes batched across requests.
-`generate_*` drive it to completion for a fixed batch; the server's scheduler adds and
-cancels requests between steps (continuous batching), so a request joins a round in progress.
+Both routing modes run on the same request state; `SteppedEngine` is the step both engines share
+(`serving.decoding.routed` for one tokenizer, `serving.byte_level.cross_tokenizer` for two).
+`run_engine` drives one to completion for a fixed batch; the server's scheduler adds and cancels
+requests between steps (continuous batching), so a request joins a round in progress.
 """
 from __future__ import annotations
 
@@ -18,8 +17,7 @@ from router.policies import RouteInput, RoutingPolicy, flags
 from serving.backends.base import Backend, SequenceHandle, StepOutput
 from serving.decoding.generation import Generation, RoutingMode
 from serving.decoding.pass_costs import PassCosts
-from serving.decoding.sampling import SamplingParams, make_generator, position_generator
-from serving.decoding.stopping import StopRule
+from serving.decoding.sampling import SamplingParams, position_generator
 
 
 @dataclass(frozen=True)
@@ -150,44 +148,31 @@ class Engine(Protocol):
     def cancel(self, req) -> None: ...
 
 
-class RoutedEngine:
-    """Active requests of one SLM/LLM pair, advanced together one step at a time."""
+class SteppedEngine:
+    """The step, cancel and round bookkeeping shared by the token-level engine (`serving.decoding.routed`)
+    and the byte-level one (`serving.byte_level.cross_tokenizer`).
 
-    def __init__(self, slm: Backend, llm: Backend, stop_rule: StopRule, block: BlockConfig | None = None) -> None:
-        self.slm, self.llm, self.stop_rule = slm, llm, stop_rule
+    One `step` is one batched SLM pass: a token or piece for each sequential request, a draft for each
+    speculative one, and when no request of the speculative round in progress drafts on, the round's LLM
+    verification. Requests join between steps (continuous batching), a speculative one joining a round in
+    progress rides along in it. Block sizes come from `BlockConfig` and the pass costs measured here.
+    Subclasses implement the two kinds of pass and `_release` (free a finished request's sequences)."""
+
+    def __init__(self, block: BlockConfig | None = None) -> None:
         self.block = block or BlockConfig()
         self.costs = PassCosts()
-        self.active: list[Request] = []
-        self.drafting: list[Request] | None = None  # a speculative round in progress: who drafts on
+        self.active: list = []
+        self.drafting: list | None = None  # a speculative round in progress: who drafts on
 
-    def add(self, prompts: list[list[int]], params: list[SamplingParams], policies: list[RoutingPolicy],
-            modes: list[RoutingMode], keys: list[int]) -> list[Request]:
-        """Prefill new requests (one batched SLM pass); they join the next step."""
-        assert len(prompts) == len(params) == len(policies) == len(modes) == len(keys), "one of each per request"
-        if not prompts:
-            return []
-        opened = self.slm.open(prompts, want_hidden=any(p.needs_hidden for p in policies))
-        reqs = [Request(k, list(p), sp, pol, m, make_generator(sp.seed), seq, out, Generation(prompt_tokens=len(p)),
-                        self.block.init_flag_rate, self.block.init_reject_rate)
-                for p, sp, pol, m, k, (seq, out) in zip(prompts, params, policies, modes, keys, opened)]
-        for r in reqs:
-            r.out.stats.slm_passes += 1
-        self.active += reqs
-        return reqs
-
-    def step(self) -> list[Request]:
-        """Advance every active request by one SLM pass: a token (sequential) or a draft, the round's
-        verification at its end (speculative). Returns the requests that finished (their memory freed)."""
-        from serving.decoding.sequential import sequential_step
-        from serving.decoding.speculative import speculative_step
-
+    def step(self) -> list:
+        """Advance every active request by one SLM pass; returns the requests that finished (memory freed)."""
         start = time.perf_counter()
         seq = [r for r in self.active if r.mode == RoutingMode.SEQUENTIAL]
         spec = [r for r in self.active if r.mode == RoutingMode.SPECULATIVE]
         if seq:
-            sequential_step(self, seq)
+            self._sequential_step(seq)
         if spec:
-            speculative_step(self, spec)
+            self._speculative_step(spec)
         elapsed = time.perf_counter() - start
         finished = [r for r in self.active if r.done]
         for r in self.active:
@@ -197,19 +182,22 @@ class RoutedEngine:
         self.active = [r for r in self.active if not r.done]
         return finished
 
-    def cancel(self, req: Request) -> None:
-        """Drop a request now (a client went away); its KV is freed."""
+    def cancel(self, req) -> None:
+        """Drop a request now (a client went away); its sequences are freed."""
         if req in self.active:
             self.active.remove(req)
             if self.drafting is not None and req in self.drafting:
                 self.drafting.remove(req)
             self._release(req)
 
-    def _release(self, r: Request) -> None:
-        self.slm.close(r.slm)
-        if r.llm is not None:
-            self.llm.close(r.llm)
-        r.out.text = self.stop_rule.text_of(r.out.token_ids, r.params.stop)
+    def _sequential_step(self, reqs: list) -> None:
+        raise NotImplementedError
+
+    def _speculative_step(self, reqs: list) -> None:
+        raise NotImplementedError
+
+    def _release(self, r) -> None:
+        raise NotImplementedError
 
 
 def run_engine(engine: Engine, prompts: list[list[int]], params: list[SamplingParams], policies: list[RoutingPolicy],
@@ -228,12 +216,3 @@ def drain(engine: Engine, reqs: list) -> list[Generation]:
     for r in reqs:
         r.out.stats.seconds = elapsed
     return [r.out for r in reqs]
-
-
-def run_to_completion(slm: Backend, llm: Backend, policy: RoutingPolicy, prompts: list[list[int]],
-                      params: list[SamplingParams], stop_rule: StopRule, mode: RoutingMode,
-                      stream_keys: list[int] | None = None, block: BlockConfig | None = None) -> list[Generation]:
-    """Decode a fixed batch of prompts to the end (the engine without a scheduler)."""
-    assert len(prompts) == len(params), "one SamplingParams per prompt"
-    return run_engine(RoutedEngine(slm, llm, stop_rule, block), prompts, params, [policy] * len(prompts), mode,
-                      stream_keys)

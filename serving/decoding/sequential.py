@@ -12,14 +12,16 @@ from the SLM; then every request still running appends its token to the SLM in o
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from router.policies import RoutingPolicy
-from serving.backends.base import Backend
-from serving.decoding.engine import Request, RoutedEngine, llm_feed, route, run_to_completion, slm_feed
-from serving.decoding.generation import Generation, RoutingMode, Source
-from serving.decoding.sampling import SamplingParams, choose_token
-from serving.decoding.stopping import StopRule
+from serving.decoding.engine import Request, llm_feed, route, slm_feed
+from serving.decoding.generation import Generation, Source
+from serving.decoding.sampling import choose_token
+
+if TYPE_CHECKING:
+    from serving.decoding.routed import RoutedEngine
 
 
 def sequential_step(engine: RoutedEngine, reqs: list[Request]) -> None:
@@ -51,10 +53,3 @@ def record_logprobs(out: Generation, logits: torch.Tensor, k: int) -> None:
     out.logprobs.append(float(lp[out.token_ids[-1]]))
     top = torch.topk(lp, k) if k else None
     out.top_logprobs.append([] if top is None else list(zip(top.indices.tolist(), top.values.tolist())))
-
-
-def generate_sequential(slm: Backend, llm: Backend, policy: RoutingPolicy, prompts: list[list[int]],
-                        params: list[SamplingParams], stop_rule: StopRule,
-                        stream_keys: list[int] | None = None) -> list[Generation]:
-    """Decode every prompt with sequential routing, batched across prompts."""
-    return run_to_completion(slm, llm, policy, prompts, params, stop_rule, RoutingMode.SEQUENTIAL, stream_keys)

@@ -21,21 +21,29 @@ A block with no flag never calls the LLM.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from router.policies import RoutingPolicy
-from serving.backends.base import Backend
-from serving.decoding.engine import BlockConfig, Draft, Request, RoutedEngine, llm_feed, route, run_to_completion, slm_feed
-from serving.decoding.generation import Generation, RoutingMode, Source
+from serving.decoding.engine import BlockConfig, Draft, Request, llm_feed, route, slm_feed
+from serving.decoding.generation import Source
 from serving.decoding.pass_costs import PassCosts
 from serving.decoding.sampling import SamplingParams, processed_probs
-from serving.decoding.stopping import StopRule
+
+if TYPE_CHECKING:
+    from serving.decoding.routed import RoutedEngine
 
 _DRAFT, _VERIFY = 0, 1  # random streams per position (Request.generator_at)
 
 
-def block_size(r: Request, cfg: BlockConfig, costs: PassCosts, batch: int) -> int:
+class BlockRates(Protocol):
+    """A request's flag and rejection rates (exponential moving averages), as block sizing reads them."""
+
+    flag_rate: float
+    reject_rate: float
+
+
+def block_size(r: BlockRates, cfg: BlockConfig, costs: PassCosts, batch: int) -> int:
     """The block length k that maximizes this request's expected tokens per second of a round.
 
     A block of k drafts commits min(k, J) tokens, J the position of the first rejected flag
@@ -49,7 +57,7 @@ def block_size(r: Request, cfg: BlockConfig, costs: PassCosts, batch: int) -> in
     return max(range(cfg.k_min, cfg.k_max + 1), key=lambda k: (1.0 - (1.0 - p) ** k) / (k * step + fixed))
 
 
-def past_flag(r: Request, k_left: int, costs: PassCosts, batch: int) -> bool:
+def past_flag(r: BlockRates, k_left: int, costs: PassCosts, batch: int) -> bool:
     """Draft on past a flagged draft (verified later, with the next flag, in one LLM pass), or end the block?
 
     Going on pays when the flag is accepted and another flag comes within the block: one LLM
@@ -97,15 +105,6 @@ def speculative_step(engine: RoutedEngine, reqs: list[Request]) -> None:
     for r in reqs:
         r.drafts, r.block, r.riding = [], 0, False
         r.out.stats.blocks += 1
-
-
-def generate_speculative(slm: Backend, llm: Backend, policy: RoutingPolicy, prompts: list[list[int]],
-                         params: list[SamplingParams], stop_rule: StopRule, stream_keys: list[int] | None = None,
-                         block: BlockConfig | None = None) -> list[Generation]:
-    """Decode every prompt with speculative routing, batched across prompts; same output (greedy) or
-    same distribution (sampling) as serving.decoding.sequential.generate_sequential."""
-    return run_to_completion(slm, llm, policy, prompts, params, stop_rule, RoutingMode.SPECULATIVE, stream_keys,
-                             block)
 
 
 def _draft_step(engine: RoutedEngine, drafting: list[Request], batch: int) -> list[Request]:

@@ -217,8 +217,8 @@ class Scheduler:
             if self._byte_engine is None:
                 self._byte_engine = self._make_byte_engine()
             reqs = self._byte_engine.add_texts([t.prompt_text for t in exact], [t.params for t in exact],
-                                               [t.policy for t in exact], [t.key for t in exact],
-                                               [t.mode for t in exact], as_bytes=[True] * len(exact))
+                                               [t.policy for t in exact], [t.mode for t in exact],
+                                               [t.key for t in exact], as_bytes=[True] * len(exact))
             for t, r in zip(exact, reqs):
                 t.engine, t.request = self._byte_engine, r
         self._running += live

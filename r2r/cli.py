@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     hl.add_argument("--n", type=int, default=200, help="test problems per family (default 200)")
     hl.add_argument("--families", default="math,code", help="testbed families, comma-separated")
     hl.add_argument("--batch-sizes", default="1,8,32", help="static batch sizes, comma-separated")
+    hl.add_argument("--max-tokens", type=int, default=None,
+                    help="output tokens per problem (default: the testbed's answer limit; less for a quick check)")
     hl.add_argument("--out", type=Path, default=Path("bench/headline.json"),
                     help="JSON out; the plots go beside it (<stem>_<family>.png)")
     hl.add_argument("--no-plot", action="store_true", help="JSON only (where matplotlib is not installed)")

@@ -62,9 +62,10 @@ def main() -> int:
     print(json.dumps(report["versions"], indent=2), flush=True)
     part("gpu_tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "tests/test_gpu.py"],
          90 if args.quick else 100, env, parts)
-    n, batches = ("2", "1,2") if args.quick else ("16", "1,8,32")
+    # quick: few and short answers (the testbed LLM's CPU step is ~17 ms)
+    n, batches, limit = ("2", "1,2", ["--max-tokens", "40"]) if args.quick else ("16", "1,8,32", [])
     part("headline", [py, "-m", "r2r", "bench", "headline", "--device", args.device, "--n", n, "--batch-sizes",
-                      batches, "--no-plot", "--out", str(args.out / "headline.json")], 60 if args.quick else 130,
+                      batches, *limit, "--no-plot", "--out", str(args.out / "headline.json")], 150 if args.quick else 130,
          env, parts)
     part("costs", [py, "-m", "r2r", "bench", "gpu-costs", "--device", args.device, "--out",
                    str(args.out / "costs.json"), *(["--quick", "--batch-sizes", "1,2"] if args.quick else [])],

@@ -75,6 +75,7 @@ def test_lossless_is_the_llm_alone(result_and_pair) -> None:
     (["--batch-sizes", "1,0"], "batch sizes must be positive"),
     (["--batch-sizes", "1,x"], "--batch-sizes must be comma-separated numbers"),
     (["--batch-sizes", "1.5"], "--batch-sizes must be positive integers"),
+    (["--max-tokens", "0"], "--max-tokens must be at least 1"),
 ])
 def test_bad_flags_are_one_line_exit_2(args: list[str], fragment: str, tmp_path) -> None:
     cli = [sys.executable, "-c", "from r2r.cli import main_entry; main_entry()"]

@@ -60,6 +60,8 @@ class HeadlineConfig:
             raise ValueError(f"--n must be at least 1, got {self.n_problems}")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ValueError(f"batch sizes must be positive, got {list(self.batch_sizes)}")
+        if self.max_tokens < 1:
+            raise ValueError(f"--max-tokens must be at least 1, got {self.max_tokens}")
         if self.chunk < 1 or self.warmup_problems < 1:
             raise ValueError(f"chunk and warmup_problems must be positive, got {self.chunk}, {self.warmup_problems}")
 

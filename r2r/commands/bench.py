@@ -82,7 +82,8 @@ def _bench_headline(args: argparse.Namespace) -> int:
     batches = floats(args.batch_sizes, "--batch-sizes")
     if any(b != int(b) for b in batches):
         raise ValueError(f"--batch-sizes must be positive integers, got {args.batch_sizes!r}")
-    cfg = HeadlineConfig(n_problems=args.n, batch_sizes=tuple(int(b) for b in batches))  # checks before loading
+    limit = {} if args.max_tokens is None else {"max_tokens": args.max_tokens}
+    cfg = HeadlineConfig(n_problems=args.n, batch_sizes=tuple(int(b) for b in batches), **limit)  # checks first
     families = [f.strip() for f in args.families.split(",")]
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:

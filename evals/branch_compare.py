@@ -13,12 +13,12 @@ from __future__ import annotations
 import re
 
 from data_gen.verifiers import BranchComparer, Verdict, compare_final_marks
-from evals.graders import final_math_answer
+from evals.graders import choice_letter, final_math_answer
 from evals.tasks import EvalProblem, Task, TaskKind
 from testbed.problem import extract_final
 
-_ANSWER_IS = re.compile(r"answer is[:\s]*\$?([^\n$]+?)\$?\s*(?:\.|\n|$)", re.IGNORECASE)
-_CHOICE = re.compile(r"answer\s*(?:is)?\s*[:：]?\s*\(?([A-J])\)?", re.IGNORECASE)
+# the stated answer runs to the end of its sentence: a period before a space or the end ("0.5." is 0.5), a newline
+_ANSWER_IS = re.compile(r"answer is[:\s]*\$?([^\n$]+?)\$?\s*(?:\.(?=\s|$)|\n|$)", re.IGNORECASE)
 _FENCED = re.compile(r"```(?:python|py)?\n(.*?)```", re.DOTALL)
 
 
@@ -61,11 +61,6 @@ def _math_same(a: str, b: str) -> bool:
     return bool(pa) and bool(pb) and bool(verify(pa, pb))
 
 
-def _choice(text: str) -> str | None:
-    found = _CHOICE.findall(text)
-    return found[-1].upper() if found else None
-
-
 def comparer_for(task: Task, problems: list[EvalProblem]) -> BranchComparer:
     """The branch comparer of `task`; code tasks look their problems' tests up by data_id (`problems`' ids)."""
     if task.kind == TaskKind.TESTBED:
@@ -73,7 +68,7 @@ def comparer_for(task: Task, problems: list[EvalProblem]) -> BranchComparer:
     if task.kind == TaskKind.MATH:
         return lambda data_id, ref, slm: _verdict(math_answer(ref), math_answer(slm), _math_same)
     if task.kind == TaskKind.CHOICE:
-        return lambda data_id, ref, slm: _verdict(_choice(ref), _choice(slm), str.__eq__)
+        return lambda data_id, ref, slm: _verdict(choice_letter(ref), choice_letter(slm), str.__eq__)
     by_id = {p.id: p for p in problems}
 
     def code(data_id: str, ref: str, slm: str) -> Verdict:

@@ -8,7 +8,9 @@ from evals.sandbox import SandboxLimits, run_python
 from testbed.problem import extract_final
 
 _UNITS_RE = re.compile(r"(\s*[A-Za-z][A-Za-z.]*)+$")
-_CHOICE_RE = re.compile(r"answer\s*(?:is)?\s*[:：]?\s*\(?([A-J])\)?", re.IGNORECASE)
+# "Answer: C", "the answer is (c)": a capital letter standing alone, or any case in parentheses ("the answer is
+# derived" and "the answer is a function" name no choice)
+_CHOICE_RE = re.compile(r"(?i:\banswer(?:\s+is)?)\s*[:：]?\s*(?:\(([A-Ja-j])\)|([A-J])\b)")
 
 
 def final_math_answer(completion: str) -> str:
@@ -32,10 +34,15 @@ def grade_math(completion: str, reference: str) -> bool:
     return bool(gold) and bool(answer) and bool(verify(gold, answer))
 
 
+def choice_letter(completion: str) -> str | None:
+    """The letter of the last `Answer: X` in a completion, upper-cased, or None."""
+    found = [m.group(1) or m.group(2) for m in _CHOICE_RE.finditer(completion)]
+    return found[-1].upper() if found else None
+
+
 def grade_choice(completion: str, reference: str) -> bool:
     """`Answer: X` (last occurrence) against the reference letter."""
-    matches = _CHOICE_RE.findall(completion)
-    return bool(matches) and matches[-1].upper() == reference.strip().upper()
+    return choice_letter(completion) == reference.strip().upper()
 
 
 @dataclass(frozen=True)

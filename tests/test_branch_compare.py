@@ -16,6 +16,7 @@ THINK = "<think>\nLet me add 7 and 5. 7 + 5 = 12.\n</think>\n"
     (THINK + "The total is \\boxed{12}.", THINK + "So we get \\boxed{12.0}", Verdict.NEUTRAL),
     (THINK + "The total is \\boxed{12}.", THINK + "The total is \\boxed{13}.", Verdict.DIVERGENT),
     ("so \\boxed{\\frac{1}{2}}", "#### 0.5", Verdict.NEUTRAL),
+    ("so \\boxed{\\frac{1}{2}}", "The answer is 0.5.", Verdict.NEUTRAL),
     ("The answer is 7.", "the answer is 8.", Verdict.DIVERGENT),
     ("Half of 14 is", "We first compute", Verdict.UNVERIFIABLE),  # both unfinished
     ("so \\boxed{4", "so \\boxed{5", Verdict.UNVERIFIABLE),  # unclosed boxes: unfinished
@@ -30,6 +31,9 @@ def test_choice_branches() -> None:
     assert compare("q", "... so it is C.\nAnswer: C", "Answer: D") == Verdict.DIVERGENT
     assert compare("q", "Answer: (B)", "I think the answer is B") == Verdict.NEUTRAL
     assert compare("q", "Let me think about", "Considering the options") == Verdict.UNVERIFIABLE
+    # words after "the answer is" are not choices: only the final line's letter is read
+    assert compare("q", "The answer is derived below.\nAnswer: C", "Answer: C") == Verdict.NEUTRAL
+    assert compare("q", "the answer is a function of x", "the answer is derived from B") == Verdict.UNVERIFIABLE
 
 
 def test_code_branches_run_against_the_tests() -> None:

@@ -22,7 +22,9 @@ def test_math_grader(completion: str, reference: str, ok: bool) -> None:
 
 
 @pytest.mark.parametrize("completion,ok", [("reasoning...\nAnswer: C", True), ("Answer: (c)", True),
-                                           ("Answer: B", False), ("I think C", False)])
+                                           ("Answer: B", False), ("I think C", False),
+                                           ("Answer: C\nthe answer is derived above", True),
+                                           ("Answer: (C)... the answer is a Cat", True)])
 def test_choice_grader(completion: str, ok: bool) -> None:
     assert grade_choice(completion, "C") is ok
 

@@ -34,7 +34,7 @@ from serving.pair import ModelPair
 from serving.decoding.sampling import SamplingParams
 from serving.decoding.generation import Source
 from serving.decoding.routed import generate_sequential
-from serving.decoding.single import decode
+from serving.decoding import decode
 
 log = logging.getLogger(__name__)
 

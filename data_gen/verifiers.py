@@ -125,7 +125,7 @@ class JudgeVerifier:
 
     def label(self, candidates: list[Candidate]) -> list[int]:
         from serving.decoding.sampling import SamplingParams
-        from serving.decoding.single import decode
+        from serving.decoding import decode
         from serving.decoding.stopping import StopRule
 
         if not candidates:

@@ -46,7 +46,8 @@ def label_tensors(columns: dict, positives: str = "divergent") -> LabelTensors:
 
 
 def fit_router(data: LabelTensors, slm: SLMInfo, rcfg: RouterConfig, tcfg: TrainConfig, out: Path,
-               label_meta: dict) -> dict:
+               label_meta: list[dict]) -> dict:
+    """Train, calibrate and save a router; `label_meta`: one description per label set it learned from."""
     net, report = train_router(data, slm.embeddings, rcfg, tcfg)
     _, val = split_by_prompt(data, tcfg.val_fraction, tcfg.seed)
     meta = {

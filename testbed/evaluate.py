@@ -14,7 +14,7 @@ from serving.backends.base import Backend
 from serving.decoding.generation import Generation
 from serving.decoding.sampling import SamplingParams
 from serving.decoding.routed import generate_sequential
-from serving.decoding.single import decode
+from serving.decoding import decode
 from serving.decoding.stopping import StopRule
 
 MAX_NEW_TOKENS = 200

@@ -49,7 +49,7 @@ DEFAULT_STEPS_LR: dict[str, tuple[int, float]] = {"slm": (800, 3e-3), "llm-base"
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class LMTrainConfig:
     size: str
     tokenizer_dir: Path
     out_dir: Path
@@ -91,14 +91,14 @@ def build_model(shape: ModelShape, vocab_size: int, eos_id: int, pad_id: int) ->
     return LlamaForCausalLM(config)
 
 
-def _lr_at(cfg: TrainConfig, step: int) -> float:
+def _lr_at(cfg: LMTrainConfig, step: int) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def make_batch(tokenizer, cfg: TrainConfig, step: int, excluded: frozenset[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def make_batch(tokenizer, cfg: LMTrainConfig, step: int, excluded: frozenset[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, labels) [batch, max_len]; labels are -100 on the prompt and on padding."""
     rng = random.Random(f"{cfg.seed}-{step}")
     weights = None if cfg.family_weights is None else list(cfg.family_weights)
@@ -116,7 +116,7 @@ def make_batch(tokenizer, cfg: TrainConfig, step: int, excluded: frozenset[str])
     return input_ids, labels
 
 
-def train(cfg: TrainConfig) -> Path:
+def train(cfg: LMTrainConfig) -> Path:
     """Train (or resume) and save the final model + tokenizer to cfg.out_dir.
 
     With `init_from`, training starts from that model's weights instead of a random init
@@ -129,7 +129,7 @@ def train(cfg: TrainConfig) -> Path:
         return _train(cfg)
 
 
-def _train(cfg: TrainConfig) -> Path:
+def _train(cfg: LMTrainConfig) -> Path:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_dir)

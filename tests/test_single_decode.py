@@ -9,7 +9,7 @@ from router.policies import AlwaysSLM
 from serving.decoding.generation import FinishReason, Source
 from serving.decoding.sampling import SamplingParams
 from serving.decoding.routed import generate_sequential
-from serving.decoding.single import decode
+from serving.decoding import decode
 from serving.decoding.stopping import StopRule
 from serving.pair import PairSpec, load_pair
 from testbed.splits import heldout

@@ -4,15 +4,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from testbed.train import TrainConfig, train
+from testbed.train import LMTrainConfig, train
 
 TOKENIZER = Path(__file__).resolve().parents[1] / "models" / "testbed" / "tokenizer"
 
 
 def test_continued_training_records_all_stages(tmp_path: Path) -> None:
-    first = train(TrainConfig(size="slm", tokenizer_dir=TOKENIZER, out_dir=tmp_path / "a", ckpt_dir=tmp_path / "ca",
+    first = train(LMTrainConfig(size="slm", tokenizer_dir=TOKENIZER, out_dir=tmp_path / "a", ckpt_dir=tmp_path / "ca",
                               steps=2, batch_size=2, threads=1))
-    second = train(TrainConfig(size="slm", tokenizer_dir=TOKENIZER, out_dir=tmp_path / "b", ckpt_dir=tmp_path / "cb",
+    second = train(LMTrainConfig(size="slm", tokenizer_dir=TOKENIZER, out_dir=tmp_path / "b", ckpt_dir=tmp_path / "cb",
                                steps=3, batch_size=2, threads=1, init_from=first, family_weights=(1.0, 3.0)))
     a, b = (json.loads((d / "training.json").read_text()) for d in (first, second))
     assert [s["steps"] for s in a["stages"]] == [2] and a["total_train_tokens"] == a["train_tokens"]

@@ -19,7 +19,7 @@ from serving.decoding.generation import Generation
 from serving.pair import ModelPair
 from serving.decoding.sampling import SamplingParams
 from serving.decoding.routed import generate_sequential, generate_speculative
-from serving.decoding.single import decode
+from serving.decoding import decode
 from serving.decoding.stopping import StopRule
 
 

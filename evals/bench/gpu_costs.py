@@ -23,7 +23,7 @@ from serving.backends.hf import HFBackend
 from serving.decoding.generation import Source
 from serving.decoding.sampling import SamplingParams
 from serving.decoding.routed import generate_sequential
-from serving.decoding.single import decode
+from serving.decoding import decode
 from serving.decoding.stopping import StopRule
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from serving.backends.base import Backend
 from serving.decoding.engine import run_engine
 from serving.decoding.routed import RoutedEngine
 from serving.decoding.generation import Generation, RoutingMode, Source
-from serving.decoding.single import decode
+from serving.decoding import decode
 from serving.pair import ModelPair
 from serving.decoding.sampling import SamplingParams
 

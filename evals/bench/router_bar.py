@@ -117,3 +117,15 @@ def operating_point(plateau: dict, low: dict, tolerance: float = 0.01) -> float:
                          f"{100 * tolerance:g} point(s) of "
                          f"the plateau's {best:.1%}; try larger budgets")
     return min(good)
+
+
+def default_operating_point(plateau: dict[str, dict], low: dict[str, dict], tolerance: float = 0.01) -> dict:
+    """The router's one default budget from each family's plateau and low-budget runs (`choose_budget` results
+    keyed by family): every family's `operating_point`, and the largest of them, so no family falls below its
+    plateau. Returns {"rule", "chosen" (per family, as `--share` reads it), "default_share"}."""
+    if set(plateau) != set(low):
+        raise ValueError(f"--plateau covers {sorted(plateau)} but --low {sorted(low)}")
+    chosen = {f: operating_point(plateau[f], low[f], tolerance) for f in sorted(plateau)}
+    max_share = max(run["max_share"] for run in plateau.values())
+    return {"rule": OPERATING_POINT_RULE.format(points=100 * tolerance, max_share=max_share),
+            "chosen": ",".join(f"{f}={b:g}" for f, b in chosen.items()), "default_share": max(chosen.values())}

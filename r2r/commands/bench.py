@@ -111,7 +111,7 @@ def _bench_headline(args: argparse.Namespace) -> int:
 
 
 def _bench_operating_point(args: argparse.Namespace) -> int:
-    from evals.bench.router_bar import OPERATING_POINT_RULE, operating_point
+    from evals.bench.router_bar import default_operating_point
     from router.checkpoint import set_default_threshold
 
     def by_family(paths: list[Path], flag: str) -> dict[str, dict]:
@@ -126,16 +126,9 @@ def _bench_operating_point(args: argparse.Namespace) -> int:
         return runs
 
     plateau, low = by_family(args.plateau, "--plateau"), by_family(args.low, "--low")
-    if set(plateau) != set(low):
-        raise ValueError(f"--plateau covers {sorted(plateau)} but --low {sorted(low)}")
-    chosen = {f: operating_point(plateau[f], low[f], args.tolerance) for f in sorted(plateau)}
-    max_share = max(run["max_share"] for run in plateau.values())
-    rule = OPERATING_POINT_RULE.format(points=100 * args.tolerance, max_share=max_share)
-    # one default for every family: the largest family budget, so no family falls below its plateau
-    share = max(chosen.values())
-    threshold = set_default_threshold(args.router, share, rule)
-    result = {"rule": rule, "chosen": ",".join(f"{f}={b:g}" for f, b in chosen.items()), "default_share": share,
-              "default_threshold": threshold, "router": str(shown(args.router)), "validation": low,
+    point = default_operating_point(plateau, low, args.tolerance)
+    threshold = set_default_threshold(args.router, point["default_share"], point["rule"])
+    result = {**point, "default_threshold": threshold, "router": str(shown(args.router)), "validation": low,
               "plateau": plateau}
     return write_bench(args.out, result)
 

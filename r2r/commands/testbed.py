@@ -19,11 +19,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote held-out splits to {args.out} and the tokenizers to {args.tokenizer_dir} (and tokenizer-x)")
         return 0
     if args.testbed == "train":
-        from testbed.train import DEFAULT_STEPS_LR, TrainConfig, parse_family_weights, train
+        from testbed.train import DEFAULT_STEPS_LR, LMTrainConfig, parse_family_weights, train
 
         defaults = DEFAULT_STEPS_LR[args.size]
         families, weights = parse_family_weights(args.family_weights)
-        cfg = TrainConfig(size=args.size, tokenizer_dir=args.tokenizer_dir or TESTBED_DIR / "tokenizer",
+        cfg = LMTrainConfig(size=args.size, tokenizer_dir=args.tokenizer_dir or TESTBED_DIR / "tokenizer",
                           out_dir=args.out or TESTBED_DIR / args.size,
                           ckpt_dir=args.ckpt_dir or Path(f"runs/testbed/ckpt-{args.size}"),
                           steps=defaults[0] if args.steps is None else args.steps,

@@ -135,17 +135,26 @@ def llm_feed(llm: Backend, reqs: list[Request], feeds: list[list[int]]) -> list[
     return [outs[i] for i in range(len(reqs))]
 
 
+class Pending(Protocol):
+    """A request in an engine, as the shared step and the scheduler read it: `Request` (token level) or the
+    byte-level engine's `CrossRequest`."""
+
+    mode: RoutingMode
+    done: bool
+    out: Generation
+
+
 class Engine(Protocol):
     """What the scheduler drives: `RoutedEngine` (one tokenizer) or `CrossEngine` (bytes)."""
 
-    active: list
+    active: list[Pending]
 
     def add(self, prompts: list[list[int]], params: list[SamplingParams], policies: list[RoutingPolicy],
-            modes: list[RoutingMode], keys: list[int]) -> list: ...
+            modes: list[RoutingMode], keys: list[int]) -> list[Pending]: ...
 
-    def step(self) -> list: ...
+    def step(self) -> list[Pending]: ...
 
-    def cancel(self, req) -> None: ...
+    def cancel(self, req: Pending) -> None: ...
 
 
 class SteppedEngine:
@@ -161,10 +170,10 @@ class SteppedEngine:
     def __init__(self, block: BlockConfig | None = None) -> None:
         self.block = block or BlockConfig()
         self.costs = PassCosts()
-        self.active: list = []
-        self.drafting: list | None = None  # a speculative round in progress: who drafts on
+        self.active: list[Pending] = []
+        self.drafting: list[Pending] | None = None  # a speculative round in progress: who drafts on
 
-    def step(self) -> list:
+    def step(self) -> list[Pending]:
         """Advance every active request by one SLM pass; returns the requests that finished (memory freed)."""
         start = time.perf_counter()
         seq = [r for r in self.active if r.mode == RoutingMode.SEQUENTIAL]
@@ -182,7 +191,7 @@ class SteppedEngine:
         self.active = [r for r in self.active if not r.done]
         return finished
 
-    def cancel(self, req) -> None:
+    def cancel(self, req: Pending) -> None:
         """Drop a request now (a client went away); its sequences are freed."""
         if req in self.active:
             self.active.remove(req)
@@ -207,7 +216,7 @@ def run_engine(engine: Engine, prompts: list[list[int]], params: list[SamplingPa
     return drain(engine, engine.add(prompts, params, policies, [mode] * len(prompts), keys))
 
 
-def drain(engine: Engine, reqs: list) -> list[Generation]:
+def drain(engine: Engine, reqs: list[Pending]) -> list[Generation]:
     """Step `engine` until nothing is active; each request's seconds = the wall time of the batch."""
     start = time.perf_counter()
     while engine.active:

@@ -44,9 +44,11 @@ def test_shape(result_and_pair) -> None:
             assert entry["llm_alone"]["llm_share"] == 1.0 and entry["slm_alone"]["llm_share"] == 0.0
             assert entry["slm_alone"]["llm_passes_per_token"] == 0.0
     meta = result["meta"]
+    assert set(meta["pass_costs_by_family"]) == {"math", "code"}  # probed right after each family's runs
     for batch in ("batch_1", "batch_3"):
         costs = meta["pass_costs"][batch]
-        assert {"slm_step_ms", "router_ms", "llm_step_ms", "llm_catchup_ms_per_token"} <= set(costs)
+        assert {"slm_step_ms", "router_ms", "llm_step_ms", "llm_catchup_ms_per_token", "slm_step_in_run_ms",
+                "router_in_run_ms"} <= set(costs)
         assert set(meta["bounds"][batch]) == {f"{f}/{c}" for f in ("math", "code")
                                               for c in ("routed_sequential", "routed_speculative",
                                                         "lossless_speculative")}

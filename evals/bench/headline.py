@@ -140,36 +140,48 @@ def bench_headline(pair: ModelPair, routed: RoutingPolicy, families: dict[str, t
                    cfg: HeadlineConfig, encode: Callable[[Problem], list[int]],
                    progress: Callable[[str], None] | None = None) -> dict:
     """The headline JSON: {family: {batch_B: {config: {...}}}, "meta": {...}}. `families` maps a family to
-    (measured problems, warm-up problems)."""
+    (measured problems, warm-up problems). Pass costs are probed right after each family and batch size is
+    measured, so the bounds read against a measurement come from the same stretch of this machine's drift."""
     result: dict = {}
+    probes: dict[str, dict[str, dict[str, float]]] = {}
     for family, (problems, warmup) in families.items():
-        result[family] = {}
+        result[family], probes[family] = {}, {}
+        prompts = [encode(p) for p in problems]
         for batch in cfg.batch_sizes:
             if progress:
                 progress(f"{family} batch {batch}")
             result[family][f"batch_{batch}"] = bench_family(pair, routed, problems, warmup, batch, cfg, encode)
-    probe_prompts = [encode(p) for p in next(iter(families.values()))[0]]
-    result["meta"] = _meta(pair, routed, result, probe_prompts, cfg)
+            probes[family][f"batch_{batch}"] = _probe(pair, routed, prompts, batch, cfg)
+    result["meta"] = _meta(pair, routed, result, probes, cfg)
     return result
 
 
-def _meta(pair: ModelPair, routed: RoutingPolicy, result: dict, prompts: list[list[int]], cfg: HeadlineConfig) -> dict:
-    """Pass costs per batch size, the bounds they imply for each routed configuration's measured share,
-    and the batch-1 step-overhead figures."""
+def _probe(pair: ModelPair, routed: RoutingPolicy, prompts: list[list[int]], batch: int,
+           cfg: HeadlineConfig) -> dict[str, float]:
     from serving.backends.hf import HFBackend
 
+    rows = [prompts[i % len(prompts)] for i in range(batch)]
+    bare = pair.slm.model if batch == 1 and isinstance(pair.slm, HFBackend) else None
+    return probe_costs(pair.slm, pair.llm, routed, rows, cfg.probe, bare)
+
+
+def _meta(pair: ModelPair, routed: RoutingPolicy, result: dict, probes: dict[str, dict[str, dict[str, float]]],
+          cfg: HeadlineConfig) -> dict:
+    """Pass costs per batch size (the mean of the families' probes; each family's own under
+    `pass_costs_by_family`), the bounds each family's probe implies for its routed configurations' measured
+    shares, and the batch-1 step-overhead figures."""
     meta: dict = {"pair": pair.spec.name, "n_problems": cfg.n_problems, "max_tokens": cfg.max_tokens,
                   "routed_policy": routed.kind.value, "routed_threshold": routed.threshold,
-                  "batch_sizes": list(cfg.batch_sizes), "pass_costs": {}, "bounds": {}}
+                  "batch_sizes": list(cfg.batch_sizes), "pass_costs": {}, "pass_costs_by_family": probes,
+                  "bounds": {}}
     families = [f for f in result if f != "meta"]
     for batch in cfg.batch_sizes:
-        rows = [prompts[i % len(prompts)] for i in range(batch)]
-        bare = pair.slm.model if batch == 1 and isinstance(pair.slm, HFBackend) else None
-        costs = probe_costs(pair.slm, pair.llm, routed, rows, cfg.probe, bare)
-        meta["pass_costs"][f"batch_{batch}"] = costs
+        key = f"batch_{batch}"
+        runs = [probes[f][key] for f in families]
+        meta["pass_costs"][key] = {name: sum(run[name] for run in runs) / len(runs) for name in runs[0]}
         bounds = {}
         for family in families:
-            entry = result[family][f"batch_{batch}"]
+            entry, costs = result[family][key], probes[family][key]
             for name, mode in ((Config.ROUTED_SEQUENTIAL, "sequential"), (Config.ROUTED_SPECULATIVE, "speculative"),
                                (Config.LOSSLESS_SPECULATIVE, "speculative")):
                 measured = entry[name.value]
@@ -180,14 +192,18 @@ def _meta(pair: ModelPair, routed: RoutingPolicy, result: dict, prompts: list[li
                     "bound_over_llm_alone": bound[f"{mode}_over_llm_alone"],
                     "measured_over_llm_alone": ratio,
                     "measured_over_bound": measured["tokens_per_s"] / bound[f"{mode}_tokens_per_s"]}
-        meta["bounds"][f"batch_{batch}"] = bounds
+        meta["bounds"][key] = bounds
     one = meta["pass_costs"].get("batch_1")
     if one is not None:
         draft = one["slm_step_ms"] + one["router_ms"]
         step = {"slm_step_plus_router_ms": draft, "router_over_slm_step": one["router_ms"] / one["slm_step_ms"],
-                "llm_step_over_slm_step_plus_router": one["llm_step_ms"] / draft}
+                "llm_step_over_slm_step_plus_router": one["llm_step_ms"] / draft,
+                "in_run": {"slm_step_ms": one["slm_step_in_run_ms"], "router_ms": one["router_in_run_ms"],
+                           "router_over_slm_step": one["router_in_run_ms"] / one["slm_step_in_run_ms"]}}
         if "slm_bare_forward_ms" in one:
             step |= {"slm_bare_forward_ms": one["slm_bare_forward_ms"],
-                     "slm_step_plus_router_over_bare": draft / one["slm_bare_forward_ms"]}
+                     "slm_step_plus_router_over_bare": draft / one["slm_bare_forward_ms"],
+                     "in_run_over_bare": (one["slm_step_in_run_ms"] + one["router_in_run_ms"])
+                     / one["slm_bare_forward_ms"]}
         meta["step_overhead_batch_1"] = step
     return meta

@@ -6,6 +6,10 @@ Glossary
   LLM step       one batched LLM extend of one token per row: what the LLM alone pays per token.
   catch-up pass  one batched LLM extend of several tokens per row. A pass costs about
                  fixed + per_token * tokens fed; the two probes (1 and `catchup_tokens` per row) fit both.
+  draft run      `draft_run` SLM steps, each followed by the router, back to back: how drafting runs between
+                 LLM passes. The SLM step and router probes above each follow an LLM pass (they are
+                 interleaved with the LLM probes), so they pay for caches the LLM's weights evicted; the run
+                 is what a step costs within a block.
   bare forward   the same model called directly through transformers with a plain `DynamicCache`, batch 1:
                  what the backend's own bookkeeping is measured against.
 
@@ -34,6 +38,7 @@ from serving.decoding.engine import route_rows
 class ProbeConfig:
     repeats: int = 30  # the LLM rows grow by 1 + catchup_tokens per repeat
     catchup_tokens: int = 8
+    draft_run: int = 8  # SLM steps + router back to back in the draft-run probe
 
     def __post_init__(self) -> None:
         if self.repeats < 1 or self.catchup_tokens < 2:
@@ -71,7 +76,16 @@ def probe_costs(slm: Backend, llm: Backend, policy: RoutingPolicy, prompts: list
         route_rows([policy] * b, [o.logits[-1] for o in last], [o.hidden[-1] for o in last],
                    [s.length for s in slm_seqs], list(range(b)))
 
-    fns = {"slm_step_ms": slm_step, "router_ms": router,
+    in_run: dict[str, list[float]] = {"slm_step_in_run_ms": [], "router_in_run_ms": []}
+
+    def draft_run() -> None:
+        for _ in range(cfg.draft_run):
+            for name, fn in (("slm_step_in_run_ms", slm_step), ("router_in_run_ms", router)):
+                start = time.perf_counter()
+                fn()
+                in_run[name].append(time.perf_counter() - start)
+
+    fns = {"slm_step_ms": slm_step, "router_ms": router, "draft_run_ms": draft_run,
            "llm_step_ms": lambda: llm.extend(llm_seqs, [[p[-1]] for p in prompts]),
            f"llm_catchup_{m}_ms": lambda: llm.extend(llm_seqs, [[p[-1]] * m for p in prompts])}
     if bare_slm is not None:
@@ -84,6 +98,8 @@ def probe_costs(slm: Backend, llm: Backend, policy: RoutingPolicy, prompts: list
         for s in llm_seqs:
             llm.close(s)
     per_token = max(0.0, (costs[f"llm_catchup_{m}_ms"] - costs["llm_step_ms"]) / (b * (m - 1)))
+    del costs["draft_run_ms"]  # its steps, timed one by one
+    costs |= {name: statistics.median(t) * 1e3 for name, t in in_run.items()}
     return costs | {"llm_pass_fixed_ms": max(0.0, costs["llm_step_ms"] - b * per_token),
                     "llm_catchup_ms_per_token": per_token}
 

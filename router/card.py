@@ -69,10 +69,14 @@ def write_router_card(router_dir: Path, bar: dict | None) -> None:
     ]
     for lab in meta["labels"]:
         llm = lab.get("llm_dir") or lab.get("llm_fingerprint")
+        unverifiable = lab.get("unverifiable", 0)  # label sets made before it was counted have none
+        neutral = lab.get("neutral", lab.get("mismatches", 0) - lab.get("divergent", 0) - unverifiable)
         name = f"{Path(lab['dir']).name}{f' (LLM {llm})' if llm else ''}"
         lines.append(f"| labels {name} | {lab.get('tokens', 0):,} tokens, "
                      f"{lab.get('mismatches', 0):,} mismatches ({lab.get('mismatch_rate', 0):.1%}), "
-                     f"{lab.get('divergent', 0):,} divergent ({lab.get('divergent_rate', 0):.1%}) |")
+                     f"{lab.get('divergent', 0):,} divergent ({lab.get('divergent_rate', 0):.1%}), "
+                     f"{neutral:,} neutral, {unverifiable:,} unverifiable "
+                     "(left out of training) |")
     lines += [
         f"| validation (held-out prompts) | ROC-AUC {_auc(val['roc_auc'])}, PR-AUC {_auc(val['pr_auc'])}; "
         f"at the recall threshold {val['threshold']:.3f}: recall {val['recall']:.1%}, "

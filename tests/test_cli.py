@@ -55,6 +55,10 @@ def test_generate_pretty_output(testbed_dirs) -> None:
     (["testbed", "train", "--size", "slm", "--steps", "0", "--out", "/nonexistent/m"], "must be positive"),
     (["serve", "--threads", "0"], "--threads must be at least 1"),
     (["serve", "--wide-pass-gflop", "-1"], "--wide-pass-gflop must be non-negative"),
+    (["label", "--prompts", "hf:someone/other", "--task", "gsm8k", "--out", "/nonexistent/l"],
+     "reads the rows of openai/gsm8k"),  # used to label gsm8k's rows instead, silently
+    (["label", "--prompts", "hf:openai/humaneval", "--task", "humaneval", "--out", "/nonexistent/l"],
+     "does not read hub rows"),
 ])
 def test_bad_input_is_one_line_exit_2(testbed_dirs, args: list[str], fragment: str) -> None:
     out = r2r(*args)

@@ -69,5 +69,12 @@ def _prompts(source: str, task) -> tuple[list, list]:
 
     if task is None or source.startswith("testbed-"):
         return load_prompts(source), []
+    if source.startswith("hf:"):
+        name = source[3:].split(":")[0]
+        if task.hub_id is None:
+            raise ValueError(f"--task {task.name} does not read hub rows: pass a JSONL file in its fields ({task.fields})")
+        if name != task.hub_id:
+            raise ValueError(f"--task {task.name} reads the rows of {task.hub_id}, not {name}: pass --prompts "
+                             f"hf:{task.hub_id}, or a JSONL file in the task's fields ({task.fields})")
     problems = task.load(None if source.startswith("hf:") else Path(source))
     return [PromptRecord(p.id, (("user", p.prompt),)) for p in problems], problems

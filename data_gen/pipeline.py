@@ -28,7 +28,7 @@ from data_gen.prompts import PromptRecord
 from data_gen.shards import ShardStore
 from data_gen.verifiers import SENTENCE_STOPS, Candidate, Continuation, Verdict, Verifier, VerifierKind
 from router.features import topk_logprobs
-from router.policies import AlwaysSLM, PolicyKind, RoutingPolicy
+from router.policies import PolicyKind, RoutingPolicy
 from serving.backends.fingerprint import router_fingerprint, tokenizer_fingerprint
 from serving.pair import ModelPair
 from serving.decoding.sampling import SamplingParams
@@ -295,14 +295,13 @@ class CrossLabelPipeline(LabelPipeline):
     branch ending inside an LLM token is not biased."""
 
     def reference(self, chunk: list[PromptRecord]) -> dict:
-        from serving.byte_level.cross_tokenizer import generate_cross
+        from serving.byte_level.cross_tokenizer import decode_bytes
 
         slm_blm, llm_blm = self.pair.byte_models()
         texts = [self._llm_prompt(p) for p in chunk]
         gens = []
         for batch in _batches(texts, self.cfg.batch_size):
-            gens += generate_cross(llm_blm, llm_blm, AlwaysSLM(), batch,
-                                   [SamplingParams(max_tokens=self.cfg.max_new_tokens)] * len(batch))
+            gens += decode_bytes(llm_blm, batch, [SamplingParams(max_tokens=self.cfg.max_new_tokens)] * len(batch))
         refs = [g.text for g in gens]
         return {"data_id": [p.id for p in chunk], "prompt_ids": [self.pair.encode_chat(p.chat()) for p in chunk],
                 "ref_ids": [slm_blm.vocab.encode(r.encode()) for r in refs], "ref_text": refs,
@@ -323,7 +322,7 @@ class CrossLabelPipeline(LabelPipeline):
         return rows
 
     def continuation(self, ref: dict, mism) -> dict:
-        from serving.byte_level.cross_tokenizer import generate_cross
+        from serving.byte_level.cross_tokenizer import decode_bytes
 
         llm_blm = self.pair.byte_models()[1]
         table = self.pair.byte_models()[0].vocab.table
@@ -341,8 +340,7 @@ class CrossLabelPipeline(LabelPipeline):
             firsts = [table[tok].decode("utf-8", errors="replace") for _, _, tok in batch]
             branches = [(c + f).encode() for c, f in zip(contexts, firsts)]
             params = [SamplingParams(max_tokens=max_tokens, stop=stops)] * len(batch)
-            gens = generate_cross(llm_blm, llm_blm, AlwaysSLM(), [prompts[d] for d, _, _ in batch], params,
-                                  prefixes=branches)
+            gens = decode_bytes(llm_blm, [prompts[d] for d, _, _ in batch], params, prefixes=branches)
             for (d, pos, _), context, first, g in zip(batch, contexts, firsts, gens):
                 ref_tail = refs[d][0][len(context):]
                 out["data_id"].append(d)

@@ -38,7 +38,7 @@ from enum import Enum
 
 import torch
 
-from router.policies import RoutingPolicy
+from router.policies import AlwaysSLM, RoutingPolicy
 from serving.byte_level.probabilities import ByteLevelLM, ByteState, Leaf, LeafTable
 from serving.decoding.engine import BlockConfig, SteppedEngine, drain, route_rows
 from serving.decoding.generation import FinishReason, Generation, RoutingMode, Source
@@ -429,3 +429,12 @@ def generate_cross(slm: ByteLevelLM, llm: ByteLevelLM, policy: RoutingPolicy, pr
     keys = stream_keys if stream_keys is not None else list(range(len(prompts)))
     return drain(engine, engine.add_texts(prompts, params, [policy] * len(prompts), [mode] * len(prompts), keys,
                                           prefixes))
+
+
+def decode_bytes(model: ByteLevelLM, prompts: list[str], params: list[SamplingParams],
+                 prefixes: list[bytes] | None = None) -> list[Generation]:
+    """One byte-level model alone, each prompt continued from an exact byte prefix (which may end inside one of
+    the model's tokens): how the label pipeline's LLM writes references and continues branches when the pair's
+    tokenizers differ. It is the byte-level engine with `model` on both sides and a policy that never routes, so
+    it shares the engine's cover-encoding conditioning instead of a second implementation of it."""
+    return generate_cross(model, model, AlwaysSLM(), prompts, params, prefixes=prefixes)

@@ -41,8 +41,9 @@ class ProbeConfig:
     draft_run: int = 8  # SLM steps + router back to back in the draft-run probe
 
     def __post_init__(self) -> None:
-        if self.repeats < 1 or self.catchup_tokens < 2:
-            raise ValueError(f"need repeats >= 1 and catchup_tokens >= 2, got {self.repeats}, {self.catchup_tokens}")
+        if self.repeats < 1 or self.catchup_tokens < 2 or self.draft_run < 1:
+            raise ValueError(f"need repeats >= 1, catchup_tokens >= 2 and draft_run >= 1, got {self.repeats}, "
+                             f"{self.catchup_tokens}, {self.draft_run}")
 
 
 def _interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:

@@ -7,7 +7,7 @@ continue every cut greedily; the count of correct final answers is how often eac
 `slm_wrong_print_var` counts the SLM answers whose print line names another variable than the program.
 The cut text is a plain token context for both models (cut at a token boundary of both tokenizers).
 
-    .venv/bin/python bench/experiments/takeover_recovery.py [N]
+    .venv/bin/python -m evals.bench.experiments.takeover_recovery [N]
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ On the router's validation prompts (the split `r2r train-router` held out), per 
 ROC-AUC, PR-AUC and recall of divergent tokens at 2/5/10% routing rates for the router's score and
 for 1 - the SLM's top-1 probability (what confidence routing thresholds).
 
-    .venv/bin/python bench/experiments/router_vs_confidence.py [--router DIR] [LABEL_DIR ...]
+    .venv/bin/python -m evals.bench.experiments.router_vs_confidence [--router DIR] [LABEL_DIR ...]
 """
 from __future__ import annotations
 

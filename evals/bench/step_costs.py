@@ -99,8 +99,8 @@ def probe_costs(slm: Backend, llm: Backend, policy: RoutingPolicy, prompts: list
         for s in llm_seqs:
             llm.close(s)
     per_token = max(0.0, (costs[f"llm_catchup_{m}_ms"] - costs["llm_step_ms"]) / (b * (m - 1)))
-    del costs["draft_run_ms"]  # its steps, timed one by one
-    costs |= {name: statistics.median(t) * 1e3 for name, t in in_run.items()}
+    del costs["draft_run_ms"]  # its steps, timed one by one; the first run is the warm-up call, left out as above
+    costs |= {name: statistics.median(t[cfg.draft_run:]) * 1e3 for name, t in in_run.items()}
     return costs | {"llm_pass_fixed_ms": max(0.0, costs["llm_step_ms"] - b * per_token),
                     "llm_catchup_ms_per_token": per_token}
 

@@ -11,6 +11,7 @@ from testbed.problem import Problem, grade
 from testbed.splits import FAMILIES, heldout
 from router.policies import RoutingPolicy
 from serving.backends.base import Backend
+from serving.backends.packed_weights import SUFFIX as PACKED
 from serving.decoding.generation import Generation
 from serving.decoding.sampling import SamplingParams
 from serving.decoding.routed import generate_sequential
@@ -130,6 +131,17 @@ def _training_line(training: dict) -> str:
     return f"{steps}; {tokens:,} tokens, {seconds / 60:.1f} min on 2 CPU cores"
 
 
+def _weights_row(model_dir: Path, config: dict) -> list[str]:
+    """How the weights are committed: packed losslessly when a packed file is there."""
+    packed = sorted(model_dir.glob(f"*.safetensors{PACKED}"))
+    if not packed:
+        return []
+    mib = sum(p.stat().st_size for p in packed) / 2**20
+    return [f"| weights | {config.get('dtype', 'float32')} safetensors, committed as `{packed[0].name}` ({mib:.1f} "
+            "MiB, lossless byte-plane packing: `serving/backends/packed_weights.py`), unpacked to the plain file "
+            "on first load |"]
+
+
 def write_model_card(model_dir: Path, role: str, evaluation: dict, other: dict | None,
                      description: str | None = None, reproduce: str | None = None) -> None:
     """README.md model card: config, parameter count, training tokens/time, accuracy, latency."""
@@ -148,6 +160,7 @@ def write_model_card(model_dir: Path, role: str, evaluation: dict, other: dict |
         f"{config['num_hidden_layers']} layers, {config['num_attention_heads']} heads "
         f"({config['num_key_value_heads']} KV), FFN {config['intermediate_size']}, vocab {config['vocab_size']} |",
         f"| parameters | {training['parameters']:,} |",
+        *_weights_row(model_dir, config),
         f"| training | {_training_line(training)} |",
         f"| held-out accuracy ({evaluation['n_problems']} {evaluation['split']} problems, greedy) | "
         + ", ".join(f"{f}: {acc[f]:.1%}" for f in FAMILIES) + " |",

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from serving.backends.packed_weights import pack_weights, unpack_weights
 from serving.backends.threads import torch_threads
 
 from testbed.splits import FAMILIES, heldout_prompts, sample_train
@@ -175,6 +176,7 @@ def _train(cfg: LMTrainConfig) -> Path:
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     model.to(getattr(torch, SHAPES[cfg.size].stored_dtype)).save_pretrained(cfg.out_dir)
     tokenizer.save_pretrained(cfg.out_dir)
+    pack_weights(cfg.out_dir)  # the packed file is what gets committed; the plain one stays for loaders
     n_params = sum(p.numel() for p in model.parameters())
     info = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
             "shape": asdict(SHAPES[cfg.size]), "parameters": n_params, "train_tokens": tokens_seen,
@@ -187,6 +189,7 @@ def _init_from(model: torch.nn.Module, tokenizer, source_dir: Path) -> None:
     """Continued training or a tokenizer transplant from a model of this depth, depth growth from a shallower one."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    unpack_weights(source_dir)
     if AutoConfig.from_pretrained(source_dir).num_hidden_layers < model.config.num_hidden_layers:
         from testbed.grow import grow_depth
 

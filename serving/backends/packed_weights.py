@@ -1,0 +1,109 @@
+"""Lossless compact storage for committed model weights: `model.safetensors.packed` beside the model.
+
+Why: the repository (and what a device call can carry, 64 MiB) must hold the testbed models. Float weights do not
+compress as they are, but their bytes split by position do: the byte holding the sign and the exponent's high bits
+takes few values (zlib: ~40% of its size), the mantissa bytes are noise (stored as they are). For bf16 that is
+~69% of the file; for fp32 ~85%. Unpacking restores the exact bytes (sha256 checked), so a packed model's
+fingerprint, outputs and every number measured on it are those of the original file.
+
+Layout: 8-byte little-endian length, a JSON header (`format`, `sha256` and `size` of the original, `prefix`: the
+length of the safetensors header kept as is, `width`: bytes per element, `planes`: each plane's stored length and
+whether it is zlib-compressed), the safetensors header, then one plane per byte position of the tensor data.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+SUFFIX = ".packed"
+_FORMAT = "r2r-byte-planes-1"
+_WIDTHS = {"BF16": 2, "F16": 2, "F32": 4}
+
+
+def _safetensors_layout(data: bytes) -> tuple[int, int]:
+    """(prefix length, bytes per element) of a safetensors file whose tensors all share one float width."""
+    header_len = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + header_len])
+    dtypes = {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    widths = {_WIDTHS.get(d) for d in dtypes}
+    if len(widths) != 1 or None in widths:
+        raise ValueError(f"cannot pack tensors of dtypes {sorted(dtypes)}: one of {sorted(_WIDTHS)} expected")
+    return 8 + header_len, widths.pop()
+
+
+def pack_file(path: Path) -> Path:
+    """Write `<path>.packed` (lossless) and return it; the original is left in place."""
+    data = path.read_bytes()
+    prefix, width = _safetensors_layout(data)
+    body = np.frombuffer(data, dtype=np.uint8, offset=prefix)
+    if body.size % width:
+        raise ValueError(f"{path}: tensor data is not a whole number of {width}-byte elements")
+    columns = body.reshape(-1, width)
+    planes, stored = [], []
+    for i in range(width):
+        plane = columns[:, i].tobytes()
+        packed = zlib.compress(plane, 9)
+        compressed = len(packed) < len(plane)
+        planes.append([len(packed) if compressed else len(plane), compressed])
+        stored.append(packed if compressed else plane)
+    header = json.dumps({"format": _FORMAT, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+                         "prefix": prefix, "width": width, "planes": planes}).encode()
+    out = path.with_name(path.name + SUFFIX)
+    _write_atomic(out, [struct.pack("<Q", len(header)), header, data[:prefix], *stored])
+    return out
+
+
+def unpack_file(packed: Path) -> Path:
+    """Restore the original file beside `packed` (exact bytes, checked) and return its path."""
+    data = packed.read_bytes()
+    header_len = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + header_len])
+    if header.get("format") != _FORMAT:
+        raise ValueError(f"{packed}: not an {_FORMAT} file")
+    pos = 8 + header_len
+    prefix, width = data[pos:pos + header["prefix"]], header["width"]
+    pos += header["prefix"]
+    n = (header["size"] - header["prefix"]) // width
+    columns = np.empty((n, width), dtype=np.uint8)
+    for i, (length, compressed) in enumerate(header["planes"]):
+        chunk = data[pos:pos + length]
+        pos += length
+        try:
+            columns[:, i] = np.frombuffer(zlib.decompress(chunk) if compressed else chunk, dtype=np.uint8)
+        except (zlib.error, ValueError) as exc:
+            raise ValueError(f"{packed}: byte plane {i} is corrupt ({exc})") from exc
+    restored = prefix + columns.tobytes()
+    if hashlib.sha256(restored).hexdigest() != header["sha256"]:
+        raise ValueError(f"{packed}: unpacked bytes do not match the recorded sha256: corrupt")
+    out = packed.with_name(packed.name[:-len(SUFFIX)])
+    _write_atomic(out, [restored])
+    return out
+
+
+def pack_weights(model_dir: str | Path) -> list[Path]:
+    """Pack every `*.safetensors` of a model directory (after training; the packed files are what is committed)."""
+    return [pack_file(path) for path in sorted(Path(model_dir).glob("*.safetensors"))]
+
+
+def unpack_weights(model_dir: str | Path) -> None:
+    """Restore each packed weight file of a directory whose original is missing or older than its packed file
+    (a checkout that brings new weights), so every loader reads a plain HF directory."""
+    for packed in sorted(Path(model_dir).glob(f"*.safetensors{SUFFIX}")):
+        plain = packed.with_name(packed.name[:-len(SUFFIX)])
+        if not plain.exists() or plain.stat().st_mtime < packed.stat().st_mtime:
+            unpack_file(packed)
+
+
+def _write_atomic(path: Path, parts: list[bytes]) -> None:
+    """Write through a temporary file and rename: concurrent unpackers never see a partial file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as f:
+        for part in parts:
+            f.write(part)
+    os.replace(tmp, path)

@@ -31,6 +31,7 @@ import torch
 
 from router.policies import RoutingPolicy
 from serving.backends.base import Backend
+from serving.backends.hf import cache_kwarg
 from serving.decoding.engine import route_rows
 
 
@@ -124,13 +125,13 @@ def _bare_forward(model: torch.nn.Module, prompt: list[int]) -> Callable[[], Non
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    cache = DynamicCache()
+    cache = {cache_kwarg(model): DynamicCache()}
     with torch.inference_mode():
-        model(input_ids=torch.tensor([prompt], device=device), past_key_values=cache, use_cache=True)
+        model(input_ids=torch.tensor([prompt], device=device), use_cache=True, **cache)
     step = torch.tensor([[prompt[-1]]], device=device)
 
     def forward() -> None:
         with torch.inference_mode():
-            model(input_ids=step, past_key_values=cache, use_cache=True)
+            model(input_ids=step, use_cache=True, **cache)
 
     return forward

@@ -17,6 +17,7 @@ columns; holes are compacted at the next rebuild.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,6 +165,12 @@ def pick_device(device: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def cache_kwarg(model: torch.nn.Module) -> str:
+    """The name of a transformers model's KV-cache argument: `cache` from transformers 5.24, `past_key_values`
+    before (the GPU device has 5.17; the old name warns from 5.24 and goes in 5.40)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 class HFBackend:
     """Backend over a `transformers` AutoModelForCausalLM."""
 
@@ -208,6 +215,7 @@ class HFBackend:
         self._resident: _Resident | None = None
         self._pass_threads = pass_threads if self.device.type == "cpu" else None
         self.n_parameters = sum(p.numel() for p in self.model.parameters())
+        self._cache_kwarg = cache_kwarg(model)
         self.exact_full_distribution, self.returned_top_k = True, self.vocab_size
 
     # -- contract ---------------------------------------------------------------------------
@@ -359,7 +367,7 @@ class HFBackend:
         with torch_threads(threads):
             out = self.model(
                 input_ids=input_ids.to(dev), position_ids=position_ids.to(dev),
-                attention_mask=mask, cache=res.cache, use_cache=True,
+                attention_mask=mask, use_cache=True, **{self._cache_kwarg: res.cache},
                 output_hidden_states=want_hidden,
             )
         self.forward_passes += 1

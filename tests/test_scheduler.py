@@ -46,3 +46,22 @@ def test_non_streaming_ticket_is_woken_once_with_its_result() -> None:
     assert [t.result.token_ids for t in tickets] == [g.token_ids for g in want]
     assert wakes[1] == 1  # only when it ended
     assert wakes[0] == len(tickets[0].result.token_ids) > 1  # after every step (one token each, sequential)
+
+
+class _RefusingEngine(RoutedEngine):
+    def add(self, *args, **kwargs):
+        raise RuntimeError("engine refused the batch")
+
+
+def test_a_failing_add_wakes_its_tickets_with_an_error() -> None:
+    """Tickets admitted in a round whose engine.add raises are failed, not left waiting forever."""
+    scheduler = Scheduler(_RefusingEngine(*_pair()), SchedulerConfig())
+    done = threading.Event()
+    ticket = Ticket([1, 2, 3], SamplingParams(max_tokens=5), RandomPolicy(rate=0.3, seed=0), RoutingMode.SEQUENTIAL,
+                    done.set, stream=False)
+    try:
+        scheduler.submit(ticket)
+        assert done.wait(timeout=30), "the ticket was never woken"
+    finally:
+        scheduler.close()
+    assert ticket.result is None and ticket.error == "internal error while decoding"

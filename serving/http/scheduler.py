@@ -206,6 +206,7 @@ class Scheduler:
 
     def _start(self, tickets: list[Ticket]) -> None:
         live = [t for t in tickets if not t.cancelled]
+        self._running += live  # before adding: if an add raises, _fail_all must still wake these tickets
         tokens = [t for t in live if t.prompt_text is None]
         if tokens:
             reqs = self.engine.add([t.prompt for t in tokens], [t.params for t in tokens],
@@ -221,7 +222,6 @@ class Scheduler:
                                                [t.key for t in exact], as_bytes=[True] * len(exact))
             for t, r in zip(exact, reqs):
                 t.engine, t.request = self._byte_engine, r
-        self._running += live
 
     def _drop(self, cancels: list[Ticket]) -> None:
         for t in cancels:

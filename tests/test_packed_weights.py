@@ -11,16 +11,18 @@ import torch
 from serving.backends.fingerprint import model_fingerprint
 from serving.backends.hf import HFBackend
 from serving.backends.packed_weights import SUFFIX, pack_weights, unpack_file, unpack_weights
-from tests.conftest import make_tiny_model
 
 WEIGHTS = "model.safetensors"
 
 
 @pytest.fixture(scope="module", params=["float32", "bfloat16"])
-def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def model_dir(request: pytest.FixtureRequest, tiny_models: dict[str, Path],
+              tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny qwen2 model (packing writes into it) saved in each stored dtype."""
     from transformers import AutoModelForCausalLM
 
-    path = make_tiny_model(tmp_path_factory.mktemp(request.param), "qwen2")
+    path = tmp_path_factory.mktemp(request.param) / "model"
+    shutil.copytree(tiny_models["qwen2"], path)
     model = AutoModelForCausalLM.from_pretrained(path)
     model.to(getattr(torch, request.param)).save_pretrained(path)
     return path

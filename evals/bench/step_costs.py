@@ -125,13 +125,13 @@ def _bare_forward(model: torch.nn.Module, prompt: list[int]) -> Callable[[], Non
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    cache = {cache_kwarg(model): DynamicCache()}
+    cache_arg = {cache_kwarg(model): DynamicCache()}
     with torch.inference_mode():
-        model(input_ids=torch.tensor([prompt], device=device), use_cache=True, **cache)
+        model(input_ids=torch.tensor([prompt], device=device), use_cache=True, **cache_arg)
     step = torch.tensor([[prompt[-1]]], device=device)
 
     def forward() -> None:
         with torch.inference_mode():
-            model(input_ids=step, use_cache=True, **cache)
+            model(input_ids=step, use_cache=True, **cache_arg)
 
     return forward

@@ -23,10 +23,11 @@ $R2R train-router --labels data/labels/testbed-op-math data/labels/testbed-op-co
 # copies for the comparisons below (bench router rewrites the card of the router it measures)
 rm -rf runs/router-onpolicy runs/router-offpolicy
 cp -r models/testbed/router runs/router-onpolicy && cp -r models/testbed/router-offpolicy runs/router-offpolicy
-# each router's plateau budget: the largest whose routed LLM share on validation stays within 20%
+# each router's plateau budget: the largest whose routed LLM share on validation stays within 20% (walked from the
+# largest down: the budgets below the first that fits cannot change the choice); --resume continues an interrupted run
 for name in onpolicy offpolicy; do
   for family in code math; do
-    $R2R bench router-budget --router runs/router-$name --family $family \
+    $R2R bench router-budget --router runs/router-$name --family $family --search down-to-fit --resume \
       --budgets 0.15,0.16,0.17,0.18,0.19,0.20,0.21,0.22,0.23,0.24,0.25,0.26,0.27,0.28,0.29,0.30 \
       --out runs/router_budget_${name}_$family.json
   done
@@ -34,9 +35,11 @@ done
 cp runs/router_budget_onpolicy_code.json bench/router_budget_code.json
 cp runs/router_budget_onpolicy_math.json bench/router_budget_math.json
 # the default router's operating point, chosen on validation only: the smallest budget whose validation accuracy
-# is within 1 point of the accuracy at its plateau budget; it becomes the router's default threshold
+# is within 1 point of the accuracy at its plateau budget (walked from the smallest up, to the first that is); it
+# becomes the router's default threshold
 for family in code math; do
   $R2R bench router-budget --family $family --budgets 0.05,0.06,0.07,0.08,0.09,0.10,0.11,0.12,0.13,0.14,0.15 \
+    --search up-to-plateau --plateau runs/router_budget_onpolicy_$family.json --resume \
     --out runs/router_low_budget_$family.json
 done
 $R2R bench operating-point --router models/testbed/router \

@@ -10,6 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
+from evals.bench.router_bar import BudgetSearch
 from r2r.commands.common import TESTBED_DIR
 from router.policies import PolicyKind
 
@@ -207,7 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--budgets", default="0.15,0.16,0.17,0.18", help="candidate budgets, comma-separated")
     bb.add_argument("--max-share", type=float, default=0.2, help="the routed LLM share to stay within")
     bb.add_argument("--n", type=int, default=300, help="validation problems")
-    bb.add_argument("--out", type=Path, default=Path("bench/router_budget.json"))
+    bb.add_argument("--search", choices=[s.value for s in BudgetSearch], default=BudgetSearch.FULL.value,
+                    help="full: every budget; down-to-fit: from the largest down to the first whose share fits (the "
+                         "full sweep's choice, on fewer runs); up-to-plateau: from the smallest up to the first within "
+                         "--tolerance of --plateau's accuracy (the operating point the full sweep gives)")
+    bb.add_argument("--plateau", type=Path, default=None,
+                    help="the family's plateau run (router-budget JSON), for --search up-to-plateau")
+    bb.add_argument("--tolerance", type=float, default=0.01,
+                    help="accuracy below the plateau allowed, for --search up-to-plateau (default 0.01)")
+    bb.add_argument("--out", type=Path, default=Path("bench/router_budget.json"),
+                    help="JSON out, rewritten after each budget so an interrupted run keeps its rows")
+    bb.add_argument("--resume", action="store_true",
+                    help="keep the rows of an interrupted run at --out (same search, problems and models) and run the rest")
 
     gc = bench_sub.add_parser("gpu-costs", help="decode-step and catch-up costs of random-weight models shaped like "
                               "R1-Distill-Qwen-1.5B/32B on a device, and the routed-vs-LLM-alone bound they imply")

@@ -12,9 +12,9 @@ from testbed.splits import FAMILIES, heldout
 from router.policies import RoutingPolicy
 from serving.backends.base import Backend
 from serving.backends.packed_weights import SUFFIX as PACKED
-from serving.decoding.generation import Generation
+from serving.decoding.generation import Generation, RoutingMode
 from serving.decoding.sampling import SamplingParams
-from serving.decoding.routed import generate_sequential
+from serving.decoding.routed import run_to_completion
 from serving.decoding import decode
 from serving.decoding.stopping import StopRule
 
@@ -55,8 +55,9 @@ class EvalConfig:
 
 
 def solve_routed(slm: Backend, llm: Backend, policy: RoutingPolicy, tokenizer, problems: list[Problem],
-                 batch_size: int) -> list[Generation]:
-    """Greedy routed completions of testbed problems (chat-formatted prompts)."""
+                 batch_size: int, mode: RoutingMode = RoutingMode.SEQUENTIAL) -> list[Generation]:
+    """Greedy routed completions of testbed problems (chat-formatted prompts), in either routing mode (the
+    same completions: speculative routing is lossless)."""
     from testbed.tokenizer import chat_text
 
     rule = StopRule(frozenset({tokenizer.eos_token_id}), tokenizer.decode, min(slm.max_length, llm.max_length))
@@ -66,7 +67,7 @@ def solve_routed(slm: Backend, llm: Backend, policy: RoutingPolicy, tokenizer, p
         chunk = problems[start : start + batch_size]
         prompts = [tokenizer(chat_text(p.prompt))["input_ids"] for p in chunk]
         keys = list(range(start, start + len(chunk)))
-        out += generate_sequential(slm, llm, policy, prompts, [params] * len(chunk), rule, stream_keys=keys)
+        out += run_to_completion(slm, llm, policy, prompts, [params] * len(chunk), rule, mode, keys)
     return out
 
 

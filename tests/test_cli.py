@@ -49,6 +49,10 @@ def test_generate_pretty_output(testbed_dirs) -> None:
     (["generate", "--max-tokens", "100000", "hi"], "context"),
     (["generate", "--policy", "random", "hi"], "rate"),
     (["bench", "router-budget", "--family", "code", "--budgets", "0.1,lots"], "--budgets"),
+    (["bench", "router-budget", "--family", "code", "--search", "up-to-plateau"], "--plateau goes with"),
+    (["bench", "router-budget", "--family", "code", "--plateau", "/nonexistent.json"], "--plateau goes with"),
+    (["bench", "router-budget", "--family", "code", "--search", "up-to-plateau", "--plateau", "/nonexistent.json"],
+     "no such file"),
     (["testbed", "eval", "--n", "0"], "at least one problem"),  # used to loop forever
     (["bench", "cross-tokenizer", "--n", "0"], "must be positive"),  # used to divide by zero after an hour
     (["bench", "cross-tokenizer", "--shares", "0.2,most"], "--shares"),

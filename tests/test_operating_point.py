@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from evals.bench.router_bar import operating_point
+from evals.bench.router_bar import BudgetSearch, operating_point, plateau_accuracy, search_budgets
 from router.checkpoint import load_router, save_router, set_default_threshold, share_curve
 from router.model import RouterConfig, RouterNet
 
@@ -24,6 +24,57 @@ def test_smallest_budget_within_a_point_of_the_plateau() -> None:
     low = budgets("math", {"0.05": 0.85, "0.07": 0.921, "0.09": 0.925, "0.11": 0.94})
     assert operating_point(plateau, low) == 0.07  # 0.921 >= 0.93 - 0.01; 0.05 is not
     assert operating_point(plateau, low, tolerance=0.0) == 0.11
+
+
+def test_plateau_accuracy_is_read_at_the_chosen_budget_as_json_writes_it() -> None:
+    """Budget keys are written as str(float) ("0.2"); the chosen budget is found by value, not by formatting."""
+    plateau = {"family": "code", "max_share": 0.2, "chosen": 0.2,
+               "budgets": {str(b): {"accuracy": a, "llm_share": b} for b, a in ((0.2, 0.8), (0.21, 0.9))}}
+    assert plateau_accuracy(json.loads(json.dumps(plateau))) == 0.8
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_early_stopping_searches_choose_what_the_full_sweep_chooses(seed: int) -> None:
+    """Against brute force: on random rows (shares and accuracies not monotone in the budget), the down-to-fit
+    walk picks the full sweep's plateau budget and the up-to-plateau walk gives the operating point the full
+    low-budget sweep gives, each running only budgets the sweep runs."""
+    rng = np.random.default_rng(seed)
+    high = [round(0.15 + 0.01 * i, 2) for i in range(16)]
+    low = [round(0.05 + 0.01 * i, 2) for i in range(11)]
+    table = {b: {"accuracy": float(rng.choice([0.8, 0.85, 0.9])), "llm_share": float(b + rng.normal(0, 0.03))}
+             for b in high + low}
+    runs: list[float] = []
+
+    def evaluate(budget: float) -> dict:
+        runs.append(budget)
+        return table[budget]
+
+    def run(rows: dict, family: str = "math") -> dict:
+        fitting = [float(b) for b, row in rows.items() if row["llm_share"] <= 0.2]
+        return {"family": family, "max_share": 0.2, "budgets": rows, "chosen": max(fitting) if fitting else None}
+
+    full_plateau = run(search_budgets(evaluate, high, BudgetSearch.FULL, 0.2))
+    walked = run(search_budgets(evaluate, high, BudgetSearch.DOWN_TO_FIT, 0.2))
+    assert walked["chosen"] == full_plateau["chosen"]
+    if full_plateau["chosen"] is None:
+        return
+    full_low = run(search_budgets(evaluate, low, BudgetSearch.FULL, 0.2))
+    runs.clear()
+    target = plateau_accuracy(walked) - 0.01
+    walked_low = run(search_budgets(evaluate, low, BudgetSearch.UP_TO_PLATEAU, 0.2, target))
+    assert runs == sorted(runs) and set(runs) <= set(low)
+    try:
+        expected = operating_point(full_plateau, full_low)
+    except ValueError:
+        assert len(runs) == len(low), "with no budget near the plateau the walk runs them all"
+        return
+    assert operating_point(walked, walked_low) == expected
+    assert runs[-1] == expected, "the walk stops at the operating point"
+
+
+def test_up_to_plateau_needs_the_plateau_accuracy() -> None:
+    with pytest.raises(ValueError, match="plateau's accuracy"):
+        search_budgets(lambda b: {}, [0.1], BudgetSearch.UP_TO_PLATEAU, 0.2)
 
 
 @pytest.mark.parametrize("plateau, low, fragment", [
@@ -59,3 +110,30 @@ def test_cli_needs_budget_runs(tmp_path) -> None:
         proc = subprocess.run([sys.executable, "-c", "from r2r.cli import main_entry; main_entry()", "bench",
                                "operating-point", "--router", str(tmp_path), *args], capture_output=True, text=True)
         assert proc.returncode == 2 and fragment in proc.stderr, proc.stderr
+
+
+def _router_budget(out, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from r2r.cli import main_entry; main_entry()", "bench",
+                           "router-budget", "--family", "math", "--out", str(out), *args],
+                          capture_output=True, text=True)
+
+
+def test_an_interrupted_budget_run_resumes_with_its_rows(testbed_dirs, tmp_path) -> None:
+    """A run keeps the rows it has (written after each budget); --resume runs only the missing budgets and
+    refuses a file made another way. The testbed SLM plays both models: only the bookkeeping is under test."""
+    pair = ["--slm", str(testbed_dirs["slm"]), "--llm", str(testbed_dirs["slm"]), "--router",
+            str(testbed_dirs["router"]), "--n", "3"]
+    out = tmp_path / "budget.json"
+    full = _router_budget(out, *pair, "--budgets", "0.1,0.3")
+    assert full.returncode == 0, full.stderr
+    first = json.loads(out.read_text())
+    assert sorted(first["budgets"]) == ["0.1", "0.3"] and first["models"]["llm"] == first["models"]["slm"]
+    interrupted = {**first, "budgets": {"0.1": {**first["budgets"]["0.1"], "accuracy": -1.0}}}  # a marked row
+    out.write_text(json.dumps(interrupted))
+    resumed = _router_budget(out, *pair, "--budgets", "0.1,0.3", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    rows = json.loads(out.read_text())["budgets"]
+    assert rows["0.1"]["accuracy"] == -1.0, "a row it had is kept, not rerun"
+    assert rows["0.3"] == first["budgets"]["0.3"], "the missing row is run again, to the same result"
+    other = _router_budget(out, *pair[:-1], "2", "--budgets", "0.1,0.3", "--resume")
+    assert other.returncode == 2 and "differs in n_problems" in other.stderr, other.stderr

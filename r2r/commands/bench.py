@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = GpuCostsConfig(device=args.device, quick=args.quick, batch_sizes=tuple(int(b) for b in batches),
                              **({"new_tokens": 8, "repeats": 3, "prompt_tokens": 16} if args.quick else {}))
         return write_bench(args.out, gpu_costs(cfg, args.sglang_dir))
+    plateau = _budget_plateau(args) if args.bench == "router-budget" else None  # before loading the models
     pair = load_pair_from_args(args)
     if args.bench == "handoff":
         from evals.bench.cross_tokenizer import HANDOFF_PROMPTS, handoff_cost
@@ -55,9 +56,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.bench == "router":
         result = _bench_router(pair, args)
     elif args.bench == "router-budget":
-        from evals.bench.router_bar import choose_budget
-
-        result = choose_budget(pair, args.family, list(floats(args.budgets, "--budgets")), args.max_share, args.n)
+        result = _bench_router_budget(pair, args, plateau)
     elif args.bench == "speculative":
         from testbed.splits import heldout
         from evals.bench.decode import SpeculativeBenchConfig, bench_speculative
@@ -110,20 +109,41 @@ def _bench_headline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _budget_run(path: Path, flag: str) -> dict:
+    if not path.exists():
+        raise FileNotFoundError(f"{flag}: no such file {path}")
+    run = json.loads(path.read_text())
+    if "family" not in run or "budgets" not in run:
+        raise ValueError(f"{flag}: {path} is not a `r2r bench router-budget` result")
+    return run
+
+
+def _budget_plateau(args: argparse.Namespace) -> dict | None:
+    from evals.bench.router_bar import BudgetSearch
+
+    if (BudgetSearch(args.search) is BudgetSearch.UP_TO_PLATEAU) != (args.plateau is not None):
+        raise ValueError("--plateau goes with --search up-to-plateau, and only with it")
+    return None if args.plateau is None else _budget_run(args.plateau, "--plateau")
+
+
+def _bench_router_budget(pair, args: argparse.Namespace, plateau: dict | None) -> dict:
+    from evals.bench.router_bar import BudgetSearch, choose_budget
+
+    def save(partial: dict) -> None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(partial, indent=2) + "\n")
+
+    resume = json.loads(args.out.read_text()) if args.resume and args.out.exists() else None
+    return choose_budget(pair, args.family, list(floats(args.budgets, "--budgets")), args.max_share, args.n,
+                         BudgetSearch(args.search), plateau, args.tolerance, save, resume)
+
+
 def _bench_operating_point(args: argparse.Namespace) -> int:
     from evals.bench.router_bar import default_operating_point
     from router.checkpoint import set_default_threshold
 
     def by_family(paths: list[Path], flag: str) -> dict[str, dict]:
-        runs = {}
-        for path in paths:
-            if not path.exists():
-                raise FileNotFoundError(f"{flag}: no such file {path}")
-            run = json.loads(path.read_text())
-            if "family" not in run or "budgets" not in run:
-                raise ValueError(f"{flag}: {path} is not a `r2r bench router-budget` result")
-            runs[run["family"]] = run
-        return runs
+        return {run["family"]: run for run in (_budget_run(path, flag) for path in paths)}
 
     plateau, low = by_family(args.plateau, "--plateau"), by_family(args.low, "--low")
     point = default_operating_point(plateau, low, args.tolerance)

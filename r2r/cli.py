@@ -258,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init-from", type=Path, default=None,
                        help="start from this model directory's weights (continued training, a tokenizer transplant, or "
                             "depth growth from a shallower model)")
+    train.add_argument("--train-only", default=None,
+                       help="comma-separated parameter-name fragments that train (e.g. embed_tokens); the rest stay "
+                            "--init-from's, and the saved model stores only what trained and reads the rest from there")
     train.add_argument("--family-weights", default=None, help="training mixture, e.g. math=1,code=3 (default: uniform)")
     train.add_argument("--warmup", type=int, default=100, help="learning-rate warmup steps")
     train.add_argument("--tokenizer-dir", type=Path, default=None, help="default: models/testbed/tokenizer")

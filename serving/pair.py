@@ -11,7 +11,7 @@ import torch
 from router.checkpoint import LearnedPolicy, load_router
 from router.policies import PolicyKind, RoutingPolicy, make_policy
 from serving.backends.base import Backend
-from serving.backends.packed_weights import unpack_weights
+from serving.backends.shared_body import materialize_weights
 from serving.backends.threads import PassThreads
 from serving.decoding.generation import Generation, RoutingMode
 from serving.real_models import CACHE_DIR, GEMMA3_DIR, SMOLLM2_DIR
@@ -221,7 +221,7 @@ def _check_model_dir(path: Path, role: str) -> None:
     for name in ("config.json",):
         if not (path / name).exists():
             raise FileNotFoundError(f"{role} model at {path} is missing {name}")
-    unpack_weights(path)
+    materialize_weights(path)
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise FileNotFoundError(f"{role} model at {path} has no weights (*.safetensors)")
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from serving.backends.packed_weights import pack_weights, unpack_weights
+from serving.backends.packed_weights import SUFFIX as PACKED, pack_weights
+from serving.backends.shared_body import materialize_weights, split_body
 from serving.backends.threads import torch_threads
 
 from testbed.splits import FAMILIES, heldout_prompts, sample_train
@@ -67,8 +68,13 @@ class LMTrainConfig:
     families: tuple[str, ...] = field(default_factory=lambda: tuple(FAMILIES))
     family_weights: tuple[float, ...] | None = None
     init_from: Path | None = None
+    # parameters (by name fragment) that train; the rest stay init_from's and the saved model reads them from
+    # there (serving.backends.shared_body). Empty: every parameter trains and the model is saved whole.
+    train_only: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.train_only and self.init_from is None:
+            raise ValueError("training only some parameters needs --init-from, the model the rest is read from")
         if self.size not in SHAPES:
             raise ValueError(f"unknown testbed model size {self.size!r}; known: {', '.join(SHAPES)}")
         if self.steps <= 0 or self.batch_size <= 0 or self.lr <= 0:
@@ -138,7 +144,8 @@ def _train(cfg: LMTrainConfig) -> Path:
     prior = read_training_record(cfg.init_from)
     if cfg.init_from is not None:
         _init_from(model, tokenizer, cfg.init_from)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    trained = _freeze_all_but(model, cfg.train_only)
+    opt = torch.optim.AdamW(trained.values(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     cfg.ckpt_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = cfg.ckpt_dir / "last.pt"
     start, tokens_seen, train_seconds = 0, 0, 0.0
@@ -158,7 +165,7 @@ def _train(cfg: LMTrainConfig) -> Path:
         loss = model(input_ids=input_ids, labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained.values(), 1.0)
         opt.step()
         tokens_seen += int((input_ids != tokenizer.pad_token_id).sum())
         if (step + 1) % 20 == 0:
@@ -176,7 +183,12 @@ def _train(cfg: LMTrainConfig) -> Path:
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     model.to(getattr(torch, SHAPES[cfg.size].stored_dtype)).save_pretrained(cfg.out_dir)
     tokenizer.save_pretrained(cfg.out_dir)
-    pack_weights(cfg.out_dir)  # the packed file is what gets committed; the plain one stays for loaders
+    for stale in cfg.out_dir.glob(f"*.safetensors{PACKED}"):
+        stale.unlink()
+    if cfg.train_only:  # what is committed: the trained tensors, the rest read from init_from
+        split_body(cfg.out_dir, cfg.init_from, list(trained))
+    else:  # the packed file is what gets committed; the plain one stays for loaders
+        pack_weights(cfg.out_dir)
     n_params = sum(p.numel() for p in model.parameters())
     info = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
             "shape": asdict(SHAPES[cfg.size]), "parameters": n_params, "train_tokens": tokens_seen,
@@ -185,11 +197,24 @@ def _train(cfg: LMTrainConfig) -> Path:
     return cfg.out_dir
 
 
+def _freeze_all_but(model: torch.nn.Module, fragments: tuple[str, ...]) -> dict[str, torch.nn.Parameter]:
+    """The parameters that train, by name: those whose name holds one of `fragments` (all when none given);
+    the others are frozen."""
+    trained = {}
+    for name, param in model.named_parameters():
+        param.requires_grad_(not fragments or any(f in name for f in fragments))
+        if param.requires_grad:
+            trained[name] = param
+    if not trained:
+        raise ValueError(f"no parameter name holds any of {list(fragments)}")
+    return trained
+
+
 def _init_from(model: torch.nn.Module, tokenizer, source_dir: Path) -> None:
     """Continued training or a tokenizer transplant from a model of this depth, depth growth from a shallower one."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    unpack_weights(source_dir)
+    materialize_weights(source_dir)
     if AutoConfig.from_pretrained(source_dir).num_hidden_layers < model.config.num_hidden_layers:
         from testbed.grow import grow_depth
 

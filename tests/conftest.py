@@ -9,7 +9,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub: fail fast instead of waiting on one
 import torch
 
-from serving.backends.packed_weights import unpack_weights
+from serving.backends.shared_body import materialize_weights
 
 REPO = Path(__file__).resolve().parents[1]
 TESTBED = REPO / "models" / "testbed"
@@ -55,7 +55,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def testbed_dirs() -> dict[str, Path]:
     dirs = {"slm": TESTBED / "slm", "llm": TESTBED / "llm", "router": TESTBED / "router"}
     for role in ("slm", "llm"):
-        unpack_weights(dirs[role])
+        materialize_weights(dirs[role])
         assert (dirs[role] / "model.safetensors").exists(), f"testbed {role} weights missing at {dirs[role]}"
     return dirs
 

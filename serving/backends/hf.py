@@ -27,7 +27,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from serving.backends.base import StepOutput, open_by_extending
 from serving.backends.fingerprint import model_fingerprint
-from serving.backends.packed_weights import unpack_weights
+from serving.backends.shared_body import materialize_weights
 from serving.backends.threads import PassThreads, torch_threads
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ class HFBackend:
         path = Path(model_dir)
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"no model at {path}: config.json is missing")
-        unpack_weights(path)
+        materialize_weights(path)
         # sdpa: the boolean masks built in _masks are its format (True = attend)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
         self._setup(model.to(pick_device(device)).eval(), str(model_dir), model_fingerprint(path), pass_threads)

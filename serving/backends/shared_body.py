@@ -1,0 +1,90 @@
+"""Model directories that store only some of their tensors and read the rest from another model, their body.
+
+Why: the cross-tokenizer testbed LLM (`llm-x`) is the testbed LLM with another vocabulary. Trained with the LLM's
+layers frozen, it differs from the LLM only in its token embeddings, so it stores those (`model.safetensors.own`,
+under 1 MiB) and `body.json`, which names the LLM's directory and the fingerprint of the weights it was trained
+on, instead of a second copy of the LLM's 36 layers (the repository and the device tool's 64 MiB tree bound what
+can be committed). On first load `model.safetensors` is assembled from the two, so every loader reads a plain HF
+directory; a body whose weights changed since is refused (the model was trained against the old ones).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from serving.backends.fingerprint import model_fingerprint
+from serving.backends.packed_weights import unpack_weights
+
+BODY = "body.json"
+WEIGHTS = "model.safetensors"
+OWN = WEIGHTS + ".own"
+
+
+@dataclass(frozen=True)
+class BodyRef:
+    body: str  # the body's model directory, relative to this one
+    fingerprint: str  # the body's `model_fingerprint` when this model was trained on it
+    own: tuple[str, ...]  # the tensors this model stores itself
+
+    @classmethod
+    def read(cls, model_dir: Path) -> BodyRef:
+        meta = json.loads((model_dir / BODY).read_text())
+        return cls(meta["body"], meta["fingerprint"], tuple(meta["own"]))
+
+
+def materialize_weights(model_dir: str | Path) -> None:
+    """Make the `model.safetensors` a loader reads from what is committed: unpack packed weight files, and
+    assemble a shared-body model's from its own tensors and its body's."""
+    path = Path(model_dir)
+    unpack_weights(path)
+    if (path / BODY).exists():
+        _assemble(path)
+
+
+def _assemble(model_dir: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    ref = BodyRef.read(model_dir)
+    body = (model_dir / ref.body).resolve()
+    if not (body / "config.json").exists():
+        raise FileNotFoundError(f"{model_dir} reads its layers from {body}, which holds no model")
+    materialize_weights(body)
+    if model_fingerprint(body) != ref.fingerprint:
+        raise ValueError(f"{model_dir} was trained on the weights of {body} with fingerprint {ref.fingerprint}; "
+                         f"that model has changed since ({model_fingerprint(body)}): train {model_dir.name} again")
+    out, own = model_dir / WEIGHTS, model_dir / OWN
+    newest_input = max(own.stat().st_mtime, (body / WEIGHTS).stat().st_mtime, (model_dir / BODY).stat().st_mtime)
+    if out.exists() and out.stat().st_mtime >= newest_input:
+        return
+    tensors = load_file(body / WEIGHTS)
+    mine = load_file(own)
+    if sorted(mine) != sorted(ref.own):
+        raise ValueError(f"{own} holds {sorted(mine)}, but {BODY} lists {sorted(ref.own)}")
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file({**tensors, **mine}, tmp, metadata={"format": "pt"})
+    tmp.replace(out)
+
+
+def split_body(model_dir: str | Path, body_dir: str | Path, own: list[str]) -> BodyRef:
+    """Turn a saved full model directory into a shared-body one: its `own` tensors go to `model.safetensors.own`,
+    every other tensor must equal the body's (the training kept them frozen), and `body.json` names the body.
+    The full `model.safetensors` stays, as a loader's assembled copy."""
+    from safetensors.torch import load_file, save_file
+
+    path, body = Path(model_dir), Path(body_dir)
+    materialize_weights(body)
+    tensors, base = load_file(path / WEIGHTS), load_file(body / WEIGHTS)
+    missing = sorted(set(own) - set(tensors))
+    if missing:
+        raise ValueError(f"{path} has no tensors {missing}")
+    changed = sorted(k for k, t in tensors.items() if k not in own and (k not in base or not t.equal(base[k])))
+    if changed:
+        raise ValueError(f"{path} differs from its body {body} outside its own tensors: {changed[:3]}")
+    save_file({k: tensors[k].contiguous() for k in own}, path / OWN, metadata={"format": "pt"})
+    ref = BodyRef(os.path.relpath(body.resolve(), path.resolve()), model_fingerprint(body), tuple(own))
+    (path / BODY).write_text(json.dumps(asdict(ref), indent=2) + "\n")
+    (path / WEIGHTS).touch()  # the assembled copy is current: no reassembly on first load
+    return ref
+

@@ -1,0 +1,84 @@
+"""A model trained with its body frozen stores only what trained and loads as the whole model it was."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from serving.backends.fingerprint import model_fingerprint
+from serving.backends.hf import HFBackend
+from serving.backends.shared_body import BODY, OWN, WEIGHTS, materialize_weights
+from testbed.train import LMTrainConfig, train
+
+TESTBED = Path(__file__).resolve().parents[1] / "models" / "testbed"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny body (the SLM's shape, two steps from scratch) and a model with another tokenizer trained from
+    it with only its token embeddings learning."""
+    root = tmp_path_factory.mktemp("shared")
+    body = train(LMTrainConfig(size="slm", tokenizer_dir=TESTBED / "tokenizer", out_dir=root / "body",
+                               ckpt_dir=root / "cb", steps=2, batch_size=2, threads=1))
+    derived = train(LMTrainConfig(size="slm", tokenizer_dir=TESTBED / "tokenizer-x", out_dir=root / "x",
+                                  ckpt_dir=root / "cx", steps=2, batch_size=2, threads=1, lr=1e-2, init_from=body,
+                                  train_only=("embed_tokens",)))
+    return {"body": body, "x": derived}
+
+
+def test_only_the_trained_tensors_are_stored(trained: dict[str, Path]) -> None:
+    x, body = trained["x"], trained["body"]
+    ref = json.loads((x / BODY).read_text())
+    assert ref["own"] == ["model.embed_tokens.weight"] and (x / ref["body"]).resolve() == body.resolve()
+    assert ref["fingerprint"] == model_fingerprint(body)
+    assert sorted(load_file(x / OWN)) == ["model.embed_tokens.weight"]
+    assert not list(x.glob("*.packed")), "a shared-body model commits no packed copy of the whole"
+    full, base = load_file(x / WEIGHTS), load_file(body / WEIGHTS)
+    assert full["model.embed_tokens.weight"].shape[0] != base["model.embed_tokens.weight"].shape[0]
+    assert all(full[k].equal(t) for k, t in base.items() if "embed_tokens" not in k), "the body stayed frozen"
+
+
+def test_a_checkout_assembles_the_model_it_was(trained: dict[str, Path], tmp_path: Path) -> None:
+    """What is committed (no model.safetensors) loads with the trained model's fingerprint and logits."""
+    before = HFBackend(trained["x"])
+    ids = [[5, 17, 40, 99]]
+    expected = before.open(ids)[0][1].logits
+    work = tmp_path / "checkout"
+    shutil.copytree(trained["x"].parent, work, ignore=shutil.ignore_patterns(WEIGHTS, "cb", "cx"))
+    after = HFBackend(work / "x")
+    assert (work / "x" / WEIGHTS).read_bytes() == (trained["x"] / WEIGHTS).read_bytes()
+    assert after.fingerprint == before.fingerprint
+    assert torch.equal(after.open(ids)[0][1].logits, expected)
+
+
+def test_a_changed_body_is_refused(trained: dict[str, Path], tmp_path: Path) -> None:
+    work = tmp_path / "checkout"
+    shutil.copytree(trained["x"].parent, work, ignore=shutil.ignore_patterns("cb", "cx"))
+    tensors = load_file(work / "body" / WEIGHTS)
+    tensors["model.norm.weight"] = tensors["model.norm.weight"] + 1
+    save_file(tensors, work / "body" / WEIGHTS, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="has changed since"):
+        materialize_weights(work / "x")
+
+
+def test_a_stale_assembled_copy_is_rebuilt(trained: dict[str, Path], tmp_path: Path) -> None:
+    work = tmp_path / "checkout"
+    shutil.copytree(trained["x"].parent, work, ignore=shutil.ignore_patterns("cb", "cx"))
+    own = load_file(work / "x" / OWN)
+    own["model.embed_tokens.weight"] = own["model.embed_tokens.weight"] * 2
+    save_file(own, work / "x" / OWN, metadata={"format": "pt"})
+    stamp = (work / "x" / OWN).stat().st_mtime + 10
+    os.utime(work / "x" / OWN, (stamp, stamp))
+    materialize_weights(work / "x")
+    assert load_file(work / "x" / WEIGHTS)["model.embed_tokens.weight"].equal(own["model.embed_tokens.weight"])
+
+
+def test_training_only_some_parameters_needs_a_body(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--init-from"):
+        LMTrainConfig(size="slm", tokenizer_dir=TESTBED / "tokenizer", out_dir=tmp_path, ckpt_dir=tmp_path,
+                      train_only=("embed_tokens",))

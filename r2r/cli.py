@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from evals.bench.router_bar import BudgetSearch
+from evals.bench.budget_search import BudgetSearch
 from r2r.commands.common import TESTBED_DIR
 from router.policies import PolicyKind
 

@@ -12,6 +12,7 @@ from testbed.splits import FAMILIES, heldout
 from router.policies import RoutingPolicy
 from serving.backends.base import Backend
 from serving.backends.packed_weights import SUFFIX as PACKED
+from serving.backends.shared_body import BODY, OWN, BodyRef
 from serving.decoding.generation import Generation, RoutingMode
 from serving.decoding.sampling import SamplingParams
 from serving.decoding.routed import run_to_completion
@@ -125,7 +126,10 @@ def _training_line(training: dict) -> str:
         weights = s.get("family_weights")
         return "uniform mix" if not weights else ", ".join(f"{f}={w:g}" for f, w in zip(FAMILIES, weights))
 
-    steps = " then ".join(f"{s['steps']} steps x {s['batch_size']} problems ({mix(s)}, peak lr {s['lr']:g})"
+    def only(s: dict) -> str:
+        return f", training only {' and '.join(s['train_only'])}" if s.get("train_only") else ""
+
+    steps = " then ".join(f"{s['steps']} steps x {s['batch_size']} problems ({mix(s)}, peak lr {s['lr']:g}{only(s)})"
                           for s in stages)
     tokens = training.get("total_train_tokens", training["train_tokens"])
     seconds = training.get("total_train_seconds", training["train_seconds"])
@@ -133,7 +137,13 @@ def _training_line(training: dict) -> str:
 
 
 def _weights_row(model_dir: Path, config: dict) -> list[str]:
-    """How the weights are committed: packed losslessly when a packed file is there."""
+    """How the weights are committed: packed losslessly when a packed file is there, or its own tensors only."""
+    if (model_dir / BODY).exists():
+        ref = BodyRef.read(model_dir)
+        mib = (model_dir / OWN).stat().st_size / 2**20
+        return [f"| weights | its own {', '.join(f'`{t}`' for t in ref.own)} in `{OWN}` ({mib:.1f} MiB); every other "
+                f"tensor is `{ref.body}`'s (fingerprint {ref.fingerprint}, frozen in training), read from there: "
+                "`serving/backends/shared_body.py` assembles the whole on first load |"]
     packed = sorted(model_dir.glob(f"*.safetensors{PACKED}"))
     if not packed:
         return []

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from serving.backends.packed_weights import SUFFIX as PACKED, pack_weights
-from serving.backends.shared_body import materialize_weights, split_body
+from serving.backends.shared_body import BODY, OWN, materialize_weights, split_body
 from serving.backends.threads import torch_threads
 
 from testbed.splits import FAMILIES, heldout_prompts, sample_train
@@ -75,6 +75,12 @@ class LMTrainConfig:
     def __post_init__(self) -> None:
         if self.train_only and self.init_from is None:
             raise ValueError("training only some parameters needs --init-from, the model the rest is read from")
+        if self.train_only and Path(self.init_from).resolve() == Path(self.out_dir).resolve():
+            raise ValueError("training only some parameters writes a model that reads the rest from --init-from: "
+                             "--out must be another directory")
+        if any(not fragment.strip() for fragment in self.train_only):
+            raise ValueError(f"--train-only fragments must not be empty (an empty one names every parameter): "
+                             f"{list(self.train_only)}")
         if self.size not in SHAPES:
             raise ValueError(f"unknown testbed model size {self.size!r}; known: {', '.join(SHAPES)}")
         if self.steps <= 0 or self.batch_size <= 0 or self.lr <= 0:
@@ -137,13 +143,16 @@ def train(cfg: LMTrainConfig) -> Path:
 
 
 def _train(cfg: LMTrainConfig) -> Path:
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_dir)
     model = build_model(SHAPES[cfg.size], len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
     prior = read_training_record(cfg.init_from)
     if cfg.init_from is not None:
         _init_from(model, tokenizer, cfg.init_from)
+        if cfg.train_only and AutoConfig.from_pretrained(cfg.init_from).num_hidden_layers != model.config.num_hidden_layers:
+            raise ValueError(f"training only some parameters needs {cfg.init_from} to have this model's depth: "
+                             "the frozen layers are read from it")
     trained = _freeze_all_but(model, cfg.train_only)
     opt = torch.optim.AdamW(trained.values(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     cfg.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -183,8 +192,8 @@ def _train(cfg: LMTrainConfig) -> Path:
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     model.to(getattr(torch, SHAPES[cfg.size].stored_dtype)).save_pretrained(cfg.out_dir)
     tokenizer.save_pretrained(cfg.out_dir)
-    for stale in cfg.out_dir.glob(f"*.safetensors{PACKED}"):
-        stale.unlink()
+    for stale in [*cfg.out_dir.glob(f"*.safetensors{PACKED}"), cfg.out_dir / BODY, cfg.out_dir / OWN]:
+        stale.unlink(missing_ok=True)  # what an earlier model in out_dir was committed as
     if cfg.train_only:  # what is committed: the trained tensors, the rest read from init_from
         split_body(cfg.out_dir, cfg.init_from, list(trained))
     else:  # the packed file is what gets committed; the plain one stays for loaders
@@ -238,7 +247,7 @@ def with_stages(info: dict, prior: dict | None) -> dict:
     model's card counts all of its training: `stages` lists every run (oldest first) and
     `total_train_tokens` / `total_train_seconds` sum them."""
     def stage(record: dict) -> dict:
-        keys = ("steps", "batch_size", "lr", "family_weights", "init_from", "tokenizer_dir")
+        keys = ("steps", "batch_size", "lr", "family_weights", "init_from", "tokenizer_dir", "train_only")
         return {**{k: record["config"].get(k) for k in keys}, "train_tokens": record["train_tokens"],
                 "train_seconds": record["train_seconds"]}
 

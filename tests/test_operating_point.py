@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from evals.bench.router_bar import BudgetSearch, operating_point, plateau_accuracy, search_budgets
+from evals.bench.budget_search import BudgetSearch, plateau_accuracy, search_budgets
+from evals.bench.router_bar import operating_point
 from router.checkpoint import load_router, save_router, set_default_threshold, share_curve
 from router.model import RouterConfig, RouterNet
 
@@ -54,8 +55,13 @@ def test_early_stopping_searches_choose_what_the_full_sweep_chooses(seed: int) -
         return {"family": family, "max_share": 0.2, "budgets": rows, "chosen": max(fitting) if fitting else None}
 
     full_plateau = run(search_budgets(evaluate, high, BudgetSearch.FULL, 0.2))
-    walked = run(search_budgets(evaluate, high, BudgetSearch.DOWN_TO_FIT, 0.2))
+    runs.clear()
+    saved: list[int] = []
+    walked = run(search_budgets(evaluate, high, BudgetSearch.DOWN_TO_FIT, 0.2, on_row=lambda rows: saved.append(len(rows))))
     assert walked["chosen"] == full_plateau["chosen"]
+    assert runs == sorted((b for b in high if full_plateau["chosen"] is None or b >= full_plateau["chosen"]),
+                          reverse=True), "the walk runs exactly the budgets from the largest down to the chosen one"
+    assert saved == list(range(1, len(runs) + 1)), "progress is handed on after every budget"
     if full_plateau["chosen"] is None:
         return
     full_low = run(search_budgets(evaluate, low, BudgetSearch.FULL, 0.2))
@@ -70,6 +76,14 @@ def test_early_stopping_searches_choose_what_the_full_sweep_chooses(seed: int) -
         return
     assert operating_point(walked, walked_low) == expected
     assert runs[-1] == expected, "the walk stops at the operating point"
+
+
+def test_a_low_run_walked_to_another_target_is_refused() -> None:
+    plateau = budgets("math", {"0.2": 0.93}, chosen=0.2)
+    low = {**budgets("math", {"0.05": 0.85, "0.07": 0.921}), "target_accuracy": 0.93 - 0.02}
+    with pytest.raises(ValueError, match="walked up to accuracy"):
+        operating_point(plateau, low, tolerance=0.01)
+    assert operating_point(plateau, low, tolerance=0.02) == 0.07
 
 
 def test_up_to_plateau_needs_the_plateau_accuracy() -> None:
@@ -128,12 +142,24 @@ def test_an_interrupted_budget_run_resumes_with_its_rows(testbed_dirs, tmp_path)
     assert full.returncode == 0, full.stderr
     first = json.loads(out.read_text())
     assert sorted(first["budgets"]) == ["0.1", "0.3"] and first["models"]["llm"] == first["models"]["slm"]
-    interrupted = {**first, "budgets": {"0.1": {**first["budgets"]["0.1"], "accuracy": -1.0}}}  # a marked row
-    out.write_text(json.dumps(interrupted))
+    assert first["complete"]
+    interrupted = {**first, "complete": False, "budgets": {"0.1": {**first["budgets"]["0.1"], "accuracy": -1.0}}}
+    out.write_text(json.dumps(interrupted))  # a marked row
+    refused = subprocess.run([sys.executable, "-c", "from r2r.cli import main_entry; main_entry()", "bench",
+                              "operating-point", "--router", str(tmp_path), "--plateau", str(out), "--low", str(out)],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "interrupted run" in refused.stderr, refused.stderr
     resumed = _router_budget(out, *pair, "--budgets", "0.1,0.3", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     rows = json.loads(out.read_text())["budgets"]
     assert rows["0.1"]["accuracy"] == -1.0, "a row it had is kept, not rerun"
     assert rows["0.3"] == first["budgets"]["0.3"], "the missing row is run again, to the same result"
+    finished = json.loads(out.read_text())
+    assert finished["complete"]
+    out.write_text(json.dumps({**interrupted, "complete": False}))
     other = _router_budget(out, *pair[:-1], "2", "--budgets", "0.1,0.3", "--resume")
     assert other.returncode == 2 and "differs in n_problems" in other.stderr, other.stderr
+    out.write_text(json.dumps({**finished, "budgets": interrupted["budgets"]}))  # marked, but complete
+    again = _router_budget(out, *pair, "--budgets", "0.1,0.3", "--resume")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(out.read_text())["budgets"] == first["budgets"], "a finished run is measured again"

@@ -82,3 +82,40 @@ def test_training_only_some_parameters_needs_a_body(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--init-from"):
         LMTrainConfig(size="slm", tokenizer_dir=TESTBED / "tokenizer", out_dir=tmp_path, ckpt_dir=tmp_path,
                       train_only=("embed_tokens",))
+
+
+def test_a_current_assembled_copy_is_kept(trained: dict[str, Path]) -> None:
+    before = (trained["x"] / WEIGHTS).stat().st_mtime_ns
+    materialize_weights(trained["x"])
+    assert (trained["x"] / WEIGHTS).stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("fragments, out, message", [(("embed_tokens", " "), "x", "must not be empty"),
+                                                     (("embed_tokens",), "body", "another directory")])
+def test_bad_train_only_requests_are_refused(tmp_path: Path, fragments: tuple[str, ...], out: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        LMTrainConfig(size="slm", tokenizer_dir=TESTBED / "tokenizer", out_dir=tmp_path / out, ckpt_dir=tmp_path,
+                      init_from=tmp_path / "body", train_only=fragments)
+
+
+def test_a_body_with_other_tensors_is_refused(trained: dict[str, Path], tmp_path: Path) -> None:
+    """A model holding a tensor its body lacks (or lacking one the body has) is not that body's."""
+    from serving.backends.shared_body import split_body
+
+    work = tmp_path / "checkout"
+    shutil.copytree(trained["x"].parent, work, ignore=shutil.ignore_patterns("cb", "cx"))
+    tensors = load_file(work / "x" / WEIGHTS)
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
+    save_file(tensors, work / "x" / WEIGHTS, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="hold different tensors"):
+        split_body(work / "x", work / "body", ["model.embed_tokens.weight"])
+
+
+def test_full_training_replaces_a_shared_body_model(trained: dict[str, Path], tmp_path: Path) -> None:
+    """Training a whole model into a shared-body model's directory leaves no body.json behind to reassemble it."""
+    work = tmp_path / "checkout"
+    shutil.copytree(trained["x"].parent, work, ignore=shutil.ignore_patterns("cb", "cx"))
+    train(LMTrainConfig(size="slm", tokenizer_dir=TESTBED / "tokenizer-x", out_dir=work / "x", ckpt_dir=tmp_path / "c",
+                        steps=1, batch_size=2, threads=1))
+    assert not (work / "x" / BODY).exists() and not (work / "x" / OWN).exists()
+    assert list((work / "x").glob("*.packed"))

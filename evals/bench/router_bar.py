@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
 
+from evals.bench.budget_search import BudgetSearch, plateau_accuracy, search_budgets
 from testbed.evaluate import solve_routed
 from testbed.problem import grade
 from testbed.splits import heldout
@@ -92,48 +92,14 @@ def router_bar(pair: ModelPair, top1_by_family: dict[str, np.ndarray], cfg: Rout
     return result
 
 
-class BudgetSearch(str, Enum):
-    """How `choose_budget` walks its budgets. The two early-stopping walks run every budget that could change
-    the full sweep's answer and stop there, so they choose what the full sweep would, on fewer routed runs."""
-    FULL = "full"  # every budget
-    DOWN_TO_FIT = "down-to-fit"  # largest first, up to the first whose routed share fits: the sweep's `chosen`
-    UP_TO_PLATEAU = "up-to-plateau"  # smallest first, up to the first within tolerance of a plateau run's
-    # accuracy: the budget `operating_point` would take from the full sweep
-
-
-def plateau_accuracy(plateau: dict) -> float:
-    """Validation accuracy at a plateau run's chosen budget (the largest whose routed share fits)."""
-    if plateau["chosen"] is None:
-        raise ValueError(f"{plateau['family']}: no budget fits the {plateau['max_share']:.0%} share cap")
-    return next(row["accuracy"] for b, row in plateau["budgets"].items() if float(b) == plateau["chosen"])
-
-
-def search_budgets(evaluate: Callable[[float], dict], budgets: list[float], search: BudgetSearch, max_share: float,
-                   target_accuracy: float | None = None,
-                   on_row: Callable[[dict[str, dict]], None] | None = None) -> dict[str, dict]:
-    """Rows ({"accuracy", "llm_share", ...} by budget) of the budgets `search` walks; `on_row` sees the rows
-    after each one (to save progress). UP_TO_PLATEAU stops at the first budget reaching `target_accuracy`."""
-    if search is BudgetSearch.UP_TO_PLATEAU and target_accuracy is None:
-        raise ValueError("an up-to-plateau search needs the plateau's accuracy")
-    rows: dict[str, dict] = {}
-    for budget in sorted(budgets, reverse=search is BudgetSearch.DOWN_TO_FIT):
-        row = rows[str(budget)] = evaluate(budget)
-        if on_row is not None:
-            on_row(rows)
-        if (search is BudgetSearch.DOWN_TO_FIT and row["llm_share"] <= max_share
-                or search is BudgetSearch.UP_TO_PLATEAU and row["accuracy"] >= target_accuracy):
-            break
-    return dict(sorted(rows.items(), key=lambda item: float(item[0])))
-
-
 def choose_budget(pair: ModelPair, family: str, budgets: list[float], max_share: float, n: int = 300,
                   search: BudgetSearch = BudgetSearch.FULL, plateau: dict | None = None, tolerance: float = 0.01,
                   on_progress: Callable[[dict], None] | None = None, resume: dict | None = None) -> dict:
     """The learned router's budget for a family, chosen on *validation* problems: the largest whose routed
     LLM share (what decoding actually spends, which differs from the token-level calibration) stays
     within `max_share`. An up-to-plateau search needs `plateau`, the family's plateau run; `on_progress`
-    sees the result so far after each budget; `resume`, an interrupted run's last result, lends its rows when
-    it was made the same way with the same models (else ValueError)."""
+    sees the result so far after each budget (marked incomplete); `resume`, an interrupted run's last result,
+    lends its rows when it was made the same way with the same models (else ValueError)."""
     learned = pair.learned_policy()
     cfg = RouterBarConfig(target_share={}, n_problems=n)
     head: dict = {"family": family, "split": "validation", "n_problems": n, "max_share": max_share,
@@ -143,26 +109,29 @@ def choose_budget(pair: ModelPair, family: str, budgets: list[float], max_share:
     if search is BudgetSearch.UP_TO_PLATEAU:
         if plateau is None or plateau["family"] != family:
             raise ValueError(f"an up-to-plateau search needs a {family} plateau run")
+        differs = sorted(k for k in ("split", "n_problems", "models") if plateau.get(k) != head[k])
+        if differs:
+            raise ValueError(f"the plateau run differs from this one in {', '.join(differs)}")
         target = plateau_accuracy(plateau) - tolerance
         head["target_accuracy"] = target
     done: dict[str, dict] = {}
-    if resume is not None:
+    if resume is not None and not resume.get("complete", True):  # a finished run is measured again
         differs = sorted(k for k in head if resume.get(k) != head[k])
         if differs:
             raise ValueError(f"cannot resume a run that differs in {', '.join(differs)}")
         done = resume["budgets"]
 
-    def result(rows: dict[str, dict]) -> dict:
+    def result(rows: dict[str, dict], complete: bool) -> dict:
         fitting = [float(b) for b, row in rows.items() if row["llm_share"] <= max_share]
-        return {**head, "budgets": rows, "chosen": max(fitting) if fitting else None}
+        return {**head, "budgets": rows, "chosen": max(fitting) if fitting else None, "complete": complete}
 
     def evaluate(budget: float) -> dict:
         if str(budget) in done:
             return done[str(budget)]
         return run_policy(pair, learned.with_threshold(learned.threshold_for_share(budget)), family, cfg, "validation")
 
-    on_row = None if on_progress is None else (lambda rows: on_progress(result(rows)))
-    return result(search_budgets(evaluate, budgets, search, max_share, target, on_row))
+    on_row = None if on_progress is None else (lambda rows: on_progress(result(rows, complete=False)))
+    return result(search_budgets(evaluate, budgets, search, max_share, target, on_row), complete=True)
 
 
 OPERATING_POINT_RULE = ("the smallest budget whose validation accuracy is within {points:g} point(s) of the accuracy "
@@ -176,6 +145,9 @@ def operating_point(plateau: dict, low: dict, tolerance: float = 0.01) -> float:
     if plateau["family"] != low["family"]:
         raise ValueError(f"budget runs of different families: {plateau['family']} and {low['family']}")
     best = plateau_accuracy(plateau)
+    if "target_accuracy" in low and low["target_accuracy"] != best - tolerance:
+        raise ValueError(f"{low['family']}: the low-budget run walked up to accuracy {low['target_accuracy']:.4f}, "
+                         f"not {best - tolerance:.4f} (this plateau and tolerance): run it again with them")
     good = [float(b) for b, row in low["budgets"].items() if row["accuracy"] >= best - tolerance]
     if not good:
         raise ValueError(f"{low['family']}: no budget in {sorted(low['budgets'])} comes within "

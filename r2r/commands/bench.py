@@ -5,8 +5,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from r2r.commands.common import floats, load_pair_from_args, shown, write_bench
+
+if TYPE_CHECKING:
+    from serving.pair import ModelPair
 
 
 def run(args: argparse.Namespace) -> int:
@@ -115,6 +119,8 @@ def _budget_run(path: Path, flag: str) -> dict:
     run = json.loads(path.read_text())
     if "family" not in run or "budgets" not in run:
         raise ValueError(f"{flag}: {path} is not a `r2r bench router-budget` result")
+    if not run.get("complete", True):
+        raise ValueError(f"{flag}: {path} is an interrupted run (finish it with --resume)")
     return run
 
 
@@ -126,12 +132,14 @@ def _budget_plateau(args: argparse.Namespace) -> dict | None:
     return None if args.plateau is None else _budget_run(args.plateau, "--plateau")
 
 
-def _bench_router_budget(pair, args: argparse.Namespace, plateau: dict | None) -> dict:
+def _bench_router_budget(pair: ModelPair, args: argparse.Namespace, plateau: dict | None) -> dict:
     from evals.bench.router_bar import BudgetSearch, choose_budget
 
-    def save(partial: dict) -> None:
+    def save(partial: dict) -> None:  # through a temporary file: a kill mid-write leaves the last whole file
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(partial, indent=2) + "\n")
+        tmp = args.out.with_name(f".{args.out.name}.tmp")
+        tmp.write_text(json.dumps(partial, indent=2) + "\n")
+        tmp.replace(args.out)
 
     resume = json.loads(args.out.read_text()) if args.resume and args.out.exists() else None
     return choose_budget(pair, args.family, list(floats(args.budgets, "--budgets")), args.max_share, args.n,

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
                           lr=defaults[1] if args.lr is None else args.lr, threads=args.threads,
                           ckpt_every=args.ckpt_every, seed=args.seed, warmup_steps=args.warmup, families=families, family_weights=weights,
                           init_from=args.init_from,
-                          train_only=tuple(f.strip() for f in args.train_only.split(",")) if args.train_only else ())
+                          train_only=tuple(f.strip() for f in args.train_only.split(",")) if args.train_only is not None else ())
         print(f"saved {train(cfg)}")
         return 0
     from testbed.evaluate import LLM_CARD, LLM_X_CARD, LLM_X_REPRODUCE, EvalConfig, evaluate_model, write_model_card

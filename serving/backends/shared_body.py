@@ -1,10 +1,11 @@
 """Model directories that store only some of their tensors and read the rest from another model, their body.
 
-Why: the cross-tokenizer testbed LLM (`llm-x`) is the testbed LLM with another vocabulary. Trained with the LLM's
-layers frozen, it differs from the LLM only in its token embeddings, so it stores those (`model.safetensors.own`,
-under 1 MiB) and `body.json`, which names the LLM's directory and the fingerprint of the weights it was trained
-on, instead of a second copy of the LLM's 36 layers (the repository and the device tool's 64 MiB tree bound what
-can be committed). On first load `model.safetensors` is assembled from the two, so every loader reads a plain HF
+Why: a model trained from another with most of its parameters frozen (`r2r testbed train --train-only`) differs
+from it only in the tensors that trained. The cross-tokenizer testbed LLM (`llm-x`), the testbed LLM with another
+vocabulary, needs only its token embeddings of its own: stored that way it is `model.safetensors.own` (under
+1 MiB) and `body.json`, which names the body's directory and the fingerprint of the weights it was trained on,
+instead of a second copy of the LLM's 36 layers (the repository and the device tool's 64 MiB tree bound what can
+be committed). On first load `model.safetensors` is assembled from the two, so every loader reads a plain HF
 directory; a body whose weights changed since is refused (the model was trained against the old ones).
 """
 from __future__ import annotations
@@ -62,7 +63,7 @@ def _assemble(model_dir: Path) -> None:
     mine = load_file(own)
     if sorted(mine) != sorted(ref.own):
         raise ValueError(f"{own} holds {sorted(mine)}, but {BODY} lists {sorted(ref.own)}")
-    tmp = out.with_name(f".{out.name}.tmp")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # concurrent first loads never publish a mixed file
     save_file({**tensors, **mine}, tmp, metadata={"format": "pt"})
     tmp.replace(out)
 
@@ -79,7 +80,10 @@ def split_body(model_dir: str | Path, body_dir: str | Path, own: list[str]) -> B
     missing = sorted(set(own) - set(tensors))
     if missing:
         raise ValueError(f"{path} has no tensors {missing}")
-    changed = sorted(k for k, t in tensors.items() if k not in own and (k not in base or not t.equal(base[k])))
+    if set(tensors) - set(own) != set(base) - set(own):
+        raise ValueError(f"{path} and its body {body} hold different tensors: "
+                         f"{sorted(set(tensors).symmetric_difference(base) - set(own))[:3]}")
+    changed = sorted(k for k, t in tensors.items() if k not in own and not t.equal(base[k]))
     if changed:
         raise ValueError(f"{path} differs from its body {body} outside its own tensors: {changed[:3]}")
     save_file({k: tensors[k].contiguous() for k in own}, path / OWN, metadata={"format": "pt"})

@@ -143,16 +143,13 @@ def train(cfg: LMTrainConfig) -> Path:
 
 
 def _train(cfg: LMTrainConfig) -> Path:
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_dir)
     model = build_model(SHAPES[cfg.size], len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
     prior = read_training_record(cfg.init_from)
     if cfg.init_from is not None:
-        _init_from(model, tokenizer, cfg.init_from)
-        if cfg.train_only and AutoConfig.from_pretrained(cfg.init_from).num_hidden_layers != model.config.num_hidden_layers:
-            raise ValueError(f"training only some parameters needs {cfg.init_from} to have this model's depth: "
-                             "the frozen layers are read from it")
+        _init_from(model, tokenizer, cfg.init_from, grow=not cfg.train_only)
     trained = _freeze_all_but(model, cfg.train_only)
     opt = torch.optim.AdamW(trained.values(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     cfg.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -219,12 +216,16 @@ def _freeze_all_but(model: torch.nn.Module, fragments: tuple[str, ...]) -> dict[
     return trained
 
 
-def _init_from(model: torch.nn.Module, tokenizer, source_dir: Path) -> None:
-    """Continued training or a tokenizer transplant from a model of this depth, depth growth from a shallower one."""
+def _init_from(model: torch.nn.Module, tokenizer, source_dir: Path, grow: bool = True) -> None:
+    """Continued training or a tokenizer transplant from a model of this depth, depth growth from a shallower one
+    (refused when not `grow`: a model that reads its frozen layers from the source needs the source's depth)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     materialize_weights(source_dir)
     if AutoConfig.from_pretrained(source_dir).num_hidden_layers < model.config.num_hidden_layers:
+        if not grow:
+            raise ValueError(f"training only some parameters needs {source_dir} to have this model's depth: "
+                             "the frozen layers are read from it")
         from testbed.grow import grow_depth
 
         if AutoTokenizer.from_pretrained(source_dir).get_vocab() != tokenizer.get_vocab():

@@ -116,20 +116,22 @@ def test_default_threshold_routes_the_chosen_share(tmp_path) -> None:
     assert load_router(tmp_path, "abc", table).threshold == threshold
 
 
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from r2r.cli import main_entry; main_entry()", "bench", *args],
+                          capture_output=True, text=True)
+
+
 def test_cli_needs_budget_runs(tmp_path) -> None:
     bad = tmp_path / "x.json"
     bad.write_text("{}")
     for args, fragment in ((["--plateau", str(tmp_path / "none.json"), "--low", str(bad)], "no such file"),
                            (["--plateau", str(bad), "--low", str(bad)], "is not a `r2r bench router-budget` result")):
-        proc = subprocess.run([sys.executable, "-c", "from r2r.cli import main_entry; main_entry()", "bench",
-                               "operating-point", "--router", str(tmp_path), *args], capture_output=True, text=True)
+        proc = _bench("operating-point", "--router", str(tmp_path), *args)
         assert proc.returncode == 2 and fragment in proc.stderr, proc.stderr
 
 
 def _router_budget(out, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from r2r.cli import main_entry; main_entry()", "bench",
-                           "router-budget", "--family", "math", "--out", str(out), *args],
-                          capture_output=True, text=True)
+    return _bench("router-budget", "--family", "math", "--out", str(out), *args)
 
 
 def test_an_interrupted_budget_run_resumes_with_its_rows(testbed_dirs, tmp_path) -> None:
@@ -145,9 +147,7 @@ def test_an_interrupted_budget_run_resumes_with_its_rows(testbed_dirs, tmp_path)
     assert first["complete"]
     interrupted = {**first, "complete": False, "budgets": {"0.1": {**first["budgets"]["0.1"], "accuracy": -1.0}}}
     out.write_text(json.dumps(interrupted))  # a marked row
-    refused = subprocess.run([sys.executable, "-c", "from r2r.cli import main_entry; main_entry()", "bench",
-                              "operating-point", "--router", str(tmp_path), "--plateau", str(out), "--low", str(out)],
-                             capture_output=True, text=True)
+    refused = _bench("operating-point", "--router", str(tmp_path), "--plateau", str(out), "--low", str(out))
     assert refused.returncode == 2 and "interrupted run" in refused.stderr, refused.stderr
     resumed = _router_budget(out, *pair, "--budgets", "0.1,0.3", "--resume")
     assert resumed.returncode == 0, resumed.stderr

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from r2r.commands.common import floats, load_pair_from_args, shown, write_bench
+from r2r.commands.common import floats, load_pair_from_args, shown, write_bench, write_json
 
 if TYPE_CHECKING:
     from serving.pair import ModelPair
@@ -125,7 +125,7 @@ def _budget_run(path: Path, flag: str) -> dict:
 
 
 def _budget_plateau(args: argparse.Namespace) -> dict | None:
-    from evals.bench.router_bar import BudgetSearch
+    from evals.bench.budget_search import BudgetSearch
 
     if (BudgetSearch(args.search) is BudgetSearch.UP_TO_PLATEAU) != (args.plateau is not None):
         raise ValueError("--plateau goes with --search up-to-plateau, and only with it")
@@ -133,17 +133,13 @@ def _budget_plateau(args: argparse.Namespace) -> dict | None:
 
 
 def _bench_router_budget(pair: ModelPair, args: argparse.Namespace, plateau: dict | None) -> dict:
-    from evals.bench.router_bar import BudgetSearch, choose_budget
-
-    def save(partial: dict) -> None:  # through a temporary file: a kill mid-write leaves the last whole file
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(f".{args.out.name}.tmp")
-        tmp.write_text(json.dumps(partial, indent=2) + "\n")
-        tmp.replace(args.out)
+    from evals.bench.budget_search import BudgetSearch
+    from evals.bench.router_bar import choose_budget
 
     resume = json.loads(args.out.read_text()) if args.resume and args.out.exists() else None
     return choose_budget(pair, args.family, list(floats(args.budgets, "--budgets")), args.max_share, args.n,
-                         BudgetSearch(args.search), plateau, args.tolerance, save, resume)
+                         BudgetSearch(args.search), plateau, args.tolerance, lambda partial: write_json(args.out, partial),
+                         resume)
 
 
 def _bench_operating_point(args: argparse.Namespace) -> int:

@@ -32,8 +32,15 @@ def floats(text: str, flag: str) -> tuple[float, ...]:
         raise ValueError(f"{flag} must be comma-separated numbers, got {text!r}") from exc
 
 
-def write_bench(out: Path, result: dict) -> int:
+def write_json(out: Path, result: dict) -> None:
+    """Write through a temporary file and rename: a run killed mid-write leaves the previous whole file."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(out)
+
+
+def write_bench(out: Path, result: dict) -> int:
+    write_json(out, result)
     print(json.dumps(result, indent=2))
     return 0

@@ -55,7 +55,7 @@ def pack_file(path: Path) -> Path:
     header = json.dumps({"format": _FORMAT, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
                          "prefix": prefix, "width": width, "planes": planes}).encode()
     out = path.with_name(path.name + SUFFIX)
-    _write_atomic(out, [struct.pack("<Q", len(header)), header, data[:prefix], *stored])
+    write_atomic(out, [struct.pack("<Q", len(header)), header, data[:prefix], *stored])
     return out
 
 
@@ -82,7 +82,7 @@ def unpack_file(packed: Path) -> Path:
     if hashlib.sha256(restored).hexdigest() != header["sha256"]:
         raise ValueError(f"{packed}: unpacked bytes do not match the recorded sha256: corrupt")
     out = packed.with_name(packed.name[:-len(SUFFIX)])
-    _write_atomic(out, [restored])
+    write_atomic(out, [restored])
     return out
 
 
@@ -100,8 +100,9 @@ def unpack_weights(model_dir: str | Path) -> None:
             unpack_file(packed)
 
 
-def _write_atomic(path: Path, parts: list[bytes]) -> None:
-    """Write through a temporary file and rename: concurrent unpackers never see a partial file."""
+def write_atomic(path: Path, parts: list[bytes]) -> None:
+    """Write through a per-process temporary file and rename: concurrent writers never publish a partial or
+    mixed file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("wb") as f:
         for part in parts:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from serving.backends.fingerprint import model_fingerprint
-from serving.backends.packed_weights import unpack_weights
+from serving.backends.packed_weights import unpack_weights, write_atomic
 
 BODY = "body.json"
 WEIGHTS = "model.safetensors"
@@ -45,7 +45,7 @@ def materialize_weights(model_dir: str | Path) -> None:
 
 
 def _assemble(model_dir: Path) -> None:
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     ref = BodyRef.read(model_dir)
     body = (model_dir / ref.body).resolve()
@@ -63,9 +63,7 @@ def _assemble(model_dir: Path) -> None:
     mine = load_file(own)
     if sorted(mine) != sorted(ref.own):
         raise ValueError(f"{own} holds {sorted(mine)}, but {BODY} lists {sorted(ref.own)}")
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # concurrent first loads never publish a mixed file
-    save_file({**tensors, **mine}, tmp, metadata={"format": "pt"})
-    tmp.replace(out)
+    write_atomic(out, [save({**tensors, **mine}, metadata={"format": "pt"})])  # concurrent first loads
 
 
 def split_body(model_dir: str | Path, body_dir: str | Path, own: list[str]) -> BodyRef:

@@ -2,8 +2,9 @@
 # Rebuild every committed testbed number after the models are trained
 # (r2r testbed data; r2r testbed train --size slm; r2r testbed train --size llm-base --out runs/testbed/llm-base;
 #  r2r testbed train --size llm --init-from runs/testbed/llm-base --seed 1 --warmup 20 --ckpt-every 20;
-#  r2r testbed train --size llm-base --init-from runs/testbed/llm-base --tokenizer-dir models/testbed/tokenizer-x
-#      --out models/testbed/llm-x --steps 500 --lr 1e-3 --warmup 50 --ckpt-dir runs/testbed/ckpt-llm-x).
+#  r2r testbed train --size llm --init-from models/testbed/llm --tokenizer-dir models/testbed/tokenizer-x
+#      --train-only embed_tokens,norm --out models/testbed/llm-x --steps 300 --lr 1e-3 --warmup 50 --ckpt-every 25
+#      --ckpt-dir runs/testbed/ckpt-llm-x).
 # Labels and runs go to data/ and runs/ (not committed); cards and bench JSON are committed.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -267,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, default=None, help="default: models/testbed/<size>")
     ev = tb_sub.add_parser("eval", help="held-out accuracy and latency of both models; writes the model cards")
     ev.add_argument("--n", type=int, default=500, help="problems per family")
+    ev.add_argument("--models", default=None,
+                    help="comma-separated cards to rewrite, of slm, llm, llm-x (default: all present); each card's "
+                         "comparison model is evaluated too")
     return parser
 
 

@@ -23,16 +23,18 @@ MAX_NEW_TOKENS = 200
 
 LLM_X_CARD = (
     "The testbed LLM with another tokenizer (`models/testbed/tokenizer-x`: SentencePiece-style BPE, U+2581 spaces, "
-    "byte fallback, 1024 pieces learned separately) for cross-tokenizer routing. Same architecture and training "
-    "data as the LLM; started from the LLM's weights with each new embedding the mean of the LLM embeddings of "
-    "its text (vocabulary transplant), then trained on the testbed families. Its SLM partner shares nothing "
-    "with its tokenizer: routing between them goes through exact byte-level handoff.")
+    "byte fallback, 1024 pieces learned separately) for cross-tokenizer routing. It is the LLM's 36 layers, frozen "
+    "and read from `models/testbed/llm`, under new embeddings (tied to the output head) and norms: each new "
+    "embedding started as the mean of the LLM embeddings of its text (vocabulary transplant), then embeddings and "
+    "norms alone were trained on the testbed families. Its SLM partner shares nothing with its tokenizer: routing "
+    "between them goes through exact byte-level handoff.")
 BUILD_LLM = ("r2r testbed train --size llm-base --out runs/testbed/llm-base && r2r testbed train --size llm "
              "--init-from runs/testbed/llm-base --seed 1 --warmup 20 --ckpt-every 20")
-LLM_X_REPRODUCE = ("Reproduce: `r2r testbed data` (writes tokenizer-x too), `r2r testbed train --size llm-base --out "
-                   "runs/testbed/llm-base`, then `r2r testbed train --size llm-base --init-from runs/testbed/llm-base "
-                   "--tokenizer-dir models/testbed/tokenizer-x --out models/testbed/llm-x --steps 500 --lr 1e-3 "
-                   "--warmup 50 --ckpt-dir runs/testbed/ckpt-llm-x`, `r2r testbed eval`.")
+LLM_X_REPRODUCE = ("Reproduce: `r2r testbed data` (writes tokenizer-x too), build the LLM (see its card), then "
+                   "`r2r testbed train --size llm --init-from models/testbed/llm --tokenizer-dir "
+                   "models/testbed/tokenizer-x --train-only embed_tokens,norm --out models/testbed/llm-x --steps 300 "
+                   "--lr 1e-3 --warmup 50 --ckpt-every 25 --ckpt-dir runs/testbed/ckpt-llm-x`, "
+                   "`r2r testbed eval --models llm-x`.")
 LLM_CARD = (
     "The large model of the embedded default pair, a llama causal LM trained on the r2r testbed task families "
     "(math, code). Trained in two stages: a 6-layer model (`--size llm-base`) from scratch, then grown 6x in depth "

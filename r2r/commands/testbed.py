@@ -7,6 +7,8 @@ from pathlib import Path
 
 from r2r.commands.common import TESTBED_DIR
 
+COMPARED_WITH = {"slm": "llm", "llm": "slm", "llm-x": "slm"}  # each card's "vs the other model" row
+
 
 def run(args: argparse.Namespace) -> int:
     if args.testbed == "data":
@@ -35,12 +37,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from testbed.evaluate import LLM_CARD, LLM_X_CARD, LLM_X_REPRODUCE, EvalConfig, evaluate_model, write_model_card
 
-    sizes = ["slm", "llm"] + (["llm-x"] if (TESTBED_DIR / "llm-x" / "config.json").exists() else [])
+    present = ["slm", "llm"] + (["llm-x"] if (TESTBED_DIR / "llm-x" / "config.json").exists() else [])
+    cards = present if args.models is None else [m.strip() for m in args.models.split(",")]
+    if unknown := sorted(set(cards) - set(present)):
+        raise ValueError(f"no testbed model {', '.join(unknown)} (have {', '.join(present)})")
+    sizes = [s for s in present if s in cards or any(COMPARED_WITH[c] == s for c in cards)]
     configs = {size: EvalConfig(TESTBED_DIR / size, n_problems=args.n) for size in sizes}  # checks --n first
     results = {size: evaluate_model(cfg) for size, cfg in configs.items()}
-    write_model_card(TESTBED_DIR / "slm", "slm", results["slm"], results["llm"])
-    write_model_card(TESTBED_DIR / "llm", "llm", results["llm"], results["slm"], LLM_CARD)
-    if "llm-x" in results:
-        write_model_card(TESTBED_DIR / "llm-x", "llm-x", results["llm-x"], results["slm"], LLM_X_CARD, LLM_X_REPRODUCE)
+    texts = {"slm": (None, None), "llm": (LLM_CARD, None), "llm-x": (LLM_X_CARD, LLM_X_REPRODUCE)}
+    for card in cards:
+        write_model_card(TESTBED_DIR / card, card, results[card], results[COMPARED_WITH[card]], *texts[card])
     print(json.dumps(results, indent=2))
     return 0

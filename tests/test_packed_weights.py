@@ -49,19 +49,28 @@ def test_backend_loads_a_packed_only_directory_as_the_original(model_dir: Path, 
     assert torch.equal(packed_backend.model(ids).logits, plain_backend.model(ids).logits)
 
 
-def test_a_newer_packed_file_replaces_a_stale_plain_one(model_dir: Path, tmp_path: Path) -> None:
-    work = tmp_path / "model"
+def test_another_packed_file_replaces_the_plain_one_whatever_the_mtimes(model_dir: Path, tmp_path: Path) -> None:
+    """A checkout (or a copy that keeps mtimes, `cp -p`) brings other weights' packed file, older than the plain
+    file restored before: the plain file is restored from the new content all the same."""
+    from safetensors.torch import load_file, save_file
+
+    work, other = tmp_path / "model", tmp_path / "other"
     shutil.copytree(model_dir, work)
+    shutil.copytree(model_dir, other)
     (packed,) = pack_weights(work)
     original = (work / WEIGHTS).read_bytes()
-    (work / WEIGHTS).write_bytes(b"stale")
-    os.utime(work / WEIGHTS, (1, 1))  # older than the packed file, as after a checkout that brings new weights
+    tensors = load_file(other / WEIGHTS)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 1
+    save_file(tensors, other / WEIGHTS, metadata={"format": "pt"})
+    (other_packed,) = pack_weights(other)
+    shutil.copyfile(other_packed, packed)
+    os.utime(packed, (1, 1))
     unpack_weights(work)
-    assert (work / WEIGHTS).read_bytes() == original
-    (work / WEIGHTS).write_bytes(b"newer than the packed file: left alone")
+    assert (work / WEIGHTS).read_bytes() == (other / WEIGHTS).read_bytes() != original
+    (work / WEIGHTS).write_bytes(b"changed by hand after it was restored: left alone")
     unpack_weights(work)
-    assert (work / WEIGHTS).read_bytes() == b"newer than the packed file: left alone"
-    assert packed.exists()
+    assert (work / WEIGHTS).read_bytes() == b"changed by hand after it was restored: left alone"
 
 
 @pytest.mark.parametrize("where", ["first", "last"])

@@ -56,6 +56,7 @@ def pack_file(path: Path) -> Path:
                          "prefix": prefix, "width": width, "planes": planes}).encode()
     out = path.with_name(path.name + SUFFIX)
     write_atomic(out, [struct.pack("<Q", len(header)), header, data[:prefix], *stored])
+    write_atomic(source_stamp(path), [hashlib.sha256(data).hexdigest().encode()])
     return out
 
 
@@ -83,6 +84,7 @@ def unpack_file(packed: Path) -> Path:
         raise ValueError(f"{packed}: unpacked bytes do not match the recorded sha256: corrupt")
     out = packed.with_name(packed.name[:-len(SUFFIX)])
     write_atomic(out, [restored])
+    write_atomic(source_stamp(out), [header["sha256"].encode()])
     return out
 
 
@@ -92,12 +94,30 @@ def pack_weights(model_dir: str | Path) -> list[Path]:
 
 
 def unpack_weights(model_dir: str | Path) -> None:
-    """Restore each packed weight file of a directory whose original is missing or older than its packed file
-    (a checkout that brings new weights), so every loader reads a plain HF directory."""
+    """Restore each packed weight file of a directory whose original is missing or was not restored from (or
+    packed into) this packed file's content (a checkout that brings new weights), so every loader reads a plain
+    HF directory. A plain file changed by hand after that is left alone."""
     for packed in sorted(Path(model_dir).glob(f"*.safetensors{SUFFIX}")):
         plain = packed.with_name(packed.name[:-len(SUFFIX)])
-        if not plain.exists() or plain.stat().st_mtime < packed.stat().st_mtime:
+        if not plain.exists() or read_stamp(plain) != _recorded_sha256(packed):
             unpack_file(packed)
+
+
+def source_stamp(plain: Path) -> Path:
+    """Where a derived weight file records what it was made from. Content, not mtimes: copies that keep mtimes
+    (`cp -p`, `rsync -t`) can make a stale file look newer than its source."""
+    return plain.with_name(f".{plain.name}.source")
+
+
+def read_stamp(plain: Path) -> str | None:
+    stamp = source_stamp(plain)
+    return stamp.read_text() if stamp.exists() else None
+
+
+def _recorded_sha256(packed: Path) -> str:
+    with packed.open("rb") as f:
+        header_len = struct.unpack("<Q", f.read(8))[0]
+        return json.loads(f.read(header_len))["sha256"]
 
 
 def write_atomic(path: Path, parts: list[bytes]) -> None:

@@ -10,13 +10,14 @@ directory; a body whose weights changed since is refused (the model was trained 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from serving.backends.fingerprint import model_fingerprint
-from serving.backends.packed_weights import unpack_weights, write_atomic
+from serving.backends.packed_weights import read_stamp, source_stamp, unpack_weights, write_atomic
 
 BODY = "body.json"
 WEIGHTS = "model.safetensors"
@@ -56,14 +57,20 @@ def _assemble(model_dir: Path) -> None:
         raise ValueError(f"{model_dir} was trained on the weights of {body} with fingerprint {ref.fingerprint}; "
                          f"that model has changed since ({model_fingerprint(body)}): train {model_dir.name} again")
     out, own = model_dir / WEIGHTS, model_dir / OWN
-    newest_input = max(own.stat().st_mtime, (body / WEIGHTS).stat().st_mtime, (model_dir / BODY).stat().st_mtime)
-    if out.exists() and out.stat().st_mtime >= newest_input:
+    source = _sources(model_dir)  # the body's weights are pinned by the fingerprint in body.json, checked above
+    if out.exists() and read_stamp(out) == source:
         return
     tensors = load_file(body / WEIGHTS)
     mine = load_file(own)
     if sorted(mine) != sorted(ref.own):
         raise ValueError(f"{own} holds {sorted(mine)}, but {BODY} lists {sorted(ref.own)}")
     write_atomic(out, [save({**tensors, **mine}, metadata={"format": "pt"})])  # concurrent first loads
+    write_atomic(source_stamp(out), [source.encode()])
+
+
+def _sources(model_dir: Path) -> str:
+    """sha256 of what an assembled copy is made from: the model's own tensors and its body.json."""
+    return hashlib.sha256((model_dir / OWN).read_bytes() + (model_dir / BODY).read_bytes()).hexdigest()
 
 
 def split_body(model_dir: str | Path, body_dir: str | Path, own: list[str]) -> BodyRef:
@@ -87,6 +94,6 @@ def split_body(model_dir: str | Path, body_dir: str | Path, own: list[str]) -> B
     save_file({k: tensors[k].contiguous() for k in own}, path / OWN, metadata={"format": "pt"})
     ref = BodyRef(os.path.relpath(body.resolve(), path.resolve()), model_fingerprint(body), tuple(own))
     (path / BODY).write_text(json.dumps(asdict(ref), indent=2) + "\n")
-    (path / WEIGHTS).touch()  # the assembled copy is current: no reassembly on first load
+    write_atomic(source_stamp(path / WEIGHTS), [_sources(path).encode()])  # current: no reassembly on first load
     return ref
 

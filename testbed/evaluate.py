@@ -23,11 +23,11 @@ MAX_NEW_TOKENS = 200
 
 LLM_X_CARD = (
     "The testbed LLM with another tokenizer (`models/testbed/tokenizer-x`: SentencePiece-style BPE, U+2581 spaces, "
-    "byte fallback, 1024 pieces learned separately) for cross-tokenizer routing. It is the LLM's 36 layers, frozen "
-    "and read from `models/testbed/llm`, under new embeddings (tied to the output head) and norms: each new "
-    "embedding started as the mean of the LLM embeddings of its text (vocabulary transplant), then embeddings and "
-    "norms alone were trained on the testbed families. Its SLM partner shares nothing with its tokenizer: routing "
-    "between them goes through exact byte-level handoff.")
+    "byte fallback, 1024 pieces learned separately) for cross-tokenizer routing. It is the LLM's 36 layers, their "
+    "attention and MLP weights frozen and read from `models/testbed/llm`, under new embeddings (tied to the output "
+    "head): each new embedding started as the mean of the LLM embeddings of its text (vocabulary transplant), then "
+    "the embeddings and every RMSNorm weight (the layers' too) alone were trained on the testbed families. Its SLM "
+    "partner shares nothing with its tokenizer: routing between them goes through exact byte-level handoff.")
 BUILD_LLM = ("r2r testbed train --size llm-base --out runs/testbed/llm-base && r2r testbed train --size llm "
              "--init-from runs/testbed/llm-base --seed 1 --warmup 20 --ckpt-every 20")
 LLM_X_REPRODUCE = ("Reproduce: `r2r testbed data` (writes tokenizer-x too), build the LLM (see its card), then "
@@ -186,3 +186,17 @@ def write_model_card(model_dir: Path, role: str, evaluation: dict, other: dict |
     lines += ["", reproduce or f"Reproduce: `r2r testbed data && r2r testbed train --size slm && {BUILD_LLM} && "
               "r2r testbed eval` (see the repository README).", ""]
     (model_dir / "README.md").write_text("\n".join(lines))
+
+
+COMPARED_WITH = {"slm": "llm", "llm": "slm", "llm-x": "slm"}  # each card's "vs the other model" row
+_CARD_TEXTS = {"slm": (None, None), "llm": (LLM_CARD, None), "llm-x": (LLM_X_CARD, LLM_X_REPRODUCE)}
+
+
+def models_to_evaluate(cards: list[str]) -> list[str]:
+    """The testbed models whose evaluation the named cards need: their own and their comparison model's."""
+    return [m for m in COMPARED_WITH if m in cards or any(COMPARED_WITH[c] == m for c in cards)]
+
+
+def write_cards(testbed_dir: Path, cards: list[str], results: dict[str, dict]) -> None:
+    for card in cards:
+        write_model_card(testbed_dir / card, card, results[card], results[COMPARED_WITH[card]], *_CARD_TEXTS[card])

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from serving.backends.derived_files import source_stamp
 from serving.backends.packed_weights import SUFFIX as PACKED, pack_weights
 from serving.backends.shared_body import BODY, OWN, materialize_weights, split_body
 from serving.backends.threads import torch_threads
@@ -187,10 +188,13 @@ def _train(cfg: LMTrainConfig) -> Path:
             tmp.replace(ckpt_path)
     model.eval()
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    # what an earlier model in out_dir was committed as goes first: were it left while the new weights are saved,
+    # an interruption would leave it to replace them at the next load
+    for stale in [*cfg.out_dir.glob(f"*.safetensors{PACKED}"), cfg.out_dir / BODY, cfg.out_dir / OWN,
+                  source_stamp(cfg.out_dir / "model.safetensors")]:
+        stale.unlink(missing_ok=True)
     model.to(getattr(torch, SHAPES[cfg.size].stored_dtype)).save_pretrained(cfg.out_dir)
     tokenizer.save_pretrained(cfg.out_dir)
-    for stale in [*cfg.out_dir.glob(f"*.safetensors{PACKED}"), cfg.out_dir / BODY, cfg.out_dir / OWN]:
-        stale.unlink(missing_ok=True)  # what an earlier model in out_dir was committed as
     if cfg.train_only:  # what is committed: the trained tensors, the rest read from init_from
         split_body(cfg.out_dir, cfg.init_from, list(trained))
     else:  # the packed file is what gets committed; the plain one stays for loaders

@@ -54,7 +54,8 @@ def test_generate_pretty_output(testbed_dirs) -> None:
     (["bench", "router-budget", "--family", "code", "--search", "up-to-plateau", "--plateau", "/nonexistent.json"],
      "no such file"),
     (["testbed", "eval", "--n", "0"], "at least one problem"),  # used to loop forever
-    (["testbed", "eval", "--models", "llm,llm-y"], "no testbed model llm-y"),
+    (["testbed", "eval", "--models", "llm,llm-y"], "no testbed model 'llm-y'"),
+    (["testbed", "eval", "--models", "llm,"], "no testbed model ''"),
     (["bench", "cross-tokenizer", "--n", "0"], "must be positive"),  # used to divide by zero after an hour
     (["bench", "cross-tokenizer", "--shares", "0.2,most"], "--shares"),
     (["testbed", "train", "--size", "slm", "--steps", "0", "--out", "/nonexistent/m"], "must be positive"),

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from evals.bench.budget_search import BudgetSearch, plateau_accuracy, search_budgets
-from evals.bench.router_bar import operating_point
+from evals.bench.router_bar import default_operating_point, operating_point
 from router.checkpoint import load_router, save_router, set_default_threshold, share_curve
 from router.model import RouterConfig, RouterNet
+from serving.backends.fingerprint import router_model_fingerprint
 
 
 def budgets(family: str, accuracies: dict[str, float], chosen: float | None = None) -> dict:
@@ -57,7 +58,8 @@ def test_early_stopping_searches_choose_what_the_full_sweep_chooses(seed: int) -
     full_plateau = run(search_budgets(evaluate, high, BudgetSearch.FULL, 0.2))
     runs.clear()
     saved: list[int] = []
-    walked = run(search_budgets(evaluate, high, BudgetSearch.DOWN_TO_FIT, 0.2, on_row=lambda rows: saved.append(len(rows))))
+    walked = run(search_budgets(evaluate, high, BudgetSearch.DOWN_TO_FIT, 0.2,
+                                on_row=lambda rows: saved.append(len(rows))))
     assert walked["chosen"] == full_plateau["chosen"]
     assert runs == sorted((b for b in high if full_plateau["chosen"] is None or b >= full_plateau["chosen"]),
                           reverse=True), "the walk runs exactly the budgets from the largest down to the chosen one"
@@ -95,6 +97,10 @@ def test_up_to_plateau_needs_the_plateau_accuracy() -> None:
     (budgets("math", {"0.20": 0.9}, chosen=None), budgets("math", {"0.1": 0.9}), "no budget fits"),
     (budgets("math", {"0.20": 0.9}, chosen=0.2), budgets("code", {"0.1": 0.9}), "different families"),
     (budgets("math", {"0.20": 0.9}, chosen=0.2), budgets("math", {"0.1": 0.5}), "comes within"),
+    ({**budgets("math", {"0.20": 0.9}, chosen=0.2), "n_problems": 300},
+     {**budgets("math", {"0.1": 0.9}), "n_problems": 30}, "differs from the math run it goes with in n_problems"),
+    ({**budgets("math", {"0.20": 0.9}, chosen=0.2), "models": {"router": "a"}},
+     {**budgets("math", {"0.1": 0.9}), "models": {"router": "b"}}, "in models"),
 ])
 def test_rule_errors_are_clear(plateau: dict, low: dict, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
@@ -109,11 +115,29 @@ def test_default_threshold_routes_the_chosen_share(tmp_path) -> None:
     probs = np.random.default_rng(0).random(5000)
     save_router(tmp_path, net, {"slm_fingerprint": "abc", "threshold": 0.9, "share_curve": share_curve(probs),
                                 "thresholds": {"recall": {"target": 0.95, "threshold": 0.9}}})
+    measured = router_model_fingerprint(tmp_path)
     threshold = set_default_threshold(tmp_path, 0.09, "a rule")
+    assert router_model_fingerprint(tmp_path) == measured, "budget runs of the router stay its runs"
     assert abs((probs > threshold).mean() - 0.09) < 0.01, "the default routes the chosen share"
     meta = json.loads((tmp_path / "router.json").read_text())
     assert meta["thresholds"]["operating_point"] == {"share": 0.09, "threshold": threshold, "rule": "a rule"}
     assert load_router(tmp_path, "abc", table).threshold == threshold
+
+
+def test_a_router_the_budget_runs_did_not_measure_is_refused(tmp_path) -> None:
+    """`operating-point` writes its threshold into --router: only into the router its budget runs measured
+    (weights or share curve changed since: another router)."""
+    net = RouterNet(RouterConfig(hidden_size=8, embed_size=8, top_k=4, width=8, depth=1), torch.randn(20, 8))
+    save_router(tmp_path, net, {"slm_fingerprint": "abc", "threshold": 0.9,
+                                "share_curve": share_curve(np.random.default_rng(0).random(500))})
+    runs = {"models": {"router": router_model_fingerprint(tmp_path)}, "split": "validation", "n_problems": 3}
+    plateau = {"math": {**budgets("math", {"0.2": 0.93}, chosen=0.2), **runs}}
+    low = {"math": {**budgets("math", {"0.05": 0.85, "0.07": 0.925}), **runs}}
+    assert default_operating_point(plateau, low, tmp_path)["default_share"] == 0.07
+    save_router(tmp_path, net, {"slm_fingerprint": "abc", "threshold": 0.9,
+                                "share_curve": share_curve(np.random.default_rng(1).random(500))})
+    with pytest.raises(ValueError, match="measured another router"):
+        default_operating_point(plateau, low, tmp_path)
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess:
@@ -156,7 +180,7 @@ def test_an_interrupted_budget_run_resumes_with_its_rows(testbed_dirs, tmp_path)
     assert rows["0.3"] == first["budgets"]["0.3"], "the missing row is run again, to the same result"
     finished = json.loads(out.read_text())
     assert finished["complete"]
-    out.write_text(json.dumps({**interrupted, "complete": False}))
+    out.write_text(json.dumps(interrupted))
     other = _router_budget(out, *pair[:-1], "2", "--budgets", "0.1,0.3", "--resume")
     assert other.returncode == 2 and "differs in n_problems" in other.stderr, other.stderr
     out.write_text(json.dumps({**finished, "budgets": interrupted["budgets"]}))  # marked, but complete

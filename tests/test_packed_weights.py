@@ -99,3 +99,11 @@ def test_tensors_of_mixed_widths_are_not_packed(tmp_path: Path) -> None:
               str(tmp_path / WEIGHTS))
     with pytest.raises(ValueError, match="dtypes"):
         pack_weights(tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 9\n", b"\x01"])
+def test_a_file_that_is_not_packed_is_refused_by_name(tmp_path: Path, content: bytes) -> None:
+    """A Git LFS pointer or a truncated copy where the packed file should be: an error naming it."""
+    (tmp_path / ("model.safetensors" + SUFFIX)).write_bytes(content)
+    with pytest.raises(ValueError, match="not an r2r-byte-planes-1 file"):
+        unpack_weights(tmp_path)

@@ -91,7 +91,8 @@ def test_a_current_assembled_copy_is_kept(trained: dict[str, Path]) -> None:
 
 @pytest.mark.parametrize("fragments, out, message", [(("embed_tokens", " "), "x", "must not be empty"),
                                                      (("embed_tokens",), "body", "another directory")])
-def test_bad_train_only_requests_are_refused(tmp_path: Path, fragments: tuple[str, ...], out: str, message: str) -> None:
+def test_bad_train_only_requests_are_refused(tmp_path: Path, fragments: tuple[str, ...], out: str,
+                                             message: str) -> None:
     with pytest.raises(ValueError, match=message):
         LMTrainConfig(size="slm", tokenizer_dir=TESTBED / "tokenizer", out_dir=tmp_path / out, ckpt_dir=tmp_path,
                       init_from=tmp_path / "body", train_only=fragments)
@@ -118,3 +119,11 @@ def test_full_training_replaces_a_shared_body_model(trained: dict[str, Path], tm
                         steps=1, batch_size=2, threads=1))
     assert not (work / "x" / BODY).exists() and not (work / "x" / OWN).exists()
     assert list((work / "x").glob("*.packed"))
+
+
+def test_a_body_of_another_depth_is_refused(trained: dict[str, Path], tmp_path: Path) -> None:
+    """A model that reads its frozen layers from the body needs the body's depth (no growth with --train-only)."""
+    with pytest.raises(ValueError, match="this model's depth"):
+        train(LMTrainConfig(size="llm-base", tokenizer_dir=TESTBED / "tokenizer", out_dir=tmp_path / "deeper",
+                            ckpt_dir=tmp_path / "c", steps=1, batch_size=2, threads=1, init_from=trained["body"],
+                            train_only=("embed_tokens",)))

@@ -19,3 +19,13 @@ def test_continued_training_records_all_stages(tmp_path: Path) -> None:
     assert [s["steps"] for s in b["stages"]] == [2, 3]
     assert b["stages"][1]["family_weights"] == [1.0, 3.0] and b["stages"][1]["init_from"] == str(first)
     assert b["total_train_tokens"] == a["train_tokens"] + b["train_tokens"]
+
+
+def test_a_card_is_evaluated_with_its_comparison_model() -> None:
+    """`r2r testbed eval --models` evaluates the named models and what their cards compare them with, nothing
+    more (the LLM's evaluation is the slow one)."""
+    from testbed.evaluate import models_to_evaluate
+
+    assert models_to_evaluate(["llm-x"]) == ["slm", "llm-x"]
+    assert models_to_evaluate(["slm"]) == ["slm", "llm"]
+    assert models_to_evaluate(["llm-x", "llm"]) == ["slm", "llm", "llm-x"]

@@ -9,8 +9,9 @@ from enum import Enum
 
 
 class BudgetSearch(str, Enum):
-    """How `choose_budget` walks its budgets. The two early-stopping walks run every budget that could change
-    the full sweep's answer and stop there, so they choose what the full sweep would, on fewer routed runs."""
+    """How `search_budgets` walks a validation run's budgets. The two early-stopping walks run every budget that
+    could change the full sweep's answer and stop there, so they choose what the full sweep would, on fewer
+    routed runs."""
     FULL = "full"  # every budget
     DOWN_TO_FIT = "down-to-fit"  # largest first, up to the first whose routed share fits: the sweep's `chosen`
     UP_TO_PLATEAU = "up-to-plateau"  # smallest first, up to the first within tolerance of a plateau run's

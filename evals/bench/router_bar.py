@@ -22,7 +22,7 @@ from testbed.splits import heldout
 from router.policies import AlwaysLLM, AlwaysSLM, ConfidencePolicy, RandomPolicy, RoutingPolicy
 from router.train import share_threshold
 from serving.decoding.generation import RoutingMode
-from serving.backends.fingerprint import router_fingerprint
+from serving.backends.fingerprint import router_model_fingerprint
 from serving.pair import ModelPair
 
 log = logging.getLogger(__name__)
@@ -104,14 +104,12 @@ def choose_budget(pair: ModelPair, family: str, budgets: list[float], max_share:
     cfg = RouterBarConfig(target_share={}, n_problems=n)
     head: dict = {"family": family, "split": "validation", "n_problems": n, "max_share": max_share,
                   "search": search.value, "models": {"slm": pair.slm.fingerprint, "llm": pair.llm.fingerprint,
-                                                     "router": router_fingerprint(pair.spec.router)}}
+                                                     "router": router_model_fingerprint(pair.spec.router)}}
     target = None
     if search is BudgetSearch.UP_TO_PLATEAU:
         if plateau is None or plateau["family"] != family:
             raise ValueError(f"an up-to-plateau search needs a {family} plateau run")
-        differs = sorted(k for k in ("split", "n_problems", "models") if plateau.get(k) != head[k])
-        if differs:
-            raise ValueError(f"the plateau run differs from this one in {', '.join(differs)}")
+        _check_same_problems_and_models(plateau, head, "the plateau run")
         target = plateau_accuracy(plateau) - tolerance
         head["target_accuracy"] = target
     done: dict[str, dict] = {}
@@ -134,6 +132,14 @@ def choose_budget(pair: ModelPair, family: str, budgets: list[float], max_share:
     return result(search_budgets(evaluate, budgets, search, max_share, target, on_row), complete=True)
 
 
+def _check_same_problems_and_models(run: dict, other: dict, what: str) -> None:
+    """Budget runs compared with each other must have decoded the same validation problems with the same
+    models (the router's default threshold aside: `router_model_fingerprint`)."""
+    differs = sorted(k for k in ("split", "n_problems", "models") if run.get(k) != other.get(k))
+    if differs:
+        raise ValueError(f"{what} differs from the {other.get('family', '')} run it goes with in {', '.join(differs)}")
+
+
 OPERATING_POINT_RULE = ("the smallest budget whose validation accuracy is within {points:g} point(s) of the accuracy "
                         "at the largest budget whose routed LLM share stays within {max_share:.0%}")
 
@@ -144,6 +150,7 @@ def operating_point(plateau: dict, low: dict, tolerance: float = 0.01) -> float:
     LLM's plateau: the largest budget that fits the share cap). Past it, more LLM tokens buy no accuracy."""
     if plateau["family"] != low["family"]:
         raise ValueError(f"budget runs of different families: {plateau['family']} and {low['family']}")
+    _check_same_problems_and_models(low, plateau, f"the {low['family']} low-budget run")
     best = plateau_accuracy(plateau)
     if "target_accuracy" in low and low["target_accuracy"] != best - tolerance:
         raise ValueError(f"{low['family']}: the low-budget run walked up to accuracy {low['target_accuracy']:.4f}, "
@@ -156,12 +163,17 @@ def operating_point(plateau: dict, low: dict, tolerance: float = 0.01) -> float:
     return min(good)
 
 
-def default_operating_point(plateau: dict[str, dict], low: dict[str, dict], tolerance: float = 0.01) -> dict:
-    """The router's one default budget from each family's plateau and low-budget runs (`choose_budget` results
-    keyed by family): every family's `operating_point`, and the largest of them, so no family falls below its
-    plateau. Returns {"rule", "chosen" (per family, as `--share` reads it), "default_share"}."""
+def default_operating_point(plateau: dict[str, dict], low: dict[str, dict], router: Path,
+                            tolerance: float = 0.01) -> dict:
+    """The default budget of `router` from each family's plateau and low-budget runs of it (`choose_budget`
+    results keyed by family): every family's `operating_point`, and the largest of them, so no family falls
+    below its plateau. Returns {"rule", "chosen" (per family, as `--share` reads it), "default_share"}."""
     if set(plateau) != set(low):
         raise ValueError(f"--plateau covers {sorted(plateau)} but --low {sorted(low)}")
+    measured = router_model_fingerprint(router)
+    if other := sorted(f for f, run in plateau.items() if run.get("models", {}).get("router") != measured):
+        raise ValueError(f"the {', '.join(other)} budget runs measured another router than {router}: "
+                         "run them with --router pointing at it")
     chosen = {f: operating_point(plateau[f], low[f], tolerance) for f in sorted(plateau)}
     max_share = max(run["max_share"] for run in plateau.values())
     return {"rule": OPERATING_POINT_RULE.format(points=100 * tolerance, max_share=max_share),

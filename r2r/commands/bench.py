@@ -138,7 +138,8 @@ def _bench_router_budget(pair: ModelPair, args: argparse.Namespace, plateau: dic
 
     resume = json.loads(args.out.read_text()) if args.resume and args.out.exists() else None
     return choose_budget(pair, args.family, list(floats(args.budgets, "--budgets")), args.max_share, args.n,
-                         BudgetSearch(args.search), plateau, args.tolerance, lambda partial: write_json(args.out, partial),
+                         BudgetSearch(args.search), plateau, args.tolerance,
+                         lambda partial: write_json(args.out, partial),
                          resume)
 
 
@@ -150,7 +151,7 @@ def _bench_operating_point(args: argparse.Namespace) -> int:
         return {run["family"]: run for run in (_budget_run(path, flag) for path in paths)}
 
     plateau, low = by_family(args.plateau, "--plateau"), by_family(args.low, "--low")
-    point = default_operating_point(plateau, low, args.tolerance)
+    point = default_operating_point(plateau, low, args.router, args.tolerance)
     threshold = set_default_threshold(args.router, point["default_share"], point["rule"])
     result = {**point, "default_threshold": threshold, "router": str(shown(args.router)), "validation": low,
               "plateau": plateau}

@@ -33,11 +33,11 @@ def floats(text: str, flag: str) -> tuple[float, ...]:
 
 
 def write_json(out: Path, result: dict) -> None:
-    """Write through a temporary file and rename: a run killed mid-write leaves the previous whole file."""
+    """Atomically: a run killed mid-write leaves the previous whole file."""
+    from serving.backends.derived_files import write_atomic
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
+    write_atomic(out, [(json.dumps(result, indent=2) + "\n").encode()])
 
 
 def write_bench(out: Path, result: dict) -> int:

@@ -7,8 +7,6 @@ from pathlib import Path
 
 from r2r.commands.common import TESTBED_DIR
 
-COMPARED_WITH = {"slm": "llm", "llm": "slm", "llm-x": "slm"}  # each card's "vs the other model" row
-
 
 def run(args: argparse.Namespace) -> int:
     if args.testbed == "data":
@@ -30,22 +28,21 @@ def run(args: argparse.Namespace) -> int:
                           ckpt_dir=args.ckpt_dir or Path(f"runs/testbed/ckpt-{args.size}"),
                           steps=defaults[0] if args.steps is None else args.steps,
                           lr=defaults[1] if args.lr is None else args.lr, threads=args.threads,
-                          ckpt_every=args.ckpt_every, seed=args.seed, warmup_steps=args.warmup, families=families, family_weights=weights,
-                          init_from=args.init_from,
-                          train_only=tuple(f.strip() for f in args.train_only.split(",")) if args.train_only is not None else ())
+                          ckpt_every=args.ckpt_every, seed=args.seed, warmup_steps=args.warmup, families=families,
+                          family_weights=weights, init_from=args.init_from,
+                          train_only=() if args.train_only is None else tuple(
+                              f.strip() for f in args.train_only.split(",")))
         print(f"saved {train(cfg)}")
         return 0
-    from testbed.evaluate import LLM_CARD, LLM_X_CARD, LLM_X_REPRODUCE, EvalConfig, evaluate_model, write_model_card
+    from testbed.evaluate import EvalConfig, evaluate_model, models_to_evaluate, write_cards
 
     present = ["slm", "llm"] + (["llm-x"] if (TESTBED_DIR / "llm-x" / "config.json").exists() else [])
-    cards = present if args.models is None else [m.strip() for m in args.models.split(",")]
+    cards = present if args.models is None else list(dict.fromkeys(m.strip() for m in args.models.split(",")))
     if unknown := sorted(set(cards) - set(present)):
-        raise ValueError(f"no testbed model {', '.join(unknown)} (have {', '.join(present)})")
-    sizes = [s for s in present if s in cards or any(COMPARED_WITH[c] == s for c in cards)]
-    configs = {size: EvalConfig(TESTBED_DIR / size, n_problems=args.n) for size in sizes}  # checks --n first
-    results = {size: evaluate_model(cfg) for size, cfg in configs.items()}
-    texts = {"slm": (None, None), "llm": (LLM_CARD, None), "llm-x": (LLM_X_CARD, LLM_X_REPRODUCE)}
-    for card in cards:
-        write_model_card(TESTBED_DIR / card, card, results[card], results[COMPARED_WITH[card]], *texts[card])
+        raise ValueError(f"--models: no testbed model {', '.join(repr(m) for m in unknown)} "
+                         f"(have {', '.join(present)})")
+    configs = {m: EvalConfig(TESTBED_DIR / m, n_problems=args.n) for m in models_to_evaluate(cards)}  # checks --n
+    results = {m: evaluate_model(cfg) for m, cfg in configs.items()}
+    write_cards(TESTBED_DIR, cards, results)
     print(json.dumps(results, indent=2))
     return 0

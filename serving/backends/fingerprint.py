@@ -38,6 +38,21 @@ def router_fingerprint(router_dir: str | Path) -> str:
     return _fingerprint_files(Path(router_dir), "router.json")
 
 
+def router_model_fingerprint(router_dir: str | Path) -> str:
+    """sha256 (16 hex chars) over a router checkpoint less its thresholds: the network, its config and its
+    share curve, which is what routing at an explicit LLM-share budget depends on. Writing a new default
+    threshold into the router (`r2r bench operating-point`) keeps it."""
+    import json
+
+    root = Path(router_dir)
+    meta = {k: v for k, v in json.loads((root / "router.json").read_text()).items()
+            if k not in ("threshold", "thresholds")}
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for path in sorted(root.glob("*.safetensors")):
+        _hash_file(h, path)
+    return h.hexdigest()[:16]
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     """sha256 (16 hex chars) of the vocabulary and special tokens: equal iff ids mean the same strings."""
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])

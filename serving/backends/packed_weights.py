@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from serving.backends.derived_files import read_stamp, write_atomic, write_stamp
 
 SUFFIX = ".packed"
 _FORMAT = "r2r-byte-planes-1"
@@ -56,18 +57,14 @@ def pack_file(path: Path) -> Path:
                          "prefix": prefix, "width": width, "planes": planes}).encode()
     out = path.with_name(path.name + SUFFIX)
     write_atomic(out, [struct.pack("<Q", len(header)), header, data[:prefix], *stored])
-    write_atomic(source_stamp(path), [hashlib.sha256(data).hexdigest().encode()])
+    write_stamp(path, hashlib.sha256(data).hexdigest())
     return out
 
 
 def unpack_file(packed: Path) -> Path:
     """Restore the original file beside `packed` (exact bytes, checked) and return its path."""
     data = packed.read_bytes()
-    header_len = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8:8 + header_len])
-    if header.get("format") != _FORMAT:
-        raise ValueError(f"{packed}: not an {_FORMAT} file")
-    pos = 8 + header_len
+    header, pos = _read_header(packed, data)
     prefix, width = data[pos:pos + header["prefix"]], header["width"]
     pos += header["prefix"]
     n = (header["size"] - header["prefix"]) // width
@@ -84,7 +81,7 @@ def unpack_file(packed: Path) -> Path:
         raise ValueError(f"{packed}: unpacked bytes do not match the recorded sha256: corrupt")
     out = packed.with_name(packed.name[:-len(SUFFIX)])
     write_atomic(out, [restored])
-    write_atomic(source_stamp(out), [header["sha256"].encode()])
+    write_stamp(out, header["sha256"])
     return out
 
 
@@ -103,28 +100,21 @@ def unpack_weights(model_dir: str | Path) -> None:
             unpack_file(packed)
 
 
-def source_stamp(plain: Path) -> Path:
-    """Where a derived weight file records what it was made from. Content, not mtimes: copies that keep mtimes
-    (`cp -p`, `rsync -t`) can make a stale file look newer than its source."""
-    return plain.with_name(f".{plain.name}.source")
-
-
-def read_stamp(plain: Path) -> str | None:
-    stamp = source_stamp(plain)
-    return stamp.read_text() if stamp.exists() else None
-
-
 def _recorded_sha256(packed: Path) -> str:
     with packed.open("rb") as f:
-        header_len = struct.unpack("<Q", f.read(8))[0]
-        return json.loads(f.read(header_len))["sha256"]
+        head = f.read(8)
+        length = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        return _read_header(packed, head + f.read(length))[0]["sha256"]
 
 
-def write_atomic(path: Path, parts: list[bytes]) -> None:
-    """Write through a per-process temporary file and rename: concurrent writers never publish a partial or
-    mixed file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as f:
-        for part in parts:
-            f.write(part)
-    os.replace(tmp, path)
+def _read_header(packed: Path, data: bytes) -> tuple[dict, int]:
+    """A packed file's JSON header and where the rest starts; ValueError naming the file when it is not one (a
+    Git LFS pointer, a truncated copy)."""
+    try:
+        header_len = struct.unpack("<Q", data[:8])[0]
+        header = json.loads(data[8:8 + header_len])
+        if header.get("format") != _FORMAT:
+            raise ValueError
+    except (struct.error, ValueError, AttributeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{packed}: not an {_FORMAT} file (truncated, or a Git LFS pointer?)") from exc
+    return header, 8 + header_len

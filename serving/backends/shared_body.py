@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from serving.backends.fingerprint import model_fingerprint
-from serving.backends.packed_weights import read_stamp, source_stamp, unpack_weights, write_atomic
+from serving.backends.derived_files import read_stamp, write_atomic, write_stamp
+from serving.backends.packed_weights import unpack_weights
 
 BODY = "body.json"
 WEIGHTS = "model.safetensors"
@@ -57,7 +58,7 @@ def _assemble(model_dir: Path) -> None:
         raise ValueError(f"{model_dir} was trained on the weights of {body} with fingerprint {ref.fingerprint}; "
                          f"that model has changed since ({model_fingerprint(body)}): train {model_dir.name} again")
     out, own = model_dir / WEIGHTS, model_dir / OWN
-    source = _sources(model_dir)  # the body's weights are pinned by the fingerprint in body.json, checked above
+    source = _sources(model_dir, body)
     if out.exists() and read_stamp(out) == source:
         return
     tensors = load_file(body / WEIGHTS)
@@ -65,12 +66,15 @@ def _assemble(model_dir: Path) -> None:
     if sorted(mine) != sorted(ref.own):
         raise ValueError(f"{own} holds {sorted(mine)}, but {BODY} lists {sorted(ref.own)}")
     write_atomic(out, [save({**tensors, **mine}, metadata={"format": "pt"})])  # concurrent first loads
-    write_atomic(source_stamp(out), [source.encode()])
+    write_stamp(out, source)
 
 
-def _sources(model_dir: Path) -> str:
-    """sha256 of what an assembled copy is made from: the model's own tensors and its body.json."""
-    return hashlib.sha256((model_dir / OWN).read_bytes() + (model_dir / BODY).read_bytes()).hexdigest()
+def _sources(model_dir: Path, body: Path) -> str:
+    """What an assembled copy is made from: sha256 of the model's own tensors, its body.json and the body's
+    weights (the body's own stamp when it was unpacked, which names their content)."""
+    h = hashlib.sha256((model_dir / OWN).read_bytes() + (model_dir / BODY).read_bytes())
+    h.update((read_stamp(body / WEIGHTS) or hashlib.sha256((body / WEIGHTS).read_bytes()).hexdigest()).encode())
+    return h.hexdigest()
 
 
 def split_body(model_dir: str | Path, body_dir: str | Path, own: list[str]) -> BodyRef:
@@ -94,6 +98,6 @@ def split_body(model_dir: str | Path, body_dir: str | Path, own: list[str]) -> B
     save_file({k: tensors[k].contiguous() for k in own}, path / OWN, metadata={"format": "pt"})
     ref = BodyRef(os.path.relpath(body.resolve(), path.resolve()), model_fingerprint(body), tuple(own))
     (path / BODY).write_text(json.dumps(asdict(ref), indent=2) + "\n")
-    write_atomic(source_stamp(path / WEIGHTS), [_sources(path).encode()])  # current: no reassembly on first load
+    write_stamp(path / WEIGHTS, _sources(path, body))  # the full file is current: no reassembly on first load
     return ref
 

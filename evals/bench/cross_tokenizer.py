@@ -9,7 +9,8 @@ exact and naive use the same router and threshold, so their difference is the ha
 cross pair's router should be trained on labels from SLM + llm-x: which SLM slips are divergent
 depends on the LLM that would continue them (a router from the shared pair's labels under-routes
 slips that only the shared LLM recovers from). Shares, accuracy and the forward passes per output
-byte are measured, not assumed.
+byte are measured, not assumed. Accuracy runs decode in speculative mode (greedy: the sequential completions,
+with fewer LLM passes); the handoff's cost is measured in sequential mode, one handoff per routed piece.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from testbed.splits import heldout
 from testbed.tokenizer import chat_text
 from router.policies import RandomPolicy, RoutingPolicy
 from serving.byte_level.cross_tokenizer import Handoff, generate_cross
-from serving.decoding.generation import Generation
+from serving.decoding.generation import Generation, RoutingMode
 from serving.pair import ModelPair
 from serving.decoding.sampling import SamplingParams
 
@@ -55,12 +56,13 @@ def _summary(problems, gens: list[Generation], texts: list[str]) -> dict:
 
 
 def run_shared(pair: ModelPair, policy: RoutingPolicy, problems, cfg: CrossBenchConfig) -> dict:
-    gens = solve_routed(pair.slm, pair.llm, policy, pair.tokenizer, problems, cfg.batch_size)
+    gens = solve_routed(pair.slm, pair.llm, policy, pair.tokenizer, problems, cfg.batch_size, RoutingMode.SPECULATIVE)
     return _summary(problems, gens, [g.text for g in gens])
 
 
 def _generate_batched(cross: ModelPair, policy: RoutingPolicy, prompts: list[str], handoff: Handoff,
-                      batch_size: int, max_tokens: int) -> list[Generation]:
+                      batch_size: int, max_tokens: int,
+                      mode: RoutingMode = RoutingMode.SEQUENTIAL) -> list[Generation]:
     """Greedy cross-tokenizer decoding of prompt texts, `batch_size` at a time (stream keys = prompt index)."""
     slm, llm = cross.byte_models()
     params = SamplingParams(max_tokens=max_tokens)
@@ -68,13 +70,13 @@ def _generate_batched(cross: ModelPair, policy: RoutingPolicy, prompts: list[str
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         gens += generate_cross(slm, llm, policy, chunk, [params] * len(chunk), handoff,
-                               stream_keys=list(range(start, start + len(chunk))))
+                               stream_keys=list(range(start, start + len(chunk))), mode=mode)
     return gens
 
 
 def run_cross(cross: ModelPair, policy: RoutingPolicy, problems, handoff: Handoff, cfg: CrossBenchConfig) -> dict:
     gens = _generate_batched(cross, policy, [chat_text(p.prompt) for p in problems], handoff, cfg.batch_size,
-                             MAX_NEW_TOKENS)
+                             MAX_NEW_TOKENS, RoutingMode.SPECULATIVE)
     return _summary(problems, gens, [g.text for g in gens])
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import time
 from dataclasses import dataclass
@@ -23,18 +24,20 @@ MAX_NEW_TOKENS = 200
 
 LLM_X_CARD = (
     "The testbed LLM with another tokenizer (`models/testbed/tokenizer-x`: SentencePiece-style BPE, U+2581 spaces, "
-    "byte fallback, 1024 pieces learned separately) for cross-tokenizer routing. It is the LLM's 36 layers, their "
-    "attention and MLP weights frozen and read from `models/testbed/llm`, under new embeddings (tied to the output "
-    "head): each new embedding started as the mean of the LLM embeddings of its text (vocabulary transplant), then "
-    "the embeddings and every RMSNorm weight (the layers' too) alone were trained on the testbed families. Its SLM "
-    "partner shares nothing with its tokenizer: routing between them goes through exact byte-level handoff.")
+    "byte fallback, 1024 pieces learned separately) for cross-tokenizer routing. It shares the LLM's 36 layers' MLP "
+    "weights, frozen and read from `models/testbed/llm`; its embeddings (tied to the output head), attention "
+    "weights and RMSNorm weights are its own: each new embedding started as the mean of the LLM embeddings of its "
+    "text (vocabulary transplant), the rest as the LLM's, then these alone were trained on the testbed families "
+    "(embeddings and norms alone reached only 1% math, 41% code). Its SLM partner shares nothing with its "
+    "tokenizer: routing between them goes through exact byte-level handoff.")
 BUILD_LLM = ("r2r testbed train --size llm-base --out runs/testbed/llm-base && r2r testbed train --size llm "
              "--init-from runs/testbed/llm-base --seed 1 --warmup 20 --ckpt-every 20")
 LLM_X_REPRODUCE = ("Reproduce: `r2r testbed data` (writes tokenizer-x too), build the LLM (see its card), then "
                    "`r2r testbed train --size llm --init-from models/testbed/llm --tokenizer-dir "
-                   "models/testbed/tokenizer-x --train-only embed_tokens,norm --out models/testbed/llm-x --steps 300 "
-                   "--lr 1e-3 --warmup 50 --ckpt-every 25 --ckpt-dir runs/testbed/ckpt-llm-x`, "
-                   "`r2r testbed eval --models llm-x`.")
+                   "models/testbed/tokenizer-x --train-only embed_tokens,norm,self_attn --out models/testbed/llm-x "
+                   "--steps 300 --lr 5e-4 --warmup 50 --ckpt-every 25 --ckpt-dir runs/testbed/ckpt-llm-x`, the same "
+                   "with `--steps 500` (it resumes at step 300, on the 500-step schedule), `r2r testbed eval --models "
+                   "llm-x`.")
 LLM_CARD = (
     "The large model of the embedded default pair, a llama causal LM trained on the r2r testbed task families "
     "(math, code). Trained in two stages: a 6-layer model (`--size llm-base`) from scratch, then grown 6x in depth "
@@ -143,9 +146,10 @@ def _weights_row(model_dir: Path, config: dict) -> list[str]:
     if (model_dir / BODY).exists():
         ref = BodyRef.read(model_dir)
         mib = (model_dir / OWN).stat().st_size / 2**20
-        return [f"| weights | its own {', '.join(f'`{t}`' for t in ref.own)} in `{OWN}` ({mib:.1f} MiB); every other "
-                f"tensor is `{ref.body}`'s (fingerprint {ref.fingerprint}, frozen in training), read from there: "
-                "`serving/backends/shared_body.py` assembles the whole on first load |"]
+        kinds = dict.fromkeys(re.sub(r"\.\d+\.", ".*.", name) for name in ref.own)  # one row per layer-wise kind
+        return [f"| weights | its own {len(ref.own)} tensors ({', '.join(f'`{k}`' for k in kinds)}) in `{OWN}` "
+                f"({mib:.1f} MiB); every other tensor is `{ref.body}`'s (fingerprint {ref.fingerprint}, frozen in "
+                "training), read from there: `serving/backends/shared_body.py` assembles the whole on first load |"]
     packed = sorted(model_dir.glob(f"*.safetensors{PACKED}"))
     if not packed:
         return []

@@ -5,8 +5,9 @@ from it only in the tensors that trained. The cross-tokenizer testbed LLM (`llm-
 vocabulary, has its own embeddings, attention and norm weights and shares the LLM's MLP weights: stored that way
 it is `model.safetensors.own` (about 15 MB) and `body.json`, which names the body's directory and the fingerprint
 of the weights it was trained on, instead of a second copy of the LLM's 57 MB (the repository and the device
-tool's 64 MiB tree bound what can be committed). On first load `model.safetensors` is assembled from the two, so every loader reads a plain HF
-directory; a body whose weights changed since is refused (the model was trained against the old ones).
+tool's 64 MiB tree bound what can be committed). On first load `model.safetensors` is assembled from the two,
+so every loader reads a plain HF directory; a body whose weights changed since is refused (the model was trained
+against the old ones).
 """
 from __future__ import annotations
 

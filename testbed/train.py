@@ -19,7 +19,7 @@ import torch
 
 from serving.backends.derived_files import source_stamp
 from serving.backends.packed_weights import SUFFIX as PACKED, pack_weights
-from serving.backends.shared_body import BODY, OWN, materialize_weights, split_body
+from serving.backends.shared_body import BODY, OWN, WEIGHTS, materialize_weights, split_body
 from serving.backends.threads import torch_threads
 
 from testbed.splits import FAMILIES, heldout_prompts, sample_train
@@ -191,7 +191,7 @@ def _train(cfg: LMTrainConfig) -> Path:
     # what an earlier model in out_dir was committed as goes first: were it left while the new weights are saved,
     # an interruption would leave it to replace them at the next load
     for stale in [*cfg.out_dir.glob(f"*.safetensors{PACKED}"), cfg.out_dir / BODY, cfg.out_dir / OWN,
-                  source_stamp(cfg.out_dir / "model.safetensors")]:
+                  source_stamp(cfg.out_dir / WEIGHTS)]:
         stale.unlink(missing_ok=True)
     model.to(getattr(torch, SHAPES[cfg.size].stored_dtype)).save_pretrained(cfg.out_dir)
     tokenizer.save_pretrained(cfg.out_dir)

@@ -53,11 +53,12 @@ def pack_file(path: Path) -> Path:
         compressed = len(packed) < len(plane)
         planes.append([len(packed) if compressed else len(plane), compressed])
         stored.append(packed if compressed else plane)
-    header = json.dumps({"format": _FORMAT, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
-                         "prefix": prefix, "width": width, "planes": planes}).encode()
+    sha256 = hashlib.sha256(data).hexdigest()
+    header = json.dumps({"format": _FORMAT, "sha256": sha256, "size": len(data), "prefix": prefix, "width": width,
+                         "planes": planes}).encode()
     out = path.with_name(path.name + SUFFIX)
     write_atomic(out, [struct.pack("<Q", len(header)), header, data[:prefix], *stored])
-    write_stamp(path, hashlib.sha256(data).hexdigest())
+    write_stamp(path, sha256)
     return out
 
 

@@ -3,8 +3,8 @@
 # (r2r testbed data; r2r testbed train --size slm; r2r testbed train --size llm-base --out runs/testbed/llm-base;
 #  r2r testbed train --size llm --init-from runs/testbed/llm-base --seed 1 --warmup 20 --ckpt-every 20;
 #  r2r testbed train --size llm --init-from models/testbed/llm --tokenizer-dir models/testbed/tokenizer-x
-#      --train-only embed_tokens,norm,self_attn --out models/testbed/llm-x --steps 300 --lr 5e-4 --warmup 50 --ckpt-every 25
-#      --ckpt-dir runs/testbed/ckpt-llm-x, then the same with --steps 500, which resumes at step 300).
+#      --train-only embed_tokens,norm,self_attn --out models/testbed/llm-x --steps 300 --lr 5e-4 --warmup 50
+#      --ckpt-every 25 --ckpt-dir runs/testbed/ckpt-llm-x, then the same with --steps 500, which resumes at step 300).
 # Labels and runs go to data/ and runs/ (not committed); cards and bench JSON are committed.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -49,14 +49,14 @@ $R2R bench operating-point --router models/testbed/router \
 rule=$(python3 -c "import json; print(json.load(open('bench/router_default.json'))['chosen'])")
 # the issue's bar (and the default router's card) at that operating point
 $R2R bench router --labels data/labels/testbed-math data/labels/testbed-code --share "$rule" --out bench/router_testbed.json
-# both routers at the operating point, at 10% and at their plateau budgets
+# both routers at the operating point and at their plateau budgets
 plateau() { python3 - "$1" <<'PY'
 import json, sys
 print(",".join(f"{f}={json.load(open(f'runs/router_budget_{sys.argv[1]}_{f}.json'))['chosen']}" for f in ("math", "code")))
 PY
 }
 for name in onpolicy offpolicy; do
-  for point in "rule:$rule" "low:math=0.1,code=0.1" "plateau:$(plateau $name)"; do
+  for point in "rule:$rule" "plateau:$(plateau $name)"; do
     $R2R bench router --router runs/router-$name --labels data/labels/testbed-math data/labels/testbed-code \
       --share "${point#*:}" --out "runs/router_${point%%:*}_$name.json"
   done
@@ -67,7 +67,7 @@ load = lambda path: json.load(open(path))
 both = lambda point: {n: load(f"runs/router_{point}_{n}.json") for n in ("onpolicy", "offpolicy")}
 validation = {f: load(f"runs/router_low_budget_{f}.json") for f in ("math", "code")}
 for out, merged in (("operating_point", {"chosen": sys.argv[1], "validation": validation, **both("rule")}),
-                    ("low_share", both("low")), ("plateau", both("plateau"))):
+                    ("plateau", both("plateau"))):
     open(f"bench/router_{out}.json", "w").write(json.dumps(merged, indent=2) + "\n")
 PY
 $R2R bench headline --n 200 --out bench/headline.json

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from router.features import RouterFeatures
 
@@ -82,7 +83,9 @@ class FoldedRouter:
     Why: at batch 1 on a CPU the router is a couple of dozen tiny ops, each costing its dispatch, not its
     arithmetic. The input layer sees [hidden, E[token], P topk + p], so W [h; e; t] + b equals
     W_h hidden + (E W_e^T)[token] + (W_t P) topk + (b + W_t p): one table lookup and one matmul replace the
-    embedding gather, the projection, the concatenation of three parts and the input layer. Equal to the
+    embedding gather, the projection, the concatenation of three parts and the input layer. Likewise each
+    layer norm's scale and shift fold into the layer after it, weights are stored transposed for `addmm`
+    (`F.linear` transposes on every call), and each block's residual is the `addmm`'s input. Equal to the
     network up to float rounding; eval mode only (no dropout)."""
 
     def __init__(self, net: RouterNet) -> None:
@@ -93,10 +96,10 @@ class FoldedRouter:
             # [vocab, width]: each token's embedding through the input layer, plus every constant of that layer
             self.token_rows = (net.embeddings @ w_e.T + net.inp.bias + w_t @ net.topk_proj.bias).detach()
             self.w_in = torch.cat([w_h, w_t @ net.topk_proj.weight], dim=1).T.contiguous().detach()  # [h + k, width]
-            self.blocks = [tuple(t.detach() for t in (b.norm.weight, b.norm.bias, b.mlp[0].weight, b.mlp[0].bias,
-                                                      b.mlp[3].weight, b.mlp[3].bias)) for b in net.blocks]
-            self.out_norm = (net.out_norm.weight.detach(), net.out_norm.bias.detach())
-            self.head = (net.head.weight.detach(), net.head.bias.detach())
+            # per block (w1 [width, hidden'] with the norm's scale in it, b1 with its shift, w2 [hidden', width], b2)
+            self.blocks = [_fold_norm(b.norm, b.mlp[0]) + (b.mlp[3].weight.T.contiguous().detach(),
+                                                           b.mlp[3].bias.detach()) for b in net.blocks]
+            self.head = _fold_norm(net.out_norm, net.head)  # ([width, 1], [1])
         self.eps = [b.norm.eps for b in net.blocks] + [net.out_norm.eps]
         self.width, self.top_k = cfg.width, cfg.top_k
 
@@ -104,11 +107,16 @@ class FoldedRouter:
         """hidden [batch, hidden], token [batch] int64, topk [batch, k] -> divergence logits [batch]."""
         assert hidden.shape[0] == token.shape[0] == topk.shape[0] and topk.shape[1] == self.top_k, (
             f"feature shapes disagree: {tuple(hidden.shape)}, {tuple(token.shape)}, {tuple(topk.shape)}")
-        from torch.nn import functional as F
-
         shape = (self.width,)
         x = torch.addmm(self.token_rows[token], torch.cat([hidden, topk], dim=1), self.w_in)  # [batch, width]
-        for (nw, nb, w1, b1, w2, b2), eps in zip(self.blocks, self.eps):
-            x = x + F.linear(F.gelu(F.linear(F.layer_norm(x, shape, nw, nb, eps), w1, b1)), w2, b2)
-        x = F.layer_norm(x, shape, *self.out_norm, self.eps[-1])
-        return F.linear(x, *self.head).squeeze(-1)
+        for (w1, b1, w2, b2), eps in zip(self.blocks, self.eps):
+            x = torch.addmm(x + b2, F.gelu(torch.addmm(b1, F.layer_norm(x, shape, None, None, eps), w1)), w2)
+        w, b = self.head
+        return torch.addmm(b, F.layer_norm(x, shape, None, None, self.eps[-1]), w).squeeze(-1)
+
+
+def _fold_norm(norm: nn.LayerNorm, linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """`linear(norm(x))` as `addmm(b, layer_norm(x) without affine, w)`: W (g n + s) + c = (W diag g) n + (W s + c).
+    Returns (w [in, out], b [out])."""
+    w = (linear.weight * norm.weight).T.contiguous().detach()
+    return w, (linear.bias + linear.weight @ norm.bias).detach()

@@ -85,8 +85,8 @@ class FoldedRouter:
     W_h hidden + (E W_e^T)[token] + (W_t P) topk + (b + W_t p): one table lookup and one matmul replace the
     embedding gather, the projection, the concatenation of three parts and the input layer. Likewise each
     layer norm's scale and shift fold into the layer after it, weights are stored transposed for `addmm`
-    (`F.linear` transposes on every call), and each block's residual is the `addmm`'s input. Equal to the
-    network up to float rounding; eval mode only (no dropout)."""
+    (`F.linear` multiplies by a transposed view, a slower path at batch 1), and each block's residual is the
+    `addmm`'s input. Equal to the network up to float rounding; eval mode only (no dropout)."""
 
     def __init__(self, net: RouterNet) -> None:
         cfg, h, e = net.cfg, net.cfg.hidden_size, net.cfg.embed_size

@@ -38,6 +38,9 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     """Dequantize a GGUF file into an fp32 safetensors HF directory (once; reused afterwards)."""
     if (out_dir / "config.json").exists() and any(out_dir.glob("*.safetensors")):
         return out_dir
+    missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:  # transformers reads GGUF only with both; say so before it fails mid-load
+        raise ValueError(f"converting {gguf.name} needs {' and '.join(missing)}: pip install -e '.[eval]'")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to %s (once)", gguf, out_dir)

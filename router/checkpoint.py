@@ -14,6 +14,7 @@ import torch
 
 from router.features import features_from_outputs
 from router.model import FoldedRouter, RouterConfig, RouterNet
+from router.native_router import NativeBuild, NativeRouter, native_router
 from router.policies import PolicyKind, RouteInput
 from router.train import share_threshold
 
@@ -55,9 +56,12 @@ class LearnedPolicy:
     kind: PolicyKind = PolicyKind.LEARNED
     needs_hidden: bool = True
     folded: FoldedRouter | None = field(default=None, repr=False)  # built from `net` on first use
+    native: NativeRouter | None = field(default=None, repr=False)  # `folded` compiled; scores the rows it applies to
 
     def scores(self, inputs: RouteInput) -> torch.Tensor:
         assert inputs.hidden is not None, "the learned router needs the SLM's hidden states"
+        if self.native is not None and self.native.applies(inputs.logits, inputs.hidden):
+            return self.native(inputs.logits, inputs.hidden)
         if self.folded is None:
             self.folded = FoldedRouter(self.net)
         feats = features_from_outputs(inputs.logits, inputs.hidden, self.net.cfg.top_k)
@@ -69,7 +73,7 @@ class LearnedPolicy:
         return curve_threshold(self.curve, share)
 
     def with_threshold(self, threshold: float) -> LearnedPolicy:
-        return LearnedPolicy(self.net, threshold, self.curve, folded=self.folded)
+        return LearnedPolicy(self.net, threshold, self.curve, folded=self.folded, native=self.native)
 
 
 def set_default_threshold(router_dir: Path, share: float, rule: str) -> float:
@@ -86,8 +90,10 @@ def set_default_threshold(router_dir: Path, share: float, rule: str) -> float:
     return threshold
 
 
-def load_router(router_dir: Path, slm_fingerprint: str, embeddings: torch.Tensor) -> LearnedPolicy:
-    """Load a router for the SLM with `slm_fingerprint`; `embeddings` is that SLM's input table."""
+def load_router(router_dir: Path, slm_fingerprint: str, embeddings: torch.Tensor,
+                native: NativeBuild | None = NativeBuild()) -> LearnedPolicy:
+    """Load a router for the SLM with `slm_fingerprint`; `embeddings` is that SLM's input table. With `native`
+    (the default) few-row CPU scoring goes through the compiled router where it builds (`router.native_router`)."""
     from safetensors.torch import load_file
 
     cfg_path, w_path = router_dir / CONFIG, router_dir / WEIGHTS
@@ -100,4 +106,6 @@ def load_router(router_dir: Path, slm_fingerprint: str, embeddings: torch.Tensor
     net = RouterNet(RouterConfig(**meta["config"]), embeddings)
     net.load_state_dict(load_file(str(w_path)))
     net.eval()
-    return LearnedPolicy(net, float(meta["threshold"]), meta.get("share_curve", []))
+    folded = FoldedRouter(net)
+    return LearnedPolicy(net, float(meta["threshold"]), meta.get("share_curve", []), folded=folded,
+                         native=None if native is None else native_router(folded, native))

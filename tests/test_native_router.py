@@ -1,0 +1,111 @@
+"""The compiled router (router/native_router.py) against the trained network it was folded from."""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from router.checkpoint import load_router, save_router
+from router.features import features_from_outputs
+from router.model import FoldedRouter, RouterConfig, RouterNet
+from router.native_router import NativeBuild, build_library, native_router
+from router.policies import RouteInput
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+
+VOCAB, HIDDEN = 50, 16
+
+
+def _net(cfg: RouterConfig, seed: int) -> RouterNet:
+    """A router with every weight far from its init, so that every folded term matters."""
+    g = torch.Generator().manual_seed(seed)
+    net = RouterNet(cfg, torch.randn(VOCAB, cfg.embed_size, generator=g)).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, 0.3, generator=g)
+    return net
+
+
+@pytest.mark.parametrize("cfg", [
+    RouterConfig(hidden_size=HIDDEN, embed_size=12, top_k=5, width=24, depth=2),
+    RouterConfig(hidden_size=HIDDEN, embed_size=8, top_k=1, width=7, depth=1, expansion=1),
+    RouterConfig(hidden_size=HIDDEN, embed_size=12, top_k=VOCAB, width=32, depth=3, expansion=2),
+])
+def test_native_scores_equal_the_network(cfg: RouterConfig, tmp_path: Path) -> None:
+    net = _net(cfg, seed=cfg.depth)
+    native = native_router(FoldedRouter(net), NativeBuild(cache_dir=tmp_path, max_rows=8))
+    assert native is not None, "cc exists, so the native router must build"
+    g = torch.Generator().manual_seed(7)
+    for rows in (1, 3, 8):
+        logits, hidden = torch.randn(rows, VOCAB, generator=g) * 3, torch.randn(rows, HIDDEN, generator=g)
+        with torch.no_grad():
+            expected = torch.sigmoid(net(features_from_outputs(logits, hidden, cfg.top_k)))
+        torch.testing.assert_close(native(logits, hidden), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_native_features_break_ties_as_torch(tmp_path: Path) -> None:
+    """Tied top logits: the token is the first maximum (torch.argmax's rule); each token's embedding row differs,
+    so another choice would change the score."""
+    cfg = RouterConfig(hidden_size=HIDDEN, embed_size=12, top_k=4, width=24, depth=1)
+    net = _net(cfg, seed=5)
+    native = native_router(FoldedRouter(net), NativeBuild(cache_dir=tmp_path))
+    logits, hidden = torch.zeros(2, VOCAB), torch.randn(2, HIDDEN, generator=torch.Generator().manual_seed(1))
+    logits[0, [3, 9, 40]] = 2.0
+    logits[1, [44, 45]] = 1.5  # and the rest tied at 0
+    with torch.no_grad():
+        expected = torch.sigmoid(net(features_from_outputs(logits, hidden, cfg.top_k)))
+    torch.testing.assert_close(native(logits, hidden), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_native_applies_to_few_float32_rows_of_its_sizes(tmp_path: Path) -> None:
+    cfg = RouterConfig(hidden_size=HIDDEN, embed_size=12, top_k=5, width=24, depth=1)
+    native = native_router(FoldedRouter(_net(cfg, seed=1)), NativeBuild(cache_dir=tmp_path, max_rows=2))
+    assert native.applies(torch.zeros(2, VOCAB), torch.zeros(2, HIDDEN))
+    assert not native.applies(torch.zeros(3, VOCAB), torch.zeros(3, HIDDEN)), "more rows than max_rows"
+    assert not native.applies(torch.zeros(1, VOCAB, dtype=torch.bfloat16), torch.zeros(1, HIDDEN))
+    assert not native.applies(torch.zeros(1, VOCAB + 1), torch.zeros(1, HIDDEN)), "another vocabulary"
+
+
+def test_library_is_built_once_per_cache(tmp_path: Path) -> None:
+    first = build_library(NativeBuild(cache_dir=tmp_path))
+    assert first is not None and first.exists()
+    stamp = first.stat().st_mtime_ns
+    assert build_library(NativeBuild(cache_dir=tmp_path)) == first and first.stat().st_mtime_ns == stamp
+    other = build_library(NativeBuild(cache_dir=tmp_path, flags=("-O2", "-shared", "-fPIC")))
+    assert other is not None and other != first, "other flags, another library"
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".so")] == [], "no temporary left behind"
+
+
+@pytest.mark.parametrize("build", [NativeBuild(compiler="no-such-cc"), NativeBuild(flags=("-no-such-flag",))])
+def test_without_a_working_compiler_the_router_runs_on_torch(build: NativeBuild, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    cfg = RouterConfig(hidden_size=HIDDEN, embed_size=12, top_k=5, width=24, depth=1)
+    net = _net(cfg, seed=2)
+    save_router(tmp_path / "r", net, {"threshold": 0.5, "slm_fingerprint": "abc"})
+    build = NativeBuild(compiler=build.compiler, flags=build.flags, cache_dir=tmp_path / "cache")
+    with caplog.at_level(logging.WARNING):
+        policy = load_router(tmp_path / "r", "abc", net.embeddings, native=build)
+    assert policy.native is None and "torch ops" in caplog.text
+    logits, hidden = torch.randn(2, VOCAB), torch.randn(2, HIDDEN)
+    with torch.no_grad():
+        expected = torch.sigmoid(net(features_from_outputs(logits, hidden, cfg.top_k)))
+    scores = policy.scores(RouteInput(logits=logits, hidden=hidden, positions=[0, 0], stream_keys=[0, 1]))
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_loaded_router_scores_through_native_where_it_applies(tmp_path: Path) -> None:
+    cfg = RouterConfig(hidden_size=HIDDEN, embed_size=12, top_k=5, width=24, depth=2)
+    net = _net(cfg, seed=4)
+    save_router(tmp_path / "r", net, {"threshold": 0.5, "slm_fingerprint": "abc"})
+    policy = load_router(tmp_path / "r", "abc", net.embeddings, native=NativeBuild(cache_dir=tmp_path, max_rows=2))
+    assert policy.native is not None and policy.with_threshold(0.2).native is policy.native
+    g = torch.Generator().manual_seed(3)
+    for rows in (1, 5):  # native, then torch's batched path
+        logits, hidden = torch.randn(rows, VOCAB, generator=g), torch.randn(rows, HIDDEN, generator=g)
+        with torch.no_grad():
+            expected = torch.sigmoid(net(features_from_outputs(logits, hidden, cfg.top_k)))
+        inputs = RouteInput(logits=logits, hidden=hidden, positions=[0] * rows, stream_keys=list(range(rows)))
+        torch.testing.assert_close(policy.scores(inputs), expected, rtol=1e-5, atol=1e-6)

@@ -1,6 +1,7 @@
 """The compiled router (router/native_router.py) against the trained network it was folded from."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from pathlib import Path
@@ -79,13 +80,18 @@ def test_library_is_built_once_per_cache(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".so")] == [], "no temporary left behind"
 
 
+def test_build_config_rejects_no_rows() -> None:
+    with pytest.raises(ValueError):
+        NativeBuild(max_rows=0)
+
+
 @pytest.mark.parametrize("build", [NativeBuild(compiler="no-such-cc"), NativeBuild(flags=("-no-such-flag",))])
 def test_without_a_working_compiler_the_router_runs_on_torch(build: NativeBuild, tmp_path: Path,
                                                              caplog: pytest.LogCaptureFixture) -> None:
     cfg = RouterConfig(hidden_size=HIDDEN, embed_size=12, top_k=5, width=24, depth=1)
     net = _net(cfg, seed=2)
     save_router(tmp_path / "r", net, {"threshold": 0.5, "slm_fingerprint": "abc"})
-    build = NativeBuild(compiler=build.compiler, flags=build.flags, cache_dir=tmp_path / "cache")
+    build = dataclasses.replace(build, cache_dir=tmp_path / "cache")
     with caplog.at_level(logging.WARNING):
         policy = load_router(tmp_path / "r", "abc", net.embeddings, native=build)
     assert policy.native is None and "torch ops" in caplog.text

@@ -57,12 +57,22 @@ def _cpu_id() -> str:
 
 
 def build_library(cfg: NativeBuild) -> Path | None:
-    """The compiled library (built now unless cached); None, logged, where no compiler builds it."""
+    """The compiled library (built now unless cached); None, logged, where it cannot be built here (no compiler, a
+    failed compile, a cache that cannot be written)."""
     compiler = shutil.which(cfg.compiler)
     if compiler is None:
         log.warning("no C compiler (%s): the router runs on torch ops (slower at batch 1)", cfg.compiler)
         return None
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    try:
+        return _build(compiler, cfg)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = exc.stderr.strip()[-500:] if isinstance(exc, subprocess.CalledProcessError) else str(exc)
+        log.warning("could not build the native router (the router runs on torch ops): %s", detail)
+        return None
+
+
+def _build(compiler: str, cfg: NativeBuild) -> Path:
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
     key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, version, *cfg.flags, _cpu_id()]).encode())
     cache = cfg.cache_dir or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "r2r" / "native"
     lib = cache / f"route_rows-{key.hexdigest()[:16]}.so"
@@ -71,12 +81,8 @@ def build_library(cfg: NativeBuild) -> Path | None:
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:  # built aside, then renamed: atomic for readers
         out = Path(tmp) / lib.name
-        done = subprocess.run([compiler, *cfg.flags, "-o", str(out), str(SOURCE), "-lm"], capture_output=True,
-                              text=True)
-        if done.returncode != 0:
-            log.warning("could not compile the native router (the router runs on torch ops): %s",
-                        done.stderr.strip()[-500:])
-            return None
+        subprocess.run([compiler, *cfg.flags, "-o", str(out), str(SOURCE), "-lm"], capture_output=True, text=True,
+                       check=True)
         os.replace(out, lib)
     return lib
 

@@ -85,13 +85,15 @@ def test_build_config_rejects_no_rows() -> None:
         NativeBuild(max_rows=0)
 
 
-@pytest.mark.parametrize("build", [NativeBuild(compiler="no-such-cc"), NativeBuild(flags=("-no-such-flag",))])
-def test_without_a_working_compiler_the_router_runs_on_torch(build: NativeBuild, tmp_path: Path,
-                                                             caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("build", [NativeBuild(compiler="no-such-cc"), NativeBuild(flags=("-no-such-flag",)),
+                                   NativeBuild(cache_dir=Path("/proc/no-such-cache"))])
+def test_where_the_library_cannot_be_built_the_router_runs_on_torch(build: NativeBuild, tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
     cfg = RouterConfig(hidden_size=HIDDEN, embed_size=12, top_k=5, width=24, depth=1)
     net = _net(cfg, seed=2)
     save_router(tmp_path / "r", net, {"threshold": 0.5, "slm_fingerprint": "abc"})
-    build = dataclasses.replace(build, cache_dir=tmp_path / "cache")
+    if build.cache_dir is None:
+        build = dataclasses.replace(build, cache_dir=tmp_path / "cache")
     with caplog.at_level(logging.WARNING):
         policy = load_router(tmp_path / "r", "abc", net.embeddings, native=build)
     assert policy.native is None and "torch ops" in caplog.text

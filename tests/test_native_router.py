@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from router.checkpoint import load_router, save_router
+from router.checkpoint import LearnedPolicy, load_router, save_router
 from router.features import features_from_outputs
 from router.model import FoldedRouter, RouterConfig, RouterNet
-from router.native_router import NativeBuild, build_library, native_router
+from router.native_router import MAX_BLOCKS, NativeBuild, build_library, native_router
 from router.policies import RouteInput
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
@@ -68,6 +68,7 @@ def test_native_applies_to_few_float32_rows_of_its_sizes(tmp_path: Path) -> None
     assert not native.applies(torch.zeros(3, VOCAB), torch.zeros(3, HIDDEN)), "more rows than max_rows"
     assert not native.applies(torch.zeros(1, VOCAB, dtype=torch.bfloat16), torch.zeros(1, HIDDEN))
     assert not native.applies(torch.zeros(1, VOCAB + 1), torch.zeros(1, HIDDEN)), "another vocabulary"
+    assert not native.applies(torch.zeros(2, VOCAB), torch.zeros(1, HIDDEN)), "a hidden row per logits row"
 
 
 def test_library_is_built_once_per_cache(tmp_path: Path) -> None:
@@ -85,7 +86,8 @@ def test_build_config_rejects_no_rows() -> None:
         NativeBuild(max_rows=0)
 
 
-@pytest.mark.parametrize("build", [NativeBuild(compiler="no-such-cc"), NativeBuild(flags=("-no-such-flag",)),
+@pytest.mark.parametrize("build", [NativeBuild(compiler="no-such-cc"),
+                                   NativeBuild(flags=(*NativeBuild().flags, "-no-such-flag")),
                                    NativeBuild(cache_dir=Path("/proc/no-such-cache"))])
 def test_where_the_library_cannot_be_built_the_router_runs_on_torch(build: NativeBuild, tmp_path: Path,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
@@ -104,16 +106,47 @@ def test_where_the_library_cannot_be_built_the_router_runs_on_torch(build: Nativ
     torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_loaded_router_scores_through_native_where_it_applies(tmp_path: Path) -> None:
+def test_loaded_router_carries_its_native_form(tmp_path: Path) -> None:
     cfg = RouterConfig(hidden_size=HIDDEN, embed_size=12, top_k=5, width=24, depth=2)
     net = _net(cfg, seed=4)
     save_router(tmp_path / "r", net, {"threshold": 0.5, "slm_fingerprint": "abc"})
-    policy = load_router(tmp_path / "r", "abc", net.embeddings, native=NativeBuild(cache_dir=tmp_path, max_rows=2))
+    policy = load_router(tmp_path / "r", "abc", net.embeddings, native=NativeBuild(cache_dir=tmp_path))
     assert policy.native is not None and policy.with_threshold(0.2).native is policy.native
+    logits, hidden = torch.randn(1, VOCAB), torch.randn(1, HIDDEN)
+    with torch.no_grad():
+        expected = torch.sigmoid(net(features_from_outputs(logits, hidden, cfg.top_k)))
+    torch.testing.assert_close(policy.native(logits, hidden), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_policy_scores_few_rows_natively_and_more_on_torch(tmp_path: Path) -> None:
+    """The native form is built from another network here, so each path's scores show which one ran."""
+    cfg = RouterConfig(hidden_size=HIDDEN, embed_size=12, top_k=5, width=24, depth=2)
+    net, other = _net(cfg, seed=4), _net(cfg, seed=8)
+    native = native_router(FoldedRouter(other), NativeBuild(cache_dir=tmp_path, max_rows=2))
+    policy = LearnedPolicy(net, 0.5, native=native)
     g = torch.Generator().manual_seed(3)
-    for rows in (1, 5):  # native, then torch's batched path
+    for rows, scorer in ((1, other), (2, other), (5, net)):
         logits, hidden = torch.randn(rows, VOCAB, generator=g), torch.randn(rows, HIDDEN, generator=g)
         with torch.no_grad():
-            expected = torch.sigmoid(net(features_from_outputs(logits, hidden, cfg.top_k)))
+            expected = torch.sigmoid(scorer(features_from_outputs(logits, hidden, cfg.top_k)))
         inputs = RouteInput(logits=logits, hidden=hidden, positions=[0] * rows, stream_keys=list(range(rows)))
-        torch.testing.assert_close(policy.scores(inputs), expected, rtol=1e-5, atol=1e-6)
+        path = "native" if scorer is other else "torch"
+        torch.testing.assert_close(policy.scores(inputs), expected, rtol=1e-5, atol=1e-6,
+                                   msg=f"{rows} rows should be scored by the {path} path")
+
+
+def test_routers_the_native_form_cannot_take_run_on_torch(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    deep = RouterConfig(hidden_size=HIDDEN, embed_size=4, top_k=2, width=4, depth=MAX_BLOCKS + 1, expansion=1)
+    with caplog.at_level(logging.WARNING):
+        assert native_router(FoldedRouter(_net(deep, seed=1)), NativeBuild(cache_dir=tmp_path)) is None
+    assert "torch ops" in caplog.text
+
+
+def test_a_damaged_library_leaves_the_router_on_torch(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    build = NativeBuild(cache_dir=tmp_path)
+    library = build_library(build)
+    library.write_bytes(library.read_bytes()[:100])
+    cfg = RouterConfig(hidden_size=HIDDEN, embed_size=12, top_k=5, width=24, depth=1)
+    with caplog.at_level(logging.WARNING):
+        assert native_router(FoldedRouter(_net(cfg, seed=1)), build) is None
+    assert "delete it to rebuild" in caplog.text

@@ -30,6 +30,14 @@ def _net(cfg: RouterConfig, seed: int) -> RouterNet:
     return net
 
 
+def _assert_network_scores(scores: torch.Tensor, net: RouterNet, logits: torch.Tensor, hidden: torch.Tensor,
+                           msg: str | None = None) -> None:
+    """`scores` are the trained network's on these rows, sigmoid applied: the reference every path is held to."""
+    with torch.no_grad():
+        expected = torch.sigmoid(net(features_from_outputs(logits, hidden, net.cfg.top_k)))
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-6, msg=msg)
+
+
 @pytest.mark.parametrize("cfg", [
     RouterConfig(hidden_size=HIDDEN, embed_size=12, top_k=5, width=24, depth=2),
     RouterConfig(hidden_size=HIDDEN, embed_size=8, top_k=1, width=7, depth=1, expansion=1),
@@ -42,9 +50,7 @@ def test_native_scores_equal_the_network(cfg: RouterConfig, tmp_path: Path) -> N
     g = torch.Generator().manual_seed(7)
     for rows in (1, 3, 8):
         logits, hidden = torch.randn(rows, VOCAB, generator=g) * 3, torch.randn(rows, HIDDEN, generator=g)
-        with torch.no_grad():
-            expected = torch.sigmoid(net(features_from_outputs(logits, hidden, cfg.top_k)))
-        torch.testing.assert_close(native(logits, hidden), expected, rtol=1e-5, atol=1e-6)
+        _assert_network_scores(native(logits, hidden), net, logits, hidden)
 
 
 def test_native_features_break_ties_as_torch(tmp_path: Path) -> None:
@@ -56,9 +62,7 @@ def test_native_features_break_ties_as_torch(tmp_path: Path) -> None:
     logits, hidden = torch.zeros(2, VOCAB), torch.randn(2, HIDDEN, generator=torch.Generator().manual_seed(1))
     logits[0, [3, 9, 40]] = 2.0
     logits[1, [44, 45]] = 1.5  # and the rest tied at 0
-    with torch.no_grad():
-        expected = torch.sigmoid(net(features_from_outputs(logits, hidden, cfg.top_k)))
-    torch.testing.assert_close(native(logits, hidden), expected, rtol=1e-5, atol=1e-6)
+    _assert_network_scores(native(logits, hidden), net, logits, hidden)
 
 
 def test_native_applies_to_few_float32_rows_of_its_sizes(tmp_path: Path) -> None:
@@ -100,10 +104,8 @@ def test_where_the_library_cannot_be_built_the_router_runs_on_torch(build: Nativ
         policy = load_router(tmp_path / "r", "abc", net.embeddings, native=build)
     assert policy.native is None and "torch ops" in caplog.text
     logits, hidden = torch.randn(2, VOCAB), torch.randn(2, HIDDEN)
-    with torch.no_grad():
-        expected = torch.sigmoid(net(features_from_outputs(logits, hidden, cfg.top_k)))
     scores = policy.scores(RouteInput(logits=logits, hidden=hidden, positions=[0, 0], stream_keys=[0, 1]))
-    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-6)
+    _assert_network_scores(scores, net, logits, hidden)
 
 
 def test_loaded_router_carries_its_native_form(tmp_path: Path) -> None:
@@ -113,9 +115,7 @@ def test_loaded_router_carries_its_native_form(tmp_path: Path) -> None:
     policy = load_router(tmp_path / "r", "abc", net.embeddings, native=NativeBuild(cache_dir=tmp_path))
     assert policy.native is not None and policy.with_threshold(0.2).native is policy.native
     logits, hidden = torch.randn(1, VOCAB), torch.randn(1, HIDDEN)
-    with torch.no_grad():
-        expected = torch.sigmoid(net(features_from_outputs(logits, hidden, cfg.top_k)))
-    torch.testing.assert_close(policy.native(logits, hidden), expected, rtol=1e-5, atol=1e-6)
+    _assert_network_scores(policy.native(logits, hidden), net, logits, hidden)
 
 
 def test_policy_scores_few_rows_natively_and_more_on_torch(tmp_path: Path) -> None:
@@ -127,12 +127,10 @@ def test_policy_scores_few_rows_natively_and_more_on_torch(tmp_path: Path) -> No
     g = torch.Generator().manual_seed(3)
     for rows, scorer in ((1, other), (2, other), (5, net)):
         logits, hidden = torch.randn(rows, VOCAB, generator=g), torch.randn(rows, HIDDEN, generator=g)
-        with torch.no_grad():
-            expected = torch.sigmoid(scorer(features_from_outputs(logits, hidden, cfg.top_k)))
         inputs = RouteInput(logits=logits, hidden=hidden, positions=[0] * rows, stream_keys=list(range(rows)))
         path = "native" if scorer is other else "torch"
-        torch.testing.assert_close(policy.scores(inputs), expected, rtol=1e-5, atol=1e-6,
-                                   msg=f"{rows} rows should be scored by the {path} path")
+        _assert_network_scores(policy.scores(inputs), scorer, logits, hidden,
+                               msg=f"{rows} rows should be scored by the {path} path")
 
 
 def test_routers_the_native_form_cannot_take_run_on_torch(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -4,14 +4,16 @@ The prompt numbers the source lines; each trace line starts with the number of t
 executes, restates it, substitutes the current values, and ends with the whole variable
 state (`3: x = y + y = 28 + 28 = 56 | x=56 y=28`). Every value a step needs is then found
 by a key (a line number, or a name in the previous line's state) instead of by tracking
-which earlier line last wrote it. The reference is confirmed by running the snippet
+which earlier line last wrote it; with plain traces (`x = 28 + 28 = 56`) the testbed LLM
+mostly went wrong at substitutions. The reference is confirmed by running the snippet
 (`run_snippet`).
 
-Why this format: with plain traces (`x = 28 + 28 = 56`) the testbed LLM reached only 26.4%
-on code (SLM 13.0%): 76 of its 167 wrong answers went wrong at a substitution, copying the
-wrong variable's name or value. Restating statements alone did not help (LLM 25.8%), nor did
-continuing the old LLM 250 steps on this format (24%); trained from scratch on it, the LLM
-reaches 88.0% and the SLM 22.4% (500 test problems).
+The content of a trace is fixed by the snippet; its wording is not. As in real reasoning
+text, each trace line has several equally good forms (`=` or `->` between the stages, a
+`line` prefix, the state after `|` or after `so`), a comparison is written as an equation or
+as a sentence and may say which branch runs, and an opening line and a closing sentence may
+or may not appear. Wording is drawn from its own generator (`style`), so a problem's content
+is the same whatever wording it is written in.
 """
 from __future__ import annotations
 
@@ -43,20 +45,38 @@ def _expr(rng: random.Random, env: dict[str, int]) -> tuple[str, str, int]:
             return f"{left} {op} {right}", f"{lv} {op} {rv}", value
 
 
-def generate_code(rng: random.Random) -> Problem:
-    """A 3-5 statement snippet (assignments, at most one if/else) ending in print(), lines numbered."""
+def _assign_line(line: int, target: str, src: str, sub: str, value: int, state: str, style: random.Random) -> str:
+    stages = f"{target} = {src}" + ("" if src == sub == str(value) else f" = {sub} = {value}")
+    arrows = f"{target} = {src}" + ("" if src == sub == str(value) else f" -> {sub} -> {value}")
+    return style.choice([f"{line}: {stages} | {state}", f"{line}: {arrows} | {state}",
+                         f"line {line}: {stages}, so {state}"])
+
+
+def _compare_line(line: int, p: str, q: str, pv: int, qv: int, cond: bool, style: random.Random) -> list[str]:
+    out = [style.choice([f"{line}: if {p} > {q} = {pv} > {qv} = {cond}", f"{line}: if {p} > {q} -> {pv} > {qv} -> {cond}",
+                         f"line {line}: {p} > {q} is {pv} > {qv}, which is {cond}"])]
+    if style.random() < 0.5:
+        out.append("so the if branch runs" if cond else "so the else branch runs")
+    return out
+
+
+def generate_code(rng: random.Random, style: random.Random | None = None) -> Problem:
+    """A 3-5 statement snippet (assignments, at most one if/else) ending in print(), lines numbered.
+
+    The content comes from `rng` alone; the trace's wording from `style` (default: a generator
+    seeded by the prompt, so a held-out problem's reference solution is reproducible)."""
     names = rng.sample(VARS, 3)
     env: dict[str, int] = {}
     code: list[str] = []
-    trace: list[str] = []
+    events: list[tuple] = []  # ("assign", line, target, src, sub, value, state) | ("if", line, p, q, pv, qv, cond)
 
     def state() -> str:
-        return " | " + " ".join(f"{k}={env[k]}" for k in sorted(env))
+        return " ".join(f"{k}={env[k]}" for k in sorted(env))
 
     first = names[0]
     env[first] = rng.randint(1, 9)
     code.append(f"{first} = {env[first]}")
-    trace.append(f"1: {first} = {env[first]}{state()}")
+    events.append(("assign", 1, first, str(env[first]), str(env[first]), env[first], state()))
     used_if = False
     for _ in range(rng.randint(2, 4)):
         target = rng.choice(names)
@@ -68,23 +88,34 @@ def generate_code(rng: random.Random) -> Problem:
             cond = env[p] > env[q]
             head = len(code) + 1
             code += [f"if {p} > {q}:", f"    {target} = {then_src}", "else:", f"    {target} = {else_src}"]
-            trace.append(f"{head}: if {p} > {q} = {env[p]} > {env[q]} = {cond}")
+            events.append(("if", head, p, q, env[p], env[q], cond))
             line, src, sub, val = (head + 1, then_src, then_sub, then_val) if cond else \
                 (head + 3, else_src, else_sub, else_val)
             env[target] = val
-            trace.append(f"{line}: {target} = {src} = {sub} = {val}{state()}")
+            events.append(("assign", line, target, src, sub, val, state()))
             continue
         src, sub, val = _expr(rng, env)
         code.append(f"{target} = {src}")
         env[target] = val
-        trace.append(f"{len(code)}: {target} = {src} = {sub} = {val}{state()}")
+        events.append(("assign", len(code), target, src, sub, val, state()))
     shown = rng.choice(sorted(env))
     code.append(f"print({shown})")
-    trace.append(f"{len(code)}: print({shown}) = {env[shown]}")
-    trace.append(f"{FINAL_MARK} {env[shown]}")
     numbered = "\n".join(f"{i}: {line}" for i, line in enumerate(code, 1))
     prompt = f"What does this code print?\n{numbered}"
-    return Problem("code", prompt, "\n".join(trace), str(env[shown]))
+    answer = env[shown]
+
+    style = random.Random(prompt) if style is None else style
+    trace: list[str] = []
+    if style.random() < 0.5:
+        trace.append(style.choice(["Let's trace it line by line.", "Tracing the code:", "Running it one line at a time:"]))
+    for kind, *fields in events:
+        trace += [_assign_line(*fields, style)] if kind == "assign" else _compare_line(*fields, style)
+    trace.append(style.choice([f"{len(code)}: print({shown}) = {answer}", f"{len(code)}: print({shown}) -> {answer}",
+                               f"line {len(code)}: print({shown}) shows {answer}"]))
+    if style.random() < 0.5:
+        trace.append(style.choice([f"So the code prints {answer}.", f"The output is {answer}."]))
+    trace.append(f"{FINAL_MARK} {answer}")
+    return Problem("code", prompt, "\n".join(trace), str(answer))
 
 
 def run_snippet(prompt: str) -> str:

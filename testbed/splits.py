@@ -14,7 +14,7 @@ from testbed.code_tasks import generate_code
 from testbed.math_tasks import generate_math
 from testbed.problem import Problem
 
-FAMILIES: dict[str, Callable[[random.Random], Problem]] = {"math": generate_math, "code": generate_code}
+FAMILIES: dict[str, Callable[[random.Random, random.Random | None], Problem]] = {"math": generate_math, "code": generate_code}
 SPLIT_SEEDS = {"train": 1, "validation": 2, "test": 3}
 HELDOUT_SIZE = 1000
 
@@ -24,7 +24,7 @@ def _stream(family: str, split: str) -> Iterator[Problem]:
         raise ValueError(f"unknown testbed family {family!r}; known: {', '.join(FAMILIES)}")
     rng = random.Random(f"{family}-{SPLIT_SEEDS[split]}")
     while True:
-        yield FAMILIES[family](rng)
+        yield FAMILIES[family](rng, None)
 
 
 def heldout(family: str, split: str, n: int) -> list[Problem]:
@@ -56,7 +56,7 @@ def sample_train(rng: random.Random, n: int, families: list[str], excluded: froz
     out: list[Problem] = []
     while len(out) < n:
         family = rng.choice(families) if weights is None else rng.choices(families, weights)[0]
-        problem = FAMILIES[family](rng)
+        problem = FAMILIES[family](rng, rng)  # the wording is sampled per training example
         if problem.prompt not in excluded:
             out.append(problem)
     return out

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 from testbed.code_tasks import generate_code, run_snippet
 from testbed.math_tasks import generate_math
@@ -27,16 +28,40 @@ def test_code_reference_matches_execution() -> None:
 
 
 def test_math_chain_of_thought_is_arithmetically_right() -> None:
+    ops = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y, "/": lambda x, y: x // y}
     rng = random.Random(6)
     for _ in range(500):
-        problem = generate_math(rng)
-        for line in problem.solution.splitlines()[1:-1]:
-            expr, result = line.split(": ", 1)[1].rstrip(".").split(" = ")
-            a, op, b = expr.split(" ")
-            ops = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y, "/": lambda x, y: x // y}
-            want = ops[op](int(a), int(b))
-            assert int(result) == want and (op != "/" or int(a) % int(b) == 0), line
+        problem = generate_math(rng, rng)
+        equations = re.findall(r"(\d+) ([-+*/]) (\d+) = (\d+)", problem.solution)
+        assert len(equations) >= 2, problem.solution  # 2-4 steps, each with its equation
+        for a, op, b, result in equations:
+            assert int(result) == ops[op](int(a), int(b)) and (op != "/" or int(a) % int(b) == 0), problem.solution
         assert extract_final(problem.solution) == problem.answer
+
+
+def test_code_trace_substitutions_are_arithmetically_right() -> None:
+    ops = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y}
+    rng, checked = random.Random(7), 0
+    for _ in range(500):
+        problem = generate_code(rng, rng)
+        # the last stage of each assignment: the substituted values and their result, then the state
+        stages = re.findall(r"(-?\d+) ([-+*]) (-?\d+) (?:=|->) (-?\d+)(?: \||,)", problem.solution)
+        for a, op, b, result in stages:
+            assert int(result) == ops[op](int(a), int(b)), problem.solution
+        checked += len(stages)
+        assert extract_final(problem.solution) == problem.answer
+    assert checked >= 500, f"only {checked} substitutions found: the pattern no longer reads the traces"
+
+
+def test_wording_varies_while_the_content_stays() -> None:
+    """The same problem drawn with different wording generators: one prompt and answer, several solutions, every
+    one graded right; without a wording generator the solution is a function of the prompt."""
+    for generate in (generate_math, generate_code):
+        problems = [generate(random.Random(11), random.Random(seed)) for seed in range(40)]
+        assert len({p.prompt for p in problems}) == 1 and len({p.answer for p in problems}) == 1
+        assert len({p.solution for p in problems}) >= 10, f"{generate.__name__}: too little freedom"
+        assert all(grade(p, p.solution) for p in problems)
+        assert generate(random.Random(11), None).solution == generate(random.Random(11), None).solution
 
 
 def test_grader_is_exact() -> None:

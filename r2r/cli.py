@@ -78,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--threshold", type=float, default=None, help="default routing threshold")
     srv.add_argument("--model-name", default=None, help="the model id clients ask for (default: r2r-<pair>)")
     srv.add_argument("--mode", default="speculative", choices=["sequential", "speculative"])
-    srv.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on every route but /health")
+    srv.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on every route but /health "
+                     "and the playground page / (which asks for the key itself)")
+    srv.add_argument("--request-timeout", type=float, default=600.0,
+                     help="seconds a request may take, queueing included, before it is answered 408 (default 600); "
+                          "a request's own `timeout` field may shorten it")
     srv.add_argument("--max-running", type=int, default=32, help="sequences decoded together (continuous batching)")
     srv.add_argument("--max-queue", type=int, default=256, help="waiting requests before answering 429")
     srv.add_argument("--threads", type=int, default=None,

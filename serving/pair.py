@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -67,7 +68,12 @@ def resolve_pair(pair: str | None, slm: str | None, llm: str | None, router: str
 
 @dataclass
 class ModelPair:
-    """The two backends of a routed pair and their tokenizers (the SLM's unless the LLM's differs)."""
+    """The two backends of a routed pair and their tokenizers (the SLM's unless the LLM's differs).
+
+    Thread-safe: the backends hold one resident batch each, so one caller at a time decodes on them. `generate`
+    holds `lock` for its whole run (concurrent callers take turns, each getting what it would get alone), and
+    the server's scheduler holds it around each engine step; join prompts into one `generate` call to batch
+    them."""
 
     spec: PairSpec
     slm: Backend
@@ -76,6 +82,7 @@ class ModelPair:
     llm_tokenizer: object | None = None  # set when the LLM's tokenizer differs: cross-tokenizer routing
     _router: LearnedPolicy | None = field(default=None, repr=False)
     _byte_models: tuple | None = field(default=None, repr=False)
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @property
     def cross(self) -> bool:
@@ -84,11 +91,14 @@ class ModelPair:
 
     def byte_models(self) -> tuple:
         """(SLM, LLM) as `ByteLevelLM`s over this pair's backends, built once."""
-        if self._byte_models is None:
-            from serving.byte_level.probabilities import ByteLevelLM
+        if self._byte_models is not None:
+            return self._byte_models
+        from serving.byte_level.probabilities import ByteLevelLM
 
-            self._byte_models = (ByteLevelLM(self.slm, self.tokenizer),
-                                 ByteLevelLM(self.llm, self.llm_tokenizer or self.tokenizer))
+        with self.lock:
+            if self._byte_models is None:
+                self._byte_models = (ByteLevelLM(self.slm, self.tokenizer),
+                                     ByteLevelLM(self.llm, self.llm_tokenizer or self.tokenizer))
         return self._byte_models
 
     def byte_engine(self):
@@ -120,9 +130,13 @@ class ModelPair:
 
     def learned_policy(self) -> LearnedPolicy:
         """The pair's trained router (loaded once), checked against this SLM."""
-        if self._router is None:
-            if self.spec.router is None:
-                raise ValueError("this pair has no trained router; pass --router DIR")
+        if self._router is not None:
+            return self._router
+        if self.spec.router is None:
+            raise ValueError("this pair has no trained router; pass --router DIR")
+        with self.lock:
+            if self._router is not None:
+                return self._router
             table = self.slm.embed(torch.arange(self.slm.vocab_size))
             self._router = load_router(self.spec.router, self.slm.fingerprint, table)
         return self._router
@@ -189,16 +203,18 @@ class ModelPair:
 
     def generate(self, policy: RoutingPolicy, prompts: list[list[int]], params: list[SamplingParams],
                  mode: RoutingMode = RoutingMode.SPECULATIVE) -> list[Generation]:
-        """Routed decoding of token-id prompts on this pair (speculative by default: same output, fewer LLM passes)."""
+        """Routed decoding of token-id prompts on this pair (speculative by default: same output, fewer LLM passes).
+        Safe from several threads: a call waits for the one running (see the class docstring)."""
         for ids in prompts:
             self.check_prompt(ids)
         self.check_sampling(params)
-        if self.cross:
-            from serving.decoding.engine import run_engine
+        with self.lock:
+            if self.cross:
+                from serving.decoding.engine import run_engine
 
-            return run_engine(self.engine(), prompts, params, [policy] * len(prompts), mode)
-        decode = generate_speculative if mode == RoutingMode.SPECULATIVE else generate_sequential
-        return decode(self.slm, self.llm, policy, prompts, params, self.stop_rule())
+                return run_engine(self.engine(), prompts, params, [policy] * len(prompts), mode)
+            decode = generate_speculative if mode == RoutingMode.SPECULATIVE else generate_sequential
+            return decode(self.slm, self.llm, policy, prompts, params, self.stop_rule())
 
 
 def resolve_model_dir(path: Path, role: str) -> Path:
@@ -228,7 +244,7 @@ def _check_model_dir(path: Path, role: str) -> None:
 
 class BackendKind(str, Enum):
     HF = "hf"  # transformers, CPU or CUDA
-    SGLANG = "sglang"  # SGLang engines, GPU
+    SGLANG = "sglang"  # SGLang engines: GPUs (a CPU runs them for tests, `make test-sglang`)
 
 
 @dataclass(frozen=True)
@@ -256,11 +272,18 @@ def _backends(spec: PairSpec, device: str | None, choice: BackendChoice) -> tupl
 
         return (HFBackend(spec.slm, device, pass_threads=choice.pass_threads),
                 HFBackend(spec.llm, device, pass_threads=choice.pass_threads))
-    from serving.backends.sglang import SGLangBackend, SGLangConfig
+    from serving.backends.sglang import SGLangBackend, SGLangConfig, SGLangDevice, require_sglang
 
-    return (SGLangBackend(SGLangConfig(str(spec.slm), mem_fraction_static=choice.slm_mem_fraction)),
-            SGLangBackend(SGLangConfig(str(spec.llm), tp_size=choice.llm_tp,
-                                       mem_fraction_static=choice.llm_mem_fraction)))
+    sgl_device = SGLangDevice(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    require_sglang(sgl_device)  # before either engine starts: one line, not a traceback, where it cannot
+    slm = SGLangBackend(SGLangConfig(str(spec.slm), device=sgl_device, mem_fraction_static=choice.slm_mem_fraction))
+    try:
+        llm = SGLangBackend(SGLangConfig(str(spec.llm), device=sgl_device, tp_size=choice.llm_tp,
+                                         mem_fraction_static=choice.llm_mem_fraction))
+    except BaseException:
+        slm.shutdown()
+        raise
+    return slm, llm
 
 
 def load_pair(spec: PairSpec, device: str | None = None, backend: BackendChoice | None = None) -> ModelPair:

@@ -12,6 +12,9 @@ from router.policies import PolicyKind
 MAX_TOP_LOGPROBS = 20
 MAX_STOP_STRINGS = 4
 MAX_CHOICES = 8
+INT64 = 2**63  # seeds are 64-bit signed integers (as vLLM takes them); torch takes any 64-bit pattern
+MAX_TOP_K = 2**31 - 1
+MIN_TEMPERATURE = 1e-5  # below it (but above 0, greedy) logits / T overflow float32 and sampling fails
 
 
 def _encodable(text: str) -> str:
@@ -26,16 +29,25 @@ def _encodable(text: str) -> str:
 Text = Annotated[str, AfterValidator(_encodable)]  # text that reaches a tokenizer
 
 
-class SamplingFields(BaseModel):
+class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str
+    include_usage: bool = False
+
+
+class SamplingFields(BaseModel):
+    """Every field is validated here, ranges included: what passes can be decoded (NaN and infinities are refused
+    in every float field)."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    model: str | None = None  # None: the served model (as SGLang and vLLM default it)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int = Field(default=0, ge=0)
-    seed: int | None = None
+    top_k: int = Field(default=0, ge=0, le=MAX_TOP_K)
+    seed: int | None = Field(default=None, ge=-INT64, lt=INT64)
     stop: Text | list[Text] | None = None
     n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     stream: bool = False
@@ -44,6 +56,7 @@ class SamplingFields(BaseModel):
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     llm_share: float | None = Field(default=None, ge=0.0, le=1.0)
     mode: Literal["sequential", "speculative"] | None = None
+    timeout: float | None = Field(default=None, gt=0.0)  # seconds; the server's --request-timeout caps it
 
     @field_validator("stop")
     @classmethod
@@ -53,10 +66,17 @@ class SamplingFields(BaseModel):
             raise ValueError(f"stop must be up to {MAX_STOP_STRINGS} non-empty strings")
         return v
 
-    stream_options: dict | None = None
+    stream_options: StreamOptions | None = None
     logprobs: bool | int | None = None  # chat: bool (+ top_logprobs); completions: the number of top log-probs
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     r2r_token_info: bool = False  # per-token source and router score on stream chunks (the playground)
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v: float) -> float:
+        if 0.0 < v < MIN_TEMPERATURE:
+            raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}")
+        return v
 
     @model_validator(mode="after")
     def _supported(self) -> SamplingFields:

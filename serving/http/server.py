@@ -1,37 +1,44 @@
 """OpenAI-compatible HTTP server over a routed pair, with continuous batching.
 
-Each handler validates (pydantic) -> converts to token ids, SamplingParams, a policy and a
-mode -> submits a ticket to the scheduler -> streams (SSE) or waits for the result. Every
-error leaves as an OpenAI-style error body; the server never answers with a traceback.
+Each handler validates (pydantic, every field and its range) -> converts to token ids, SamplingParams, a
+policy, a mode and a deadline -> submits tickets to the scheduler -> streams (SSE) or waits for the result,
+reading only the immutable snapshots the scheduler publishes. A client that goes away, streaming or not,
+cancels its request before the next engine step. Every error leaves as an OpenAI-style error body; the
+server never answers with a traceback. Everything slow (the router, its native build, the embedding and
+byte-level tables) is loaded in `RoutedService`, before the server reports healthy.
 """
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
+import math
+import secrets
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from router.policies import PolicyKind, RoutingPolicy
-from serving.decoding.generation import Generation, RoutingMode
-from serving.pair import ModelPair
-from serving.http.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, error_body, new_id, now
+from serving.decoding.generation import RoutingMode
 from serving.decoding.sampling import SamplingParams
-from serving.http.scheduler import QueueFull, Scheduler, SchedulerConfig, Ticket
-from serving.http.text_stream import TextStream, token_texts
+from serving.http.guard import Guard
+from serving.http.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, error_body, new_id, now
+from serving.http.responses import OutputReader, sse, total_usage, usage
+from serving.http.scheduler import Closed, QueueFull, Scheduler, SchedulerConfig, Ticket, TicketError
+from serving.pair import ModelPair
 
 log = logging.getLogger(__name__)
 
 PLAYGROUND = Path(__file__).parent / "static" / "playground.html"
+CLIENT_CLOSED = 499  # nginx's status for a request whose client went away (never delivered)
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,7 @@ class ServeConfig:
     seed: int = 0
     api_key: str | None = None
     max_body_bytes: int = 1 << 20
+    request_timeout_s: float = 600.0  # every request's deadline, queueing included; a request's `timeout` within it
     scheduler: SchedulerConfig = SchedulerConfig()
 
     def __post_init__(self) -> None:
@@ -53,6 +61,8 @@ class ServeConfig:
             raise ValueError(f"port must be in 1..65535, got {self.port}")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        if not (self.request_timeout_s > 0 and math.isfinite(self.request_timeout_s)):
+            raise ValueError(f"the request timeout must be a positive number of seconds, got {self.request_timeout_s}")
 
 
 class UserError(ValueError):
@@ -63,15 +73,33 @@ class UserError(ValueError):
         self.status, self.param, self.code = status, param, code
 
 
+def error_kind(status: int) -> str:
+    """The OpenAI error `type` for an HTTP status."""
+    return {408: "timeout_error", 429: "rate_limit_error"}.get(status, "server_error" if status >= 500
+                                                                 else "invalid_request_error")
+
+
+def ticket_error_body(error: TicketError) -> dict:
+    return error_body(error.message, kind=error_kind(error.status), code=error.code)
+
+
 class RoutedService:
-    """Turns validated requests into scheduler tickets."""
+    """Loads what requests need, then turns validated requests into scheduler tickets."""
 
     def __init__(self, pair: ModelPair, cfg: ServeConfig, scheduler_thread: bool = True) -> None:
         self.pair, self.cfg = pair, cfg
         self.default_policy = cfg.policy or pair.default_policy
-        engine = pair.engine()
-        self.scheduler = Scheduler(engine, cfg.scheduler, (lambda: engine) if pair.cross else pair.byte_engine,
-                                   own_thread=scheduler_thread)
+        if PolicyKind.LEARNED in (self.default_policy, pair.default_policy):
+            pair.learned_policy()  # the router, the SLM's embedding table, the native build: a bad router fails here
+        self.byte_level_error: str | None = None
+        try:
+            pair.byte_models()  # byte-level tables (exact prompt boundaries; every request of a cross pair)
+        except ValueError as exc:
+            if pair.cross:
+                raise
+            self.byte_level_error = str(exc)
+        self.scheduler = Scheduler(pair.engine, cfg.scheduler, None if pair.cross else pair.byte_engine,
+                                   own_thread=scheduler_thread, lock=pair.lock)
 
     def policy_for(self, req: SamplingFields) -> RoutingPolicy:
         kind = req.policy or self.default_policy
@@ -95,57 +123,63 @@ class RoutedService:
         if req.logprob_count is not None and byte_level:
             raise UserError("logprobs are not available from byte-level decoding (a cross-tokenizer pair or "
                             "exact_prompt_boundary): its steps are byte pieces, not tokens", param="logprobs")
-        return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
-                              top_k=req.top_k, seed=req.seed, stop=req.stop_list, logprobs=req.logprob_count)
+        # a sampled request without a seed gets one here: a replay after another request's fault (see the
+        # scheduler) then writes the same tokens
+        seed = req.seed if req.seed is not None or req.temperature == 0 else secrets.randbits(63)
+        try:
+            return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
+                                  top_k=req.top_k, seed=seed, stop=req.stop_list, logprobs=req.logprob_count)
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
 
-    def ticket(self, ids: list[int], req: SamplingFields, notify, choice: int = 0) -> Ticket:
+    def byte_level(self, req: SamplingFields) -> bool:
+        return self.pair.cross or getattr(req, "exact_prompt_boundary", False)
+
+    def ticket(self, ids: list[int], req: SamplingFields, notify: Callable[[], None], choice: int = 0) -> Ticket:
         """A scheduler ticket for one choice; choice i samples with seed + i so n choices differ.
 
         A completion with `exact_prompt_boundary` carries its prompt text: a byte-level engine
         conditions on its bytes exactly."""
-        if req.model != self.cfg.model_name:
+        if req.model is not None and req.model != self.cfg.model_name:
             raise UserError(f"the model {req.model!r} does not exist; this server serves {self.cfg.model_name!r}",
                             status=404, param="model", code="model_not_found")
         if not ids:
             raise UserError("the prompt is empty", param="prompt")
         exact = getattr(req, "exact_prompt_boundary", False)
-        params = self.params_for(req, len(ids), byte_level=self.pair.cross or exact)
+        if exact and self.byte_level_error is not None:
+            raise UserError(self.byte_level_error, param="exact_prompt_boundary")
+        params = self.params_for(req, len(ids), byte_level=self.byte_level(req))
         if choice and params.seed is not None:
             params = replace(params, seed=params.seed + choice)
         mode = RoutingMode(req.mode) if req.mode else self.cfg.mode
         if params.logprobs is not None:
             mode = RoutingMode.SEQUENTIAL  # the protocol already refused an explicit speculative mode
-        if exact:
-            try:
-                self.pair.byte_models()
-            except ValueError as exc:
-                raise UserError(str(exc), param="exact_prompt_boundary") from exc
+        timeout = min(req.timeout or math.inf, self.cfg.request_timeout_s)
         return Ticket(ids, params, self.policy_for(req), mode, notify, req.prompt if exact else None,
-                      stream=req.stream)
+                      stream=req.stream, deadline=time.monotonic() + timeout)
+
+    def reader(self, ticket: Ticket, req: SamplingFields, chat: bool) -> OutputReader:
+        return OutputReader(self.pair, ticket.params, self.byte_level(req), chat, req.r2r_token_info,
+                            req.logprob_count is not None)
 
     def metrics_text(self) -> str:
         m, s = self.scheduler.metrics, self.scheduler
         share = m.llm_tokens / m.tokens if m.tokens else 0.0
-        lines = [
-            "# TYPE r2r_requests_total counter", f"r2r_requests_total {m.requests}",
-            "# TYPE r2r_requests_finished_total counter", f"r2r_requests_finished_total {m.finished}",
-            "# TYPE r2r_requests_cancelled_total counter", f"r2r_requests_cancelled_total {m.cancelled}",
-            "# TYPE r2r_requests_rejected_total counter", f"r2r_requests_rejected_total {m.rejected}",
-            "# TYPE r2r_tokens_total counter", f"r2r_tokens_total {m.tokens}",
-            "# TYPE r2r_llm_tokens_total counter", f"r2r_llm_tokens_total {m.llm_tokens}",
-            "# TYPE r2r_llm_share gauge", f"r2r_llm_share {share:.6f}",
-            "# TYPE r2r_queue_depth gauge", f"r2r_queue_depth {s.queue_depth}",
-            "# TYPE r2r_running_requests gauge", f"r2r_running_requests {s.running}",
-            "# TYPE r2r_active_sequences gauge", f"r2r_active_sequences {s.active_sequences}",
-            "# TYPE r2r_slm_open_sequences gauge",
-            f"r2r_slm_open_sequences {self.pair.slm.open_sequences}",
-            "# TYPE r2r_llm_open_sequences gauge",
-            f"r2r_llm_open_sequences {self.pair.llm.open_sequences}",
-            "# TYPE r2r_steps_total counter", f"r2r_steps_total {m.steps}",
-            "# TYPE r2r_mean_batch_size gauge",
-            f"r2r_mean_batch_size {m.batch_size_sum / m.steps if m.steps else 0.0:.3f}",
-            "# TYPE r2r_request_latency_seconds histogram",
-        ]
+        lines = []
+        for name, kind, value in (
+                ("requests_total", "counter", m.requests), ("requests_finished_total", "counter", m.finished),
+                ("requests_cancelled_total", "counter", m.cancelled), ("requests_rejected_total", "counter", m.rejected),
+                ("requests_failed_total", "counter", m.failed), ("requests_expired_total", "counter", m.expired),
+                ("requests_replayed_total", "counter", m.replays),
+                ("tokens_total", "counter", m.tokens), ("llm_tokens_total", "counter", m.llm_tokens),
+                ("llm_share", "gauge", f"{share:.6f}"), ("queue_depth", "gauge", s.queue_depth),
+                ("running_requests", "gauge", s.running), ("active_sequences", "gauge", s.active_sequences),
+                ("slm_open_sequences", "gauge", self.pair.slm.open_sequences),
+                ("llm_open_sequences", "gauge", self.pair.llm.open_sequences),
+                ("steps_total", "counter", m.steps),
+                ("mean_batch_size", "gauge", f"{m.batch_size_sum / m.steps if m.steps else 0.0:.3f}")):
+            lines += [f"# TYPE r2r_{name} {kind}", f"r2r_{name} {value}"]
+        lines.append("# TYPE r2r_request_latency_seconds histogram")
         cumulative = 0
         for bound, count in zip([*map(str, m.latency.buckets), "+Inf"], m.latency.counts):
             cumulative += count
@@ -155,48 +189,42 @@ class RoutedService:
         return "\n".join(lines) + "\n"
 
 
-def _usage(gen: Generation) -> dict[str, int]:
-    n = len(gen.token_ids)
-    return {"prompt_tokens": gen.prompt_tokens, "completion_tokens": n, "total_tokens": gen.prompt_tokens + n,
-            "llm_tokens": gen.stats.llm_tokens}
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (the body was read already: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
-def logprob_block(pair: ModelPair, gen: Generation, start: int, end: int, chat: bool) -> dict:
-    """OpenAI `logprobs` for tokens start..end (the EOS token is not reported)."""
-    decode = pair.tokenizer.decode
-    rows = [(i, gen.token_ids[i]) for i in range(start, min(end, len(gen.logprobs)))
-            if gen.token_ids[i] not in pair.eos_ids]
-    if chat:
-        def entry(tok: int, lp: float) -> dict:
-            text = decode([tok])
-            return {"token": text, "logprob": lp, "bytes": list(text.encode())}
-
-        return {"content": [entry(t, gen.logprobs[i]) | {"top_logprobs": [entry(a, b) for a, b in gen.top_logprobs[i]]}
-                            for i, t in rows]}
-    offset = len(decode(gen.token_ids[:start]))
-    tokens = [decode([t]) for _, t in rows]
-    offsets = [offset + sum(len(x) for x in tokens[:k]) for k in range(len(tokens))]
-    return {"tokens": tokens, "token_logprobs": [gen.logprobs[i] for i, _ in rows],
-            "top_logprobs": [{decode([a]): b for a, b in gen.top_logprobs[i]} for i, _ in rows],
-            "text_offset": offsets}
+async def _wait(request: Request, tickets: list[Ticket], wake: asyncio.Event) -> bool:
+    """Until every ticket is done (True), or the client went away first (False)."""
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        while not all(t.snapshot.done for t in tickets):
+            woken = asyncio.ensure_future(wake.wait())
+            await asyncio.wait((woken, gone), return_when=asyncio.FIRST_COMPLETED)
+            if gone.done():
+                woken.cancel()
+                return False
+            wake.clear()
+        return True
+    finally:
+        gone.cancel()
 
 
 def build_app(pair: ModelPair, cfg: ServeConfig, scheduler_thread: bool = True) -> FastAPI:
     """The FastAPI application serving `pair` under the OpenAI API (`scheduler_thread` False: the
-    caller runs `app.state.service.scheduler.run()`)."""
+    caller runs `app.state.service.scheduler.run()`). Loads the router and tables first: raises
+    ValueError or FileNotFoundError for a pair that cannot serve."""
     service = RoutedService(pair, cfg, scheduler_thread)
-    app = FastAPI(title="r2r", docs_url=None, redoc_url=None)
-    app.state.service = service
 
-    @app.middleware("http")
-    async def _guard(request: Request, call_next):
-        if cfg.api_key and request.url.path not in ("/health", "/"):  # the page asks for the key itself
-            if request.headers.get("authorization", "") != f"Bearer {cfg.api_key}":
-                return JSONResponse(error_body("invalid or missing API key", code="invalid_api_key"), status_code=401)
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > cfg.max_body_bytes:
-            return JSONResponse(error_body(f"request body over {cfg.max_body_bytes} bytes"), status_code=413)
-        return await call_next(request)
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        service.scheduler.close()  # wakes and fails what still waits (503)
+
+    app = FastAPI(title="r2r", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.service = service
+    app.add_middleware(Guard, api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -207,7 +235,8 @@ def build_app(pair: ModelPair, cfg: ServeConfig, scheduler_thread: bool = True) 
 
     @app.exception_handler(UserError)
     async def _user_error(_: Request, exc: UserError) -> JSONResponse:
-        return JSONResponse(error_body(str(exc), param=exc.param, code=exc.code), status_code=exc.status)
+        return JSONResponse(error_body(str(exc), kind=error_kind(exc.status), param=exc.param, code=exc.code),
+                            status_code=exc.status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -238,105 +267,85 @@ def build_app(pair: ModelPair, cfg: ServeConfig, scheduler_thread: bool = True) 
     async def run(request: Request, ids: list[int], req: SamplingFields, chat: bool):
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
-        tickets = [service.ticket(ids, req, lambda: loop.call_soon_threadsafe(wake.set), choice=i)
-                   for i in range(req.n)]
+
+        def notify() -> None:  # from the scheduler's thread
+            with contextlib.suppress(RuntimeError):  # the event loop has closed: no handler is left to wake
+                loop.call_soon_threadsafe(wake.set)
+
+        tickets = [service.ticket(ids, req, notify, choice=i) for i in range(req.n)]
         try:
             for t in tickets:
                 service.scheduler.submit(t)
-        except QueueFull as exc:
+        except (QueueFull, Closed) as exc:
             for t in tickets:
                 service.scheduler.cancel(t)
-            raise UserError(str(exc), status=429, code="rate_limit_exceeded") from exc
+            status, code = (503, "shutting_down") if isinstance(exc, Closed) else (429, "rate_limit_exceeded")
+            raise UserError(str(exc), status=status, code=code) from exc
         rid, created = new_id("chatcmpl" if chat else "cmpl"), now()
         if req.stream:
-            return StreamingResponse(_sse(request, tickets[0], wake, req, chat, rid, created),
-                                     media_type="text/event-stream")
+            return StreamingResponse(_sse(tickets[0], wake, service.reader(tickets[0], req, chat), req, chat, rid,
+                                          created), media_type="text/event-stream")
         try:
-            while any(t.result is None and t.error is None for t in tickets):
-                await wake.wait()
-                wake.clear()
-        except asyncio.CancelledError:
+            finished = await _wait(request, tickets, wake)
+        finally:  # the client went away, or the handler was cancelled: free the slots before the next step
             for t in tickets:
-                service.scheduler.cancel(t)
-            raise
-        if any(t.error for t in tickets):
-            raise UserError(next(t.error for t in tickets if t.error), status=500)
+                if not t.snapshot.done:
+                    service.scheduler.cancel(t)
+        if not finished:
+            return Response(status_code=CLIENT_CLOSED)
+        error = next((t.error for t in tickets if t.error), None)
+        if error is not None:
+            return JSONResponse(ticket_error_body(error), status_code=error.status)
+        if req.logprob_count is not None or req.r2r_token_info:  # O(length) per choice: off the event loop
+            return await asyncio.to_thread(_response, tickets, req, chat, rid, created)
+        return _response(tickets, req, chat, rid, created)
+
+    def _response(tickets: list[Ticket], req: SamplingFields, chat: bool, rid: str, created: int) -> dict:
         choices = []
         for i, t in enumerate(tickets):
-            gen = t.result
+            snap = t.snapshot
+            gen = snap.result
             choice = ({"index": i, "message": {"role": "assistant", "content": gen.text}} if chat
                       else {"index": i, "text": gen.text})
-            logprobs = logprob_block(pair, gen, 0, len(gen.token_ids), chat) if req.logprob_count is not None else None
-            choices.append(choice | {"finish_reason": gen.finish_reason.value, "logprobs": logprobs})
-        usage = _usage(tickets[0].result)
-        for t in tickets[1:]:
-            extra = _usage(t.result)
-            for k in ("completion_tokens", "total_tokens", "llm_tokens"):
-                usage[k] += extra[k] - (extra["prompt_tokens"] if k == "total_tokens" else 0)
+            _, extra = service.reader(t, req, chat).advance(snap)
+            choices.append(choice | {"finish_reason": gen.finish_reason.value, "logprobs": extra.get("logprobs")}
+                           | ({"r2r": extra["r2r"]} if "r2r" in extra else {}))
         return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
-                "model": cfg.model_name, "choices": choices, "usage": usage}
+                "model": cfg.model_name, "choices": choices, "usage": total_usage([t.result for t in tickets])}
 
-    async def _sse(request: Request, ticket: Ticket, wake: asyncio.Event, req: SamplingFields, chat: bool,
+    async def _sse(ticket: Ticket, wake: asyncio.Event, reader: OutputReader, req: SamplingFields, chat: bool,
                    rid: str, created: int) -> AsyncIterator[str]:
-        if pair.cross or ticket.prompt_text is not None:  # byte-level outputs: the ids only count pieces
-            def decode(ids: list[int]) -> str:
-                return pair.decode_output(ticket.request.out, len(ids))
-
-            stream, decode_visible = TextStream(decode, ticket.params.stop, frozenset()), decode
-        else:
-            stream = TextStream(lambda ids: pair.tokenizer.decode(ids), ticket.params.stop, pair.eos_ids)
-
-            def decode_visible(ids: list[int]) -> str:
-                return pair.tokenizer.decode(ids, skip_special_tokens=True)
-
         obj = "chat.completion.chunk" if chat else "text_completion"
-        sent_tokens = 0
+        first = True
 
         def chunk(text: str, finish: str | None, extra: dict | None = None) -> str:
-            choice = ({"index": 0, "delta": ({"role": "assistant", "content": text} if sent_tokens == 0 and chat
-                                             else {"content": text})} if chat else {"index": 0, "text": text})
-            choice |= {"finish_reason": finish, "logprobs": None}
-            if extra:
-                choice |= extra
-            return "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": cfg.model_name,
-                                          "choices": [choice]}) + "\n\n"
+            choice = ({"index": 0, "delta": ({"role": "assistant", "content": text} if first else {"content": text})}
+                      if chat else {"index": 0, "text": text})
+            choice |= {"finish_reason": finish, "logprobs": None} | (extra or {})
+            return sse({"id": rid, "object": obj, "created": created, "model": cfg.model_name, "choices": [choice]})
 
         try:
             while True:
-                await wake.wait()
-                wake.clear()
-                if await request.is_disconnected():
-                    service.scheduler.cancel(ticket)
+                snap = ticket.snapshot  # one immutable snapshot per step: tokens, sources and scores agree
+                if snap.error is not None:
+                    yield sse(ticket_error_body(snap.error))
                     return
-                if ticket.error:
-                    yield "data: " + json.dumps(error_body(ticket.error, kind="server_error")) + "\n\n"
-                    return
-                final = ticket.result is not None
-                ids = list(ticket.tokens)
-                if len(ids) > sent_tokens or final:
-                    text = stream.delta(ids, final)
-                    extra = None
-                    if req.r2r_token_info:  # per-token text, source and router score (the playground)
-                        extra = {"r2r": {"tokens": token_texts(decode_visible, ids, sent_tokens),
-                                         "sources": ticket.sources[sent_tokens:len(ids)],
-                                         "scores": ticket.scores[sent_tokens:len(ids)]}}
-                    if req.logprob_count is not None:
-                        extra = (extra or {}) | {"logprobs": logprob_block(pair, ticket.request.out, sent_tokens,
-                                                                           len(ids), chat)}
+                if len(snap.token_ids) > reader.read or snap.result is not None:
+                    text, extra = reader.advance(snap)
                     if text or extra:
                         yield chunk(text, None, extra)
-                    sent_tokens = len(ids)
-                if final:
-                    gen = ticket.result
-                    yield chunk("", gen.finish_reason.value)
-                    if req.stream_options and req.stream_options.get("include_usage"):
-                        yield "data: " + json.dumps({"id": rid, "object": obj, "created": created,
-                                                     "model": cfg.model_name, "choices": [],
-                                                     "usage": _usage(gen)}) + "\n\n"
+                        first = False
+                if snap.result is not None:
+                    yield chunk("", snap.result.finish_reason.value)
+                    if req.stream_options and req.stream_options.include_usage:
+                        yield sse({"id": rid, "object": obj, "created": created, "model": cfg.model_name,
+                                   "choices": [], "usage": usage(snap.result)})
                     yield "data: [DONE]\n\n"
                     return
+                await wake.wait()
+                wake.clear()
         finally:  # the client went away mid-stream (the generator is closed): free its sequence
-            if ticket.result is None:
+            if not ticket.snapshot.done:
                 service.scheduler.cancel(ticket)
 
     @app.post("/v1/chat/completions")
@@ -351,10 +360,6 @@ def build_app(pair: ModelPair, cfg: ServeConfig, scheduler_thread: bool = True) 
     async def completions(request: Request, req: CompletionRequest):
         return await run(request, pair.encode_text(req.prompt), req, chat=False)
 
-    @app.on_event("shutdown")
-    async def _shutdown() -> None:
-        service.scheduler.close()
-
     return app
 
 
@@ -363,8 +368,8 @@ def serve(pair: ModelPair, cfg: ServeConfig) -> None:
 
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
         log.warning("serving on %s without --api-key: anyone who can reach it can use it", cfg.host)
+    app = build_app(pair, cfg, scheduler_thread=False)  # loads everything before the port opens
     log.info("serving %s on http://%s:%d", cfg.model_name, cfg.host, cfg.port)
-    app = build_app(pair, cfg, scheduler_thread=False)
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="info"))
     http = threading.Thread(target=server.run, name="r2r-http", daemon=True)
     http.start()

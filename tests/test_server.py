@@ -25,6 +25,9 @@ def pair(testbed_dirs) -> ModelPair:
     return load_pair(PairSpec("testbed", testbed_dirs["slm"], testbed_dirs["llm"]), "cpu")
 
 
+_SCHEDULERS: dict[str, object] = {}  # a running server's url -> its app's scheduler
+
+
 @contextlib.contextmanager
 def running_server(pair: ModelPair, **cfg) -> Iterator[str]:
     """A real uvicorn server on a free loopback port, in a thread."""
@@ -33,8 +36,9 @@ def running_server(pair: ModelPair, **cfg) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(build_app(pair, ServeConfig(port=port, model_name=MODEL, **cfg)),
-                                          host="127.0.0.1", port=port, log_level="warning"))
+    app = build_app(pair, ServeConfig(port=port, model_name=MODEL, **cfg))
+    _SCHEDULERS[f"http://127.0.0.1:{port}"] = app.state.service.scheduler
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -102,9 +106,20 @@ def test_completions_and_routing_extras(base_url: str) -> None:
      400, "top_logprobs"),
     ({"model": MODEL, "prompt": "x " * 5000}, 400, "context"),
     ({"model": MODEL, "prompt": "Ava", "exact_prompt_boundary": True, "logprobs": 1}, 400, "exact_prompt_boundary"),
+    ({"model": MODEL, "prompt": "Ava", "temperature": 0.7, "seed": 2**64}, 400, "seed"),
+    ({"model": MODEL, "prompt": "Ava", "seed": -2**63 - 1}, 400, "seed"),
+    ({"model": MODEL, "prompt": "Ava", "temperature": 1e-300}, 400, "temperature"),
+    ({"model": MODEL, "prompt": "Ava", "top_k": 2**64}, 400, "top_k"),
+    ({"model": MODEL, "prompt": "Ava", "max_tokens": 2**63}, 400, "max_tokens"),
+    ({"model": MODEL, "prompt": "Ava", "n": 2**64}, 400, "n"),
+    ({"model": MODEL, "prompt": "Ava", "logprobs": 2**64}, 400, "logprobs"),
+    ({"model": MODEL, "prompt": "Ava", "timeout": -1}, 400, "timeout"),
+    ({"model": MODEL, "prompt": "Ava", "stream_options": {"include_usage": "maybe"}}, 400, "stream_options"),
+    ('{"model": "%s", "prompt": "Ava", "threshold": NaN}' % MODEL, 400, "threshold"),
+    ('{"model": "%s", "prompt": "Ava", "temperature": Infinity}' % MODEL, 400, "temperature"),
 ])
 def test_bad_requests_get_openai_errors(base_url: str, body, status: int, fragment: str) -> None:
-    path = "/v1/completions" if isinstance(body, dict) and "prompt" in body else "/v1/chat/completions"
+    path = "/v1/completions" if "prompt" in body else "/v1/chat/completions"
     kwargs = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, str) else {"json": body}
     resp = httpx.post(f"{base_url}{path}", **kwargs)
     assert resp.status_code == status, resp.text
@@ -312,3 +327,182 @@ def test_exact_prompt_boundary_continues_inside_a_token(base_url: str, pair: Mod
     assert text == streamed == direct.text and answer.startswith("Ava " + text)
     assert not answer.startswith("Ava " + naive.choices[0].text)
     assert metric(base_url, "r2r_active_sequences") == 0
+
+
+def _post_json(url: str, raw: str, timeout: float = 600) -> httpx.Response:
+    return httpx.post(url, content=raw, headers={"content-type": "application/json"}, timeout=timeout)
+
+
+def test_good_requests_complete_beside_bad_ones(base_url: str) -> None:
+    """32 concurrent greedy requests with 8 bad ones interleaved (each a field out of range, as a client might send):
+    every good one gets exactly its lone answer, every bad one a 4xx naming its field, nothing fails."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from testbed.splits import heldout
+
+    questions = [p.prompt for p in heldout("math", "validation", 16) + heldout("code", "validation", 16)]
+    good = [json.dumps({"model": MODEL, "messages": [{"role": "user", "content": q}], "temperature": 0,
+                        "max_tokens": 24}) for q in questions]
+    base = '{"model": "%s", "messages": [{"role": "user", "content": "Cara has 7 coins."}], "max_tokens": 24, ' % MODEL
+    bad = [base + tail for tail in ('"temperature": 0.7, "seed": 18446744073709551616}', '"temperature": 1e-300}',
+                                    '"top_k": 18446744073709551616}', '"threshold": NaN}', '"llm_share": Infinity}',
+                                    '"max_tokens": 9223372036854775808}', '"n": 18446744073709551617}',
+                                    '"top_p": -0.0}')]
+    url = f"{base_url}/v1/chat/completions"
+    alone = [_post_json(url, body).json()["choices"][0]["message"]["content"] for body in good]
+    failed_before = metric(base_url, "r2r_requests_failed_total")
+    order = [kj for i in range(8) for kj in [("good", 4 * i + k) for k in range(4)] + [("bad", i)]]
+    with ThreadPoolExecutor(max_workers=len(order)) as pool:
+        replies = list(pool.map(lambda kj: _post_json(url, (good if kj[0] == "good" else bad)[kj[1]]), order))
+    got = [r for r, (kind, _) in zip(replies, order) if kind == "good"]
+    refused = [r for r, (kind, _) in zip(replies, order) if kind == "bad"]
+    for i, (r, want) in enumerate(zip(got, alone)):
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == want, f"good request {i}: {r.text}"
+    for r, body in zip(refused, bad):
+        assert 400 <= r.status_code < 500 and r.json()["error"]["param"], f"{body} -> {r.status_code} {r.text}"
+    assert metric(base_url, "r2r_requests_failed_total") == failed_before
+
+
+def test_streams_carry_what_the_answer_carries(base_url: str) -> None:
+    """32 concurrent streams with r2r_token_info: each stream's chunks, joined, equal the non-streaming answer's
+    text, token ids, per-token texts, sources and scores exactly (random routing with a seed: the same decisions for
+    the same request, scores that batching cannot move)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from testbed.splits import heldout
+
+    questions = [p.prompt for p in heldout("math", "validation", 16) + heldout("code", "validation", 16)]
+
+    def body(i: int, stream: bool) -> dict:
+        return {"model": MODEL, "messages": [{"role": "user", "content": questions[i]}], "temperature": 0,
+                "max_tokens": 40, "policy": "random", "llm_share": 0.3, "seed": 1000 + i, "r2r_token_info": True,
+                "stream": stream}
+
+    answers = [httpx.post(f"{base_url}/v1/chat/completions", json=body(i, False), timeout=600).json()["choices"][0]
+               for i in range(32)]
+
+    def stream(i: int) -> dict:
+        joined = {"content": "", "tokens": [], "token_ids": [], "sources": [], "scores": []}
+        with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body(i, True), timeout=600) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    choice = json.loads(line[6:])["choices"][0]
+                    joined["content"] += choice["delta"].get("content") or ""
+                    for k in ("tokens", "token_ids", "sources", "scores"):
+                        joined[k] += choice.get("r2r", {}).get(k, [])
+        return joined
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        streams = list(pool.map(stream, range(32)))
+    routed = 0
+    for i, (got, want) in enumerate(zip(streams, answers)):
+        assert got["content"] == want["message"]["content"], f"stream {i}: text"
+        for k in ("tokens", "token_ids", "sources", "scores"):
+            assert got[k] == want["r2r"][k], f"stream {i}: {k} differ from the non-streaming answer's"
+        assert "".join(want["r2r"]["tokens"]) == want["message"]["content"]
+        routed += want["r2r"]["sources"].count("llm")
+    assert routed > 0, "some tokens must be routed for sources to be checked"
+
+
+def test_abandoned_requests_free_their_slots(pair: ModelPair) -> None:
+    """Disconnect storm, non-streaming: 24 clients (8 running, 16 queued) give up while the LLM writes 400 tokens
+    each. Every request is cancelled (none runs to its end), nothing stays running, queued or open."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving.http.scheduler import SchedulerConfig
+
+    with running_server(pair, scheduler=SchedulerConfig(max_running=8)) as url:
+        body = {"messages": [{"role": "user", "content": QUESTION}], "temperature": 0, "max_tokens": 400,
+                "mode": "sequential", "policy": "llm"}
+        before = {n: metric(url, n) for n in ("r2r_requests_cancelled_total", "r2r_requests_finished_total")}
+
+        def client(_: int) -> str:
+            try:
+                httpx.post(f"{url}/v1/chat/completions", json=body, timeout=httpx.Timeout(60, read=1.0))
+            except httpx.ReadTimeout:
+                return "gave up"
+            return "answered"
+
+        with ThreadPoolExecutor(max_workers=24) as pool:
+            outcomes = list(pool.map(client, range(24)))
+        gone = time.monotonic()
+        while metric(url, "r2r_running_requests") or metric(url, "r2r_queue_depth"):
+            assert time.monotonic() - gone < 300, "abandoned requests still hold slots (300 s: a hang, not slowness)"
+            time.sleep(0.05)
+        drained = time.monotonic() - gone
+        print(f"non-streaming storm: {outcomes.count('gave up')} clients gave up; 0 running and 0 queued "
+              f"{drained:.2f} s after the last one")
+        assert outcomes.count("gave up") == 24
+        assert metric(url, "r2r_requests_cancelled_total") - before["r2r_requests_cancelled_total"] == 24
+        assert metric(url, "r2r_requests_finished_total") == before["r2r_requests_finished_total"], \
+            "an abandoned request ran to its end"
+        for gauge in ("r2r_active_sequences", "r2r_slm_open_sequences", "r2r_llm_open_sequences"):
+            assert metric(url, gauge) == 0, gauge
+        assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+
+
+def test_deadlines_close_and_optional_model(pair: ModelPair) -> None:
+    """A request past its deadline is a 408, streamed or not; closing the scheduler answers what waits with 503; a
+    request without `model` gets the served one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with running_server(pair, request_timeout_s=600) as url:
+        long = {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 400, "mode": "sequential",
+                "policy": "llm", "temperature": 0}
+        late = httpx.post(f"{url}/v1/chat/completions", json=long | {"timeout": 0.001}, timeout=600)
+        assert late.status_code == 408 and late.json()["error"]["code"] == "deadline_exceeded", late.text
+        streamed = httpx.post(f"{url}/v1/chat/completions", json=long | {"timeout": 0.001, "stream": True},
+                              timeout=600).text
+        assert "deadline_exceeded" in streamed
+        plain = httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                              "max_tokens": 4}, timeout=600)
+        assert plain.status_code == 200 and plain.json()["model"] == MODEL
+        assert metric(url, "r2r_requests_expired_total") == 2
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            waiting = [pool.submit(httpx.post, f"{url}/v1/chat/completions", json=long, timeout=600) for _ in range(3)]
+            while metric(url, "r2r_running_requests") < 3:
+                time.sleep(0.05)
+            _SCHEDULERS[url].close()
+            replies = [w.result() for w in waiting]
+        assert [r.status_code for r in replies] == [503] * 3, [r.text for r in replies]
+        assert all(r.json()["error"]["code"] == "shutting_down" for r in replies)
+
+
+def test_guard_key_body_limit_and_open_paths(pair: ModelPair) -> None:
+    """The key is needed everywhere but /health and the playground page; a body is limited by the bytes that arrive,
+    with or without a Content-Length."""
+    with running_server(pair, api_key="sekrit", max_body_bytes=1000) as url:
+        assert httpx.get(f"{url}/").status_code == 200 and httpx.get(f"{url}/health").status_code == 200
+        for key in ("sekriT", "sekrit-and-more", "s"):
+            assert httpx.get(f"{url}/v1/models", headers={"authorization": f"Bearer {key}"}).status_code == 401
+        auth = {"authorization": "Bearer sekrit", "content-type": "application/json"}
+        assert httpx.get(f"{url}/v1/models", headers=auth).status_code == 200
+
+        def chunked():
+            yield b'{"prompt": "'
+            for _ in range(20):
+                yield b"x" * 100
+            yield b'", "max_tokens": 2}'
+
+        big = httpx.post(f"{url}/v1/completions", content=chunked(), headers=auth)
+        assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+        small = httpx.post(f"{url}/v1/completions", content=iter([b'{"prompt": "Ava", ', b'"max_tokens": 2}']),
+                           headers=auth)
+        assert small.status_code == 200, small.text
+
+
+def test_a_bad_router_fails_at_start(pair: ModelPair, tmp_path) -> None:
+    """Loading happens before serving: a router that cannot load is an error from build_app (r2r serve: exit 2)."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    (tmp_path / "router.json").write_text("{not json")
+    (tmp_path / "router.safetensors").write_bytes(b"")
+    broken = dataclasses.replace(pair, spec=dataclasses.replace(pair.spec, router=tmp_path), _router=None)
+    with pytest.raises(ValueError):
+        build_app(broken, ServeConfig(model_name=MODEL))
+    proc = subprocess.run([sys.executable, "-m", "r2r", "serve", "--router", str(tmp_path / "nowhere"), "--port",
+                           "1"], capture_output=True, text=True, timeout=None)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("r2r: error: no router"), \
+        proc.stderr[-2000:]

@@ -47,7 +47,7 @@ class SamplingFields(BaseModel):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0, le=MAX_TOP_K)
-    seed: int | None = Field(default=None, ge=-INT64, lt=INT64)
+    seed: int | None = Field(default=None, ge=-INT64, lt=INT64)  # also fixes seeded routing (the random policy)
     stop: Text | list[Text] | None = None
     n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     stream: bool = False

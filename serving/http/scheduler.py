@@ -107,7 +107,8 @@ class Ticket:
     prompt_text: str | None = None  # set: condition on these bytes exactly (a byte-level engine)
     stream: bool = True  # publish (and notify) after every step; False: only when it ends
     deadline: float | None = None  # time.monotonic() past which it fails with 408
-    key: int = 0
+    routing_key: int | None = None  # the stream key seeded policies draw from (None: `key`); a replay keeps it
+    key: int = 0  # set by `submit`: unique in this scheduler
     snapshot: Snapshot = field(default_factory=Snapshot)
     cancelled: bool = False
     submitted: float = field(default_factory=time.monotonic)
@@ -115,6 +116,10 @@ class Ticket:
     group: _Group | None = field(default=None, repr=False)
     request: Pending | None = field(default=None, repr=False)
     replayed: bool = False
+
+    @property
+    def stream_key(self) -> int:
+        return self.key if self.routing_key is None else self.routing_key
 
     @property
     def budget(self) -> int:
@@ -311,12 +316,12 @@ class Scheduler:
             with self._lock:
                 if token:
                     reqs = group.engine.add([t.prompt for t in token], [t.params for t in token],
-                                            [t.policy for t in token], [t.mode for t in token], [t.key for t in token])
+                                            [t.policy for t in token], [t.mode for t in token], [t.stream_key for t in token])
                     self._attach(group, token, reqs)
                 if exact:
                     reqs = group.engine.add_texts([t.prompt_text for t in exact], [t.params for t in exact],
                                                   [t.policy for t in exact], [t.mode for t in exact],
-                                                  [t.key for t in exact], as_bytes=[True] * len(exact))
+                                                  [t.stream_key for t in exact], as_bytes=[True] * len(exact))
                     self._attach(group, exact, reqs)
         except Exception as exc:  # noqa: BLE001 - any fault here is isolated, not raised: see the module docstring
             self._replay(group, tickets, exc, "adding")

@@ -155,8 +155,10 @@ class RoutedService:
         if params.logprobs is not None:
             mode = RoutingMode.SEQUENTIAL  # the protocol already refused an explicit speculative mode
         timeout = min(req.timeout or math.inf, self.cfg.request_timeout_s)
+        # a client's seed also fixes seeded routing (the random policy draws from (seed, stream key, position))
         return Ticket(ids, params, self.policy_for(req), mode, notify, req.prompt if exact else None,
-                      stream=req.stream, deadline=time.monotonic() + timeout)
+                      stream=req.stream, deadline=time.monotonic() + timeout,
+                      routing_key=None if req.seed is None else req.seed + choice)
 
     def reader(self, ticket: Ticket, req: SamplingFields, chat: bool) -> OutputReader:
         return OutputReader(self.pair, ticket.params, self.byte_level(req), chat, req.r2r_token_info,

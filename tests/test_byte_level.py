@@ -176,3 +176,22 @@ def test_token_bytes_reads_byte_fallback_and_spaces():
     assert vocab.decode(ids) == "ab é".encode()
     assert any(vocab.table[i] == b"\xc3" for i in ids)
     assert vocab.first_byte[vocab.tokenizer.eos_token_id] == END
+
+
+@pytest.mark.parametrize("kind", sorted(TOKENIZERS))
+def test_canonical_pair_memo_is_bounded_and_exact(kind: str):
+    """A memo of 16 rows over every left token: never more rows held, and every row equals the pairs' canonical
+    encodings checked one by one (`encode(decode([left, v])) == [left, v]`)."""
+    tokenizer = TOKENIZERS[kind]()
+    bounded = TokenBytes.from_tokenizer(tokenizer)
+    bounded.memo_bytes = 16 * 2 * len(bounded.table)
+    assert bounded.memo_rows == 16
+    lefts = [i for i, piece in enumerate(bounded.table) if piece and piece.isascii()][:60]
+    rights = torch.tensor([i for i, piece in enumerate(bounded.table) if piece and piece.isascii()][:40])
+    for sweep in range(2):  # the second sweep recomputes evicted rows
+        for left in lefts:
+            row = bounded.valid_after(left, rights)
+            assert len(bounded._memo) <= 16, f"memo grew to {len(bounded._memo)} rows"
+            for v in rights.tolist():
+                want = bounded.encode(bounded.table[left] + bounded.table[v]) == [left, v]
+                assert bool(row[v]) == want, f"pair ({left}, {v}) on sweep {sweep}"

@@ -2,30 +2,56 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 from pathlib import Path
 
-_SAMPLE = 1 << 20  # hash the first and last MiB of large weight files: cheap and still content-sensitive
+log = logging.getLogger(__name__)
+
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin")  # what HF model directories hold their weights in
+CACHE_NAME = ".r2r-fingerprint.json"  # beside the weights: the fingerprint and the file stats it was computed for
+_CHUNK = 1 << 24
 
 
 def _hash_file(h: hashlib._Hash, path: Path) -> None:
-    size = path.stat().st_size
-    h.update(f"{path.name}:{size}".encode())
+    """Every byte of the file, after its name and size."""
+    h.update(f"{path.name}:{path.stat().st_size}".encode())
     with path.open("rb") as f:
-        if size <= 2 * _SAMPLE:
-            h.update(f.read())
-        else:
-            h.update(f.read(_SAMPLE))
-            f.seek(size - _SAMPLE)
-            h.update(f.read(_SAMPLE))
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+
+
+def _stats(paths: list[Path]) -> list[list]:
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
 
 
 def _fingerprint_files(root: Path, config: str) -> str:
-    """sha256 (16 hex chars) over the config file and the weight files of a directory."""
+    """sha256 (16 hex chars) over the whole config file and every weight file of a directory.
+
+    Hashing every byte of a large model takes a while (about a second a GB), so the result is cached beside the
+    weights, keyed by each file's name, size and modification time; a directory that cannot be written is
+    hashed again each time."""
+    paths = sorted(p for p in {root / config, *(q for pattern in WEIGHT_PATTERNS for q in root.glob(pattern))}
+                   if p.is_file())
+    cache = root / CACHE_NAME
+    stats = _stats(paths)
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("files") == stats:
+            return cached["fingerprint"]
+    except (OSError, ValueError, AttributeError):
+        pass
     h = hashlib.sha256()
-    for path in sorted([root / config, *root.glob("*.safetensors")]):
-        if path.exists():
-            _hash_file(h, path)
-    return h.hexdigest()[:16]
+    for path in paths:
+        _hash_file(h, path)
+    fingerprint = h.hexdigest()[:16]
+    tmp = cache.with_suffix(".tmp")
+    try:
+        tmp.write_text(json.dumps({"fingerprint": fingerprint, "files": stats}))
+        tmp.replace(cache)
+    except OSError as exc:
+        log.info("fingerprint of %s not cached (%s)", root, exc)
+    return fingerprint
 
 
 def model_fingerprint(model_dir: str | Path) -> str:
@@ -42,8 +68,6 @@ def router_model_fingerprint(router_dir: str | Path) -> str:
     """sha256 (16 hex chars) over a router checkpoint less its thresholds: the network, its config and its
     share curve, which is what routing at an explicit LLM-share budget depends on. Writing a new default
     threshold into the router (`r2r bench operating-point`) keeps it."""
-    import json
-
     root = Path(router_dir)
     meta = {k: v for k, v in json.loads((root / "router.json").read_text()).items()
             if k not in ("threshold", "thresholds")}

@@ -9,17 +9,21 @@ canonical sequence canonical. Two vocabulary kinds are read: GPT-2 style byte-le
 
 Canonical means encode(decode(t)) == t. For BPE with pretokenizer splits, validity is prefix
 closed and pairwise: t + [v] is canonical iff t is and the pair (t[-1], v) is, so one boolean
-row per left token (computed by encoding every pair once, memoized) decides every step.
+row per left token (computed by encoding every pair once, memoized) decides every step. The
+memo holds the most recently used rows within a byte budget: at a 262k vocabulary a row pair
+is 512 KiB, and a long-lived server meets most of the vocabulary as left tokens.
 """
 from __future__ import annotations
 
 import bisect
 import json
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
 
 END = 256  # the byte-distribution index of end of text (EOS or any other special token)
+VALID_ROWS_BYTES = 64 << 20  # the canonical-pair memo's budget (two [vocab] bool rows per left token)
 _SPIECE_SPACE = "\u2581"
 
 
@@ -60,8 +64,9 @@ class TokenBytes:
     _sorted: list[bytes] = field(repr=False, default_factory=list)
     _sorted_ids: list[int] = field(repr=False, default_factory=list)
     _single_byte: dict[bytes, int] = field(repr=False, default_factory=dict)
-    _valid_rows: dict[int | None, torch.Tensor] = field(repr=False, default_factory=dict)
-    _checked: dict[int | None, torch.Tensor] = field(repr=False, default_factory=dict)
+    memo_bytes: int = VALID_ROWS_BYTES
+    # left token -> (valid row, checked row), least recently used first
+    _memo: OrderedDict[int | None, tuple[torch.Tensor, torch.Tensor]] = field(repr=False, default_factory=OrderedDict)
 
     @classmethod
     def from_tokenizer(cls, tokenizer, vocab_size: int | None = None) -> TokenBytes:
@@ -82,6 +87,11 @@ class TokenBytes:
         order = sorted((t, i) for i, t in enumerate(table) if t)
         single = {t: i for t, i in order if len(t) == 1}
         return cls(tokenizer, table, special, first, [t for t, _ in order], [i for _, i in order], single)
+
+    @property
+    def memo_rows(self) -> int:
+        """How many left tokens' rows the memo keeps (at least 16, whatever the vocabulary)."""
+        return max(16, self.memo_bytes // (2 * len(self.table)))
 
     @property
     def max_len(self) -> int:
@@ -131,14 +141,17 @@ class TokenBytes:
         """[vocab] bool: the tokens v for which [left, v] is canonical (left=None: v alone is).
 
         Only the entries for `ids` (all when None) are guaranteed checked; unchecked entries read
-        True. Rows are memoized per left token. Special tokens are always allowed (they end the
+        True. Rows are memoized per left token (the `memo_rows` most recently used). Special tokens are always allowed (they end the
         text); pairs whose bytes are not whole UTF-8 text cannot be checked by the text
         tokenizer and count as valid."""
-        row = self._valid_rows.get(left)
-        if row is None:
-            row = self._valid_rows[left] = torch.ones(len(self.table), dtype=torch.bool)
-            self._checked[left] = self.special.clone()
-        checked = self._checked[left]
+        if left in self._memo:
+            self._memo.move_to_end(left)
+            row, checked = self._memo[left]
+        else:
+            row, checked = torch.ones(len(self.table), dtype=torch.bool), self.special.clone()
+            self._memo[left] = (row, checked)
+            while len(self._memo) > self.memo_rows:
+                self._memo.popitem(last=False)
         todo = (~checked).nonzero().squeeze(1) if ids is None else ids[~checked[ids]]
         if todo.numel():
             self._check_pairs(left, todo.tolist(), row)

@@ -91,5 +91,6 @@ def write_router_card(router_dir: Path, bar: dict | None) -> None:
         lines += [f"## Held-out accuracy ({bar['n_problems']} test problems per family, greedy; the learned router's "
                   f"LLM-share budget: {budgets}; the baselines at the share it actually used)", "",
                   *accuracy_table(bar), ""]
-    lines += ["Reproduce: see \"Reproducing the numbers\" in the repository README.", ""]
+    lines += ["Reproduce: `r2r label`, then `r2r train-router` (the data path: docs/ARCHITECTURE.md); the testbed "
+              "routers' commands are in bench/reproduce_testbed.sh, their numbers in bench/README.md.", ""]
     (router_dir / "README.md").write_text("\n".join(lines))

@@ -35,3 +35,16 @@ def test_policies_and_bad_input(pair: r2r.Pair) -> None:
         pair.generate("What is 2 plus 3?")
     with pytest.raises(ValueError):
         pair.generate(["x"], policy="nonsense")
+
+
+def test_generate_from_several_threads(pair: r2r.Pair) -> None:
+    """Concurrent callers share the backends' resident batches safely: each gets what it gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = ["What is 2 plus 3?", "Ava has 12 apples. She eats 4. How many are left?", "x = 4\nprint(x * 3)",
+               "Cara has 7 coins. Cara gives away 3 coins. How many coins does Cara have now?"]
+    alone = [pair.generate([p], policy="entropy", max_tokens=24)[0].token_ids for p in prompts]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        together = list(pool.map(lambda p: pair.generate([p], policy="entropy", max_tokens=24)[0].token_ids,
+                                 prompts * 2))
+    assert together == alone * 2, "a concurrent caller changed another's output"

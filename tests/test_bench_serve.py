@@ -1,4 +1,5 @@
-"""`r2r bench serve` against a real server process: what it counts is what the pair generates."""
+"""`r2r bench serve` against a real server process: what it counts is what the pair generates, and the offline
+engine it compares the server with decodes the same requests to the same tokens."""
 from __future__ import annotations
 
 import pytest
@@ -16,9 +17,9 @@ PROMPTS = ["Ava has 12 apples. Then Ava finds 5 more apples. How many apples doe
 def test_bench_serve_counts_every_token_the_pair_generates(testbed_dirs) -> None:
     cfg = ServeBenchConfig(concurrency=(1, 3), requests_per_client=2, min_requests=3, max_tokens=24,
                            warmup_requests=1)
-    result = bench_serve(["--pair", "testbed"], PROMPTS, cfg)
-
     pair = load_pair(PairSpec("testbed", testbed_dirs["slm"], testbed_dirs["llm"], testbed_dirs["router"]), "cpu")
+    result = bench_serve(["--pair", "testbed"], PROMPTS, cfg, lambda: pair)
+
     gens = pair.generate(pair.policy(pair.default_policy), [pair.encode_chat([{"role": "user", "content": p}])
                                                             for p in PROMPTS],
                          [SamplingParams(max_tokens=24, temperature=0)] * 3, RoutingMode.SPECULATIVE)
@@ -32,6 +33,12 @@ def test_bench_serve_counts_every_token_the_pair_generates(testbed_dirs) -> None
         assert 0 < row["p50_ms"] <= row["p95_ms"]
     assert result["scaling"] == pytest.approx(result["concurrency_3"]["tokens_per_s"]
                                               / result["concurrency_1"]["tokens_per_s"], abs=0.01)
+    offline = result["offline_batch_3"]
+    assert offline["requests"] == 6 and offline["output_tokens"] == result["concurrency_3"]["output_tokens"], \
+        "the offline engine decodes the server's requests to the same tokens"
+    assert result["offline_batch_3_tokens_per_s"] == offline["tokens_per_s"] > 0
+    assert result["server_over_offline"] == pytest.approx(result["concurrency_3"]["tokens_per_s"]
+                                                          / offline["tokens_per_s"], abs=0.001)
 
 
 def test_bench_serve_stops_on_a_failed_warmup(testbed_dirs) -> None:

@@ -1,4 +1,5 @@
-"""`r2r bench serve`: throughput and latency of the HTTP server under concurrent load.
+"""`r2r bench serve`: throughput and latency of the HTTP server under concurrent load, against the engine's own
+bound: the same requests decoded offline (no HTTP) at a batch of the top concurrency.
 
 The server runs in its own process (`r2r serve` on a free loopback port); this process is
 the load generator: `concurrency` client threads each send requests back to back over one
@@ -6,6 +7,11 @@ pooled client, as an application's OpenAI client would. A client made per reques
 connection and TLS context each time) cost ~15 ms of this process's CPU per request, under
 its GIL: at concurrency 32 the first 32 requests took ~0.5 s to go out, so the numbers
 measured the load generator as much as the server.
+
+The offline run comes after the server has exited (so the two never share the CPU), in this process, on the
+pair a caller's loader returns (loaded as `r2r serve` loads it: same thread plan). It keeps `batch` requests in
+flight, adding one as one ends, as the server's scheduler does; `server_over_offline` is the server's
+throughput at the top concurrency over the engine's: what HTTP, scheduling and streaming cost.
 """
 from __future__ import annotations
 
@@ -15,11 +21,14 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import httpx
+
+    from serving.pair import ModelPair
 
 
 @dataclass(frozen=True)
@@ -68,7 +77,37 @@ def _request(client: httpx.Client, url: str, prompt: str, max_tokens: int) -> _R
     return _Reply(time.perf_counter() - start, True, usage["completion_tokens"], usage["llm_tokens"])
 
 
-def bench_serve(serve_args: list[str], prompts: list[str], cfg: ServeBenchConfig) -> dict:
+def offline_throughput(pair: ModelPair, prompts: list[str], n: int, batch: int, cfg: ServeBenchConfig) -> dict:
+    """Requests i = 0..n-1 (prompt i mod len, greedy, the pair's default policy, speculative as `r2r serve`), decoded
+    by the engine alone with `batch` in flight; the first `warmup_requests` once before timing."""
+    from serving.decoding.engine import drain
+    from serving.decoding.generation import RoutingMode
+    from serving.decoding.sampling import SamplingParams
+
+    ids = [pair.encode_chat([{"role": "user", "content": prompts[i % len(prompts)]}]) for i in range(n)]
+    policy, params, mode = pair.policy(pair.default_policy), SamplingParams(max_tokens=cfg.max_tokens), \
+        RoutingMode.SPECULATIVE
+    with pair.lock:
+        engine = pair.engine()
+        for i in range(min(cfg.warmup_requests, n)):
+            drain(engine, engine.add([ids[i]], [params], [policy], [mode], [i]))
+        start = time.perf_counter()
+        tokens, queued = 0, list(range(n))
+        while queued or engine.active:
+            room = batch - len(engine.active)
+            if queued and room > 0:
+                take, queued = queued[:room], queued[room:]
+                engine.add([ids[i] for i in take], [params] * len(take), [policy] * len(take), [mode] * len(take),
+                           take)
+            tokens += sum(len(r.out.token_ids) for r in engine.step())
+        wall = time.perf_counter() - start
+    return {"requests": n, "output_tokens": tokens, "seconds": round(wall, 3), "tokens_per_s": round(tokens / wall, 1)}
+
+
+def bench_serve(serve_args: list[str], prompts: list[str], cfg: ServeBenchConfig,
+                offline_pair: Callable[[], ModelPair] | None = None) -> dict:
+    """The server at each concurrency; with `offline_pair` (loads the pair the server serves), also the offline
+    engine on the top concurrency's requests: `offline_batch_<c>_tokens_per_s` and `server_over_offline`."""
     import httpx
 
     port = _free_port()
@@ -115,10 +154,17 @@ def bench_serve(serve_args: list[str], prompts: list[str], cfg: ServeBenchConfig
         base = result[f"concurrency_{cfg.concurrency[0]}"]["tokens_per_s"]
         top = result[f"concurrency_{cfg.concurrency[-1]}"]["tokens_per_s"]
         result["scaling"] = round(top / base, 2) if base else None
-        return result
     finally:
         server.terminate()
         try:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+    if offline_pair is not None:
+        c = cfg.concurrency[-1]
+        row = result[f"concurrency_{c}"]
+        offline = offline_throughput(offline_pair(), prompts, row["requests"], c, cfg)
+        result[f"offline_batch_{c}"] = offline
+        result[f"offline_batch_{c}_tokens_per_s"] = offline["tokens_per_s"]
+        result["server_over_offline"] = round(row["tokens_per_s"] / offline["tokens_per_s"], 3)
+    return result

@@ -21,7 +21,13 @@ def run(args: argparse.Namespace) -> int:
         serve_args = [flag for name in ("pair", "slm", "llm", "router", "device")
                       if getattr(args, name) for flag in (f"--{name}", str(getattr(args, name)))]
         prompts = [p.prompt for p in heldout("math", "test", 32) + heldout("code", "test", 32)]
-        result = bench_serve(serve_args, prompts, ServeBenchConfig(max_tokens=args.max_tokens))
+
+        def offline_pair() -> ModelPair:  # loaded as `r2r serve` loads it, after the server has exited
+            from r2r.commands.serve import DEFAULT_WIDE_PASS_GFLOP, serving_threads
+
+            return load_pair_from_args(args, serving_threads(None, DEFAULT_WIDE_PASS_GFLOP))
+
+        result = bench_serve(serve_args, prompts, ServeBenchConfig(max_tokens=args.max_tokens), offline_pair)
         return write_bench(args.out, result)
     if args.bench == "cross-tokenizer":
         from evals.bench.cross_tokenizer import CrossBenchConfig, cross_bench

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from serving.pair import ModelPair
 
 
+DEFAULT_WIDE_PASS_GFLOP = 0.5  # `r2r serve --wide-pass-gflop`'s default
+
+
 def serving_threads(threads: int | None, wide_pass_gflop: float) -> PassThreads:
     """The server's CPU thread plan: the decoding loop's small passes and the router on one thread, passes of
     `wide_pass_gflop` or more on `threads` (default: all cores). Sets torch's thread count (`r2r bench serve`

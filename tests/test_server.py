@@ -506,3 +506,32 @@ def test_a_bad_router_fails_at_start(pair: ModelPair, tmp_path) -> None:
                            "1"], capture_output=True, text=True, timeout=None)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("r2r: error: no router"), \
         proc.stderr[-2000:]
+
+
+def test_lifespan_closes_the_scheduler_and_sglang_engines_are_shut_down(pair: ModelPair) -> None:
+    """The app's lifespan (not the deprecated on_event) closes its scheduler when the server stops; `r2r serve` stops
+    SGLang engines on exit; `--api-key`'s help names the open paths."""
+    from types import SimpleNamespace
+
+    from r2r.cli import build_parser
+    from r2r.commands.serve import shutdown_backends
+    from serving.http.scheduler import Closed, Ticket
+
+    with running_server(pair) as url:
+        scheduler = _SCHEDULERS[url]
+    with pytest.raises(Closed):
+        scheduler.submit(Ticket([1], SamplingParams(), AlwaysSLM(), None, lambda: None))
+
+    class Engine:
+        stopped = 0
+
+        def shutdown(self) -> None:
+            self.stopped += 1
+
+    engines = SimpleNamespace(slm=Engine(), llm=Engine())
+    shutdown_backends(engines, "hf")
+    assert engines.slm.stopped == engines.llm.stopped == 0
+    shutdown_backends(engines, "sglang")
+    assert engines.slm.stopped == engines.llm.stopped == 1
+    serve_help = build_parser()._subparsers._group_actions[0].choices["serve"].format_help()
+    assert "/health and the playground page /" in " ".join(serve_help.split())

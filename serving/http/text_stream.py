@@ -25,15 +25,22 @@ class TokenDetokenizer:
         self.read = 0  # tokens whose text has been returned
 
     def push(self, ids: Iterable[int]) -> str:
-        """The text that `ids` (appended to the output) complete; "" while a character is incomplete."""
+        """The text that `ids` (appended to the output) complete, up to the last whole character; "" while the
+        new tokens hold only part of one."""
         self.ids.extend(ids)
         before = self.decode(self.ids[self.prefix:self.read])
-        after = self.decode(self.ids[self.prefix:])
-        incomplete = after.endswith("\ufffd") and len(self.ids) - self.read < MAX_CHAR_TOKENS
-        if len(after) <= len(before) or incomplete:
+        for end in range(len(self.ids), max(self.read, len(self.ids) - MAX_CHAR_TOKENS), -1):
+            text = self.decode(self.ids[self.prefix:end])  # usually the first try: every new token
+            if not text.endswith("\ufffd"):
+                break
+        else:  # no whole character ends in the last few tokens
+            if len(self.ids) - self.read < MAX_CHAR_TOKENS:
+                return ""  # one is incomplete: wait for the tokens that complete it
+            end, text = len(self.ids), self.decode(self.ids[self.prefix:])  # invalid bytes: U+FFFD is their text
+        if len(text) <= len(before):
             return ""
-        self.prefix, self.read = self.read, len(self.ids)
-        return after[len(before):]
+        self.prefix, self.read = self.read, end
+        return text[len(before):]
 
 
 class ByteDetokenizer:

@@ -1,0 +1,206 @@
+"""`r2r bench long`: reasoning-length outputs at a real vocabulary, on random-weight models.
+
+Random-weight Qwen2 models with the testbed SLM's and LLM's layer shapes and R1-Distill-Qwen's 151,936-token
+vocabulary, built in memory, decode `new_tokens` tokens per request (EOS ignored) with routed speculative decoding
+and the random policy at `share`. What it reads: the wall time of each 1k-token window of output positions
+(`ms_per_token_by_window`: ms for the whole batch to advance one output position, from the SLM's forward passes),
+the peak resident memory of the run, and the weights plus the KV of the tokens held at the end. A per-token cost
+that grows with the output (beyond attention's own linear term) or memory beyond weights + KV shows up here long
+before a real pair meets it.
+"""
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from router.policies import RandomPolicy
+from serving.backends.hf import HFBackend
+from serving.decoding.routed import generate_speculative
+from serving.decoding.sampling import SamplingParams
+from serving.decoding.stopping import StopRule
+
+log = logging.getLogger(__name__)
+
+R1_VOCAB = 151_936
+
+
+@dataclass(frozen=True)
+class LongShape:
+    """A decoder's layer shape (the testbed model's) at another vocabulary."""
+
+    name: str
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    vocab: int = R1_VOCAB
+
+
+TESTBED_SLM = LongShape("testbed-slm", 128, 2, 4, 2, 384)
+TESTBED_LLM = LongShape("testbed-llm", 256, 36, 8, 4, 768)
+
+
+@dataclass(frozen=True)
+class LongBenchConfig:
+    batch_sizes: tuple[int, ...] = (1, 8)
+    new_tokens: int = 16_384
+    window: int = 1_024
+    share: float = 0.1
+    prompt_tokens: int = 32
+    seed: int = 0
+    shapes: tuple[LongShape, LongShape] = field(default=(TESTBED_SLM, TESTBED_LLM))
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ValueError(f"batch sizes must be positive, got {self.batch_sizes}")
+        if self.new_tokens < 2 * self.window or self.window < 1:
+            raise ValueError(f"need at least two windows of output: new_tokens {self.new_tokens}, "
+                             f"window {self.window}")
+        if not 0.0 <= self.share <= 1.0:
+            raise ValueError(f"share must be in [0, 1], got {self.share}")
+
+
+def build_random_backend(shape: LongShape, context: int, seed: int) -> HFBackend:
+    """A random-weight Qwen2 of `shape` with `context` positions, in float32 on the CPU (seeded, not global)."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    config = Qwen2Config(vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+                         num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
+                         num_key_value_heads=shape.kv_heads, max_position_embeddings=context,
+                         tie_word_embeddings=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    return HFBackend.from_model(model, f"random-{shape.name}-v{shape.vocab}", f"random-{shape.name}-{seed}")
+
+
+def kv_bytes_per_token(shape: LongShape) -> int:
+    """float32 K and V of one position over every layer."""
+    return shape.layers * 2 * shape.kv_heads * (shape.hidden // shape.heads) * 4
+
+
+class _Clock:
+    """(time, furthest output position) at each SLM forward pass, read off its position ids."""
+
+    def __init__(self, prompt_tokens: int) -> None:
+        self.prompt_tokens, self.events = prompt_tokens, [(time.perf_counter(), 0)]
+
+    def __call__(self, _module, _args, kwargs) -> None:
+        position_ids = kwargs.get("position_ids")
+        if position_ids is not None:
+            done = int(position_ids.max()) + 1 - self.prompt_tokens
+            self.events.append((time.perf_counter(), max(done, self.events[-1][1])))
+
+    def ms_per_token_by_window(self, window: int, total: int) -> list[float]:
+        """Wall ms per output position within each full window [w * window, (w + 1) * window)."""
+        firsts: dict[int, float] = {}
+        for t, pos in self.events:
+            for edge in range(0, total + 1, window):
+                if pos >= edge and edge not in firsts:
+                    firsts[edge] = t
+        edges = sorted(firsts)
+        return [round((firsts[b] - firsts[a]) * 1000 / window, 3) for a, b in zip(edges, edges[1:])]
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (Linux: clear_refs 5); False where it cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_gib() -> float:
+    """This process's peak resident memory since the last reset (VmHWM), else since it started."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def run_batch(slm: HFBackend, llm: HFBackend, batch: int, cfg: LongBenchConfig) -> dict:
+    """One batch size's measurement (see the module docstring)."""
+    gen = torch.Generator().manual_seed(cfg.seed + batch)
+    prompts = torch.randint(10, slm.vocab_size, (batch, cfg.prompt_tokens), generator=gen).tolist()
+    context = cfg.prompt_tokens + cfg.new_tokens
+    rule = StopRule(frozenset(), lambda ids: "", context)  # no EOS, no stop strings: every request runs to the end
+    params = [SamplingParams(max_tokens=cfg.new_tokens)] * batch
+    clock = _Clock(cfg.prompt_tokens)
+    hook = slm.model.register_forward_pre_hook(clock, with_kwargs=True)
+    reset = _reset_peak_rss()
+    start = time.perf_counter()
+    try:
+        gens = generate_speculative(slm, llm, RandomPolicy(rate=cfg.share, seed=cfg.seed), prompts, params, rule)
+    finally:
+        hook.remove()
+    clock.events.append((time.perf_counter(), cfg.new_tokens))  # the last position is sampled, never fed
+    seconds = time.perf_counter() - start
+    tokens = sum(len(g.token_ids) for g in gens)
+    assert tokens == batch * cfg.new_tokens, f"{tokens} tokens decoded, expected {batch * cfg.new_tokens}"
+    slm_shape, llm_shape = cfg.shapes
+    weights = sum(p.numel() * p.element_size() for b in (slm, llm) for p in b.model.parameters())
+    kv = batch * context * (kv_bytes_per_token(slm_shape) + kv_bytes_per_token(llm_shape))
+    windows = clock.ms_per_token_by_window(cfg.window, cfg.new_tokens)
+    return {"ms_per_token_by_window": windows,
+            "last_over_second_window": round(windows[-1] / windows[1], 3),
+            "tokens_per_s": round(tokens / seconds, 1),
+            "llm_share": round(sum(g.stats.llm_tokens for g in gens) / tokens, 4),
+            "peak_rss_gib": round(_peak_rss_gib(), 3), "peak_rss_since": "this run" if reset else "process start",
+            "weights_plus_kv_gib": round((weights + kv) / 2**30, 3)}
+
+
+def bench_long(cfg: LongBenchConfig) -> dict:
+    """The long-output benchmark JSON: one entry per batch size, and `meta`."""
+    context = cfg.prompt_tokens + cfg.new_tokens
+    slm, llm = (build_random_backend(shape, context, cfg.seed + i) for i, shape in enumerate(cfg.shapes))
+    result: dict = {}
+    for batch in cfg.batch_sizes:
+        log.info("batch %d: %d tokens per request", batch, cfg.new_tokens)
+        result[f"batch_{batch}"] = run_batch(slm, llm, batch, cfg)
+    slm_shape, llm_shape = cfg.shapes
+    result["meta"] = {
+        "models": {s.name: {"hidden": s.hidden, "layers": s.layers, "heads": s.heads, "kv_heads": s.kv_heads,
+                            "intermediate": s.intermediate, "vocab": s.vocab} for s in cfg.shapes},
+        "new_tokens": cfg.new_tokens, "window": cfg.window, "prompt_tokens": cfg.prompt_tokens,
+        "policy": f"random, share {cfg.share}", "mode": "speculative, greedy",
+        "ms_per_token": "wall ms for the whole batch to advance one output position, per window",
+        "kv_bytes_per_token": {slm_shape.name: kv_bytes_per_token(slm_shape),
+                               llm_shape.name: kv_bytes_per_token(llm_shape)},
+        "torch_threads": torch.get_num_threads(),
+    }
+    return result
+
+
+def plot_long(result: dict, out: Path) -> None:
+    """ms per token against output position, each batch size (and the `before` run's, dashed, when present)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    window = result["meta"]["window"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, run, style in (("after", result, "-"), ("before", result.get("before"), "--")):
+        for key, entry in (run or {}).items():
+            if key.startswith("batch_"):
+                ms = entry["ms_per_token_by_window"]
+                ax.plot([(i + 1) * window for i in range(len(ms))], ms, style, marker="o", markersize=3,
+                        label=f"{key.replace('_', ' ')} ({label})")
+    ax.set_xlabel("output position (end of window)")
+    ax.set_ylabel("ms per output position")
+    ax.set_title(f"routed speculative, random policy, vocab {result['meta']['models']['testbed-slm']['vocab']:,}")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,18 @@
+"""`r2r bench long` on tiny shapes: every window measured, memory read, the JSON shaped as the issue asks."""
+from __future__ import annotations
+
+from evals.bench.long import LongBenchConfig, LongShape, bench_long, kv_bytes_per_token
+
+TINY = (LongShape("tiny-slm", 32, 1, 2, 1, 64, vocab=300), LongShape("tiny-llm", 64, 2, 4, 2, 128, vocab=300))
+
+
+def test_long_bench_reports_every_window_and_memory() -> None:
+    cfg = LongBenchConfig(batch_sizes=(1, 3), new_tokens=96, window=16, share=0.3, prompt_tokens=8, shapes=TINY)
+    result = bench_long(cfg)
+    for batch in (1, 3):
+        entry = result[f"batch_{batch}"]
+        assert len(entry["ms_per_token_by_window"]) == 96 // 16, "one figure per full window of output"
+        assert all(ms > 0 for ms in entry["ms_per_token_by_window"])
+        assert 0.0 < entry["llm_share"] < 1.0 and entry["peak_rss_gib"] > 0
+        assert entry["weights_plus_kv_gib"] >= 0 and entry["last_over_second_window"] > 0
+    assert result["meta"]["kv_bytes_per_token"]["tiny-llm"] == kv_bytes_per_token(TINY[1]) == 2 * 2 * 2 * 16 * 4

@@ -107,6 +107,9 @@ class LabelPipeline:
                  routed: RoutedContinuation | None = None) -> None:
         if (routed is not None) != (cfg.continue_with == ContinueWith.ROUTED):
             raise ValueError("a routed continuation goes with continue_with='routed' (and only with it)")
+        if cfg.top_k > pair.slm.returned_top_k:
+            raise ValueError(f"labels with top-{cfg.top_k} features need the SLM's backend to return at least "
+                             f"{cfg.top_k} log-probs per position; it returns {pair.slm.returned_top_k}")
         self.pair, self.verifier, self.cfg, self.prompts = pair, verifier, cfg, prompts
         # who writes SLM-branch continuations: the LLM alone, or the SLM routed to the LLM
         self._routed = routed  # who writes SLM-branch continuations: the LLM alone (None) or the routed pair
@@ -147,7 +150,7 @@ class LabelPipeline:
                 rows["ref_token"] += r
                 rows["mismatch"] += [a != b for a, b in zip(pred, r)]
                 hidden.append(out.hidden[span].numpy())
-                topk.append(topk_logprobs(logits, self.cfg.top_k).numpy())
+                topk.append(topk_logprobs(logits, self.cfg.top_k, out.kind).numpy())
         rows["hidden"] = np.concatenate(hidden) if hidden else np.zeros((0, self.pair.slm.hidden_size), np.float32)
         rows["topk"] = np.concatenate(topk) if topk else np.zeros((0, self.cfg.top_k), np.float32)
         return rows

@@ -61,10 +61,10 @@ class LearnedPolicy:
     def scores(self, inputs: RouteInput) -> torch.Tensor:
         assert inputs.hidden is not None, "the learned router needs the SLM's hidden states"
         if self.native is not None and self.native.applies(inputs.logits, inputs.hidden):
-            return self.native(inputs.logits, inputs.hidden)
+            return self.native(inputs.logits, inputs.hidden, inputs.kind)
         if self.folded is None:
             self.folded = FoldedRouter(self.net)
-        feats = features_from_outputs(inputs.logits, inputs.hidden, self.net.cfg.top_k)
+        feats = features_from_outputs(inputs.logits, inputs.hidden, self.net.cfg.top_k, inputs.kind)
         with torch.no_grad():
             return torch.sigmoid(self.folded(feats.hidden, feats.token, feats.topk))
 
@@ -90,9 +90,10 @@ def set_default_threshold(router_dir: Path, share: float, rule: str) -> float:
     return threshold
 
 
-def load_router(router_dir: Path, slm_fingerprint: str, embeddings: torch.Tensor,
+def load_router(router_dir: Path, slm_fingerprint: str, embeddings: torch.Tensor, returned_top_k: int,
                 native: NativeBuild | None = NativeBuild()) -> LearnedPolicy:
-    """Load a router for the SLM with `slm_fingerprint`; `embeddings` is that SLM's input table. With `native`
+    """Load a router for the SLM with `slm_fingerprint`; `embeddings` is that SLM's input table and `returned_top_k`
+    how many log-probs its backend returns per row (the router's top-k features must be among them). With `native`
     (the default) few-row CPU scoring goes through the compiled router where it builds (`router.native_router`)."""
     from safetensors.torch import load_file
 
@@ -103,7 +104,11 @@ def load_router(router_dir: Path, slm_fingerprint: str, embeddings: torch.Tensor
     if meta.get("slm_fingerprint") != slm_fingerprint:
         raise ValueError(f"the router at {router_dir} was trained for SLM {meta.get('slm_fingerprint')} "
                          f"({meta.get('slm_dir')}), not this SLM ({slm_fingerprint})")
-    net = RouterNet(RouterConfig(**meta["config"]), embeddings)
+    cfg = RouterConfig(**meta["config"])
+    if cfg.top_k > returned_top_k:
+        raise ValueError(f"the router at {router_dir} reads the top-{cfg.top_k} log-probs but the SLM's backend "
+                         f"returns only the top {returned_top_k}; serve the SLM with a top-k of at least {cfg.top_k}")
+    net = RouterNet(cfg, embeddings)
     net.load_state_dict(load_file(str(w_path)))
     net.eval()
     folded = FoldedRouter(net)

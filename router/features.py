@@ -6,13 +6,17 @@
   topk       the top-k next-token log-probabilities, sorted descending [batch, k]
 
 Log-probabilities rather than raw logits: any backend that returns top-k log-probs (SGLang
-does) can feed the router, and they are invariant to a constant shift of the logits.
+does) can feed the router, and they are invariant to a constant shift of the logits. A row's kind
+(`router.rows.RowKind`) says which it is; top-k log-prob rows are read as they are, so the features
+from them equal those from the full row of the same distribution (for k <= the returned top-k).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+
+from router.rows import RowKind, row_logprobs
 
 
 @dataclass
@@ -28,13 +32,16 @@ class RouterFeatures:
             f"topk {tuple(self.topk.shape)}")
 
 
-def topk_logprobs(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """logits [batch, vocab] -> sorted top-k log-probabilities [batch, k] (float32)."""
+def topk_logprobs(logits: torch.Tensor, k: int, kind: RowKind) -> torch.Tensor:
+    """rows [batch, vocab] of `kind` -> sorted top-k log-probabilities [batch, k] (float32)."""
     assert logits.dim() == 2, f"logits must be [batch, vocab], got {tuple(logits.shape)}"
-    return torch.topk(torch.log_softmax(logits.float(), dim=-1), k, dim=-1).values
+    top = torch.topk(row_logprobs(logits, kind), k, dim=-1).values  # [batch, k]
+    assert kind == RowKind.LOGITS or bool(torch.isfinite(top[:, -1]).all()), (
+        f"top-{k} features from rows holding fewer than {k} log-probs")
+    return top
 
 
-def features_from_outputs(logits: torch.Tensor, hidden: torch.Tensor, k: int) -> RouterFeatures:
-    """Features at each row of SLM outputs (logits [batch, vocab], hidden [batch, hidden])."""
+def features_from_outputs(logits: torch.Tensor, hidden: torch.Tensor, k: int, kind: RowKind) -> RouterFeatures:
+    """Features at each row of SLM outputs (rows [batch, vocab] of `kind`, hidden [batch, hidden])."""
     assert logits.shape[0] == hidden.shape[0], "one hidden row per logits row"
-    return RouterFeatures(hidden=hidden.float(), token=logits.argmax(dim=-1), topk=topk_logprobs(logits, k))
+    return RouterFeatures(hidden=hidden.float(), token=logits.argmax(dim=-1), topk=topk_logprobs(logits, k, kind))

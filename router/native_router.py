@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from router.model import FoldedRouter
+from router.rows import RowKind
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,8 @@ class NativeRouter:
         self._router = r
         self._fn = route_rows
         self._fn.restype = None
-        self._fn.argtypes = [ctypes.POINTER(_Router), ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        self._fn.argtypes = [ctypes.POINTER(_Router), ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                             ctypes.c_void_p]
         self.vocab, self.hidden_size = r.vocab, r.hidden
 
     def applies(self, logits: torch.Tensor, hidden: torch.Tensor) -> bool:
@@ -141,12 +143,14 @@ class NativeRouter:
                 and logits.device.type == hidden.device.type == "cpu" and logits.dtype == hidden.dtype == torch.float32
                 and logits.shape[1] == self.vocab and hidden.shape[1] == self.hidden_size)
 
-    def __call__(self, logits: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """logits [rows, vocab], hidden [rows, hidden] (float32, CPU) -> scores [rows] in [0, 1]."""
+    def __call__(self, logits: torch.Tensor, hidden: torch.Tensor, kind: RowKind) -> torch.Tensor:
+        """rows [rows, vocab] of `kind`, hidden [rows, hidden] (float32, CPU) -> scores [rows] in [0, 1]."""
         assert self.applies(logits, hidden), f"rows the native router does not take: {logits.shape}, {hidden.shape}"
+        assert kind in (RowKind.LOGITS, RowKind.TOPK_LOGPROBS), f"unknown row kind {kind!r}"
         logits, hidden = logits.contiguous(), hidden.contiguous()
         scores = torch.empty(logits.shape[0], dtype=torch.float32)
-        self._fn(ctypes.byref(self._router), logits.shape[0], logits.data_ptr(), hidden.data_ptr(), scores.data_ptr())
+        self._fn(ctypes.byref(self._router), logits.shape[0], logits.data_ptr(), int(kind == RowKind.TOPK_LOGPROBS),
+                 hidden.data_ptr(), scores.data_ptr())
         return scores
 
 

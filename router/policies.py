@@ -16,6 +16,8 @@ from typing import Protocol
 
 import torch
 
+from router.rows import RowKind, row_logprobs
+
 
 class PolicyKind(str, Enum):
     SLM = "slm"
@@ -30,10 +32,11 @@ class PolicyKind(str, Enum):
 class RouteInput:
     """The SLM's outputs at the positions being decided, one row per sequence."""
 
-    logits: torch.Tensor  # [batch, vocab] float32 SLM logits for the next token
+    logits: torch.Tensor  # [batch, vocab] float32 SLM rows for the next token: logits or top-k log-probs (`kind`)
     hidden: torch.Tensor | None  # [batch, hidden] last-layer post-norm hidden states, if the policy needs them
     positions: list[int]  # index (in the full token sequence) of the token being decided
     stream_keys: list[int]  # a per-request key; seeded policies derive their decisions from (seed, key, position)
+    kind: RowKind  # what the rows hold (the backend's StepOutput says)
 
     def __post_init__(self) -> None:
         assert self.logits.dim() == 2, f"logits must be [batch, vocab], got {tuple(self.logits.shape)}"
@@ -108,7 +111,12 @@ class RandomPolicy:
 @dataclass
 class ConfidencePolicy:
     """Routes when the SLM is unsure: score = 1 - max probability (`confidence`) or
-    entropy / log(vocab) (`entropy`), both in [0, 1], computed at temperature 1."""
+    entropy / log(vocab) (`entropy`), both in [0, 1], computed at temperature 1.
+
+    Top-k log-prob rows are read as they are (`router.rows`). Their entropy is that of the returned
+    mass, -sum p log p over the returned entries with the tail ignored: a lower bound on the full
+    distribution's entropy, equal to it when the tail holds no mass; still divided by log(vocab), so a
+    threshold means the same on either kind of row."""
 
     threshold: float
     kind: PolicyKind = PolicyKind.CONFIDENCE
@@ -121,10 +129,10 @@ class ConfidencePolicy:
             raise ValueError(f"{self.kind.value} threshold must be in [0, 1], got {self.threshold}")
 
     def scores(self, inputs: RouteInput) -> torch.Tensor:
-        logp = torch.log_softmax(inputs.logits.float(), dim=-1)  # [batch, vocab]
+        logp = row_logprobs(inputs.logits, inputs.kind)  # [batch, vocab]
         if self.kind == PolicyKind.CONFIDENCE:
             return 1.0 - logp.max(dim=-1).values.exp()
-        entropy = -(logp.exp() * logp).nan_to_num().sum(dim=-1)
+        entropy = -(logp.exp() * logp).nan_to_num().sum(dim=-1)  # -inf entries: 0 * -inf = nan -> 0
         return (entropy / math.log(inputs.logits.shape[-1])).clamp(0.0, 1.0)
 
 

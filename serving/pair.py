@@ -138,7 +138,7 @@ class ModelPair:
             if self._router is not None:
                 return self._router
             table = self.slm.embed(torch.arange(self.slm.vocab_size))
-            self._router = load_router(self.spec.router, self.slm.fingerprint, table)
+            self._router = load_router(self.spec.router, self.slm.fingerprint, table, self.slm.returned_top_k)
         return self._router
 
     def policy(self, kind: PolicyKind | str, threshold: float | None = None, llm_share: float | None = None,

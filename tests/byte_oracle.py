@@ -86,7 +86,7 @@ class TableLM:
         return list(zip(seqs, self.extend(seqs, prompts, want_hidden)))
 
     def extend(self, seqs, new_ids, want_hidden=False):
-        from serving.backends.base import StepOutput
+        from serving.backends.base import RowKind, StepOutput
 
         self.forward_passes += 1
         outs = []
@@ -94,7 +94,7 @@ class TableLM:
             assert ids and not seq.closed
             rows = [self.logits_after(seq.tokens + ids[: k + 1]) for k in range(len(ids))]
             seq.tokens += ids
-            outs.append(StepOutput(torch.stack(rows), torch.zeros(len(ids), 4) if want_hidden else None))
+            outs.append(StepOutput(torch.stack(rows), torch.zeros(len(ids), 4) if want_hidden else None, RowKind.LOGITS))
         return outs
 
     def fork(self, seq, length):
@@ -205,7 +205,7 @@ class RestrictedHF:
     def _wrap(self, out, start: int):
         from serving.backends.base import StepOutput
 
-        return StepOutput(self._restrict(out.logits, start), out.hidden)
+        return StepOutput(self._restrict(out.logits, start), out.hidden, out.kind)
 
     def fork(self, seq, length):
         return self.inner.fork(seq, length)

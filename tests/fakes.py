@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from serving.backends.base import StepOutput
+from serving.backends.base import RowKind, StepOutput
 
 
 @dataclass
@@ -37,7 +37,7 @@ class FakeBackend:
     def _outputs(self, seq: FakeSequence, n: int) -> StepOutput:
         rows = [self.logits_for(seq.tokens[: len(seq.tokens) - n + i + 1]) for i in range(n)]
         logits = torch.stack(rows)
-        return StepOutput(logits=logits, hidden=logits[:, : self.hidden_size].clone())
+        return StepOutput(logits=logits, hidden=logits[:, : self.hidden_size].clone(), kind=RowKind.LOGITS)
 
     def open(self, prompts: list[list[int]], want_hidden: bool = False) -> list[tuple[FakeSequence, StepOutput]]:
         self.forward_passes += 1

@@ -14,6 +14,7 @@ from router.features import features_from_outputs
 from router.model import FoldedRouter, RouterConfig, RouterNet
 from router.native_router import MAX_BLOCKS, NativeBuild, build_library, native_router
 from router.policies import RouteInput
+from router.rows import RowKind
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
 
@@ -34,7 +35,7 @@ def _assert_network_scores(scores: torch.Tensor, net: RouterNet, logits: torch.T
                            msg: str | None = None) -> None:
     """`scores` are the trained network's on these rows, sigmoid applied: the reference every path is held to."""
     with torch.no_grad():
-        expected = torch.sigmoid(net(features_from_outputs(logits, hidden, net.cfg.top_k)))
+        expected = torch.sigmoid(net(features_from_outputs(logits, hidden, net.cfg.top_k, RowKind.LOGITS)))
     torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-6, msg=msg)
 
 
@@ -50,7 +51,7 @@ def test_native_scores_equal_the_network(cfg: RouterConfig, tmp_path: Path) -> N
     g = torch.Generator().manual_seed(7)
     for rows in (1, 3, 8):
         logits, hidden = torch.randn(rows, VOCAB, generator=g) * 3, torch.randn(rows, HIDDEN, generator=g)
-        _assert_network_scores(native(logits, hidden), net, logits, hidden)
+        _assert_network_scores(native(logits, hidden, RowKind.LOGITS), net, logits, hidden)
 
 
 def test_native_features_break_ties_as_torch(tmp_path: Path) -> None:
@@ -62,7 +63,7 @@ def test_native_features_break_ties_as_torch(tmp_path: Path) -> None:
     logits, hidden = torch.zeros(2, VOCAB), torch.randn(2, HIDDEN, generator=torch.Generator().manual_seed(1))
     logits[0, [3, 9, 40]] = 2.0
     logits[1, [44, 45]] = 1.5  # and the rest tied at 0
-    _assert_network_scores(native(logits, hidden), net, logits, hidden)
+    _assert_network_scores(native(logits, hidden, RowKind.LOGITS), net, logits, hidden)
 
 
 def test_native_applies_to_few_float32_rows_of_its_sizes(tmp_path: Path) -> None:
@@ -101,10 +102,11 @@ def test_where_the_library_cannot_be_built_the_router_runs_on_torch(build: Nativ
     if build.cache_dir is None:
         build = dataclasses.replace(build, cache_dir=tmp_path / "cache")
     with caplog.at_level(logging.WARNING):
-        policy = load_router(tmp_path / "r", "abc", net.embeddings, native=build)
+        policy = load_router(tmp_path / "r", "abc", net.embeddings, cfg.top_k, native=build)
     assert policy.native is None and "torch ops" in caplog.text
     logits, hidden = torch.randn(2, VOCAB), torch.randn(2, HIDDEN)
-    scores = policy.scores(RouteInput(logits=logits, hidden=hidden, positions=[0, 0], stream_keys=[0, 1]))
+    scores = policy.scores(RouteInput(logits=logits, hidden=hidden, positions=[0, 0], stream_keys=[0, 1],
+                                      kind=RowKind.LOGITS))
     _assert_network_scores(scores, net, logits, hidden)
 
 
@@ -112,10 +114,10 @@ def test_loaded_router_carries_its_native_form(tmp_path: Path) -> None:
     cfg = RouterConfig(hidden_size=HIDDEN, embed_size=12, top_k=5, width=24, depth=2)
     net = _net(cfg, seed=4)
     save_router(tmp_path / "r", net, {"threshold": 0.5, "slm_fingerprint": "abc"})
-    policy = load_router(tmp_path / "r", "abc", net.embeddings, native=NativeBuild(cache_dir=tmp_path))
+    policy = load_router(tmp_path / "r", "abc", net.embeddings, cfg.top_k, native=NativeBuild(cache_dir=tmp_path))
     assert policy.native is not None and policy.with_threshold(0.2).native is policy.native
     logits, hidden = torch.randn(1, VOCAB), torch.randn(1, HIDDEN)
-    _assert_network_scores(policy.native(logits, hidden), net, logits, hidden)
+    _assert_network_scores(policy.native(logits, hidden, RowKind.LOGITS), net, logits, hidden)
 
 
 def test_policy_scores_few_rows_natively_and_more_on_torch(tmp_path: Path) -> None:
@@ -127,7 +129,8 @@ def test_policy_scores_few_rows_natively_and_more_on_torch(tmp_path: Path) -> No
     g = torch.Generator().manual_seed(3)
     for rows, scorer in ((1, other), (2, other), (5, net)):
         logits, hidden = torch.randn(rows, VOCAB, generator=g), torch.randn(rows, HIDDEN, generator=g)
-        inputs = RouteInput(logits=logits, hidden=hidden, positions=[0] * rows, stream_keys=list(range(rows)))
+        inputs = RouteInput(logits=logits, hidden=hidden, positions=[0] * rows, stream_keys=list(range(rows)),
+                            kind=RowKind.LOGITS)
         path = "native" if scorer is other else "torch"
         _assert_network_scores(policy.scores(inputs), scorer, logits, hidden,
                                msg=f"{rows} rows should be scored by the {path} path")

@@ -121,7 +121,7 @@ def test_default_threshold_routes_the_chosen_share(tmp_path) -> None:
     assert abs((probs > threshold).mean() - 0.09) < 0.01, "the default routes the chosen share"
     meta = json.loads((tmp_path / "router.json").read_text())
     assert meta["thresholds"]["operating_point"] == {"share": 0.09, "threshold": threshold, "rule": "a rule"}
-    assert load_router(tmp_path, "abc", table).threshold == threshold
+    assert load_router(tmp_path, "abc", table, 4).threshold == threshold
 
 
 def test_a_router_the_budget_runs_did_not_measure_is_refused(tmp_path) -> None:

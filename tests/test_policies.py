@@ -16,11 +16,13 @@ from router.policies import (
     flags,
     make_policy,
 )
+from router.rows import RowKind
 
 
 def inputs(logits: torch.Tensor, positions: list[int] | None = None, keys: list[int] | None = None) -> RouteInput:
     n = logits.shape[0]
-    return RouteInput(logits=logits, hidden=None, positions=positions or list(range(n)), stream_keys=keys or [0] * n)
+    return RouteInput(logits=logits, hidden=None, positions=positions or list(range(n)), stream_keys=keys or [0] * n,
+                      kind=RowKind.LOGITS)
 
 
 def test_always_policies() -> None:

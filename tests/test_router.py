@@ -9,6 +9,7 @@ from router.checkpoint import LearnedPolicy, load_router, save_router, share_cur
 from router.features import features_from_outputs, topk_logprobs
 from router.model import FoldedRouter, RouterConfig, RouterNet
 from router.policies import RouteInput, flags
+from router.rows import RowKind
 from router.train import LabelTensors, TrainConfig, calibrate, metrics, predict, split_by_prompt, train_router
 
 HIDDEN, VOCAB, K = 16, 40, 8
@@ -21,16 +22,16 @@ def synthetic(n_prompts: int = 120, per_prompt: int = 30, seed: int = 0) -> Labe
     hidden = torch.randn(n, HIDDEN, generator=g)
     logits = torch.randn(n, VOCAB, generator=g)
     label = (hidden[:, 0] > 1.3).float()
-    return LabelTensors(hidden, logits.argmax(-1), topk_logprobs(logits, K), label,
+    return LabelTensors(hidden, logits.argmax(-1), topk_logprobs(logits, K, RowKind.LOGITS), label,
                         [f"p{i // per_prompt}" for i in range(n)])
 
 
 def test_topk_logprobs_are_sorted_logprobs() -> None:
     logits = torch.randn(3, VOCAB)
-    got = topk_logprobs(logits, K)
+    got = topk_logprobs(logits, K, RowKind.LOGITS)
     want = torch.sort(torch.log_softmax(logits, -1), dim=-1, descending=True).values[:, :K]
     torch.testing.assert_close(got, want)
-    torch.testing.assert_close(topk_logprobs(logits + 5.0, K), got, msg="invariant to a logit shift")
+    torch.testing.assert_close(topk_logprobs(logits + 5.0, K, RowKind.LOGITS), got, msg="invariant to a logit shift")
 
 
 def test_split_is_by_prompt_and_deterministic() -> None:
@@ -74,21 +75,21 @@ def test_checkpoint_round_trip_and_slm_check(tmp_path) -> None:
     data = synthetic(20, 10)
     save_router(tmp_path, net, {"slm_fingerprint": "abc", "threshold": 0.3,
                                 "share_curve": share_curve(predict(net, data).numpy())})
-    policy = load_router(tmp_path, "abc", table)
+    policy = load_router(tmp_path, "abc", table, K)
     torch.testing.assert_close(predict(policy.net, data), predict(net, data))
     with pytest.raises(ValueError, match="trained for SLM abc"):
-        load_router(tmp_path, "other", table)
+        load_router(tmp_path, "other", table, K)
     with pytest.raises(FileNotFoundError):
-        load_router(tmp_path / "none", "abc", table)
+        load_router(tmp_path / "none", "abc", table, K)
 
 
 def test_learned_policy_scores_and_share_budget() -> None:
     rcfg = RouterConfig(hidden_size=HIDDEN, embed_size=HIDDEN, top_k=K, width=16, depth=1)
     net = RouterNet(rcfg, torch.randn(VOCAB, HIDDEN)).eval()
     logits, hidden = torch.randn(500, VOCAB), torch.randn(500, HIDDEN)
-    probs = torch.sigmoid(net(features_from_outputs(logits, hidden, K))).detach()
+    probs = torch.sigmoid(net(features_from_outputs(logits, hidden, K, RowKind.LOGITS))).detach()
     policy = LearnedPolicy(net, 0.5, share_curve(probs.numpy()))
-    inputs = RouteInput(logits, hidden, list(range(500)), [0] * 500)
+    inputs = RouteInput(logits, hidden, list(range(500)), [0] * 500, RowKind.LOGITS)
     torch.testing.assert_close(policy.scores(inputs), probs)
     budget = policy.with_threshold(policy.threshold_for_share(0.2))
     assert abs(flags(budget, inputs)[1].float().mean().item() - 0.2) < 0.02
@@ -106,7 +107,7 @@ def test_folded_router_equals_the_network() -> None:
         for p in net.parameters():
             p.normal_(0.0, 0.3, generator=g)
     logits, hidden = torch.randn(64, VOCAB, generator=g), torch.randn(64, HIDDEN, generator=g)
-    feats = features_from_outputs(logits, hidden, K)
+    feats = features_from_outputs(logits, hidden, K, RowKind.LOGITS)
     with torch.no_grad():
         torch.testing.assert_close(FoldedRouter(net)(feats.hidden, feats.token, feats.topk), net(feats),
                                    rtol=1e-5, atol=1e-5)

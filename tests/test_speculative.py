@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from router.policies import ConfidencePolicy, RandomPolicy, RouteInput, flags
+from router.rows import RowKind
 from serving.decoding.sampling import SamplingParams, processed_probs
 from serving.decoding.routed import generate_sequential, generate_speculative
 from serving.decoding.engine import BlockConfig
@@ -32,7 +33,8 @@ def exact_sequential_distribution(slm: FakeBackend, llm: FakeBackend, policy, pr
             out[tuple(prefix)] = out.get(tuple(prefix), 0.0) + prob
             return
         slm_logits = slm.logits_for(prompt + prefix)
-        routed = flags(policy, RouteInput(slm_logits[None], None, [len(prompt) + len(prefix)], [0]))[1][0]
+        at = RouteInput(slm_logits[None], None, [len(prompt) + len(prefix)], [0], RowKind.LOGITS)
+        routed = flags(policy, at)[1][0]
         model = llm if routed else slm
         probs = processed_probs(model.logits_for(prompt + prefix), params)
         for tok in range(VOCAB):

@@ -76,7 +76,7 @@ def probe_costs(slm: Backend, llm: Backend, policy: RoutingPolicy, prompts: list
 
     def router() -> None:
         route_rows([policy] * b, [o.logits[-1] for o in last], [o.hidden[-1] for o in last],
-                   [s.length for s in slm_seqs], list(range(b)))
+                   [s.length for s in slm_seqs], list(range(b)), [o.kind for o in last])
 
     in_run: dict[str, list[float]] = {"slm_step_in_run_ms": [], "router_in_run_ms": []}
 

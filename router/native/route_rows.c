@@ -4,7 +4,8 @@
  * against ~0.03 ms of work). Plain loops over the same folded weights do the work in one call. Compiled at first
  * use by router/native_router.py; the torch path stays the reference and the fallback.
  *
- * Per row: features (argmax token, top-k log-probabilities from the logits), then
+ * Per row: features (argmax token, top-k log-probabilities: from the logits, or read as they are from rows that
+ * already hold top-k log-probs, router/rows.py), then
  *   x = token_rows[token] + [hidden, topk] @ w_in
  *   per block: x = x + b2 + gelu(layer_norm(x) @ w1 + b1) @ w2      (erf GELU; norms without affine: folded)
  *   score = sigmoid(layer_norm(x) @ head_w + head_b)
@@ -40,15 +41,19 @@ static void gemv_acc(const float *restrict x, int n_in, const float *restrict w,
     }
 }
 
-/* argmax (the first maximum, as torch.argmax) and the top-k log-probabilities, descending, into topk[k]. */
-static int features(const float *logits, int vocab, int k, float *topk) {
+/* argmax (the first maximum, as torch.argmax) and the top-k log-probabilities, descending, into topk[k].
+ * logprobs: the row holds log-probs already (top-k log-probs, -inf elsewhere): never renormalised. */
+static int features(const float *logits, int vocab, int k, int logprobs, float *topk) {
     int best = 0;
     float mx = logits[0];
     for (int v = 1; v < vocab; v++)
         if (logits[v] > mx) { mx = logits[v]; best = v; }
-    float sum = 0.0f;
-    for (int v = 0; v < vocab; v++) sum += expf(logits[v] - mx);
-    const float lse = mx + logf(sum);
+    float lse = 0.0f;
+    if (!logprobs) {
+        float sum = 0.0f;
+        for (int v = 0; v < vocab; v++) sum += expf(logits[v] - mx);
+        lse = mx + logf(sum);
+    }
     int filled = 0;
     for (int v = 0; v < vocab; v++) {  /* insertion into a sorted top-k: most logits fall below its last */
         const float l = logits[v];
@@ -61,10 +66,10 @@ static int features(const float *logits, int vocab, int k, float *topk) {
     return best;
 }
 
-static float score_row(const Router *r, const float *logits, const float *hidden) {
+static float score_row(const Router *r, const float *logits, int logprobs, const float *hidden) {
     const int W = r->width, E = r->inner;
     float topk[r->top_k], x[W], n[W], h[E];
-    const int token = features(logits, r->vocab, r->top_k, topk);
+    const int token = features(logits, r->vocab, r->top_k, logprobs, topk);
     memcpy(x, r->token_rows + (long)token * W, sizeof x);
     gemv_acc(hidden, r->hidden, r->w_in, W, x);
     gemv_acc(topk, r->top_k, r->w_in + (long)r->hidden * W, W, x);
@@ -82,8 +87,9 @@ static float score_row(const Router *r, const float *logits, const float *hidden
     return 1.0f / (1.0f + expf(-out));
 }
 
-/* scores[i] = the router's score for row i of logits [rows, vocab] and hidden [rows, hidden] (contiguous). */
-void route_rows(const Router *r, int rows, const float *logits, const float *hidden, float *scores) {
+/* scores[i] = the router's score for row i of logits [rows, vocab] and hidden [rows, hidden] (contiguous);
+ * logprobs != 0: the rows are top-k log-probs (router/rows.py's TOPK_LOGPROBS), read as they are. */
+void route_rows(const Router *r, int rows, const float *logits, int logprobs, const float *hidden, float *scores) {
     for (int i = 0; i < rows; i++)
-        scores[i] = score_row(r, logits + (long)i * r->vocab, hidden + (long)i * r->hidden);
+        scores[i] = score_row(r, logits + (long)i * r->vocab, logprobs, hidden + (long)i * r->hidden);
 }

@@ -11,17 +11,27 @@ from typing import Protocol
 
 import torch
 
+from router.rows import RowKind  # defined in router/ (the bottom of the import table) so the router can read it
+
+__all__ = ["Backend", "RowKind", "SequenceHandle", "StepOutput", "open_by_extending"]
+
 
 @dataclass
 class StepOutput:
-    """What one pass returns for one sequence: one row per appended position."""
+    """What one pass returns for one sequence: one row per appended position, of the kind `kind` says.
 
-    logits: torch.Tensor  # [n_new, vocab] float32
+    LOGITS: full-vocabulary logits (the HF backend). TOPK_LOGPROBS: the top `returned_top_k` log-probabilities,
+    normalised over the whole vocabulary, -inf elsewhere (SGLang); consumers use them as they are, never
+    renormalised (`router.rows.row_logprobs`)."""
+
+    logits: torch.Tensor  # [n_new, vocab] float32 rows of `kind`
     hidden: torch.Tensor | None  # [n_new, hidden] float32, last layer after the final norm; None unless asked
+    kind: RowKind
 
     def __post_init__(self) -> None:
         assert self.logits.dim() == 2, f"logits must be [n_new, vocab], got {tuple(self.logits.shape)}"
         assert self.hidden is None or self.hidden.shape[0] == self.logits.shape[0], "hidden/logits row mismatch"
+        assert isinstance(self.kind, RowKind), f"a StepOutput says what its rows are (a RowKind), got {self.kind!r}"
 
 
 class SequenceHandle(Protocol):
@@ -40,8 +50,8 @@ class Backend(Protocol):
     model_id: str
     fingerprint: str  # content hash of the weights, recorded in labels and router checkpoints
     n_parameters: int  # the model's parameter count (average activated parameters in eval reports)
-    exact_full_distribution: bool  # logits cover the whole vocabulary; False: only the top `returned_top_k`
-    returned_top_k: int  # how many of the most likely tokens each row's logits are exact for
+    exact_full_distribution: bool  # rows are RowKind.LOGITS over the whole vocabulary; False: TOPK_LOGPROBS rows
+    returned_top_k: int  # how many of the most likely tokens each row holds (vocab_size for full rows)
     open_sequences: int  # opened and not yet closed: what leak checks watch
 
     def open(self, prompts: list[list[int]], want_hidden: bool = False) -> list[tuple[SequenceHandle, StepOutput]]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from serving.backends.base import StepOutput, open_by_extending
+from serving.backends.base import RowKind, StepOutput, open_by_extending
 from serving.backends.fingerprint import model_fingerprint
 from serving.backends.shared_body import materialize_weights
 from serving.backends.threads import PassThreads, torch_threads
@@ -379,5 +379,5 @@ class HFBackend:
             n = len(ids)
             seq.length += n
             results.append(StepOutput(logits=logits[row, :n].cpu(), hidden=None if hidden is None else
-                                      hidden[row, :n].cpu()) if n else None)
+                                      hidden[row, :n].cpu(), kind=RowKind.LOGITS) if n else None)
         return results

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from serving.backends.base import StepOutput, open_by_extending
+from serving.backends.base import RowKind, StepOutput, open_by_extending
 from serving.backends.fingerprint import model_fingerprint
 
 
@@ -105,7 +105,7 @@ def parse_response(out: dict, n_new: int, vocab: int, want_hidden: bool) -> Step
         prefill = torch.tensor(states[0], dtype=torch.float32)
         assert prefill.shape[0] >= n_new, f"{prefill.shape[0]} prefill hidden rows for {n_new} new positions"
         hidden = prefill[-n_new:]
-    return StepOutput(logits=torch.stack(rows), hidden=hidden)
+    return StepOutput(logits=torch.stack(rows), hidden=hidden, kind=RowKind.TOPK_LOGPROBS)
 
 
 def _parameter_count(model_dir: Path) -> int:

@@ -39,6 +39,7 @@ from enum import Enum
 import torch
 
 from router.policies import AlwaysSLM, RoutingPolicy
+from router.rows import RowKind
 from serving.byte_level.probabilities import ByteLevelLM, ByteState, Leaf, LeafTable
 from serving.decoding.engine import BlockConfig, SteppedEngine, drain, route_rows
 from serving.decoding.generation import FinishReason, Generation, RoutingMode, Source
@@ -250,7 +251,7 @@ class CrossEngine(SteppedEngine):
         splits = table.splits.unique().tolist()
         rows = [r.slm.rows[s] for s in splits]
         _, flagged = route_rows([r.policy] * len(rows), [row.logits for row in rows], [row.hidden for row in rows],
-                                [len(r.out.pieces)] * len(rows), [r.key] * len(rows))
+                                [len(r.out.pieces)] * len(rows), [r.key] * len(rows), [RowKind.LOGITS] * len(rows))
         keep = torch.tensor([s for s, f in zip(splits, flagged) if f], dtype=torch.long)
         return torch.isin(table.splits, keep).double()
 
@@ -366,8 +367,9 @@ class CrossEngine(SteppedEngine):
     def _route(reqs: list[CrossRequest], proposals: list[Leaf]) -> tuple[list[float], list[bool]]:
         """The router on each SLM proposal: the row (cover) it came from holds the features."""
         rows = [r.slm.rows[leaf.split] for r, leaf in zip(reqs, proposals)]
+        # full logits: ByteLevelLM takes only backends with the full distribution (RowKind.LOGITS rows)
         return route_rows([r.policy for r in reqs], [row.logits for row in rows], [row.hidden for row in rows],
-                          [len(r.out.pieces) for r in reqs], [r.key for r in reqs])
+                          [len(r.out.pieces) for r in reqs], [r.key for r in reqs], [RowKind.LOGITS] * len(reqs))
 
     def _llm_leaves(self, reqs: list[CrossRequest]) -> list[Leaf]:
         """The LLM's piece for each routed request: conditioned on the text, one batched pass."""

@@ -14,7 +14,7 @@ from typing import Protocol
 import torch
 
 from router.policies import RouteInput, RoutingPolicy, flags
-from serving.backends.base import Backend, SequenceHandle, StepOutput
+from serving.backends.base import Backend, RowKind, SequenceHandle, StepOutput
 from serving.decoding.generation import Generation, RoutingMode
 from serving.decoding.pass_costs import PassCosts
 from serving.decoding.sampling import SamplingParams, position_generator
@@ -87,21 +87,22 @@ def route(reqs: list[Request], positions: list[int]) -> tuple[list[float], list[
     """Router scores and flags at each request's current SLM outputs, grouped by policy."""
     return route_rows([r.policy for r in reqs], [r.slm_out.logits[-1] for r in reqs],
                       [r.slm_out.hidden[-1] if r.slm_out.hidden is not None else None for r in reqs],
-                      positions, [r.key for r in reqs])
+                      positions, [r.key for r in reqs], [r.slm_out.kind for r in reqs])
 
 
 def route_rows(policies: list[RoutingPolicy], logits: list[torch.Tensor], hidden: list[torch.Tensor | None],
-               positions: list[int], keys: list[int]) -> tuple[list[float], list[bool]]:
-    """Scores and flags for one SLM output row per request; requests sharing a policy are scored together."""
+               positions: list[int], keys: list[int], kinds: list[RowKind]) -> tuple[list[float], list[bool]]:
+    """Scores and flags for one SLM output row (of kind kinds[i]) per request; requests sharing a policy (and a
+    row kind) are scored together."""
     scores, flagged = [0.0] * len(policies), [False] * len(policies)
-    groups: dict[int, list[int]] = {}
+    groups: dict[tuple[int, RowKind], list[int]] = {}
     for i, policy in enumerate(policies):
-        groups.setdefault(id(policy), []).append(i)
-    for idx in groups.values():
+        groups.setdefault((id(policy), kinds[i]), []).append(i)
+    for (_, kind), idx in groups.items():
         policy = policies[idx[0]]
         route_in = RouteInput(logits=torch.stack([logits[i] for i in idx]),
                               hidden=torch.stack([hidden[i] for i in idx]) if policy.needs_hidden else None,
-                              positions=[positions[i] for i in idx], stream_keys=[keys[i] for i in idx])
+                              positions=[positions[i] for i in idx], stream_keys=[keys[i] for i in idx], kind=kind)
         s, f = flags(policy, route_in)
         for i, si, fi in zip(idx, s.tolist(), f.tolist()):
             scores[i], flagged[i] = si, fi

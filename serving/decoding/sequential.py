@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from router.rows import row_logprobs
+from serving.backends.base import RowKind, StepOutput
 from serving.decoding.engine import Request, llm_feed, route, slm_feed
 from serving.decoding.generation import Generation, Source
 from serving.decoding.sampling import choose_token
@@ -28,15 +30,16 @@ def sequential_step(engine: RoutedEngine, reqs: list[Request]) -> None:
     """One token for every request."""
     scores, flagged = route(reqs, [len(r.tokens) for r in reqs])
     routed = [r for r, f in zip(reqs, flagged) if f]
-    llm_logits: dict[int, torch.Tensor] = {}
+    llm_outs: dict[int, StepOutput] = {}
     if routed:
         outs = llm_feed(engine.llm, routed, [r.tokens[r.llm_seen :] for r in routed])
-        llm_logits = {id(r): o.logits[-1] for r, o in zip(routed, outs)}
+        llm_outs = {id(r): o for r, o in zip(routed, outs)}
     for r, score, f in zip(reqs, scores, flagged):
-        logits = llm_logits[id(r)] if f else r.slm_out.logits[-1]
+        writer = llm_outs[id(r)] if f else r.slm_out
+        logits = writer.logits[-1]
         r.out.token_ids.append(choose_token(logits, r.params, r.generator))
         if r.params.logprobs is not None:
-            record_logprobs(r.out, logits, r.params.logprobs)
+            record_logprobs(r.out, logits, writer.kind, r.params.logprobs)
         r.out.sources.append(Source.LLM if f else Source.SLM)
         r.out.scores.append(float(score))
         r.out.stats.llm_tokens += int(f)
@@ -47,9 +50,10 @@ def sequential_step(engine: RoutedEngine, reqs: list[Request]) -> None:
     slm_feed(engine.slm, running, [r.out.token_ids[-1] for r in running])
 
 
-def record_logprobs(out: Generation, logits: torch.Tensor, k: int) -> None:
-    """The chosen token's log-prob under the model that wrote it, and the k most likely alternatives."""
-    lp = torch.log_softmax(logits.float(), dim=-1)
+def record_logprobs(out: Generation, logits: torch.Tensor, kind: RowKind, k: int) -> None:
+    """The chosen token's log-prob under the model that wrote it, and the k most likely alternatives (from a row
+    of `kind`: top-k log-prob rows as they are, -inf outside their top-k)."""
+    lp = row_logprobs(logits[None], kind)[0]  # [vocab]
     out.logprobs.append(float(lp[out.token_ids[-1]]))
     top = torch.topk(lp, k) if k else None
     out.top_logprobs.append([] if top is None else list(zip(top.indices.tolist(), top.values.tolist())))

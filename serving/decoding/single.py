@@ -25,6 +25,7 @@ def decode(backend: Backend, prompts: list[list[int]], params: list[SamplingPara
     opened = backend.open(prompts)
     seqs = [seq for seq, _ in opened]
     logits = [out.logits[-1] for _, out in opened]
+    kinds = [out.kind for _, out in opened]
     gens = [Generation(prompt_tokens=len(p)) for p in prompts]
     generators = [make_generator(p.seed) for p in params]
     running = list(range(len(prompts)))
@@ -37,7 +38,7 @@ def decode(backend: Backend, prompts: list[list[int]], params: list[SamplingPara
             gen.sources.append(role)
             gen.scores.append(0.0)
             if params[i].logprobs is not None:
-                record_logprobs(gen, logits[i], params[i].logprobs)
+                record_logprobs(gen, logits[i], kinds[i], params[i].logprobs)
             reason = stop_rule.check_tokens(prompts[i], gen.token_ids, params[i])
             if reason is None:
                 going.append(i)
@@ -47,7 +48,7 @@ def decode(backend: Backend, prompts: list[list[int]], params: list[SamplingPara
         if running:
             outs = backend.extend([seqs[i] for i in running], [[gens[i].token_ids[-1]] for i in running])
             for i, out in zip(running, outs):
-                logits[i] = out.logits[-1]
+                logits[i], kinds[i] = out.logits[-1], out.kind
                 passes[i] += 1
     for seq in seqs:
         backend.close(seq)

@@ -13,10 +13,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from data_gen.shards import load_labels
-from router.checkpoint import load_router
 from router.fit import label_tensors
 from router.train import TrainConfig, metrics, predict, share_threshold, split_by_prompt
 from serving.pair import load_pair, resolve_pair
@@ -32,7 +30,7 @@ def scores_report(scores: np.ndarray, labels: np.ndarray) -> dict:
 
 def main(label_dirs: list[Path], router_dir: str | None) -> dict:
     pair = load_pair(resolve_pair("testbed", None, None, router_dir), "cpu")
-    router = load_router(pair.spec.router, pair.slm.fingerprint, pair.slm.embed(torch.arange(pair.slm.vocab_size)))
+    router = pair.learned_policy()
     split = TrainConfig()
     out: dict = {}
     for root in label_dirs:

@@ -28,7 +28,8 @@ def _add_pair_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--router", default=None, help="router checkpoint directory (default: the preset's)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--backend", default="hf", choices=["hf", "sglang"],
-                   help="hf: transformers, CPU/GPU (default); sglang: GPU engines (pip install -e '.[sglang]')")
+                   help="hf: transformers, CPU/GPU (default); sglang: SGLang engines, GPUs (a CPU only for tests: "
+                        "`make test-sglang`; install: pip install -e '.[sglang]' in a venv of its own)")
     p.add_argument("--llm-tp", type=int, default=1, help="tensor-parallel GPUs for the LLM (sglang backend)")
 
 
@@ -233,6 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--sglang-dir", type=Path, default=None,
                     help="also time the SLM-shaped model's step through the SGLang backend (weights saved here)")
     gc.add_argument("--out", type=Path, default=Path("runs/gpu/costs.json"))
+
+    lg = bench_sub.add_parser("long", help="reasoning-length outputs at R1-Distill-Qwen's vocabulary: ms per token by "
+                              "output window and peak memory, random-weight models of the testbed's layer shapes")
+    lg.add_argument("--batch-sizes", default="1,8", help="comma-separated")
+    lg.add_argument("--new-tokens", type=int, default=16_384, help="output tokens per request (EOS ignored)")
+    lg.add_argument("--share", type=float, default=0.1, help="the random policy's LLM share")
+    lg.add_argument("--before", type=Path, default=None,
+                    help="an earlier run's JSON (e.g. on the code before a change), kept under `before` and plotted")
+    lg.add_argument("--out", type=Path, default=Path("bench/long.json"), help="JSON out; the plot goes beside it")
+    lg.add_argument("--no-plot", action="store_true", help="JSON only (where matplotlib is not installed)")
 
     op = bench_sub.add_parser("operating-point", help="choose each family's learned-router budget from "
                               "router-budget runs on validation and make it the router's default threshold")

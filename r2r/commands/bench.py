@@ -50,6 +50,16 @@ def run(args: argparse.Namespace) -> int:
         cfg = GpuCostsConfig(device=args.device, quick=args.quick, batch_sizes=tuple(int(b) for b in batches),
                              **({"new_tokens": 8, "repeats": 3, "prompt_tokens": 16} if args.quick else {}))
         return write_bench(args.out, gpu_costs(cfg, args.sglang_dir))
+    if args.bench == "long":
+        from evals.bench.long import LongBenchConfig, bench_long, plot_long
+
+        cfg = LongBenchConfig(batch_sizes=tuple(int(b) for b in floats(args.batch_sizes, "--batch-sizes")),
+                              new_tokens=args.new_tokens, share=args.share)
+        before = json.loads(args.before.read_text()) if args.before else None  # read before the long run
+        result = bench_long(cfg) | ({"before": before} if before else {})
+        if not args.no_plot:
+            plot_long(result, args.out.with_suffix(".png"))
+        return write_bench(args.out, result)
     plateau = _budget_plateau(args) if args.bench == "router-budget" else None  # before loading the models
     pair = load_pair_from_args(args)
     if args.bench == "handoff":

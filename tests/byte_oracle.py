@@ -67,6 +67,7 @@ class TableLM:
         self.forward_passes = self.open_sequences = 0
         self.n_parameters, self.exact_full_distribution, self.returned_top_k = 0, True, vocab_size
         self.model_id = self.fingerprint = f"table-{seed}"
+        self.drafts_in_one_call = False
 
     def logits_after(self, tokens: list[int]) -> torch.Tensor:
         out = torch.full((self.vocab_size,), float("-inf"))
@@ -96,6 +97,11 @@ class TableLM:
             seq.tokens += ids
             outs.append(StepOutput(torch.stack(rows), torch.zeros(len(ids), 4) if want_hidden else None, RowKind.LOGITS))
         return outs
+
+    def draft(self, seqs, new_ids, n_tokens, want_hidden=False):
+        from serving.backends.base import draft_by_extending
+
+        return draft_by_extending(self, seqs, new_ids, n_tokens, want_hidden)
 
     def fork(self, seq, length):
         self.open_sequences += 1
@@ -169,6 +175,7 @@ class RestrictedHF:
         self.inner, self.allowed, self.eos, self.context_len, self.max_new = inner, allowed, eos, context_len, max_new
         self.vocab_size, self.hidden_size, self.max_length = inner.vocab_size, inner.hidden_size, inner.max_length
         self.n_parameters, self.exact_full_distribution, self.returned_top_k = inner.n_parameters, True, inner.vocab_size
+        self.drafts_in_one_call = False
         self.model_id, self.fingerprint = inner.model_id, inner.fingerprint
         self._mask = torch.full((inner.vocab_size,), float("-inf"))
         self._mask[allowed + [eos]] = 0.0
@@ -201,6 +208,11 @@ class RestrictedHF:
         starts = [s.length for s in seqs]
         outs = self.inner.extend(seqs, new_ids, want_hidden)
         return [self._wrap(out, start) for out, start in zip(outs, starts)]
+
+    def draft(self, seqs, new_ids, n_tokens, want_hidden=False):
+        from serving.backends.base import draft_by_extending
+
+        return draft_by_extending(self, seqs, new_ids, n_tokens, want_hidden)
 
     def _wrap(self, out, start: int):
         from serving.backends.base import StepOutput

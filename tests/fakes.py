@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from serving.backends.base import RowKind, StepOutput
+from serving.backends.base import DraftedBlock, RowKind, StepOutput, draft_by_extending
 
 
 @dataclass
@@ -28,6 +28,7 @@ class FakeBackend:
         self.model_id = self.fingerprint = f"fake-{seed}"
         self.forward_passes = self.open_sequences = 0
         self.n_parameters, self.exact_full_distribution, self.returned_top_k = 0, True, vocab
+        self.drafts_in_one_call = False  # tests ask for DraftCalls.PER_BLOCK where they want `draft`
 
     def logits_for(self, prefix: list[int]) -> torch.Tensor:
         digest = hashlib.sha256(f"{self.seed}:{prefix}".encode()).digest()
@@ -51,6 +52,10 @@ class FakeBackend:
             assert not s.closed
             s.tokens += ids
         return [self._outputs(s, len(ids)) for s, ids in zip(seqs, new_ids)]
+
+    def draft(self, seqs: list[FakeSequence], new_ids: list[list[int]], n_tokens: list[int],
+              want_hidden: bool = False) -> list[DraftedBlock]:
+        return draft_by_extending(self, seqs, new_ids, n_tokens, want_hidden)
 
     def truncate(self, seq: FakeSequence, length: int) -> None:
         assert 0 <= length <= len(seq.tokens)

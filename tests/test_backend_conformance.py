@@ -1,9 +1,10 @@
 """One conformance suite for every backend: the contract's equivalences checked on the backend's own outputs
-(batched = one at a time, k at once = k singles, truncate + extend = fresh), comparing argmax and the top-k
-log-probabilities so that backends returning only top-k (SGLang) are held to the same bar."""
+(batched = one at a time, k at once = k singles, truncate + extend = fresh, a fork = a fresh open of its prefix,
+a drafted block = extending token by token, open/close bookkeeping), comparing argmax and the top-k
+log-probabilities so that backends returning only top-k (SGLang) are held to the same bar. The HF backend runs it
+in `make test`; the SGLang backend (on the testbed SLM, its engine shared with the other sglang tests) in
+`make test-sglang`."""
 from __future__ import annotations
-
-import os
 
 import pytest
 import torch
@@ -32,26 +33,87 @@ def declares_the_protocol(backend) -> None:
 
 def conformance(backend) -> None:
     declares_the_protocol(backend)
+    before = backend.open_sequences
     opened = backend.open(PROMPTS)
     batched = backend.extend([s for s, _ in opened], NEW)
     for ids, new, b in zip(PROMPTS, NEW, batched):
         (seq, _), = backend.open([ids])
         same(b.logits, backend.extend([seq], [new])[0].logits)
+        backend.close(seq)
     ids, new = PROMPTS[0], [60, 61, 62, 63]
     (a, _), (b, _) = backend.open([ids, ids])
     same(backend.extend([a], [new])[0].logits, torch.cat([backend.extend([b], [[t]])[0].logits for t in new]))
     backend.truncate(a, len(ids) + 1)
     (fresh, _), = backend.open([ids + new[:1]])
     same(backend.extend([a], [[70]])[0].logits, backend.extend([fresh], [[70]])[0].logits)
+    for seq in (a, b, fresh, *(s for s, _ in opened)):
+        backend.close(seq)
+    assert backend.open_sequences == before, "every open is matched by its close"
+    fork_conforms(backend)
+    draft_conforms(backend, [[5, 17, 40, 41], [9, 9], [12, 30, 31, 32, 33, 34]], [4, 1, 7])
+    assert backend.open_sequences == before, "every open and fork is matched by its close"
 
 
-def test_hf_backend_conforms(tiny_models) -> None:
+def fork_conforms(backend) -> None:
+    """A fork holds its parent's first positions: extending it = extending a fresh open of that prefix; it is
+    counted open until closed (once: a second close changes nothing), and its parent goes on unchanged."""
+    before = backend.open_sequences
+    (parent, _), = backend.open([PROMPTS[2]])
+    child = backend.fork(parent, 5)
+    assert child.length == 5 and backend.open_sequences == before + 2
+    (fresh, _), = backend.open([PROMPTS[2][:5]])
+    same(backend.extend([child], [[80, 81]])[0].logits, backend.extend([fresh], [[80, 81]])[0].logits)
+    (whole, _), = backend.open([PROMPTS[2]])
+    same(backend.extend([parent], [[82]])[0].logits, backend.extend([whole], [[82]])[0].logits)
+    for seq in (child, child, parent, fresh, whole):
+        backend.close(seq)
+    assert backend.open_sequences == before
+
+
+def draft_conforms(backend, prompts: list[list[int]], n_tokens: list[int]) -> None:
+    """`draft` = extend the new ids, then extend each row's argmax, n - 1 times, in any batch; the sequence ends
+    holding all but the last draft, and goes on as a fresh one would."""
+    opened = backend.open([p[:-1] for p in prompts])
+    blocks = backend.draft([s for s, _ in opened], [p[-1:] for p in prompts], n_tokens, want_hidden=True)
+    for prompt, n, (seq, _), block in zip(prompts, n_tokens, opened, blocks):
+        assert len(block.tokens) == n and block.out.logits.shape[0] == n and block.out.hidden.shape[0] == n
+        assert seq.length == len(prompt) + n - 1, "the last draft is not fed"
+        (ref, out), = backend.open([prompt], want_hidden=True)
+        steps = [out] + [backend.extend([ref], [[t]], want_hidden=True)[0] for t in block.tokens[:-1]]
+        rows = torch.stack([o.logits[-1] for o in steps])  # [n, vocab]
+        hidden = torch.stack([o.hidden[-1] for o in steps])  # [n, hidden]
+        assert block.tokens == rows.argmax(-1).tolist(), "each draft is the argmax of the row before it"
+        same(block.out.logits, rows)
+        torch.testing.assert_close(block.out.hidden, hidden, atol=1e-4, rtol=1e-4)
+        last = [[block.tokens[-1]]]
+        same(backend.extend([seq], last)[0].logits, backend.extend([ref], last)[0].logits)
+        backend.close(seq)
+        backend.close(ref)
+
+
+@pytest.fixture(params=["hf", pytest.param("sglang", marks=pytest.mark.sglang)])
+def backend(request, tiny_models):
+    """The HF backend on a tiny random Qwen2; the SGLang backend on the testbed SLM (its shared engine)."""
+    if request.param == "sglang":
+        return request.getfixturevalue("sglang_pair").slm
+    from serving.backends.hf import HFBackend
+
+    return HFBackend(tiny_models["qwen2"])
+
+
+def test_backend_conforms(backend) -> None:
+    conformance(backend)
+    if backend.exact_full_distribution:
+        assert backend.returned_top_k == backend.vocab_size and not backend.drafts_in_one_call
+    else:
+        assert backend.returned_top_k < backend.vocab_size and backend.drafts_in_one_call
+
+
+def test_hf_backend_counts_its_parameters(tiny_models) -> None:
     from serving.backends.hf import HFBackend
 
     backend = HFBackend(tiny_models["qwen2"])
-    conformance(backend)
     assert backend.n_parameters == sum(p.numel() for p in backend.model.parameters())
-    assert backend.exact_full_distribution and backend.returned_top_k == backend.vocab_size
 
 
 def test_test_fakes_declare_the_protocol() -> None:
@@ -60,19 +122,3 @@ def test_test_fakes_declare_the_protocol() -> None:
 
     declares_the_protocol(FakeBackend(vocab=8, seed=0))
     declares_the_protocol(TableLM(vocab_size=8, allowed=[1, 2], eos=0, context_len=1, max_new=2))
-
-
-@pytest.mark.gpu
-def test_sglang_backend_conforms() -> None:
-    """Needs a GPU and sglang==0.5.23; R2R_SGLANG_MODEL names a small HF model directory (e.g. Qwen2.5-0.5B)."""
-    torch_cuda = torch.cuda.is_available()
-    model = os.environ.get("R2R_SGLANG_MODEL")
-    if not torch_cuda or not model:
-        pytest.skip("needs CUDA and R2R_SGLANG_MODEL")
-    from serving.backends.sglang import SGLangBackend, SGLangConfig
-
-    backend = SGLangBackend(SGLangConfig(model, mem_fraction_static=0.5, top_k=K))
-    try:
-        conformance(backend)
-    finally:
-        backend.shutdown()

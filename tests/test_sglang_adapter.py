@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from serving.backends.sglang import SGLangConfig, SGLangSequence, build_request, parse_response
+from serving.backends.sglang import (SGLangConfig, SGLangDevice, SGLangSequence, build_request, parse_draft,
+                                     parse_response)
 
 VOCAB = 10
 
@@ -51,9 +52,43 @@ def serverargs_fields() -> set[str]:
 
 
 def test_engine_kwargs_are_serverargs_fields() -> None:
-    kwargs = SGLangConfig("/m", tp_size=2, mem_fraction_static=0.6).engine_kwargs()
-    unknown = set(kwargs) - serverargs_fields()
-    assert not unknown, f"sglang 0.5.23's ServerArgs has no fields {sorted(unknown)}: Engine(**kwargs) would fail"
-    assert kwargs["tp_size"] == 2 and kwargs["enable_return_hidden_states"] and kwargs["skip_tokenizer_init"]
+    cuda = SGLangConfig("/m", tp_size=2, mem_fraction_static=0.6).engine_kwargs()
+    cpu = SGLangConfig("/m", device=SGLangDevice.CPU).engine_kwargs()
+    for kwargs in (cuda, cpu):
+        unknown = set(kwargs) - serverargs_fields()
+        assert not unknown, f"sglang 0.5.23's ServerArgs has no fields {sorted(unknown)}: Engine(**kwargs) would fail"
+        assert kwargs["enable_return_hidden_states"] and kwargs["skip_tokenizer_init"]
+    assert cuda["tp_size"] == 2 and cuda["mem_fraction_static"] == 0.6 and cuda["device"] == "cuda"
+    assert cpu["device"] == "cpu" and cpu["dtype"] == "float32" and cpu["attention_backend"] == "torch_native"
+    assert cpu["disable_cuda_graph"] and cpu["disable_overlap_schedule"] and cpu["max_total_tokens"] > 0
+    assert not {"mem_fraction_static", "base_gpu_id", "tp_size"} & set(cpu), "GPU-only fields stay off a CPU engine"
     with pytest.raises(ValueError):
         SGLangConfig("/m", mem_fraction_static=1.5)
+    with pytest.raises(ValueError, match="unknown SGLang device"):
+        SGLangConfig("/m", device="tpu")
+    with pytest.raises(ValueError, match="parallelism"):
+        SGLangConfig("/m", device="cpu", tp_size=2)
+
+
+def test_draft_request_generates_the_block_greedily_past_eos() -> None:
+    req = build_request([SGLangSequence([1, 2, 3]), SGLangSequence([4])], [[5], [6, 7]], top_k=5, want_hidden=True,
+                        n_drafts=[4, 1])
+    assert req["input_ids"] == [[1, 2, 3, 5], [4, 6, 7]] and req["logprob_start_len"] == [3, 1]
+    assert req["sampling_params"] == [{"max_new_tokens": 4, "temperature": 0.0, "ignore_eos": True},
+                                      {"max_new_tokens": 1, "temperature": 0.0, "ignore_eos": True}]
+
+
+def test_parse_draft_rows_and_hidden_states_follow_the_drafts() -> None:
+    # 3 drafts: output_top_logprobs[j] is the row draft j was chosen from; hidden states: the prefill rows (two
+    # recomputed positions, the last one after the last input token), then one per decode step (2)
+    out = {"output_ids": [4, 5, 7], "meta_info": {
+        "output_top_logprobs": [entry([(-0.1, 4), (-2.5, 2)]), entry([(-0.3, 5), (-1.4, 9)]),
+                                entry([(-0.01, 7), (-4.6, 1)])],
+        "hidden_states": [[[9.0, 9.1], [0.0, 0.1]], [1.0, 1.1], [2.0, 2.1]],
+    }}
+    block = parse_draft(out, n=3, vocab=VOCAB, hidden_size=2, want_hidden=True)
+    assert block.tokens == [4, 5, 7] and block.out.logits.argmax(-1).tolist() == [4, 5, 7]
+    torch.testing.assert_close(block.out.hidden, torch.tensor([[0.0, 0.1], [1.0, 1.1], [2.0, 2.1]]))
+    bad = {"output_ids": [2], "meta_info": {"output_top_logprobs": [entry([(-0.1, 4), (-2.5, 2)])]}}
+    with pytest.raises(AssertionError, match="argmax"):
+        parse_draft(bad, n=1, vocab=VOCAB, hidden_size=2, want_hidden=False)

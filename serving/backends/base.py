@@ -13,7 +13,8 @@ import torch
 
 from router.rows import RowKind  # defined in router/ (the bottom of the import table) so the router can read it
 
-__all__ = ["Backend", "RowKind", "SequenceHandle", "StepOutput", "open_by_extending"]
+__all__ = ["Backend", "DraftedBlock", "RowKind", "SequenceHandle", "StepOutput", "draft_by_extending",
+           "open_by_extending"]
 
 
 @dataclass
@@ -32,6 +33,18 @@ class StepOutput:
         assert self.logits.dim() == 2, f"logits must be [n_new, vocab], got {tuple(self.logits.shape)}"
         assert self.hidden is None or self.hidden.shape[0] == self.logits.shape[0], "hidden/logits row mismatch"
         assert isinstance(self.kind, RowKind), f"a StepOutput says what its rows are (a RowKind), got {self.kind!r}"
+
+
+@dataclass
+class DraftedBlock:
+    """What `Backend.draft` returns for one sequence."""
+
+    tokens: list[int]  # [n] the greedy drafts d_1..d_n
+    out: StepOutput  # [n] rows: row j is the one d_{j+1} was chosen from (after the last new token, then each draft)
+
+    def __post_init__(self) -> None:
+        assert len(self.tokens) == self.out.logits.shape[0] >= 1, \
+            f"{len(self.tokens)} drafts for {self.out.logits.shape[0]} rows"
 
 
 class SequenceHandle(Protocol):
@@ -53,6 +66,7 @@ class Backend(Protocol):
     exact_full_distribution: bool  # rows are RowKind.LOGITS over the whole vocabulary; False: TOPK_LOGPROBS rows
     returned_top_k: int  # how many of the most likely tokens each row holds (vocab_size for full rows)
     open_sequences: int  # opened and not yet closed: what leak checks watch
+    drafts_in_one_call: bool  # `draft` is one engine call (SGLang), not one pass per token: draft whole blocks
 
     def open(self, prompts: list[list[int]], want_hidden: bool = False) -> list[tuple[SequenceHandle, StepOutput]]:
         """Prefill one new sequence per prompt, in one batched pass."""
@@ -60,6 +74,17 @@ class Backend(Protocol):
 
     def extend(self, seqs: list[SequenceHandle], new_ids: list[list[int]], want_hidden: bool = False) -> list[StepOutput]:
         """Append one or more tokens to each sequence in one batched pass."""
+        ...
+
+    def draft(self, seqs: list[SequenceHandle], new_ids: list[list[int]], n_tokens: list[int],
+              want_hidden: bool = False) -> list[DraftedBlock]:
+        """Greedy drafting: append new_ids[i] to sequence i (as `extend`), then n_tokens[i] argmax tokens.
+
+        d_1 is the argmax of the row after the last new token, d_{j+1} that of the row after d_j. Returns each
+        sequence's d_1..d_n and the n rows they were chosen from; the sequence then holds new_ids and
+        d_1..d_{n-1} (d_n is not fed, like a speculative block's last draft); its length plus len(new_ids) plus
+        n must fit the context. Equal to `extend(new_ids)` followed by n - 1 one-token extends with each row's
+        argmax (`draft_by_extending`, which is how the HF backend does it); SGLang does it in one engine call."""
         ...
 
     def truncate(self, seq: SequenceHandle, length: int) -> None:
@@ -90,3 +115,24 @@ def open_by_extending(backend, new_sequence, prompts: list[list[int]], want_hidd
     outs = backend.extend(seqs, prompts, want_hidden)
     backend.open_sequences += len(seqs)
     return list(zip(seqs, outs))
+
+
+def draft_by_extending(backend, seqs: list, new_ids: list[list[int]], n_tokens: list[int],
+                       want_hidden: bool) -> list[DraftedBlock]:
+    """`draft` as batched extends: one pass for the new ids, then one per further draft (the rows of the
+    sequences still drafting). The reference the SGLang backend's one-call `draft` is tested against."""
+    assert len(seqs) == len(new_ids) == len(n_tokens), "one token list and one draft count per sequence"
+    assert all(new_ids) and all(n >= 1 for n in n_tokens), f"new ids and at least one draft each: {n_tokens}"
+    outs: list[list[StepOutput]] = [[] for _ in seqs]
+    tokens: list[list[int]] = [[] for _ in seqs]
+    live, feeds = list(range(len(seqs))), [list(ids) for ids in new_ids]
+    while live:
+        for i, out in zip(live, backend.extend([seqs[i] for i in live], feeds, want_hidden)):
+            last = StepOutput(out.logits[-1:], None if out.hidden is None else out.hidden[-1:], out.kind)
+            outs[i].append(last)
+            tokens[i].append(int(torch.argmax(last.logits[0])))
+        live = [i for i in live if len(tokens[i]) < n_tokens[i]]
+        feeds = [[tokens[i][-1]] for i in live]
+    return [DraftedBlock(t, StepOutput(torch.cat([o.logits for o in rows]),
+                                       torch.cat([o.hidden for o in rows]) if want_hidden else None, rows[0].kind))
+            for t, rows in zip(tokens, outs)]

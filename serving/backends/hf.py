@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from serving.backends.base import RowKind, StepOutput, open_by_extending
+from serving.backends.base import DraftedBlock, RowKind, StepOutput, draft_by_extending, open_by_extending
 from serving.backends.fingerprint import model_fingerprint
 from serving.backends.shared_body import materialize_weights
 from serving.backends.threads import PassThreads, torch_threads
@@ -217,6 +217,7 @@ class HFBackend:
         self.n_parameters = sum(p.numel() for p in self.model.parameters())
         self._cache_kwarg = cache_kwarg(model)
         self.exact_full_distribution, self.returned_top_k = True, self.vocab_size
+        self.drafts_in_one_call = False  # draft loops extend: speculative rounds draft a token per step
 
     # -- contract ---------------------------------------------------------------------------
     def open(self, prompts: list[list[int]], want_hidden: bool = False) -> list[tuple[HFSequence, StepOutput]]:
@@ -245,6 +246,14 @@ class HFBackend:
                 rows[seq.row] = ids
             outs = self._forward(rows, want_hidden)
             return [outs[seq.row] for seq in seqs]
+
+    def draft(self, seqs: list[HFSequence], new_ids: list[list[int]], n_tokens: list[int],
+              want_hidden: bool = False) -> list[DraftedBlock]:
+        for seq, ids, n in zip(seqs, new_ids, n_tokens):
+            if seq.length + len(ids) + n > self.max_length:
+                raise ValueError(f"drafting would reach {seq.length + len(ids) + n} tokens; the context is "
+                                 f"{self.max_length}")
+        return draft_by_extending(self, seqs, new_ids, n_tokens, want_hidden)
 
     def truncate(self, seq: HFSequence, length: int) -> None:
         assert 0 <= length <= seq.length, f"truncate to {length} outside [0, {seq.length}]"

@@ -1,4 +1,5 @@
-"""The SGLang backend (GPU): the backend contract over SGLang's offline `Engine` (pinned: sglang 0.5.23).
+"""The SGLang backend: the backend contract over SGLang's offline `Engine` (pinned: sglang 0.5.23), on CUDA GPUs,
+or on a CPU (functional, not fast: `make test-sglang` runs the contract tests that way).
 
 How the contract maps onto the Engine API (source references are to the 0.5.23 wheel):
 - KV: no hand-managed cache. A sequence is its token list; every call sends the full list and
@@ -21,16 +22,31 @@ How the contract maps onto the Engine API (source references are to the 0.5.23 w
   so these are the post-norm states the router is trained on.
 - Next-token row of the last appended position: one generated token (max_new_tokens=1, greedy)
   whose `output_top_logprobs[0]` is the distribution after the last input token.
+- Drafting (`draft`): one `generate` call with max_new_tokens = n, greedy, EOS ignored (the decoder's stop
+  rule cuts the block): `output_ids` are d_1..d_n, `output_top_logprobs[j]` the row d_{j+1} was chosen from,
+  and the hidden states the last prefill row then one row per decode step (n - 1 of them: d_n is never fed).
+  Every call crosses the tokenizer-manager and scheduler processes, so a block costs one such trip, not n.
+- CPU (`SGLangDevice.CPU`): `SGLANG_USE_CPU_ENGINE=1` in the environment, torch-native attention, no CUDA graphs,
+  float32. SGLang's CPU kernels (`sgl_kernel` built for CPUs) are not on PyPI; its dense layers fall back to
+  plain torch when they are absent, and the tests put a stand-in `sgl_kernel` first on the path
+  (tests/sglang_stub/README.md) so that the CUDA build of it is never loaded.
 """
 from __future__ import annotations
 
+import importlib.util
+import os
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import torch
 
-from serving.backends.base import RowKind, StepOutput, open_by_extending
+from serving.backends.base import DraftedBlock, RowKind, StepOutput, open_by_extending
 from serving.backends.fingerprint import model_fingerprint
+from serving.backends.shared_body import materialize_weights
+
+INSTALL_HINT = ("`make test-sglang` builds .venv-sglang with it (or `pip install -e '.[sglang]'` in a venv of its own: "
+                "it pins torch==2.14.1)")
 
 
 @dataclass
@@ -43,36 +59,75 @@ class SGLangSequence:
         return len(self.tokens)
 
 
+CPU_KV_TOKENS = 32_768  # the KV pool on a CPU (the testbed LLM: 36 KB a token in float32, 1.2 GB)
+
+
+class SGLangDevice(str, Enum):
+    CUDA = "cuda"  # the deployment: GPUs, SGLang's CUDA kernels
+    CPU = "cpu"  # functional, not fast: torch-native paths, what `make test-sglang` runs
+
+
 @dataclass(frozen=True)
 class SGLangConfig:
     model_dir: str
-    tp_size: int = 1
-    dp_size: int = 1
-    mem_fraction_static: float = 0.4  # two engines share the GPUs: leave room for the other one
-    base_gpu_id: int = 0
+    device: SGLangDevice = SGLangDevice.CUDA
+    tp_size: int = 1  # CUDA only
+    dp_size: int = 1  # CUDA only
+    mem_fraction_static: float = 0.4  # CUDA: two engines share the GPUs, leave room for the other one
+    base_gpu_id: int = 0  # CUDA only
+    max_total_tokens: int | None = None  # KV pool in tokens; None: CUDA sizes it from memory, CPU takes CPU_KV_TOKENS
     top_k: int = 64  # log-probs returned per position
-    dtype: str = "auto"
+    dtype: str | None = None  # None: the checkpoint's ("auto") on CUDA, float32 on a CPU (as the HF backend runs)
     random_seed: int = 0
+    log_level: str = "warning"
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "device", SGLangDevice(self.device))
+        except ValueError as exc:
+            raise ValueError(f"unknown SGLang device {self.device!r}; use "
+                             f"{' or '.join(d.value for d in SGLangDevice)}") from exc
         if not 0.0 < self.mem_fraction_static < 1.0:
             raise ValueError(f"mem_fraction_static must be in (0, 1), got {self.mem_fraction_static}")
         if min(self.tp_size, self.dp_size, self.top_k) < 1:
             raise ValueError(f"tp_size, dp_size and top_k must be positive: {self}")
+        if self.device == SGLangDevice.CPU and (self.tp_size, self.dp_size) != (1, 1):
+            raise ValueError(f"tensor/data parallelism is for GPUs; on a CPU tp_size and dp_size are 1: {self}")
+        if self.max_total_tokens is not None and self.max_total_tokens < 1:
+            raise ValueError(f"max_total_tokens must be positive, got {self.max_total_tokens}")
 
     def engine_kwargs(self) -> dict:
         """ServerArgs fields (`arg_groups/field_order.py`) for `sglang.Engine(**kwargs)`."""
-        return {"model_path": self.model_dir, "tp_size": self.tp_size, "dp_size": self.dp_size,
-                "mem_fraction_static": self.mem_fraction_static, "base_gpu_id": self.base_gpu_id,
-                "skip_tokenizer_init": True, "enable_return_hidden_states": True, "dtype": self.dtype,
-                "random_seed": self.random_seed}
+        common = {"model_path": self.model_dir, "device": self.device.value, "skip_tokenizer_init": True,
+                  "enable_return_hidden_states": True, "random_seed": self.random_seed, "log_level": self.log_level}
+        if self.device == SGLangDevice.CPU:
+            return {**common, "dtype": self.dtype or "float32", "attention_backend": "torch_native",
+                    "disable_cuda_graph": True, "disable_overlap_schedule": True,
+                    "max_total_tokens": self.max_total_tokens or CPU_KV_TOKENS}
+        cuda = {**common, "dtype": self.dtype or "auto", "tp_size": self.tp_size, "dp_size": self.dp_size,
+                "mem_fraction_static": self.mem_fraction_static, "base_gpu_id": self.base_gpu_id}
+        return cuda if self.max_total_tokens is None else {**cuda, "max_total_tokens": self.max_total_tokens}
 
 
-def build_request(seqs: list[SGLangSequence], new_ids: list[list[int]], top_k: int, want_hidden: bool) -> dict:
-    """Keyword arguments of one batched `Engine.generate` call appending new_ids to each sequence."""
+def require_sglang(device: SGLangDevice) -> None:
+    """ValueError (one line for the CLI) where SGLang cannot start here, before any model is loaded."""
+    if importlib.util.find_spec("sglang") is None:
+        raise ValueError(f"--backend sglang needs sglang==0.5.23, which is not installed in this Python: "
+                         f"{INSTALL_HINT}")
+    if device == SGLangDevice.CPU and os.environ.get("SGLANG_USE_CPU_ENGINE") != "1":
+        raise ValueError("SGLang on a CPU needs SGLANG_USE_CPU_ENGINE=1 and a CPU build of sgl_kernel (`make "
+                         "test-sglang` runs it with a test-only stand-in); on a GPU pass --device cuda")
+
+
+def build_request(seqs: list[SGLangSequence], new_ids: list[list[int]], top_k: int, want_hidden: bool,
+                  n_drafts: list[int] | None = None) -> dict:
+    """Keyword arguments of one batched `Engine.generate` call appending new_ids to each sequence: one generated
+    token for its next-token row (`extend`), or n_drafts[i] greedy ones (`draft`; EOS does not end them)."""
+    sampling = ([{"max_new_tokens": 1, "temperature": 0.0}] * len(seqs) if n_drafts is None else
+                [{"max_new_tokens": n, "temperature": 0.0, "ignore_eos": True} for n in n_drafts])
     return {
         "input_ids": [s.tokens + ids for s, ids in zip(seqs, new_ids)],
-        "sampling_params": [{"max_new_tokens": 1, "temperature": 0.0}] * len(seqs),
+        "sampling_params": sampling,
         "return_logprob": [True] * len(seqs),
         "logprob_start_len": [s.length for s in seqs],
         "top_logprobs_num": [top_k] * len(seqs),
@@ -108,6 +163,28 @@ def parse_response(out: dict, n_new: int, vocab: int, want_hidden: bool) -> Step
     return StepOutput(logits=torch.stack(rows), hidden=hidden, kind=RowKind.TOPK_LOGPROBS)
 
 
+def parse_draft(out: dict, n: int, vocab: int, hidden_size: int, want_hidden: bool) -> DraftedBlock:
+    """One request's output of a drafting call -> its n greedy tokens and the rows they were chosen from.
+
+    output_top_logprobs[j] is the distribution d_{j+1} was drawn from (j = 0: after the last input token);
+    hidden_states = [prefill rows (the last one is after the last input token), then one row per decode step]."""
+    meta = out["meta_info"]
+    tokens = [int(t) for t in out["output_ids"]]
+    assert len(tokens) == n == len(meta["output_top_logprobs"]), \
+        f"asked for {n} drafts, got {len(tokens)} tokens and {len(meta['output_top_logprobs'])} rows"
+    logits = torch.stack([_row(entries, vocab) for entries in meta["output_top_logprobs"]])  # [n, vocab]
+    for j, t in enumerate(tokens):  # greedy: each draft is its row's top entry (a tie may pick either)
+        assert logits[j, t] == logits[j].max(), f"draft {j} ({t}) is not the argmax of its row"
+    hidden = None
+    if want_hidden:
+        states = meta["hidden_states"]
+        assert len(states) == n, f"{len(states)} hidden-state entries for {n} drafts (prefill, then n - 1 decodes)"
+        prefill = torch.tensor(states[0], dtype=torch.float32).reshape(-1, hidden_size)
+        decode = [torch.tensor(h, dtype=torch.float32).reshape(hidden_size) for h in states[1:]]
+        hidden = torch.stack([prefill[-1], *decode])  # [n, hidden]
+    return DraftedBlock(tokens, StepOutput(logits=logits, hidden=hidden, kind=RowKind.TOPK_LOGPROBS))
+
+
 def _parameter_count(model_dir: Path) -> int:
     """Parameters from the safetensors headers (the weights live in SGLang's processes, not here)."""
     import json
@@ -126,22 +203,25 @@ class SGLangBackend:
     """Backend over `sglang.Engine`; see the module docstring for what is exact."""
 
     exact_full_distribution = False
+    drafts_in_one_call = True  # one `generate` call drafts a whole block
 
     def __init__(self, cfg: SGLangConfig) -> None:
-        try:
-            import sglang  # GPU only: sglang needs CUDA
-        except ImportError as exc:
-            raise ValueError("the sglang backend needs sglang==0.5.23 and a CUDA GPU: pip install -e '.[sglang]'") from exc
+        require_sglang(cfg.device)
+        import sglang
         from transformers import AutoConfig
 
         path = Path(cfg.model_dir)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"no model at {path}: config.json is missing")
+        materialize_weights(path)  # SGLang reads a plain safetensors directory
         text_config = AutoConfig.from_pretrained(path).get_text_config(decoder=True)
         self.cfg = cfg
         self.engine = sglang.Engine(**cfg.engine_kwargs())
         self.model_id = cfg.model_dir
         self.vocab_size = int(text_config.vocab_size)
         self.hidden_size = int(text_config.hidden_size)
-        self.max_length = int(getattr(text_config, "max_position_embeddings", 32768))
+        # SGLang refuses an input as long as the context (it always generates one token after it): one less
+        self.max_length = int(getattr(text_config, "max_position_embeddings", 32768)) - 1
         self.fingerprint = model_fingerprint(path)
         self.returned_top_k = cfg.top_k
         self.open_sequences = 0
@@ -161,6 +241,21 @@ class SGLangBackend:
         for s, ids in zip(seqs, new_ids):
             s.tokens += ids
         return results
+
+    def draft(self, seqs: list[SGLangSequence], new_ids: list[list[int]], n_tokens: list[int],
+              want_hidden: bool = False) -> list[DraftedBlock]:
+        """One `generate` call for every sequence's block (see the module docstring)."""
+        assert len(seqs) == len(new_ids) == len(n_tokens) and all(new_ids), "new ids and a draft count per sequence"
+        assert all(n >= 1 for n in n_tokens), f"at least one draft each: {n_tokens}"
+        for s, ids, n in zip(seqs, new_ids, n_tokens):
+            if s.length + len(ids) + n > self.max_length:
+                raise ValueError(f"drafting would reach {s.length + len(ids) + n} tokens; the context is "
+                                 f"{self.max_length}")
+        outs = self.engine.generate(**build_request(seqs, new_ids, self.cfg.top_k, want_hidden, n_tokens))
+        blocks = [parse_draft(o, n, self.vocab_size, self.hidden_size, want_hidden) for o, n in zip(outs, n_tokens)]
+        for s, ids, block in zip(seqs, new_ids, blocks):
+            s.tokens += ids + block.tokens[:-1]
+        return blocks
 
     def truncate(self, seq: SGLangSequence, length: int) -> None:
         assert 0 <= length <= seq.length, f"truncate to {length} outside [0, {seq.length}]"

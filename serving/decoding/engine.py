@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Protocol
 
 import torch
@@ -18,6 +19,14 @@ from serving.backends.base import Backend, RowKind, SequenceHandle, StepOutput
 from serving.decoding.generation import Generation, RoutingMode
 from serving.decoding.pass_costs import PassCosts
 from serving.decoding.sampling import SamplingParams, position_generator
+
+
+class DraftCalls(str, Enum):
+    """How a speculative round's greedy drafts reach the SLM."""
+
+    BACKEND = "backend"  # as the SLM backend declares (`Backend.drafts_in_one_call`)
+    PER_TOKEN = "per_token"  # one SLM pass per drafted position; the router can end a block at a flag
+    PER_BLOCK = "per_block"  # the whole block in one `Backend.draft` call, routed after it (SGLang: one engine call)
 
 
 @dataclass(frozen=True)
@@ -30,8 +39,10 @@ class BlockConfig:
     ema: float = 0.2  # weight of the newest block in the rate estimates
     init_flag_rate: float = 0.1
     init_reject_rate: float = 0.5
+    draft_calls: DraftCalls = DraftCalls.BACKEND
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "draft_calls", DraftCalls(self.draft_calls))
         if not 1 <= self.k_min <= self.k_max:
             raise ValueError(f"need 1 <= k_min <= k_max, got {self.k_min}, {self.k_max}")
 

@@ -17,15 +17,23 @@ only when it is that token (greedy), or with the speculative-sampling rule whose
 exactly the LLM's distribution p (sampling). Each LLM pass settles at least one flagged
 position of the final output, so it never needs more LLM passes than sequential routing.
 A block with no flag never calls the LLM.
+
+Draft calls. Greedy drafts depend only on the prefix, so a block can be drafted in one
+`Backend.draft` call and routed after it: the drafts, the router's rows and so the flags are the
+ones drafting a token per step would have seen. Where the backend pays a fixed cost per call
+(SGLang: a trip through its scheduler process) that is one call per block instead of one per token
+(`DraftCalls`); the block then runs to its size (or a stop) whatever it flags, as a request riding
+along does. Sampling drafts go a token per step (each draws from the request's own generator).
 """
 from __future__ import annotations
 
 import math
+import time
 from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from serving.decoding.engine import BlockConfig, Draft, Request, llm_feed, route, slm_feed
+from serving.decoding.engine import BlockConfig, Draft, DraftCalls, Request, llm_feed, route, route_rows, slm_feed
 from serving.decoding.generation import Source
 from serving.decoding.pass_costs import PassCosts
 from serving.decoding.sampling import SamplingParams, processed_probs
@@ -72,6 +80,63 @@ def past_flag(r: BlockRates, k_left: int, costs: PassCosts, batch: int) -> bool:
 
 
 def speculative_step(engine: RoutedEngine, reqs: list[Request]) -> None:
+    """One step of speculative routing: a whole round for greedy requests where blocks are drafted in one call
+    (`block_round`), one drafting pass of a token-per-step round for the others (`stepwise_step`)."""
+    whole = [r for r in reqs if r.params.greedy] if drafts_per_block(engine) else []
+    if whole:
+        block_round(engine, whole)
+    in_block = {id(r) for r in whole}
+    stepwise = [r for r in reqs if id(r) not in in_block]
+    if stepwise:
+        stepwise_step(engine, stepwise)
+
+
+def drafts_per_block(engine: RoutedEngine) -> bool:
+    calls = engine.block.draft_calls
+    return calls == DraftCalls.PER_BLOCK or (calls == DraftCalls.BACKEND and engine.slm.drafts_in_one_call)
+
+
+def block_round(engine: RoutedEngine, reqs: list[Request]) -> None:
+    """A whole round for greedy requests in one SLM call and one LLM call (two where some requests meet the LLM
+    for the first time): each request's block drafted by `Backend.draft`, every drafted position routed, the
+    flagged ones verified, the accepted drafts and the correction committed.
+
+    Between rounds the SLM holds the committed tokens but the last (or all of them, after the prompt's
+    prefill): the next draft call feeds the rest in front of its drafts, so resynchronising costs no call."""
+    slm, batch = engine.slm, len(reqs)
+    for r in reqs:
+        r.block = min(block_size(r, engine.block, engine.costs, batch), r.params.max_tokens - len(r.out.token_ids),
+                      engine.stop_rule.context_length - len(r.tokens))
+        assert r.block >= 1, f"a running request has room for a draft: block {r.block}"
+        keep = min(r.slm.length, len(r.tokens) - 1)
+        if r.slm.length > keep:
+            slm.truncate(r.slm, keep)  # drafts past a correction, or the prompt's last token (its row is recomputed)
+    start = time.perf_counter()
+    hidden = any(r.policy.needs_hidden for r in reqs)
+    blocks = slm.draft([r.slm for r in reqs], [r.tokens[r.slm.length :] for r in reqs], [r.block for r in reqs],
+                       want_hidden=hidden)
+    engine.costs.draft.observe(batch, (time.perf_counter() - start) / max(r.block for r in reqs))  # per position
+    # every drafted position of every request routed at once: [sum of blocks] rows
+    at = [(r, b, j) for r, b in zip(reqs, blocks) for j in range(len(b.tokens))]
+    scores, flagged = route_rows([r.policy for r, _, _ in at], [b.out.logits[j] for _, b, j in at],
+                                 [None if b.out.hidden is None else b.out.hidden[j] for _, b, j in at],
+                                 [len(r.tokens) + j for r, _, j in at], [r.key for r, _, _ in at],
+                                 [b.out.kind for _, b, _ in at])
+    routed = iter(zip(scores, flagged))
+    for r, b in zip(reqs, blocks):
+        for token, (score, f) in zip(b.tokens, [next(routed) for _ in b.tokens]):
+            r.drafts.append(Draft(token, bool(f), float(score), None))
+            if engine.stop_rule.check_tokens(r.prompt, r.out.token_ids + [d.token for d in r.drafts],
+                                             r.params) is not None:
+                break  # nothing past a stop
+        r.out.stats.slm_passes += len(b.tokens)
+    _verify(engine, reqs)
+    for r in reqs:
+        r.drafts, r.block = [], 0
+        r.out.stats.blocks += 1
+
+
+def stepwise_step(engine: RoutedEngine, reqs: list[Request]) -> None:
     """One drafting pass of the round in progress (a round opens with every request), and when no
     request drafts on, the round's end: verify the flagged positions, commit, resynchronise the SLM.
 

@@ -309,7 +309,8 @@ def build_app(pair: ModelPair, cfg: ServeConfig, scheduler_thread: bool = True) 
             gen = snap.result
             choice = ({"index": i, "message": {"role": "assistant", "content": gen.text}} if chat
                       else {"index": i, "text": gen.text})
-            _, extra = service.reader(t, req, chat).advance(snap)
+            extra = service.reader(t, req, chat).advance(snap)[1] if req.logprob_count is not None or \
+                req.r2r_token_info else {}
             choices.append(choice | {"finish_reason": gen.finish_reason.value, "logprobs": extra.get("logprobs")}
                            | ({"r2r": extra["r2r"]} if "r2r" in extra else {}))
         return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,

@@ -19,6 +19,7 @@ from serving.backends.base import Backend, RowKind, SequenceHandle, StepOutput
 from serving.decoding.generation import Generation, RoutingMode
 from serving.decoding.pass_costs import PassCosts
 from serving.decoding.sampling import SamplingParams, position_generator
+from serving.decoding.stopping import StopRule
 
 
 class DraftCalls(str, Enum):
@@ -167,6 +168,19 @@ class Engine(Protocol):
     def step(self) -> list[Pending]: ...
 
     def cancel(self, req: Pending) -> None: ...
+
+
+class StepContext(Protocol):
+    """What a routed step (`sequential_step`, `speculative_step`) reads, and the round state it keeps: the two
+    models, the stop rule, block sizing and pass costs, and the speculative round in progress. The token-level
+    engine is one; the steps take this instead of the engine, so they need not import it."""
+
+    slm: Backend
+    llm: Backend
+    stop_rule: StopRule
+    block: BlockConfig
+    costs: PassCosts
+    drafting: list[Request] | None
 
 
 class SteppedEngine:

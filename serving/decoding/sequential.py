@@ -12,21 +12,17 @@ from the SLM; then every request still running appends its token to the SLM in o
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from router.rows import row_logprobs
 from serving.backends.base import RowKind, StepOutput
-from serving.decoding.engine import Request, llm_feed, route, slm_feed
+from serving.decoding.engine import Request, StepContext, llm_feed, route, slm_feed
 from serving.decoding.generation import Generation, Source
 from serving.decoding.sampling import choose_token
 
-if TYPE_CHECKING:
-    from serving.decoding.routed import RoutedEngine
 
 
-def sequential_step(engine: RoutedEngine, reqs: list[Request]) -> None:
+def sequential_step(engine: StepContext, reqs: list[Request]) -> None:
     """One token for every request."""
     scores, flagged = route(reqs, [len(r.tokens) for r in reqs])
     routed = [r for r, f in zip(reqs, flagged) if f]

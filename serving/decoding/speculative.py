@@ -29,17 +29,16 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 
-from serving.decoding.engine import BlockConfig, Draft, DraftCalls, Request, llm_feed, route, route_rows, slm_feed
+from serving.decoding.engine import (BlockConfig, Draft, DraftCalls, Request, StepContext, llm_feed, route, route_rows,
+                                     slm_feed)
 from serving.decoding.generation import Source
 from serving.decoding.pass_costs import PassCosts
 from serving.decoding.sampling import SamplingParams, processed_probs
 
-if TYPE_CHECKING:
-    from serving.decoding.routed import RoutedEngine
 
 _DRAFT, _VERIFY = 0, 1  # random streams per position (Request.generator_at)
 
@@ -79,7 +78,7 @@ def past_flag(r: BlockRates, k_left: int, costs: PassCosts, batch: int) -> bool:
     return (1.0 - r.reject_rate) * another_flag * costs.llm.fixed > r.reject_rate * wasted * costs.step(batch)
 
 
-def speculative_step(engine: RoutedEngine, reqs: list[Request]) -> None:
+def speculative_step(engine: StepContext, reqs: list[Request]) -> None:
     """One step of speculative routing: a whole round for greedy requests where blocks are drafted in one call
     (`block_round`), one drafting pass of a token-per-step round for the others (`stepwise_step`)."""
     whole = [r for r in reqs if r.params.greedy] if drafts_per_block(engine) else []
@@ -91,12 +90,12 @@ def speculative_step(engine: RoutedEngine, reqs: list[Request]) -> None:
         stepwise_step(engine, stepwise)
 
 
-def drafts_per_block(engine: RoutedEngine) -> bool:
+def drafts_per_block(engine: StepContext) -> bool:
     calls = engine.block.draft_calls
     return calls == DraftCalls.PER_BLOCK or (calls == DraftCalls.BACKEND and engine.slm.drafts_in_one_call)
 
 
-def block_round(engine: RoutedEngine, reqs: list[Request]) -> None:
+def block_round(engine: StepContext, reqs: list[Request]) -> None:
     """A whole round for greedy requests in one SLM call and one LLM call (two where some requests meet the LLM
     for the first time): each request's block drafted by `Backend.draft`, every drafted position routed, the
     flagged ones verified, the accepted drafts and the correction committed.
@@ -136,7 +135,7 @@ def block_round(engine: RoutedEngine, reqs: list[Request]) -> None:
         r.out.stats.blocks += 1
 
 
-def stepwise_step(engine: RoutedEngine, reqs: list[Request]) -> None:
+def stepwise_step(engine: StepContext, reqs: list[Request]) -> None:
     """One drafting pass of the round in progress (a round opens with every request), and when no
     request drafts on, the round's end: verify the flagged positions, commit, resynchronise the SLM.
 
@@ -172,7 +171,7 @@ def stepwise_step(engine: RoutedEngine, reqs: list[Request]) -> None:
         r.out.stats.blocks += 1
 
 
-def _draft_step(engine: RoutedEngine, drafting: list[Request], batch: int) -> list[Request]:
+def _draft_step(engine: StepContext, drafting: list[Request], batch: int) -> list[Request]:
     """One drafted position for each drafting request, in one batched SLM pass; returns those that draft on.
 
     A request drafts up to its block size, or to a flag it should not draft past. The round lasts
@@ -205,7 +204,7 @@ def _draft_step(engine: RoutedEngine, drafting: list[Request], batch: int) -> li
     return still
 
 
-def _verify(engine: RoutedEngine, reqs: list[Request]) -> None:
+def _verify(engine: StepContext, reqs: list[Request]) -> None:
     """One LLM pass over every request with a flagged draft; commit accepted drafts and corrections."""
     need = [r for r in reqs if any(d.flagged for d in r.drafts)]
     rows = _llm_logits(engine, need)
@@ -251,7 +250,7 @@ def _accept_or_correct(d: Draft, p_logits: torch.Tensor, params: SamplingParams,
     return int(torch.multinomial(residual / residual.sum(), 1, generator=gen))
 
 
-def _llm_logits(engine: RoutedEngine, need: list[Request]) -> dict[int, dict[int, torch.Tensor]]:
+def _llm_logits(engine: StepContext, need: list[Request]) -> dict[int, dict[int, torch.Tensor]]:
     """The LLM's logits predicting each flagged draft, per request: catch-up + drafts up to the last
     flagged one, in one batched pass (two when some requests meet the LLM for the first time)."""
     llm = engine.llm

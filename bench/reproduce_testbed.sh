@@ -5,6 +5,14 @@
 #  r2r testbed train --size llm --init-from models/testbed/llm --tokenizer-dir models/testbed/tokenizer-x
 #      --train-only embed_tokens,norm,self_attn --out models/testbed/llm-x --steps 300 --lr 5e-4 --warmup 50
 #      --ckpt-every 25 --ckpt-dir runs/testbed/ckpt-llm-x, then the same with --steps 500, which resumes at step 300).
+# The pair on the task text with freedom (testbed/math_tasks.py, code_tasks.py) is today's pair fine-tuned, resumable:
+#   r2r testbed train --size slm --init-from models/testbed/slm --seed 36 --steps 300 --lr 1e-3 --warmup 30
+#       --ckpt-every 25 --threads 1 --ckpt-dir runs/tb36/ckpt-slm --out runs/tb36/slm
+#   r2r testbed train --size slm --init-from runs/tb36/slm --seed 37 --steps 500 --lr 1.5e-3 --warmup 30
+#       --ckpt-every 25 --threads 1 --ckpt-dir runs/tb36/ckpt-slm2 --out runs/tb36/slm2
+#   r2r testbed train --size llm --init-from models/testbed/llm --seed 36 --steps 100 --lr 3e-4 --warmup 20
+#       --ckpt-every 10 --threads 2 --ckpt-dir runs/tb36/ckpt-llm --out runs/tb36/llm
+# then copied into models/testbed/{slm,llm} before everything below.
 # Labels and runs go to data/ and runs/ (not committed); cards and bench JSON are committed.
 set -euo pipefail
 cd "$(dirname "$0")/.."

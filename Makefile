@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup serve test test-all bench clean
+.PHONY: setup serve test test-all test-sglang bench clean
 
 $(BIN)/r2r: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,29 @@ test-all: setup
 	$(BIN)/pip install -q playwright
 	command -v chromium >/dev/null || (apt-get install -y -q chromium >/dev/null 2>&1 || echo 'could not install chromium: playground tests will skip')
 	$(BIN)/python -m pytest -q -m "" 
+
+# SGLang in a venv of its own: sglang==0.5.23 pins torch 2.14.1 (with CUDA libraries, ~11 GB), the main venv has
+# CPU torch 2.13.0. The project goes in with its dependencies under a constraint that keeps sglang's torch.
+SGL_VENV := .venv-sglang
+SGL_BIN := $(SGL_VENV)/bin
+SGLANG_VERSION := 0.5.23
+
+$(SGL_BIN)/r2r: pyproject.toml
+	$(PY) -m venv $(SGL_VENV)
+	$(SGL_BIN)/pip install -q --upgrade pip
+	$(SGL_BIN)/pip install -q sglang==$(SGLANG_VERSION)
+	$(SGL_BIN)/python -c "import importlib.metadata as m; print(*(f'{p}=={m.version(p)}' for p in ('sglang', 'torch', 'transformers')), sep='\n')" > $(SGL_VENV)/constraints.txt
+	$(SGL_BIN)/pip install -q -e '.[dev]' -c $(SGL_VENV)/constraints.txt
+	touch $(SGL_BIN)/r2r
+
+# The tests marked sglang. Without an NVIDIA GPU they run SGLang's CPU path: SGLANG_USE_CPU_ENGINE=1 and the
+# test-only sgl_kernel stand-in first on PYTHONPATH (tests/sglang_stub/README.md); with one, the real kernels.
+test-sglang: $(SGL_BIN)/r2r
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		$(SGL_BIN)/python -m pytest -q -m sglang; \
+	else \
+		SGLANG_USE_CPU_ENGINE=1 PYTHONPATH=tests/sglang_stub$${PYTHONPATH:+:$$PYTHONPATH} $(SGL_BIN)/python -m pytest -q -m sglang; \
+	fi
 
 bench: setup
 	$(BIN)/r2r bench decode --out bench/decode.json

@@ -80,3 +80,43 @@ def gemma3_dir() -> Path:
     from serving.real_models import gemma3_dir
 
     return _converted_or_skip(gemma3_dir, "Gemma 3 (r2r models fetch smol-gemma)")
+
+
+# -- SGLang (`make test-sglang`: its own venv, a CPU here through tests/sglang_stub, a GPU where there is one) --
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start SGLang engines of their own (a server) run first, before the shared engines below start:
+    never four engines in memory at once (about 3 GB each on a CPU). Stable: everything else keeps its order."""
+    items.sort(key=lambda item: not item.get_closest_marker("sglang_own_engines"))
+
+
+@pytest.fixture(scope="session")
+def sglang_pair(testbed_dirs):
+    """The testbed pair on two SGLang engines (float32, as the HF backend runs), started once for every test."""
+    import importlib.util
+
+    if importlib.util.find_spec("sglang") is None:
+        pytest.skip("sglang is not installed in this Python: `make test-sglang` runs these tests in .venv-sglang")
+    from transformers import AutoTokenizer
+
+    from serving.backends.sglang import SGLangBackend, SGLangConfig, SGLangDevice
+    from serving.pair import ModelPair, PairSpec
+
+    device = SGLangDevice.CUDA if torch.cuda.is_available() else SGLangDevice.CPU
+    slm = SGLangBackend(SGLangConfig(str(testbed_dirs["slm"]), device=device, dtype="float32",
+                                     mem_fraction_static=0.15))
+    llm = SGLangBackend(SGLangConfig(str(testbed_dirs["llm"]), device=device, dtype="float32",
+                                     mem_fraction_static=0.3))
+    spec = PairSpec("testbed", testbed_dirs["slm"], testbed_dirs["llm"], testbed_dirs["router"])
+    yield ModelPair(spec, slm, llm, AutoTokenizer.from_pretrained(testbed_dirs["slm"]))
+    slm.shutdown()
+    llm.shutdown()
+
+
+@pytest.fixture(scope="session")
+def hf_pair(testbed_dirs):
+    """The testbed pair on the HF backend (the reference the SGLang backend is compared with)."""
+    from serving.pair import PairSpec, load_pair
+
+    spec = PairSpec("testbed", testbed_dirs["slm"], testbed_dirs["llm"], testbed_dirs["router"])
+    return load_pair(spec, "cuda" if torch.cuda.is_available() else "cpu")

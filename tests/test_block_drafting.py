@@ -110,3 +110,30 @@ def test_per_block_equals_sequential_on_the_testbed(testbed_dirs) -> None:
     for i, (a, b) in enumerate(zip(seq, spec)):
         assert a.token_ids == b.token_ids and a.sources == b.sources, f"prompt {i}: per-block drafting changed it"
     assert sum(g.stats.llm_tokens for g in spec) > 0, "the router must route some tokens for this to mean much"
+
+
+class OneCallFake(FakeBackend):
+    """The fake, declaring what SGLang declares: `draft` (here still extends) stands for one engine call."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.drafts_in_one_call = True
+
+
+def test_single_model_greedy_decode_in_blocks_equals_per_token() -> None:
+    """`serving.decoding.decode` on a backend that drafts in one call: blocks of `draft`, cut at EOS (10), stop
+    strings and max_tokens mid-block: the per-token decode's tokens, log-probs and finish reasons."""
+    from serving.decoding import decode
+
+    rule = StopRule(frozenset({10}), lambda ids: " ".join(map(str, ids)), 64)
+    prompts = [[i, i + 1] for i in range(30)]
+    params = [SamplingParams(max_tokens=5 + 3 * (i % 17), logprobs=2, stop=("3 7",) if i % 4 == 0 else ())
+              for i in range(len(prompts))]
+    per_token = decode(FakeBackend(11, seed=3), prompts, params, rule)
+    backend = OneCallFake(11, seed=3)
+    in_blocks = decode(backend, prompts, params, rule)
+    for a, b in zip(per_token, in_blocks):
+        assert (a.token_ids, a.finish_reason, a.text) == (b.token_ids, b.finish_reason, b.text)
+        assert a.logprobs == pytest.approx(b.logprobs) and len(a.top_logprobs) == len(b.top_logprobs)
+    assert {g.finish_reason.value for g in in_blocks} >= {"stop", "length"}
+    assert backend.open_sequences == 0

@@ -4,12 +4,16 @@ No router and no second model: each step picks every running row's token from it
 draw with the request's temperature / top-p / top-k and seed) and appends them in one batched extend.
 Token-identical to routed decoding with a policy that never routes (the same per-request generator draws the
 same numbers), without paying for a router or a second backend.
+
+On a backend that drafts in one call (SGLang: `Backend.drafts_in_one_call`), an all-greedy batch goes a block of
+up to `BLOCK` tokens per call (`Backend.draft`: each token its row's argmax, as here), cut at the stop afterwards:
+the same tokens, a fixed cost per call paid once a block instead of once a token.
 """
 from __future__ import annotations
 
 import time
 
-from serving.backends.base import Backend
+from serving.backends.base import Backend, StepOutput
 from serving.decoding.generation import Generation, Source
 from serving.decoding.sampling import SamplingParams, choose_token, make_generator
 from serving.decoding.sequential import record_logprobs
@@ -24,32 +28,12 @@ def decode(backend: Backend, prompts: list[list[int]], params: list[SamplingPara
     start = time.perf_counter()
     opened = backend.open(prompts)
     seqs = [seq for seq, _ in opened]
-    logits = [out.logits[-1] for _, out in opened]
-    kinds = [out.kind for _, out in opened]
     gens = [Generation(prompt_tokens=len(p)) for p in prompts]
-    generators = [make_generator(p.seed) for p in params]
-    running = list(range(len(prompts)))
-    passes = {i: 1 for i in running}
-    while running:
-        going = []
-        for i in running:
-            gen = gens[i]
-            gen.token_ids.append(choose_token(logits[i], params[i], generators[i]))
-            gen.sources.append(role)
-            gen.scores.append(0.0)
-            if params[i].logprobs is not None:
-                record_logprobs(gen, logits[i], kinds[i], params[i].logprobs)
-            reason = stop_rule.check_tokens(prompts[i], gen.token_ids, params[i])
-            if reason is None:
-                going.append(i)
-            else:
-                gen.finish_reason = reason
-        running = going
-        if running:
-            outs = backend.extend([seqs[i] for i in running], [[gens[i].token_ids[-1]] for i in running])
-            for i, out in zip(running, outs):
-                logits[i], kinds[i] = out.logits[-1], out.kind
-                passes[i] += 1
+    passes = {i: 1 for i in range(len(prompts))}
+    if backend.drafts_in_one_call and all(p.greedy for p in params):
+        _decode_in_blocks(backend, prompts, params, stop_rule, role, opened, gens, passes)
+    else:
+        _decode_per_token(backend, prompts, params, stop_rule, role, opened, gens, passes)
     for seq in seqs:
         backend.close(seq)
     elapsed = time.perf_counter() - start
@@ -61,3 +45,59 @@ def decode(backend: Backend, prompts: list[list[int]], params: list[SamplingPara
         else:
             gen.stats.slm_passes = passes[i]
     return gens
+
+
+BLOCK = 32  # greedy tokens per `draft` call; past a stop the rest of a block is computed and dropped
+
+
+def _commit(gen: Generation, token: int, logits, kind, prompt: list[int], params: SamplingParams,
+            stop_rule: StopRule, role: Source) -> bool:
+    """Append one token; True while the generation goes on."""
+    gen.token_ids.append(token)
+    gen.sources.append(role)
+    gen.scores.append(0.0)
+    if params.logprobs is not None:
+        record_logprobs(gen, logits, kind, params.logprobs)
+    reason = stop_rule.check_tokens(prompt, gen.token_ids, params)
+    if reason is not None:
+        gen.finish_reason = reason
+    return reason is None
+
+
+def _decode_in_blocks(backend: Backend, prompts: list[list[int]], params: list[SamplingParams], stop_rule: StopRule,
+                      role: Source, opened: list, gens: list[Generation], passes: dict[int, int]) -> None:
+    """Greedy: each sequence's first token from its prefill row, then blocks drafted after its last token."""
+    seqs = [seq for seq, _ in opened]
+    running = [i for i, (_, out) in enumerate(opened)
+               if _commit(gens[i], int(out.logits[-1].argmax()), out.logits[-1], out.kind, prompts[i], params[i],
+                          stop_rule, role)]
+    context = min(stop_rule.context_length, backend.max_length)
+    while running:
+        n = [min(BLOCK, params[i].max_tokens - len(gens[i].token_ids),
+                 context - len(prompts[i]) - len(gens[i].token_ids)) for i in running]
+        blocks = backend.draft([seqs[i] for i in running], [gens[i].token_ids[-1:] for i in running], n)
+        going = []
+        for i, block in zip(running, blocks):
+            passes[i] += len(block.tokens)
+            rows: StepOutput = block.out
+            if all(_commit(gens[i], t, rows.logits[j], rows.kind, prompts[i], params[i], stop_rule, role)
+                   for j, t in enumerate(block.tokens)):
+                going.append(i)  # the sequence holds all but its last token, fed with the next block
+        running = going
+
+
+def _decode_per_token(backend: Backend, prompts: list[list[int]], params: list[SamplingParams], stop_rule: StopRule,
+                      role: Source, opened: list, gens: list[Generation], passes: dict[int, int]) -> None:
+    seqs = [seq for seq, _ in opened]
+    logits = [out.logits[-1] for _, out in opened]
+    kinds = [out.kind for _, out in opened]
+    generators = [make_generator(p.seed) for p in params]
+    running = list(range(len(prompts)))
+    while running:
+        running = [i for i in running if _commit(gens[i], choose_token(logits[i], params[i], generators[i]), logits[i],
+                                                 kinds[i], prompts[i], params[i], stop_rule, role)]
+        if running:
+            outs = backend.extend([seqs[i] for i in running], [[gens[i].token_ids[-1]] for i in running])
+            for i, out in zip(running, outs):
+                logits[i], kinds[i] = out.logits[-1], out.kind
+                passes[i] += 1

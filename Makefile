@@ -38,11 +38,13 @@ test-all: setup
 SGL_VENV := .venv-sglang
 SGL_BIN := $(SGL_VENV)/bin
 SGLANG_VERSION := 0.5.23
+# sglang-router: the load balancer of the scale-out test (tests/test_sglang_scaleout.py)
+SGLANG_ROUTER_VERSION := 0.3.2
 
 $(SGL_BIN)/r2r: pyproject.toml
 	$(PY) -m venv $(SGL_VENV)
 	$(SGL_BIN)/pip install -q --upgrade pip
-	$(SGL_BIN)/pip install -q sglang==$(SGLANG_VERSION)
+	$(SGL_BIN)/pip install -q sglang==$(SGLANG_VERSION) sglang-router==$(SGLANG_ROUTER_VERSION)
 	$(SGL_BIN)/python -c "import importlib.metadata as m; print(*(f'{p}=={m.version(p)}' for p in ('sglang', 'torch', 'transformers')), sep='\n')" > $(SGL_VENV)/constraints.txt
 	$(SGL_BIN)/pip install -q -e '.[dev]' -c $(SGL_VENV)/constraints.txt
 	touch $(SGL_BIN)/r2r

@@ -1,9 +1,10 @@
 """`r2r bench long` on tiny shapes: every window measured, memory read, the JSON shaped as the issue asks."""
 from __future__ import annotations
 
-from evals.bench.long import LongBenchConfig, LongShape, bench_long, kv_bytes_per_token
+from evals.bench.gpu_costs import Shape
+from evals.bench.long import LongBenchConfig, bench_long, kv_bytes_per_token
 
-TINY = (LongShape("tiny-slm", 32, 1, 2, 1, 64, vocab=300), LongShape("tiny-llm", 64, 2, 4, 2, 128, vocab=300))
+TINY = (Shape("tiny-slm", 32, 1, 2, 1, 64, 300), Shape("tiny-llm", 64, 2, 4, 2, 128, 300))
 
 
 def test_long_bench_reports_every_window_and_memory() -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from evals.bench.gpu_costs import Shape
 from router.policies import RandomPolicy
 from serving.backends.hf import HFBackend
 from serving.decoding.routed import generate_speculative
@@ -29,21 +30,9 @@ log = logging.getLogger(__name__)
 R1_VOCAB = 151_936
 
 
-@dataclass(frozen=True)
-class LongShape:
-    """A decoder's layer shape (the testbed model's) at another vocabulary."""
-
-    name: str
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    intermediate: int
-    vocab: int = R1_VOCAB
-
-
-TESTBED_SLM = LongShape("testbed-slm", 128, 2, 4, 2, 384)
-TESTBED_LLM = LongShape("testbed-llm", 256, 36, 8, 4, 768)
+# the testbed models' layer shapes at R1-Distill-Qwen's vocabulary
+TESTBED_SLM = Shape("testbed-slm", 128, 2, 4, 2, 384, R1_VOCAB)
+TESTBED_LLM = Shape("testbed-llm", 256, 36, 8, 4, 768, R1_VOCAB)
 
 
 @dataclass(frozen=True)
@@ -54,7 +43,7 @@ class LongBenchConfig:
     share: float = 0.1
     prompt_tokens: int = 32
     seed: int = 0
-    shapes: tuple[LongShape, LongShape] = field(default=(TESTBED_SLM, TESTBED_LLM))
+    shapes: tuple[Shape, Shape] = field(default=(TESTBED_SLM, TESTBED_LLM))
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or min(self.batch_sizes) < 1:
@@ -66,7 +55,7 @@ class LongBenchConfig:
             raise ValueError(f"share must be in [0, 1], got {self.share}")
 
 
-def build_random_backend(shape: LongShape, context: int, seed: int) -> HFBackend:
+def build_random_backend(shape: Shape, context: int, seed: int) -> HFBackend:
     """A random-weight Qwen2 of `shape` with `context` positions, in float32 on the CPU (seeded, not global)."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
@@ -80,7 +69,7 @@ def build_random_backend(shape: LongShape, context: int, seed: int) -> HFBackend
     return HFBackend.from_model(model, f"random-{shape.name}-v{shape.vocab}", f"random-{shape.name}-{seed}")
 
 
-def kv_bytes_per_token(shape: LongShape) -> int:
+def kv_bytes_per_token(shape: Shape) -> int:
     """float32 K and V of one position over every layer."""
     return shape.layers * 2 * shape.kv_heads * (shape.hidden // shape.heads) * 4
 
@@ -198,7 +187,7 @@ def plot_long(result: dict, out: Path) -> None:
                         label=f"{key.replace('_', ' ')} ({label})")
     ax.set_xlabel("output position (end of window)")
     ax.set_ylabel("ms per output position")
-    ax.set_title(f"routed speculative, random policy, vocab {result['meta']['models']['testbed-slm']['vocab']:,}")
+    ax.set_title(f"routed speculative, random policy, vocab {next(iter(result['meta']['models'].values()))['vocab']:,}")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -226,6 +226,21 @@ def test_api_key_and_queue_limit(pair: ModelPair) -> None:
         assert big.status_code == 413
 
 
+def test_worker_metadata_for_sglang_router(base_url: str, pair: ModelPair) -> None:
+    """`/model_info` and `/server_info` (and their `/get_*` aliases) carry what sglang-router registers a worker
+    by: the served model id the OpenAI routes accept, and a tokenizer path that loads the pair's tokenizer."""
+    from transformers import AutoTokenizer
+
+    info = httpx.get(f"{base_url}/model_info").json()
+    assert info == httpx.get(f"{base_url}/get_model_info").json()
+    assert info["served_model_name"] == MODEL and info["is_generation"] is True
+    assert info["vocab_size"] == pair.slm.vocab_size and info["max_context_length"] == pair.context_length
+    assert AutoTokenizer.from_pretrained(info["tokenizer_path"]).encode(QUESTION) == pair.tokenizer.encode(QUESTION)
+    server = httpx.get(f"{base_url}/server_info").json()
+    assert server == httpx.get(f"{base_url}/get_server_info").json()
+    assert {k: server[k] for k in info} == info and server["max_running_requests"] >= 1
+
+
 def test_n_choices(base_url: str) -> None:
     from openai import OpenAI
 

@@ -5,8 +5,8 @@ nothing the router sees, and four engines do not fit this machine beside the sha
 
 What the router asks of a worker: `/health` (its health checks), then `/model_info` and `/server_info` (with
 `/get_model_info` / `/get_server_info` as fallbacks) for metadata. r2r's server has `/health` and the OpenAI
-routes; without the metadata endpoints the router logs a warning, registers the worker under the model id
-"unknown" and routes to it all the same."""
+routes, and `/model_info` / `/server_info` in SGLang's shapes, so the router registers each worker under the
+served model id (without them it would register "unknown" and route all the same)."""
 from __future__ import annotations
 
 import subprocess
@@ -77,6 +77,8 @@ def test_two_workers_behind_sglang_router(tmp_path: Path) -> None:
         while sum(w["is_healthy"] for w in httpx.get(f"{router}/workers", timeout=10).json()["workers"]) < 2:
             assert time.monotonic() < deadline, f"the router did not take both workers:\n{log.read_text()[-3000:]}"
             time.sleep(2)
+        registered = httpx.get(f"{router}/workers", timeout=10).json()["workers"]
+        assert {w["model_id"] for w in registered} == {"r2r-testbed"}, registered
 
         client = OpenAI(base_url=f"{router}/v1", api_key="none")
         direct = OpenAI(base_url=f"{workers[0]}/v1", api_key="none")

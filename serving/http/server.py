@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
+from importlib.metadata import version as installed_version
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -265,6 +266,23 @@ def build_app(pair: ModelPair, cfg: ServeConfig, scheduler_thread: bool = True) 
     async def models() -> dict:
         return {"object": "list", "data": [{"id": cfg.model_name, "object": "model", "created": now(),
                                             "owned_by": "r2r"}]}
+
+    # Worker metadata in SGLang's shapes: sglang-router reads `served_model_name` (the model id it routes by) and
+    # `tokenizer_path` from `/model_info` and `/server_info` when it registers a worker.
+    def model_info() -> dict:
+        return {"model_path": str(pair.spec.slm), "tokenizer_path": str(pair.spec.slm), "is_generation": True,
+                "served_model_name": cfg.model_name, "max_context_length": pair.context_length,
+                "vocab_size": pair.slm.vocab_size, "model_type": "r2r", "pair": pair.spec.name,
+                "llm_path": str(pair.spec.llm), "cross_tokenizer": pair.cross}
+
+    def server_info() -> dict:
+        return {**model_info(), "version": installed_version("r2r"), "max_running_requests": cfg.scheduler.max_running,
+                "max_total_num_tokens": cfg.scheduler.max_tokens, "routing_mode": cfg.mode.value}
+
+    for path in ("/model_info", "/get_model_info"):
+        app.add_api_route(path, model_info, methods=["GET"])
+    for path in ("/server_info", "/get_server_info"):
+        app.add_api_route(path, server_info, methods=["GET"])
 
     async def run(request: Request, ids: list[int], req: SamplingFields, chat: bool):
         loop = asyncio.get_running_loop()

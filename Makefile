@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup serve test test-all test-sglang bench clean
+.PHONY: setup serve test test-all test-sglang bench-sglang bench clean
 
 $(BIN)/r2r: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -57,6 +57,11 @@ test-sglang: $(SGL_BIN)/r2r
 	else \
 		SGLANG_USE_CPU_ENGINE=1 PYTHONPATH=tests/sglang_stub$${PYTHONPATH:+:$$PYTHONPATH} $(SGL_BIN)/python -m pytest -q -m sglang; \
 	fi
+
+# SGLang's engine calls against the HF backend's, on this machine (bench/sglang_cpu.json); CPU: as test-sglang runs
+bench-sglang: $(SGL_BIN)/r2r
+	SGLANG_USE_CPU_ENGINE=1 PYTHONPATH=tests/sglang_stub$${PYTHONPATH:+:$$PYTHONPATH} $(SGL_BIN)/r2r bench sglang \
+		--out bench/sglang_cpu.json
 
 bench: setup
 	$(BIN)/r2r bench decode --out bench/decode.json

@@ -245,6 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--out", type=Path, default=Path("bench/long.json"), help="JSON out; the plot goes beside it")
     lg.add_argument("--no-plot", action="store_true", help="JSON only (where matplotlib is not installed)")
 
+    sg = bench_sub.add_parser("sglang", help="SGLang engine calls against the HF backend's steps on the testbed pair "
+                              "(run from .venv-sglang: `make bench-sglang`; on a CPU it needs the test stand-in)")
+    sg.add_argument("--pair", default="testbed", help="a preset pair sharing the SLM's tokenizer (default: testbed)")
+    sg.add_argument("--batch-sizes", default="1,8", help="comma-separated")
+    sg.add_argument("--max-tokens", type=int, default=128, help="output tokens per request at most")
+    sg.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every routed configuration")
+    sg.add_argument("--calls", type=int, default=40, help="one-token calls per model and backend")
+    sg.add_argument("--out", type=Path, default=Path("bench/sglang_cpu.json"))
+
     op = bench_sub.add_parser("operating-point", help="choose each family's learned-router budget from "
                               "router-budget runs on validation and make it the router's default threshold")
     op.add_argument("--router", type=Path, default=TESTBED_DIR / "router", help="router checkpoint to update")

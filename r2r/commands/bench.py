@@ -50,6 +50,15 @@ def run(args: argparse.Namespace) -> int:
         cfg = GpuCostsConfig(device=args.device, quick=args.quick, batch_sizes=tuple(int(b) for b in batches),
                              **({"new_tokens": 8, "repeats": 3, "prompt_tokens": 16} if args.quick else {}))
         return write_bench(args.out, gpu_costs(cfg, args.sglang_dir))
+    if args.bench == "sglang":
+        from evals.bench.sglang_cpu import SGLangBenchConfig, bench_sglang
+        from serving.backends.sglang import SGLangDevice, require_sglang
+        from serving.pair import resolve_pair
+
+        cfg = SGLangBenchConfig(batch_sizes=tuple(int(b) for b in floats(args.batch_sizes, "--batch-sizes")),
+                                max_tokens=args.max_tokens, rounds=args.rounds, calls=args.calls)
+        require_sglang(SGLangDevice.CPU)
+        return write_bench(args.out, bench_sglang(resolve_pair(args.pair, None, None), cfg))
     if args.bench == "long":
         from evals.bench.long import LongBenchConfig, bench_long, plot_long
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from data_gen.shards import load_labels
-from router.fit import SLMInfo, label_tensors
+from router.fit import Positives, SLMInfo, label_tensors
 from router.train import LabelTensors
 
 
@@ -19,7 +19,7 @@ class RouterData:
 
 
 def load_router_data(label_dirs: list[Path], slm: SLMInfo, llm_fingerprint: str, llm_dir: str,
-                     positives: str) -> RouterData:
+                     positives: Positives) -> RouterData:
     """Every label set, which must come from this SLM and tokenizer and store the same top-k; `llm_dir` is
     recorded for label sets made with the LLM of fingerprint `llm_fingerprint`."""
     columns: dict[str, list] = {}
@@ -35,11 +35,11 @@ def load_router_data(label_dirs: list[Path], slm: SLMInfo, llm_fingerprint: str,
         if top_k is not None and k != top_k:
             raise ValueError(f"{root} stores top-{k} features, the other label sets top-{top_k}")
         top_k = k
-        part = ds.select_columns(["data_id", "hidden", "slm_token", "topk", positives]).with_format("numpy")[:]
+        part = ds.select_columns(["data_id", "hidden", "slm_token", "topk", positives.value]).with_format("numpy")[:]
         # unverifiable candidates (no gradeable answer in either branch) have no divergence label: left out
         # (mismatch positives need none)
-        keep = (~np.asarray(list(ds["unverifiable"]), dtype=bool)
-                if positives == "divergent" and "unverifiable" in ds.column_names else np.ones(len(ds), dtype=bool))
+        divergence_only = positives == Positives.DIVERGENT and "unverifiable" in ds.column_names
+        keep = ~np.asarray(list(ds["unverifiable"]), dtype=bool) if divergence_only else np.ones(len(ds), dtype=bool)
         for key, value in part.items():
             columns.setdefault(key, []).append(np.asarray(value)[keep])
         llm = {"llm_fingerprint": ident["llm"]} | ({"llm_dir": llm_dir} if ident["llm"] == llm_fingerprint else {})
@@ -48,7 +48,7 @@ def load_router_data(label_dirs: list[Path], slm: SLMInfo, llm_fingerprint: str,
             continued["continue_router"] = ident["continue_router"]
         how = {"verifier": ident["settings"].get("verifier", "answer"), "task": ident["settings"].get("task")}
         counts = {k: v for k, v in manifest.get("counts", {}).items() if k != "shards"}
-        label_meta.append({"dir": str(root), "positives": positives, **how, **llm, **continued, **counts})
+        label_meta.append({"dir": str(root), "positives": positives.value, **how, **llm, **continued, **counts})
     assert top_k is not None, "no label directories given"
     if not sum(len(c) for c in columns["data_id"]):
         raise ValueError(f"no labeled positions left in {[str(d) for d in label_dirs]}: every candidate was "

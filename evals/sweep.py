@@ -19,20 +19,25 @@ from serving.decoding.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
-# the x-axis of each curve: learned = LLM-share budgets, random = rates, confidence/entropy = thresholds
-DEFAULT_GRID: dict[PolicyKind, tuple[float, ...]] = {
+# every policy's settings, the x-axis of its curve: learned = LLM-share budgets, random = rates,
+# confidence/entropy = thresholds (both scores lie in [0, 1])
+GRID: dict[PolicyKind, tuple[float, ...]] = {
     PolicyKind.SLM: (0.0,), PolicyKind.LLM: (1.0,),
     PolicyKind.LEARNED: (0.05, 0.1, 0.15, 0.2, 0.3),
     PolicyKind.RANDOM: (0.05, 0.1, 0.15, 0.2, 0.3),
     PolicyKind.CONFIDENCE: (0.5, 0.3, 0.2, 0.1, 0.05),
+    PolicyKind.ENTROPY: (0.5, 0.3, 0.2, 0.1, 0.05),
 }
+# the policies `r2r eval` sweeps unless told (`--policies`): entropy only on request, confidence is the
+# training-free baseline the plots compare against
+DEFAULT_POLICIES = (PolicyKind.SLM, PolicyKind.LLM, PolicyKind.LEARNED, PolicyKind.RANDOM, PolicyKind.CONFIDENCE)
 
 
 @dataclass(frozen=True)
 class SweepConfig:
     task: str
     out_dir: Path
-    policies: tuple[PolicyKind, ...] = tuple(DEFAULT_GRID)
+    policies: tuple[PolicyKind, ...] = DEFAULT_POLICIES
     limit: int | None = None
     batch_size: int = 16
     mode: RoutingMode = RoutingMode.SPECULATIVE
@@ -98,7 +103,7 @@ def run_sweep(pair: ModelPair, task: Task, problems: list[EvalProblem], cfg: Swe
             "slm_params": pair.slm.n_parameters, "llm_params": pair.llm.n_parameters}
     (cfg.out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
     prompts = {p.id: pair.encode_chat([{"role": "user", "content": p.prompt}]) for p in problems}
-    settings = [(k, v) for k in cfg.policies for v in DEFAULT_GRID[k]]
+    settings = [(k, v) for k in cfg.policies for v in GRID[k]]
     for kind, value in settings:
         key = f"{kind.value}@{value}"
         path = runs / f"{key}.jsonl"

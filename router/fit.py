@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -24,23 +25,24 @@ class SLMInfo:
     embeddings: torch.Tensor  # [vocab, embed] the SLM's input embedding table
 
 
-POSITIVES = ("divergent", "mismatch")
+class Positives(str, Enum):
+    """What the router learns to flag; each is a label column of the same name."""
+
+    DIVERGENT = "divergent"  # the verifier's path-divergence label (the published method)
+    MISMATCH = "mismatch"  # every SLM token that differs from the LLM's reference, recovered from or not
 
 
-def label_tensors(columns: dict, positives: str = "divergent") -> LabelTensors:
-    """From label columns (numpy): hidden, slm_token, topk, data_id and the positives column.
-
-    `positives` picks what the router learns to flag: `divergent` (the verifier's path-divergence
-    label, the published method) or `mismatch` (every SLM token that differs from the LLM's
-    reference, whether or not the LLM's continuation would recover from it).
-    """
-    if positives not in POSITIVES:
-        raise ValueError(f"positives must be one of {POSITIVES}, got {positives!r}")
+def label_tensors(columns: dict, positives: Positives | str = Positives.DIVERGENT) -> LabelTensors:
+    """From label columns (numpy): hidden, slm_token, topk, data_id and the `positives` column."""
+    try:
+        positives = Positives(positives)
+    except ValueError as exc:
+        raise ValueError(f"positives must be one of {[p.value for p in Positives]}, got {positives!r}") from exc
     return LabelTensors(
         hidden=torch.as_tensor(np.asarray(columns["hidden"], dtype=np.float32)),
         token=torch.as_tensor(np.asarray(columns["slm_token"], dtype=np.int64)),
         topk=torch.as_tensor(np.asarray(columns["topk"], dtype=np.float32)),
-        label=torch.as_tensor(np.asarray(columns[positives], dtype=np.float32)),
+        label=torch.as_tensor(np.asarray(columns[positives.value], dtype=np.float32)),
         data_id=[str(d) for d in columns["data_id"]],
     )
 

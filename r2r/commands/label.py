@@ -5,26 +5,55 @@ import argparse
 import sys
 from pathlib import Path
 
-from r2r.commands.common import load_pair_from_args
+from data_gen.pipeline import ContinueWith
+from data_gen.verifiers import VerifierKind
+from r2r.commands.common import add_pair_args, choices, load_pair_from_args
+
+HELP = "label path-divergent tokens between the SLM and LLM (resumable)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_pair_args(p)
+    p.add_argument("--prompts", required=True,
+                   help="testbed-<family>:<n>, a JSONL file (prompt or messages per line), or hf:<name>[:split]")
+    p.add_argument("--verifier", default=VerifierKind.ANSWER.value, choices=choices(VerifierKind))
+    p.add_argument("--task", default=None,
+                   help="read and compare each branch's answer as this task grades it (any `r2r eval --list` name: "
+                        "math-verify for math, the letter for choices, the tests for code); with a JSONL --prompts "
+                        "file in the dataset's own fields, or hf:NAME for the task's hub rows (default: the "
+                        "testbed's #### rule)")
+    p.add_argument("--judge-model", default=None, help="instruct model directory for --verifier judge")
+    p.add_argument("--out", type=Path, required=True, help="output directory (re-run to resume)")
+    p.add_argument("--chunk-size", type=int, default=100, help="prompts per shard")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--top-k", type=int, default=32, help="top-k log-probs stored as router features")
+    p.add_argument("--keep-unfinished", action="store_true",
+                   help="also label references that hit --max-new-tokens (dropped by default)")
+    p.add_argument("--continue-with", choices=choices(ContinueWith), default=ContinueWith.LLM.value,
+                   help="who continues each SLM branch for the verifier: the LLM (published method, default) or "
+                        "routed decoding with the pair's router (--router), as in serving: on-policy labels")
+    p.add_argument("--continue-share", type=float, default=None,
+                   help="with --continue-with routed: the router's LLM-share budget (default: its stored threshold)")
 
 
 def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from data_gen.pipeline import STAGES, LabelConfig, make_pipeline
-    from data_gen.verifiers import AnswerVerifier, EmbeddingVerifier, JudgeVerifier, VerifierKind, minilm_dir
+    from data_gen.verifiers import AnswerVerifier, EmbeddingVerifier, JudgeVerifier, minilm_dir
 
     task = None
     if args.task is not None:
         from evals.tasks import get_task
 
         task = get_task(args.task)
-        if args.verifier != VerifierKind.ANSWER.value:
+        if VerifierKind(args.verifier) != VerifierKind.ANSWER:
             raise ValueError("--task sets how the answer verifier compares branches: use it with --verifier answer")
     prompts, problems = _prompts(args.prompts, task)
-    cfg = LabelConfig(out_dir=args.out, verifier=args.verifier, chunk_size=args.chunk_size,
+    cfg = LabelConfig(out_dir=args.out, verifier=VerifierKind(args.verifier), chunk_size=args.chunk_size,
                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, top_k=args.top_k,
-                      keep_unfinished=args.keep_unfinished, continue_with=args.continue_with,
+                      keep_unfinished=args.keep_unfinished, continue_with=ContinueWith(args.continue_with),
                       continue_share=args.continue_share, task=None if task is None else task.name)
     pair = load_pair_from_args(args)
     if cfg.verifier == VerifierKind.ANSWER and task is not None:

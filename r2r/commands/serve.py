@@ -6,15 +6,42 @@ import argparse
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from r2r.commands.common import load_pair_from_args
+from r2r.commands.common import add_pair_args, choices, load_pair_from_args
 from router.policies import PolicyKind
+from serving.decoding.generation import RoutingMode
+from serving.pair import BackendKind
 
 if TYPE_CHECKING:
     from serving.backends.threads import PassThreads
     from serving.pair import ModelPair
 
 
+HELP = "OpenAI-compatible server (default: testbed pair on 127.0.0.1:8000)"
 DEFAULT_WIDE_PASS_GFLOP = 0.5  # `r2r serve --wide-pass-gflop`'s default
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_pair_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--policy", default=None, choices=choices(PolicyKind),
+                   help="default policy for requests that do not set one (default: learned when the pair "
+                        "has a router, else entropy)")
+    p.add_argument("--threshold", type=float, default=None, help="default routing threshold")
+    p.add_argument("--model-name", default=None, help="the model id clients ask for (default: r2r-<pair>)")
+    p.add_argument("--mode", default=RoutingMode.SPECULATIVE.value, choices=choices(RoutingMode))
+    p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on every route but /health "
+                   "and the playground page / (which asks for the key itself)")
+    p.add_argument("--request-timeout", type=float, default=600.0,
+                   help="seconds a request may take, queueing included, before it is answered 408 (default 600); "
+                        "a request's own `timeout` field may shorten it")
+    p.add_argument("--max-running", type=int, default=32, help="sequences decoded together (continuous batching)")
+    p.add_argument("--max-queue", type=int, default=256, help="waiting requests before answering 429")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for wide forward passes (default: all cores); smaller passes run on one "
+                        "thread, leaving the other cores to HTTP")
+    p.add_argument("--wide-pass-gflop", type=float, default=DEFAULT_WIDE_PASS_GFLOP,
+                   help="a forward pass estimated at this many GFLOP or more is wide (default 0.5; 0: all)")
 
 
 def serving_threads(threads: int | None, wide_pass_gflop: float) -> PassThreads:
@@ -42,15 +69,12 @@ def check_router(pair: ModelPair, router_flag: str | None) -> None:
 
 def shutdown_backends(pair: ModelPair, backend: str) -> None:
     """SGLang engines run in processes of their own: stop them on exit."""
-    from serving.pair import BackendKind
-
     if BackendKind(backend) == BackendKind.SGLANG:
         for b in (pair.slm, pair.llm):
             b.shutdown()
 
 
 def run(args: argparse.Namespace) -> int:
-    from serving.decoding.generation import RoutingMode
     from serving.http.scheduler import SchedulerConfig
     from serving.http.server import ServeConfig, serve
 

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from router.policies import PolicyKind
+from serving.decoding.generation import RoutingMode
 
 MAX_TOP_LOGPROBS = 20
 MAX_STOP_STRINGS = 4
@@ -55,7 +56,7 @@ class SamplingFields(BaseModel):
     policy: PolicyKind | None = None
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     llm_share: float | None = Field(default=None, ge=0.0, le=1.0)
-    mode: Literal["sequential", "speculative"] | None = None
+    mode: RoutingMode | None = None
     timeout: float | None = Field(default=None, gt=0.0)  # seconds; the server's --request-timeout caps it
 
     @field_validator("stop")
@@ -85,7 +86,7 @@ class SamplingFields(BaseModel):
             raise ValueError(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
         if self.top_logprobs is not None and self.logprobs is not True:
             raise ValueError("top_logprobs needs logprobs: true")
-        if self.logprob_count is not None and self.mode == "speculative":
+        if self.logprob_count is not None and self.mode == RoutingMode.SPECULATIVE:
             raise ValueError("logprobs need mode 'sequential' (chosen by default when logprobs are asked for): "
                              "speculative routing accepts drafted tokens without every writer's distribution")
         if self.stream and self.n > 1:

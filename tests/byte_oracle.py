@@ -81,21 +81,23 @@ class TableLM:
         out[self.eos] = scores[-1] - 1.0
         return out
 
-    def open(self, prompts, want_hidden=False):
+    def open(self, prompts, want_hidden=False, *, rows_at=None, top_k=None):
         seqs = [FakeSequence() for _ in prompts]
         self.open_sequences += len(seqs)
-        return list(zip(seqs, self.extend(seqs, prompts, want_hidden)))
+        return list(zip(seqs, self.extend(seqs, prompts, want_hidden, rows_at=rows_at, top_k=top_k)))
 
-    def extend(self, seqs, new_ids, want_hidden=False):
-        from serving.backends.base import RowKind, StepOutput
+    def extend(self, seqs, new_ids, want_hidden=False, *, rows_at=None, top_k=None):
+        from serving.backends.base import RowKind, StepOutput, resolve_rows
 
+        assert top_k is None, "the table model returns full rows"
         self.forward_passes += 1
         outs = []
-        for seq, ids in zip(seqs, new_ids):
+        for seq, ids, at in zip(seqs, new_ids, resolve_rows(rows_at, new_ids)):
             assert ids and not seq.closed
-            rows = [self.logits_after(seq.tokens + ids[: k + 1]) for k in range(len(ids))]
+            rows = [self.logits_after(seq.tokens + ids[: k + 1]) for k in at]
             seq.tokens += ids
-            outs.append(StepOutput(torch.stack(rows), torch.zeros(len(ids), 4) if want_hidden else None, RowKind.LOGITS))
+            outs.append(StepOutput(torch.stack(rows) if rows else torch.empty(0, self.vocab_size),
+                                   torch.zeros(len(at), 4) if want_hidden else None, RowKind.LOGITS))
         return outs
 
     def draft(self, seqs, new_ids, n_tokens, want_hidden=False):
@@ -188,10 +190,11 @@ class RestrictedHF:
     def open_sequences(self) -> int:
         return self.inner.open_sequences
 
-    def _restrict(self, logits: torch.Tensor, first_pos: int) -> torch.Tensor:
+    def _restrict(self, logits: torch.Tensor, positions: list[int]) -> torch.Tensor:
+        """Row k is the one after the token at positions[k]."""
         out = logits + self._mask
-        for k in range(out.shape[0]):
-            if first_pos + k + 1 - self.context_len >= self.max_new:
+        for k, pos in enumerate(positions):
+            if pos + 1 - self.context_len >= self.max_new:
                 out[k] = float("-inf")
                 out[k, self.eos] = 0.0
         return out
@@ -199,25 +202,32 @@ class RestrictedHF:
     def logits_after(self, tokens: list[int]) -> torch.Tensor:
         with torch.inference_mode():
             logits = self.inner.model(input_ids=torch.tensor([tokens])).logits[0, -1].float()
-        return self._restrict(logits[None], len(tokens) - 1)[0]
+        return self._restrict(logits[None], [len(tokens) - 1])[0]
 
-    def open(self, prompts, want_hidden=False):
-        return [(seq, self._wrap(out, 0)) for seq, out in self.inner.open(prompts, want_hidden)]
+    def open(self, prompts, want_hidden=False, *, rows_at=None, top_k=None):
+        from serving.backends.base import resolve_rows
 
-    def extend(self, seqs, new_ids, want_hidden=False):
+        opened = self.inner.open(prompts, want_hidden, rows_at=rows_at, top_k=top_k)
+        return [(seq, self._wrap(out, at))
+                for (seq, out), at in zip(opened, resolve_rows(rows_at, prompts))]
+
+    def extend(self, seqs, new_ids, want_hidden=False, *, rows_at=None, top_k=None):
+        from serving.backends.base import resolve_rows
+
         starts = [s.length for s in seqs]
-        outs = self.inner.extend(seqs, new_ids, want_hidden)
-        return [self._wrap(out, start) for out, start in zip(outs, starts)]
+        outs = self.inner.extend(seqs, new_ids, want_hidden, rows_at=rows_at, top_k=top_k)
+        return [self._wrap(out, [start + k for k in at])
+                for out, start, at in zip(outs, starts, resolve_rows(rows_at, new_ids))]
 
     def draft(self, seqs, new_ids, n_tokens, want_hidden=False):
         from serving.backends.base import draft_by_extending
 
         return draft_by_extending(self, seqs, new_ids, n_tokens, want_hidden)
 
-    def _wrap(self, out, start: int):
+    def _wrap(self, out, positions: list[int]):
         from serving.backends.base import StepOutput
 
-        return StepOutput(self._restrict(out.logits, start), out.hidden, out.kind)
+        return StepOutput(self._restrict(out.logits, positions), out.hidden, out.kind)
 
     def fork(self, seq, length):
         return self.inner.fork(seq, length)

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from serving.backends.base import DraftedBlock, RowKind, StepOutput, draft_by_extending
+from serving.backends.base import (DraftedBlock, Positions, RowKind, StepOutput, draft_by_extending,
+                                   resolve_rows, select_rows)
 
 
 @dataclass
@@ -40,18 +41,24 @@ class FakeBackend:
         logits = torch.stack(rows)
         return StepOutput(logits=logits, hidden=logits[:, : self.hidden_size].clone(), kind=RowKind.LOGITS)
 
-    def open(self, prompts: list[list[int]], want_hidden: bool = False) -> list[tuple[FakeSequence, StepOutput]]:
+    def open(self, prompts: list[list[int]], want_hidden: bool = False, *, rows_at: list[Positions] | None = None,
+             top_k: int | None = None) -> list[tuple[FakeSequence, StepOutput]]:
+        assert top_k is None, "the fake returns full rows"
         self.forward_passes += 1
         seqs = [FakeSequence(list(p)) for p in prompts]
         self.open_sequences += len(seqs)
-        return [(s, self._outputs(s, len(s.tokens))) for s in seqs]
+        at = resolve_rows(rows_at, prompts)
+        return [(s, select_rows(self._outputs(s, len(s.tokens)), a)) for s, a in zip(seqs, at)]
 
-    def extend(self, seqs: list[FakeSequence], new_ids: list[list[int]], want_hidden: bool = False) -> list[StepOutput]:
+    def extend(self, seqs: list[FakeSequence], new_ids: list[list[int]], want_hidden: bool = False, *,
+               rows_at: list[Positions] | None = None, top_k: int | None = None) -> list[StepOutput]:
+        assert top_k is None, "the fake returns full rows"
         self.forward_passes += 1
         for s, ids in zip(seqs, new_ids):
             assert not s.closed
             s.tokens += ids
-        return [self._outputs(s, len(ids)) for s, ids in zip(seqs, new_ids)]
+        at = resolve_rows(rows_at, new_ids)
+        return [select_rows(self._outputs(s, len(ids)), a) for s, ids, a in zip(seqs, new_ids, at)]
 
     def draft(self, seqs: list[FakeSequence], new_ids: list[list[int]], n_tokens: list[int],
               want_hidden: bool = False) -> list[DraftedBlock]:

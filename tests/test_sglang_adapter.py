@@ -92,3 +92,17 @@ def test_parse_draft_rows_and_hidden_states_follow_the_drafts() -> None:
     bad = {"output_ids": [2], "meta_info": {"output_top_logprobs": [entry([(-0.1, 4), (-2.5, 2)])]}}
     with pytest.raises(AssertionError, match="argmax"):
         parse_draft(bad, n=1, vocab=VOCAB, hidden_size=2, want_hidden=False)
+
+
+def test_parse_response_keeps_only_the_positions_asked_for() -> None:
+    """rows_at [2, 0]: the row after the last appended token, then the one after the first; [] makes none."""
+    out = {"output_ids": [7], "meta_info": {
+        "input_top_logprobs": [None, entry([(-0.1, 4), (-2.5, 2)]), entry([(-0.3, 5), (-1.4, 9)])],
+        "output_top_logprobs": [entry([(-0.01, 7), (-4.6, 1)])],
+        "hidden_states": [[[0.0, 0.1], [1.0, 1.1], [2.0, 2.1]], [3.0, 3.1]],
+    }}
+    step = parse_response(out, n_new=3, vocab=VOCAB, want_hidden=True, at=[2, 0])
+    assert step.logits.argmax(-1).tolist() == [7, 4]
+    torch.testing.assert_close(step.hidden, torch.tensor([[2.0, 2.1], [0.0, 0.1]]))
+    none = parse_response(out, n_new=3, vocab=VOCAB, want_hidden=True, at=[])
+    assert none.logits.shape == (0, VOCAB) and none.hidden.shape == (0, 2)

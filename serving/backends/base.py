@@ -13,20 +13,30 @@ import torch
 
 from router.rows import RowKind  # defined in router/ (the bottom of the import table) so the router can read it
 
-__all__ = ["Backend", "DraftedBlock", "RowKind", "SequenceHandle", "StepOutput", "draft_by_extending",
-           "open_by_extending"]
+__all__ = ["ALL_ROWS", "Backend", "DraftedBlock", "LAST_ROW", "NO_ROWS", "Positions", "RowKind", "SequenceHandle",
+           "StepOutput", "draft_by_extending", "open_by_extending", "resolve_rows", "select_rows"]
+
+# Which of one sequence's appended positions a pass returns rows for: indices into the tokens that call appends to
+# it (negative ones count from the end, as in Python), rows coming back in that order; None: every appended position.
+# A pass computes the next-token rows of these positions only and moves only them off the device: at a 152k
+# vocabulary a row is 0.6 MB, so a catch-up over a few thousand tokens that reads none must not make any.
+Positions = tuple[int, ...] | None
+ALL_ROWS: Positions = None  # every appended position (teacher forcing, byte-level covers)
+LAST_ROW: Positions = (-1,)  # the row after the last appended token (prefill, decode)
+NO_ROWS: Positions = ()  # a pure catch-up: KV only
 
 
 @dataclass
 class StepOutput:
-    """What one pass returns for one sequence: one row per appended position, of the kind `kind` says.
+    """What one pass returns for one sequence: one row per position asked for (`Positions`), in the order asked,
+    of the kind `kind` says.
 
-    LOGITS: full-vocabulary logits (the HF backend). TOPK_LOGPROBS: the top `returned_top_k` log-probabilities,
-    normalised over the whole vocabulary, -inf elsewhere (SGLang); consumers use them as they are, never
-    renormalised (`router.rows.row_logprobs`)."""
+    LOGITS: full-vocabulary logits (the HF backend). TOPK_LOGPROBS: the top-k log-probabilities, normalised over
+    the whole vocabulary, -inf elsewhere (SGLang always; the HF backend when a pass asks for `top_k`); consumers
+    use them as they are, never renormalised (`router.rows.row_logprobs`)."""
 
-    logits: torch.Tensor  # [n_new, vocab] float32 rows of `kind`
-    hidden: torch.Tensor | None  # [n_new, hidden] float32, last layer after the final norm; None unless asked
+    logits: torch.Tensor  # [n_rows, vocab] float32 rows of `kind`
+    hidden: torch.Tensor | None  # [n_rows, hidden] float32, last layer after the final norm, at the same positions
     kind: RowKind
 
     def __post_init__(self) -> None:
@@ -68,12 +78,20 @@ class Backend(Protocol):
     open_sequences: int  # opened and not yet closed: what leak checks watch
     drafts_in_one_call: bool  # `draft` is one engine call (SGLang), not one pass per token: draft whole blocks
 
-    def open(self, prompts: list[list[int]], want_hidden: bool = False) -> list[tuple[SequenceHandle, StepOutput]]:
-        """Prefill one new sequence per prompt, in one batched pass."""
+    def open(self, prompts: list[list[int]], want_hidden: bool = False, *, rows_at: list[Positions] | None = None,
+             top_k: int | None = None) -> list[tuple[SequenceHandle, StepOutput]]:
+        """Prefill one new sequence per prompt, in one batched pass; rows as `extend` returns them."""
         ...
 
-    def extend(self, seqs: list[SequenceHandle], new_ids: list[list[int]], want_hidden: bool = False) -> list[StepOutput]:
-        """Append one or more tokens to each sequence in one batched pass."""
+    def extend(self, seqs: list[SequenceHandle], new_ids: list[list[int]], want_hidden: bool = False, *,
+               rows_at: list[Positions] | None = None, top_k: int | None = None) -> list[StepOutput]:
+        """Append one or more tokens to each sequence in one batched pass.
+
+        `rows_at[i]`: the positions of new_ids[i] whose next-token rows (and hidden states, when `want_hidden`)
+        sequence i gets back; None for the whole list: every appended position of every sequence. `top_k`: None
+        for full-vocabulary logits where the backend has them (`exact_full_distribution`; otherwise its top
+        `returned_top_k` log-probs); k <= returned_top_k for RowKind.TOPK_LOGPROBS rows of the k most likely
+        tokens."""
         ...
 
     def draft(self, seqs: list[SequenceHandle], new_ids: list[list[int]], n_tokens: list[int],
@@ -107,12 +125,34 @@ class Backend(Protocol):
         ...
 
 
-def open_by_extending(backend, new_sequence, prompts: list[list[int]], want_hidden: bool) -> list:
+def resolve_rows(rows_at: list[Positions] | None, new_ids: list[list[int]]) -> list[list[int]]:
+    """Each sequence's asked positions as indices in [0, len(new_ids[i])), in the order asked."""
+    if rows_at is None:
+        return [list(range(len(ids))) for ids in new_ids]
+    assert len(rows_at) == len(new_ids), f"{len(rows_at)} row selections for {len(new_ids)} sequences"
+    resolved = []
+    for at, ids in zip(rows_at, new_ids):
+        n = len(ids)
+        idx = list(range(n)) if at is None else [p + n if p < 0 else p for p in at]
+        assert all(0 <= p < n for p in idx) and len(set(idx)) == len(idx), \
+            f"positions {at} are not distinct positions of {n} appended tokens"
+        resolved.append(idx)
+    return resolved
+
+
+def select_rows(out: StepOutput, at: list[int]) -> StepOutput:
+    """The rows of a pass's every-position output at `at` (backends that compute every row anyway: the fakes)."""
+    idx = torch.tensor(at, dtype=torch.long)
+    return StepOutput(out.logits[idx], None if out.hidden is None else out.hidden[idx], out.kind)
+
+
+def open_by_extending(backend, new_sequence, prompts: list[list[int]], want_hidden: bool,
+                      rows_at: list[Positions] | None = None, top_k: int | None = None) -> list:
     """`open` for backends whose prefill is an extend of empty sequences (both backends here)."""
     if any(len(p) == 0 for p in prompts):
         raise ValueError("cannot open a sequence with an empty prompt")
     seqs = [new_sequence() for _ in prompts]
-    outs = backend.extend(seqs, prompts, want_hidden)
+    outs = backend.extend(seqs, prompts, want_hidden, rows_at=rows_at, top_k=top_k)
     backend.open_sequences += len(seqs)
     return list(zip(seqs, outs))
 
@@ -127,8 +167,8 @@ def draft_by_extending(backend, seqs: list, new_ids: list[list[int]], n_tokens: 
     tokens: list[list[int]] = [[] for _ in seqs]
     live, feeds = list(range(len(seqs))), [list(ids) for ids in new_ids]
     while live:
-        for i, out in zip(live, backend.extend([seqs[i] for i in live], feeds, want_hidden)):
-            last = StepOutput(out.logits[-1:], None if out.hidden is None else out.hidden[-1:], out.kind)
+        for i, last in zip(live, backend.extend([seqs[i] for i in live], feeds, want_hidden,
+                                                rows_at=[LAST_ROW] * len(live))):
             outs[i].append(last)
             tokens[i].append(int(torch.argmax(last.logits[0])))
         live = [i for i in live if len(tokens[i]) < n_tokens[i]]

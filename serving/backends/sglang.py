@@ -8,7 +8,7 @@ How the contract maps onto the Engine API (source references are to the 0.5.23 w
   so exactly the appended positions are recomputed and reported. `truncate` cuts the list;
   `close` drops it (the radix cache evicts by LRU).
 - Logits: SGLang returns top-k log-probabilities, not full-vocabulary logits. Each appended
-  position gets a [vocab] float32 row holding its top-k log-probs and -inf elsewhere
+  position the caller asks for (`rows_at`) gets a [vocab] float32 row holding its top-k log-probs and -inf elsewhere
   (`input_top_logprobs` / `output_top_logprobs`: per position a list of (logprob, token_id, text)
   tuples, `tokenizer_manager.py::detokenize_logprob_tokens`). Exact: the argmax, the router's
   top-k log-prob features, and sampling with top_k <= k. Not exact: anything needing the full
@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from serving.backends.base import DraftedBlock, RowKind, StepOutput, open_by_extending
+from serving.backends.base import DraftedBlock, Positions, RowKind, StepOutput, open_by_extending, resolve_rows
 from serving.backends.fingerprint import model_fingerprint
 from serving.backends.shared_body import materialize_weights
 
@@ -143,8 +143,8 @@ def _row(entries: list | None, vocab: int) -> torch.Tensor:
     return row
 
 
-def parse_response(out: dict, n_new: int, vocab: int, want_hidden: bool) -> StepOutput:
-    """One request's Engine output -> rows for each appended position.
+def parse_response(out: dict, n_new: int, vocab: int, want_hidden: bool, at: list[int] | None = None) -> StepOutput:
+    """One request's Engine output -> rows for the appended positions `at` (None: every one), in that order.
 
     input_top_logprobs covers input positions from logprob_start_len on; its entry j is the
     distribution *of* input token start+j (given what precedes it), so the row after appended
@@ -153,14 +153,16 @@ def parse_response(out: dict, n_new: int, vocab: int, want_hidden: bool) -> Step
     meta = out["meta_info"]
     inputs = meta["input_top_logprobs"]
     assert len(inputs) >= n_new, f"expected {n_new} input positions of top log-probs, got {len(inputs)}"
-    rows = [_row(inputs[i + 1], vocab) for i in range(n_new - 1)] + [_row(meta["output_top_logprobs"][0], vocab)]
+    at = list(range(n_new)) if at is None else at
+    rows = [_row(inputs[i + 1] if i < n_new - 1 else meta["output_top_logprobs"][0], vocab) for i in at]
     hidden = None
     if want_hidden:
         states = meta["hidden_states"]  # [prefill rows, then one per generated token]
         prefill = torch.tensor(states[0], dtype=torch.float32)
         assert prefill.shape[0] >= n_new, f"{prefill.shape[0]} prefill hidden rows for {n_new} new positions"
-        hidden = prefill[-n_new:]
-    return StepOutput(logits=torch.stack(rows), hidden=hidden, kind=RowKind.TOPK_LOGPROBS)
+        hidden = prefill[-n_new:][at]
+    logits = torch.stack(rows) if rows else torch.empty((0, vocab))
+    return StepOutput(logits=logits, hidden=hidden, kind=RowKind.TOPK_LOGPROBS)
 
 
 def parse_draft(out: dict, n: int, vocab: int, hidden_size: int, want_hidden: bool) -> DraftedBlock:
@@ -228,16 +230,23 @@ class SGLangBackend:
         self.n_parameters = _parameter_count(path)
         self._embeddings: torch.Tensor | None = None
 
-    def open(self, prompts: list[list[int]], want_hidden: bool = False) -> list[tuple[SGLangSequence, StepOutput]]:
-        return open_by_extending(self, SGLangSequence, prompts, want_hidden)
+    def open(self, prompts: list[list[int]], want_hidden: bool = False, *, rows_at: list[Positions] | None = None,
+             top_k: int | None = None) -> list[tuple[SGLangSequence, StepOutput]]:
+        return open_by_extending(self, SGLangSequence, prompts, want_hidden, rows_at, top_k)
 
-    def extend(self, seqs: list[SGLangSequence], new_ids: list[list[int]], want_hidden: bool = False) -> list[StepOutput]:
+    def extend(self, seqs: list[SGLangSequence], new_ids: list[list[int]], want_hidden: bool = False, *,
+               rows_at: list[Positions] | None = None, top_k: int | None = None) -> list[StepOutput]:
+        """Rows only at the positions asked for: the engine returns top-k entries for every appended position (its
+        prefix match is bounded by where they start), only the asked ones become rows here."""
         assert len(seqs) == len(new_ids) and all(new_ids), "one non-empty token list per sequence"
+        if top_k is not None and not 1 <= top_k <= self.returned_top_k:
+            raise ValueError(f"top_k {top_k}: this SGLang backend returns the top {self.returned_top_k} log-probs")
         for s, ids in zip(seqs, new_ids):
             if s.length + len(ids) > self.max_length:
                 raise ValueError(f"sequence would reach {s.length + len(ids)} tokens; the context is {self.max_length}")
-        outs = self.engine.generate(**build_request(seqs, new_ids, self.cfg.top_k, want_hidden))
-        results = [parse_response(o, len(ids), self.vocab_size, want_hidden) for o, ids in zip(outs, new_ids)]
+        outs = self.engine.generate(**build_request(seqs, new_ids, top_k or self.cfg.top_k, want_hidden))
+        results = [parse_response(o, len(ids), self.vocab_size, want_hidden, at)
+                   for o, ids, at in zip(outs, new_ids, resolve_rows(rows_at, new_ids))]
         for s, ids in zip(seqs, new_ids):
             s.tokens += ids
         return results

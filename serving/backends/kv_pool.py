@@ -1,0 +1,186 @@
+"""The HF backend's KV memory: one pool, a row (slot) per open sequence.
+
+Layout. One buffer holds every layer's keys and values, [layers, 2, slots, kv_heads, columns, head_dim]. Slot s is
+one sequence's row and its column c holds position c, so a sequence's KV is always the prefix [0, length) of its
+row: `truncate` only moves the length back, the next tokens overwrite what lies past it, and no column is a hole.
+
+Passes. Attention on a CPU (SDPA) reads a dense [batch, kv_heads, columns, head_dim] tensor. A pass over the
+sequences of consecutive slots reads that slice of the buffer in place, so the decode loop (every sequence, every
+step) never copies its past. A pass over any other set of slots (the LLM verifying the requests that flagged)
+gathers their rows one layer at a time: a transient copy the size of what that layer's attention reads anyway.
+New keys and values are written straight into each row at its own length.
+
+Membership. A new sequence takes the next slot and its prefill writes in place; a fork copies its parent's prefix
+into a new slot; a closed sequence's slot is filled by moving the last row into it (one row copied, none other),
+so the slots in use stay 0..n-1. When at most half the slots (or half the columns) are in use, the pool shrinks to
+what it holds, copying the rows it keeps once. Both axes grow by a quarter when full, so copies on growth are
+amortized O(1) per token. Bytes held: slots x columns x the KV of one position; about 1.25x the tokens held when
+rows are of similar length, while a row much shorter than the longest still takes the longest's columns
+(docs/perf-notes.md, 2026-12-07, says why this is the trade taken).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+COLUMN_STEP = 64  # columns are allocated in multiples of this
+
+
+class Pooled(Protocol):
+    """A sequence as the pool sees it: its slot (None before its first pass and after close) and length."""
+
+    slot: int | None
+    length: int
+
+
+def _grown(current: int, needed: int, step: int = 1) -> int:
+    """A new size of at least `needed`, a quarter above `current` at least, rounded up to `step`."""
+    size = max(needed, current + max(1, current // 4))
+    return -(-size // step) * step
+
+
+@dataclass(frozen=True)
+class PassPlan:
+    """Where one pass over some rows reads and writes: each row appends `width` columns (its new tokens, then
+    padding) at its own length."""
+
+    rows: torch.Tensor  # [batch, 1] slot of each pass row, ascending
+    cols: torch.Tensor  # [batch, width] the column each appended position is written to
+    run: slice | None  # the rows' slots when consecutive (read in place); None: gathered
+    used: int  # columns attention reads: the longest length + width
+
+
+class _PassLayer(DynamicLayer):
+    """One layer's view of the pool for one pass (transformers calls `update` once per layer per pass)."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, plan: PassPlan) -> None:
+        """`k`, `v`: the pool's [slots, kv_heads, columns, head_dim] buffers of this layer."""
+        super().__init__()
+        self.is_initialized, self.device = True, k.device
+        self._k, self._v, self._plan = k, v, plan
+        self._past = plan.used - plan.cols.shape[1]
+
+    @property
+    def keys(self) -> torch.Tensor:
+        return self._k
+
+    @keys.setter
+    def keys(self, value: torch.Tensor | None) -> None:
+        assert value is None, "keys are written through update()"
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self._v
+
+    @values.setter
+    def values(self, value: torch.Tensor | None) -> None:
+        assert value is None, "values are written through update()"
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """key_states, value_states: [batch, kv_heads, width, head_dim] -> the rows' [batch, kv_heads, used, head_dim]."""
+        p = self._plan
+        assert key_states.shape[0] == p.rows.shape[0] and key_states.shape[2] == p.cols.shape[1], \
+            f"{tuple(key_states.shape)} for {tuple(p.cols.shape)} positions"
+        self._k[p.rows, :, p.cols] = key_states.transpose(1, 2)  # [batch, width, kv_heads, head_dim] at (row, col)
+        self._v[p.rows, :, p.cols] = value_states.transpose(1, 2)
+        self._past = p.used
+        if p.run is not None:
+            return self._k[p.run, :, : p.used], self._v[p.run, :, : p.used]
+        slots = p.rows[:, 0]
+        return self._k[:, :, : p.used].index_select(0, slots), self._v[:, :, : p.used].index_select(0, slots)
+
+    def get_seq_length(self) -> int:
+        return self._past
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self._plan.used, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+
+class KVPool:
+    """Every open sequence's keys and values, a slot per sequence (see the module docstring)."""
+
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
+        # zeros, not empty: columns past a row's length are masked, but garbage could be NaN and 0 * NaN is NaN
+        self.buf = torch.zeros((layers, 2, 0, kv_heads, 0, head_dim), dtype=dtype, device=device)
+        self.rows: list[Pooled] = []  # rows[s] is the sequence in slot s
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the pool holds (what the KV costs in memory)."""
+        return self.buf.numel() * self.buf.element_size()
+
+    @property
+    def slots(self) -> int:
+        return self.buf.shape[2]
+
+    @property
+    def columns(self) -> int:
+        return self.buf.shape[4]
+
+    def admit(self, seqs: list[Pooled]) -> None:
+        """Give each sequence, holding nothing yet, the next free slot."""
+        assert all(s.slot is None and s.length == 0 for s in seqs), "only empty sequences join the pool"
+        needed = len(self.rows) + len(seqs)
+        if needed > self.slots:
+            self._resize(_grown(self.slots, needed), self.columns)
+        for seq in seqs:
+            seq.slot = len(self.rows)
+            self.rows.append(seq)
+
+    def fork(self, parent: Pooled, child: Pooled, length: int) -> None:
+        """Admit `child` holding a copy of `parent`'s first `length` positions."""
+        assert parent.slot is not None and length <= parent.length, f"fork at {length} of {parent.length} positions"
+        self.admit([child])
+        self.buf[:, :, child.slot, :, :length] = self.buf[:, :, parent.slot, :, :length]
+
+    def release(self, seq: Pooled) -> None:
+        """Free `seq`'s slot: the last row moves into it; shrink when the pool is at most half used."""
+        slot, last = seq.slot, self.rows.pop()
+        assert slot is not None, "release of a sequence that holds no slot"
+        if last is not seq:
+            self.buf[:, :, slot, :, : last.length] = self.buf[:, :, last.slot, :, : last.length]
+            last.slot, self.rows[slot] = slot, last
+        seq.slot = None
+        n, longest = len(self.rows), max((s.length for s in self.rows), default=0)
+        slots = n if 2 * n <= self.slots else self.slots
+        columns = self.columns if 2 * longest > self.columns else _grown(longest, longest, COLUMN_STEP) if n else 0
+        if (slots, columns) != (self.slots, self.columns):
+            self._resize(slots, columns)
+
+    def plan(self, seqs: list[Pooled], width: int) -> PassPlan:
+        """Make room for `width` more columns on every row of `seqs` (ordered by slot) and say where they go."""
+        slots = [s.slot for s in seqs]
+        assert all(a < b for a, b in zip(slots, slots[1:])), f"a pass runs rows in slot order, got {slots}"
+        used = max(s.length for s in seqs) + width
+        if used > self.columns:
+            self._resize(self.slots, _grown(self.columns, used, COLUMN_STEP))
+        device = self.buf.device
+        rows = torch.tensor(slots, dtype=torch.long, device=device)[:, None]
+        cols = torch.tensor([s.length for s in seqs], dtype=torch.long, device=device)[:, None] \
+            + torch.arange(width, device=device)
+        run = slice(slots[0], slots[-1] + 1) if slots[-1] - slots[0] == len(slots) - 1 else None
+        return PassPlan(rows, cols, run, used)
+
+    def cache(self, plan: PassPlan) -> Cache:
+        """A transformers Cache that reads and writes the pool for one pass."""
+        return Cache(layers=[_PassLayer(self.buf[i, 0], self.buf[i, 1], plan) for i in range(self.buf.shape[0])])
+
+    def row(self, seq: Pooled) -> torch.Tensor:
+        """A view of `seq`'s positions: [layers, 2, kv_heads, length, head_dim]."""
+        assert seq.slot is not None, "a sequence without a slot holds nothing"
+        return self.buf[:, :, seq.slot, :, : seq.length]
+
+    def _resize(self, slots: int, columns: int) -> None:
+        """A new buffer of `slots` x `columns`, the held rows copied over (once: the caller grows geometrically)."""
+        n, keep = len(self.rows), min(self.columns, columns)
+        assert n <= slots and all(s.length <= columns for s in self.rows), "a resize may not drop held positions"
+        old = self.buf
+        shape = (old.shape[0], 2, slots, old.shape[3], columns, old.shape[5])
+        self.buf = torch.zeros(shape, dtype=old.dtype, device=old.device)
+        self.buf[:, :, :n, :, :keep] = old[:, :, :n, :, :keep]

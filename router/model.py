@@ -1,11 +1,11 @@
 """The router network: a residual MLP over [hidden, embed(top token), proj(top-k log-probs)].
 
 Sized to the SLM (the published 1024-wide, 6-block router for a 1.5B SLM is the reference
-point): width and depth are configs. The defaults (128 wide, 2 blocks, 0.32M parameters for
-the 0.46M testbed SLM) were chosen on validation: 256 x 3 (1.68M) reached the same ROC-AUC
-(0.965) and PR-AUC (0.617 vs 0.611) on the testbed labels while costing about three times
-as much per decoding step at batch 16. The token embedding table is the SLM's, frozen, and
-supplied at construction; it is excluded from `trainable_state_dict`.
+point): width, depth and expansion are configs. The defaults (128 wide, 2 blocks) were chosen
+on validation: larger routers classified no better and cost more per decoding step, which the
+router pays at every SLM step (docs/perf-notes.md, "Decode step and backend"). The token
+embedding table is the SLM's, frozen, and supplied at construction; it is excluded from
+`trainable_state_dict`.
 """
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ The prompt numbers the source lines; each trace line starts with the number of t
 executes, restates it, substitutes the current values, and ends with the whole variable
 state (`3: x = y + y = 28 + 28 = 56 | x=56 y=28`). Every value a step needs is then found
 by a key (a line number, or a name in the previous line's state) instead of by tracking
-which earlier line last wrote it; with plain traces (`x = 28 + 28 = 56`) the testbed LLM
-mostly went wrong at substitutions. The reference is confirmed by running the snippet
+which earlier line last wrote it: substitution is where a small model's traces go wrong
+(docs/perf-notes.md, "Testbed pair"). The reference is confirmed by running the snippet
 (`run_snippet`).
 
 The content of a trace is fixed by the snippet; its wording is not. As in real reasoning

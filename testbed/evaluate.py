@@ -188,7 +188,7 @@ def write_model_card(model_dir: Path, role: str, evaluation: dict, other: dict |
             f"{f}: {acc[f] - other['accuracy'][f]:+.1%}" for f in FAMILIES)
             + f"; latency ratio {evaluation['ms_per_token_batch1'] / other['ms_per_token_batch1']:.2f}x |")
     lines += ["", reproduce or f"Reproduce: `r2r testbed data && r2r testbed train --size slm && {BUILD_LLM} && "
-              "r2r testbed eval` (see the repository README).", ""]
+              "r2r testbed eval`.", ""]
     (model_dir / "README.md").write_text("\n".join(lines))
 
 

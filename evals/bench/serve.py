@@ -4,9 +4,8 @@ bound: the same requests decoded offline (no HTTP) at a batch of the top concurr
 The server runs in its own process (`r2r serve` on a free loopback port); this process is
 the load generator: `concurrency` client threads each send requests back to back over one
 pooled client, as an application's OpenAI client would. A client made per request (a new
-connection and TLS context each time) cost ~15 ms of this process's CPU per request, under
-its GIL: at concurrency 32 the first 32 requests took ~0.5 s to go out, so the numbers
-measured the load generator as much as the server.
+connection and TLS context each time) costs this process's CPU under its GIL, so the numbers
+would measure the load generator as much as the server (docs/perf-notes.md, "Server throughput").
 
 The offline run comes after the server has exited (so the two never share the CPU), in this process, on the
 pair a caller's loader returns (loaded as `r2r serve` loads it: same thread plan). It keeps `batch` requests in

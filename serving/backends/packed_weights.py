@@ -1,9 +1,9 @@
 """Lossless compact storage for committed model weights: `model.safetensors.packed` beside the model.
 
-Why: the repository (and what a device call can carry, 64 MiB) must hold the testbed models. Float weights do not
-compress as they are, but their bytes split by position do: the byte holding the sign and the exponent's high bits
-takes few values (zlib: ~40% of its size), the mantissa bytes are noise (stored as they are). For bf16 that is
-~69% of the file; for fp32 ~85%. Unpacking restores the exact bytes (sha256 checked), so a packed model's
+Why: the repository must hold the testbed models, in as few bytes as possible. Float weights do not compress as
+they are, but their bytes split by position do: the byte holding the sign and the exponent's high bits takes few
+values and compresses well under zlib; the mantissa bytes are noise and are stored as they are (the sizes it gives:
+docs/perf-notes.md, "Testbed pair"). Unpacking restores the exact bytes (sha256 checked), so a packed model's
 fingerprint, outputs and every number measured on it are those of the original file.
 
 Layout: 8-byte little-endian length, a JSON header (`format`, `sha256` and `size` of the original, `prefix`: the

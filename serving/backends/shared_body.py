@@ -1,13 +1,12 @@
 """Model directories that store only some of their tensors and read the rest from another model, their body.
 
 Why: a model trained from another with most of its parameters frozen (`r2r testbed train --train-only`) differs
-from it only in the tensors that trained. The cross-tokenizer testbed LLM (`llm-x`), the testbed LLM with another
-vocabulary, has its own embeddings, attention and norm weights and shares the LLM's MLP weights: stored that way
-it is `model.safetensors.own` (about 15 MB) and `body.json`, which names the body's directory and the fingerprint
-of the weights it was trained on, instead of a second copy of the LLM's 57 MB (the repository and the device
-tool's 64 MiB tree bound what can be committed). On first load `model.safetensors` is assembled from the two,
-so every loader reads a plain HF directory; a body whose weights changed since is refused (the model was trained
-against the old ones).
+from it only in the tensors that trained, and the repository has room for one copy of a large model's weights, not
+two. Such a model is stored as `model.safetensors.own` (the tensors that trained) and `body.json`, which names the
+body's directory and the fingerprint of the weights it was trained on. The cross-tokenizer testbed LLM (`llm-x`,
+the testbed LLM with another vocabulary) is one: its own embeddings, attention and norm weights, the LLM's MLP
+weights. On first load `model.safetensors` is assembled from the two, so every loader reads a plain HF directory;
+a body whose weights changed since is refused (the model was trained against the old ones).
 """
 from __future__ import annotations
 

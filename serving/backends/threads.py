@@ -1,12 +1,10 @@
 """How many CPU threads a forward pass runs on, chosen per pass by its size.
 
-A small pass (a decode step of a few rows) is bound by per-op overhead or memory bandwidth:
-more threads only add synchronization (testbed LLM at batch 1: 0.95x with two threads;
-SmolLM2-135M at batch 1: 1.00x). A wide pass (the LLM catching up 32 rows x 10 tokens) is
-compute: 1.52x with two. So a serving process runs torch on one thread and lends a wide pass
-the other cores, which otherwise serve HTTP (64 testbed requests from 32 in-process clients:
-median 1401-1456 -> 1690-1761 tok/s with passes from 0.1-1 GFLOP on two threads). torch's
-thread count is process-wide: only the decoding loop's thread may run passes under this.
+A small pass (a decode step of a few rows) is bound by per-op overhead or memory bandwidth, where more threads only
+add synchronization; a wide pass (the LLM catching up many rows of several tokens each) is bound by compute and
+runs faster on more. So a serving process runs torch on one thread and lends a wide pass the other cores, which
+otherwise serve HTTP (the measurements behind this: docs/perf-notes.md, "Server throughput"). torch's thread count
+is process-wide: only the decoding loop's thread may run passes under this.
 """
 from __future__ import annotations
 

@@ -138,18 +138,18 @@ class LabelPipeline:
         items = [(d, p, r) for d, p, r, f in zip(ref["data_id"], ref["prompt_ids"], ref["ref_ids"], ref["finished"])
                  if f or self.cfg.keep_unfinished]
         for batch in _batches(items, self.cfg.batch_size):
-            outs = self.pair.slm.open([p + r for _, p, r in batch], want_hidden=True)
+            spans = [tuple(range(len(p) - 1, len(p) + len(r) - 1)) for _, p, r in batch]  # rows predicting r
+            outs = self.pair.slm.open([p + r for _, p, r in batch], want_hidden=True, rows_at=spans)
             for (data_id, p, r), (seq, out) in zip(batch, outs):
                 self.pair.slm.close(seq)
-                span = slice(len(p) - 1, len(p) + len(r) - 1)  # rows predicting each reference token
-                logits = out.logits[span]  # [len(r), vocab]
+                logits = out.logits  # [len(r), vocab]
                 pred = logits.argmax(-1).tolist()
                 rows["data_id"] += [data_id] * len(r)
                 rows["position"] += list(range(len(r)))
                 rows["slm_token"] += pred
                 rows["ref_token"] += r
                 rows["mismatch"] += [a != b for a, b in zip(pred, r)]
-                hidden.append(out.hidden[span].numpy())
+                hidden.append(out.hidden.numpy())
                 topk.append(topk_logprobs(logits, self.cfg.top_k, out.kind).numpy())
         rows["hidden"] = np.concatenate(hidden) if hidden else np.zeros((0, self.pair.slm.hidden_size), np.float32)
         rows["topk"] = np.concatenate(topk) if topk else np.zeros((0, self.cfg.top_k), np.float32)

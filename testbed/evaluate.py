@@ -11,7 +11,7 @@ from pathlib import Path
 from testbed.problem import Problem, grade
 from testbed.splits import FAMILIES, heldout
 from router.policies import RoutingPolicy
-from serving.backends.base import Backend
+from serving.backends.base import LAST_ROW, Backend
 from serving.backends.packed_weights import SUFFIX as PACKED
 from serving.backends.shared_body import BODY, OWN, BodyRef
 from serving.decoding.generation import Generation, RoutingMode
@@ -94,7 +94,7 @@ def decode_latency_ms(backend: Backend, prompt: list[int], n_tokens: int = 64, r
     """Median per-token latency of batch-1 greedy decoding (one extend per token, KV reused)."""
     per_run = []
     for _ in range(repeats):
-        seq, out = backend.open([prompt])[0]
+        seq, out = backend.open([prompt], rows_at=[LAST_ROW])[0]
         tok = int(out.logits[-1].argmax())
         start = time.perf_counter()
         for _ in range(n_tokens):

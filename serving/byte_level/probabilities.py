@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from serving.backends.base import LAST_ROW
 from serving.decoding.sampling import SamplingParams, processed_probs
 from serving.byte_level.token_bytes import TokenBytes
 
@@ -165,7 +166,7 @@ class ByteLevelLM:
         contexts = [list(c) if c is not None else list(self.default_context) for c in contexts]
         if any(not c for c in contexts):
             raise ValueError("a byte-level state needs a non-empty token context (this tokenizer has no BOS/EOS)")
-        opened = self.backend.open(contexts, want_hidden)
+        opened = self.backend.open(contexts, want_hidden, rows_at=[LAST_ROW] * len(contexts))
         states = []
         for context, (seq, out) in zip(contexts, opened):
             row = Row(0, [], seq, [0.0], self._next_logp(out.logits[-1], None),

@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 
 from router.policies import RouteInput, RoutingPolicy, flags
-from serving.backends.base import Backend, RowKind, SequenceHandle, StepOutput
+from serving.backends.base import Backend, Positions, RowKind, SequenceHandle, StepOutput
 from serving.decoding.generation import Generation, RoutingMode
 from serving.decoding.pass_costs import PassCosts
 from serving.decoding.sampling import SamplingParams, position_generator
@@ -131,16 +131,18 @@ def slm_feed(slm: Backend, reqs: list[Request], tokens: list[int]) -> None:
         r.out.stats.slm_passes += 1
 
 
-def llm_feed(llm: Backend, reqs: list[Request], feeds: list[list[int]]) -> list[StepOutput]:
-    """Give each request's LLM sequence its feed (opening it on first use); batched, one pass per kind."""
+def llm_feed(llm: Backend, reqs: list[Request], feeds: list[list[int]], rows_at: list[Positions]) -> list[StepOutput]:
+    """Give each request's LLM sequence its feed (opening it on first use); batched, one pass per kind. Each gets
+    its rows at rows_at[i] (positions in its feed) only."""
     outs: dict[int, StepOutput] = {}
     fresh = [i for i, r in enumerate(reqs) if r.llm is None]
     if fresh:
-        for i, (seq, out) in zip(fresh, llm.open([feeds[i] for i in fresh])):
+        for i, (seq, out) in zip(fresh, llm.open([feeds[i] for i in fresh], rows_at=[rows_at[i] for i in fresh])):
             reqs[i].llm, outs[i] = seq, out
     behind = [i for i in range(len(reqs)) if i not in outs]
     if behind:
-        for i, out in zip(behind, llm.extend([reqs[i].llm for i in behind], [feeds[i] for i in behind])):
+        for i, out in zip(behind, llm.extend([reqs[i].llm for i in behind], [feeds[i] for i in behind],
+                                             rows_at=[rows_at[i] for i in behind])):
             outs[i] = out
     for r, feed in zip(reqs, feeds):
         r.llm_seen += len(feed)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from router.policies import RoutingPolicy
-from serving.backends.base import Backend
+from serving.backends.base import LAST_ROW, Backend
 from serving.decoding.engine import BlockConfig, Request, SteppedEngine, run_engine
 from serving.decoding.generation import Generation, RoutingMode
 from serving.decoding.sampling import SamplingParams, make_generator
@@ -25,7 +25,8 @@ class RoutedEngine(SteppedEngine):
         assert len(prompts) == len(params) == len(policies) == len(modes) == len(keys), "one of each per request"
         if not prompts:
             return []
-        opened = self.slm.open(prompts, want_hidden=any(p.needs_hidden for p in policies))
+        opened = self.slm.open(prompts, want_hidden=any(p.needs_hidden for p in policies),
+                               rows_at=[LAST_ROW] * len(prompts))
         reqs = [Request(k, list(p), sp, pol, m, make_generator(sp.seed), seq, out, Generation(prompt_tokens=len(p)),
                         self.block.init_flag_rate, self.block.init_reject_rate)
                 for p, sp, pol, m, k, (seq, out) in zip(prompts, params, policies, modes, keys, opened)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from router.rows import row_logprobs
-from serving.backends.base import RowKind, StepOutput
+from serving.backends.base import LAST_ROW, RowKind, StepOutput
 from serving.decoding.engine import Request, StepContext, llm_feed, route, slm_feed
 from serving.decoding.generation import Generation, Source
 from serving.decoding.sampling import choose_token
@@ -28,7 +28,7 @@ def sequential_step(engine: StepContext, reqs: list[Request]) -> None:
     routed = [r for r, f in zip(reqs, flagged) if f]
     llm_outs: dict[int, StepOutput] = {}
     if routed:
-        outs = llm_feed(engine.llm, routed, [r.tokens[r.llm_seen :] for r in routed])
+        outs = llm_feed(engine.llm, routed, [r.tokens[r.llm_seen :] for r in routed], [LAST_ROW] * len(routed))
         llm_outs = {id(r): o for r, o in zip(routed, outs)}
     for r, score, f in zip(reqs, scores, flagged):
         writer = llm_outs[id(r)] if f else r.slm_out

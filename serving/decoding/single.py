@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from serving.backends.base import Backend, StepOutput
+from serving.backends.base import LAST_ROW, Backend, StepOutput
 from serving.decoding.generation import Generation, Source
 from serving.decoding.sampling import SamplingParams, choose_token, make_generator
 from serving.decoding.sequential import record_logprobs
@@ -26,7 +26,7 @@ def decode(backend: Backend, prompts: list[list[int]], params: list[SamplingPara
     its tokens' source, and which pass counter (and LLM-token count) its work goes to."""
     assert len(prompts) == len(params), f"{len(prompts)} prompts but {len(params)} SamplingParams"
     start = time.perf_counter()
-    opened = backend.open(prompts)
+    opened = backend.open(prompts, rows_at=[LAST_ROW] * len(prompts))
     seqs = [seq for seq, _ in opened]
     gens = [Generation(prompt_tokens=len(p)) for p in prompts]
     passes = {i: 1 for i in range(len(prompts))}

@@ -264,7 +264,7 @@ def _llm_logits(engine: StepContext, need: list[Request]) -> dict[int, dict[int,
         feed = r.tokens[r.llm_seen :] + drafts
         feeds.append(feed)
         firsts.append(len(feed) - len(drafts) - 1)  # the row predicting draft 0
-    with engine.costs.timing("llm", sum(map(len, feeds))):
-        outs = llm_feed(llm, need, feeds) if need else []
-    return {id(r): {j: out.logits[first + j] for j, d in enumerate(r.drafts) if d.flagged}
-            for r, out, first in zip(need, outs, firsts)}
+    flagged = [[j for j, d in enumerate(r.drafts) if d.flagged] for r in need]
+    with engine.costs.timing("llm", sum(map(len, feeds))):  # rows at the flagged positions only
+        outs = llm_feed(llm, need, feeds, [tuple(first + j for j in js) for js, first in zip(flagged, firsts)])
+    return {id(r): dict(zip(js, out.logits)) for r, out, js in zip(need, outs, flagged)}

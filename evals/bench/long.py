@@ -125,7 +125,7 @@ def run_batch(slm: HFBackend, llm: HFBackend, batch: int, cfg: LongBenchConfig) 
     rule = StopRule(frozenset(), lambda ids: "", context)  # no EOS, no stop strings: every request runs to the end
     params = [SamplingParams(max_tokens=cfg.new_tokens)] * batch
     clock = _Clock(cfg.prompt_tokens)
-    hook = slm.model.register_forward_pre_hook(clock, with_kwargs=True)
+    hook = slm.model.get_decoder().register_forward_pre_hook(clock, with_kwargs=True)  # what each pass runs
     reset = _reset_peak_rss()
     start = time.perf_counter()
     try:

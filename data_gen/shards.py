@@ -79,17 +79,22 @@ class ShardStore:
 EMPTY = "EMPTY"  # marks a shard whose stage produced no rows
 
 
-def load_labels(root: Path, stage: str = "labels") -> tuple[Dataset, dict]:
-    """All shards of a finished label run, concatenated, and its manifest."""
-    from datasets import concatenate_datasets, load_from_disk
-
+def read_manifest(root: Path) -> dict:
+    """A label run's manifest: its config, fingerprints and `counts` (the summary `r2r label` prints)."""
     path = root / MANIFEST
     if not path.exists():
         raise FileNotFoundError(f"no label manifest at {path}")
     try:
-        manifest = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"corrupt manifest {path}: {exc}") from exc
+
+
+def load_labels(root: Path, stage: str = "labels") -> tuple[Dataset, dict]:
+    """All shards of a finished label run, concatenated, and its manifest."""
+    from datasets import concatenate_datasets, load_from_disk
+
+    manifest = read_manifest(root)
     shards = sorted(p for p in (root / stage).glob("shard-*") if not p.name.endswith(".tmp") and not (p / EMPTY).exists())
     if not shards:
         raise ValueError(f"{root} has no {stage} shards; run `r2r label` to completion first")

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from evals.bench.headline import Config, HeadlineConfig, bench_headline
+from evals.bench.split_bound import TokenSplit
 from evals.bench.step_costs import ProbeConfig
 from testbed.splits import heldout
 from testbed.tokenizer import chat_text
@@ -28,7 +29,9 @@ def result_and_pair(tiny_models):
     def encode(problem):
         return list(pair.tokenizer(chat_text(problem.prompt))["input_ids"])
 
-    return bench_headline(pair, RandomPolicy(rate=0.3, seed=1), families, cfg, encode), pair, families, encode
+    splits = {"math": TokenSplit(identical=0.89, neutral=0.06, divergent=0.05)}
+    return (bench_headline(pair, RandomPolicy(rate=0.3, seed=1), families, cfg, encode, splits=splits), pair,
+            families, encode)
 
 
 def test_shape(result_and_pair) -> None:
@@ -54,6 +57,14 @@ def test_shape(result_and_pair) -> None:
                                                         "lossless_speculative")}
     assert {"slm_bare_forward_ms", "router_over_slm_step", "llm_step_over_slm_step_plus_router"} <= set(
         meta["step_overhead_batch_1"])
+    assert set(meta["split"]) == {"math"}, "a split only where its labels were given"
+    split = meta["split"]["math"]
+    assert split["split"]["neutral_of_mismatches"] == pytest.approx(0.06 / 0.11)
+    assert split["bound_perfect_router"]["precision"] == pytest.approx(1.0)
+    assert split["bound_at_measured_share"]["flag_rate"] == result["math"]["batch_1"]["routed_speculative"]["llm_share"]
+    assert split["measured_routed_over_lossless"] == pytest.approx(
+        result["math"]["batch_1"]["routed_speculative"]["tokens_per_s"]
+        / result["math"]["batch_1"]["lossless_speculative"]["tokens_per_s"])
 
 
 def test_lossless_is_the_llm_alone(result_and_pair) -> None:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from evals.bench.split_bound import TokenSplit, passes_per_token, routed_over_lossless_bound
+from evals.bench.split_bound import TokenSplit, passes_per_token, routed_over_lossless_bound, split_meta
 
 
 def simulated_passes_per_token(rate: float, k_max: int, tokens: int, seed: int) -> float:
@@ -32,9 +32,13 @@ def test_split_from_label_summary_and_the_free_draft_limit() -> None:
     fractions = split.as_dict()
     assert fractions["identical"] + fractions["mismatch"] == pytest.approx(1.0)
     assert fractions["neutral_of_mismatches"] == pytest.approx(0.5)
-    bound = routed_over_lossless_bound(split, precision=0.8, draft_ms=0.0, llm_pass_ms=10.0, k_max=10**6)
-    assert bound["routed_over_lossless"] == pytest.approx(0.11 * 0.8 / 0.05, rel=1e-6) == bound["limit_free_drafts"]
-    costly = routed_over_lossless_bound(split, precision=0.8, draft_ms=2.0, llm_pass_ms=10.0, k_max=16)
+    bound = routed_over_lossless_bound(split, flag_rate=0.05 / 0.8, draft_ms=0.0, llm_pass_ms=10.0, k_max=10**6)
+    assert bound["routed_over_lossless"] == pytest.approx(0.11 * 0.8 / 0.05, rel=1e-6)
+    assert bound["limit_free_drafts"] == pytest.approx(0.11 * 0.8 / 0.05) and bound["precision"] == pytest.approx(0.8)
+    costly = routed_over_lossless_bound(split, flag_rate=0.05 / 0.8, draft_ms=2.0, llm_pass_ms=10.0, k_max=16)
     assert 1.0 < costly["routed_over_lossless"] < bound["routed_over_lossless"], "drafting and the cap cost headroom"
     with pytest.raises(ValueError):
-        routed_over_lossless_bound(split, precision=0.0, draft_ms=1.0, llm_pass_ms=1.0, k_max=4)
+        routed_over_lossless_bound(split, flag_rate=0.04, draft_ms=1.0, llm_pass_ms=1.0, k_max=4)
+    meta = split_meta(split, measured_share=0.03, draft_ms=1.0, llm_pass_ms=10.0, k_max=16)
+    assert meta["bound_at_measured_share"] is None, "a share below the divergent rate cannot catch every one"
+    assert meta["bound_perfect_router"]["precision"] == pytest.approx(1.0)

@@ -21,12 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from evals.bench.split_bound import TokenSplit, split_meta
 from evals.bench.step_costs import ProbeConfig, probe_costs, routed_bounds
 from evals.report import wilson
 from testbed.problem import Problem, grade
 from router.policies import AlwaysLLM, RoutingPolicy
 from serving.backends.base import Backend
-from serving.decoding.engine import run_engine
+from serving.decoding.engine import BlockConfig, run_engine
 from serving.decoding.routed import RoutedEngine
 from serving.decoding.generation import Generation, RoutingMode, Source
 from serving.decoding import decode
@@ -138,10 +139,12 @@ def bench_family(pair: ModelPair, routed: RoutingPolicy, problems: list[Problem]
 
 def bench_headline(pair: ModelPair, routed: RoutingPolicy, families: dict[str, tuple[list[Problem], list[Problem]]],
                    cfg: HeadlineConfig, encode: Callable[[Problem], list[int]],
-                   progress: Callable[[str], None] | None = None) -> dict:
+                   progress: Callable[[str], None] | None = None, splits: dict[str, TokenSplit] | None = None) -> dict:
     """The headline JSON: {family: {batch_B: {config: {...}}}, "meta": {...}}. `families` maps a family to
     (measured problems, warm-up problems). Pass costs are probed right after each family and batch size is
-    measured, so the bounds read against a measurement come from the same stretch of this machine's drift."""
+    measured, so the bounds read against a measurement come from the same stretch of this machine's drift.
+    `splits`: each family's token split in the pair's off-policy labels, for `meta.split` and its bound on
+    routed over lossless speculative decoding (`evals.bench.split_bound`)."""
     result: dict = {}
     probes: dict[str, dict[str, dict[str, float]]] = {}
     for family, (problems, warmup) in families.items():
@@ -153,6 +156,15 @@ def bench_headline(pair: ModelPair, routed: RoutingPolicy, families: dict[str, t
             result[family][f"batch_{batch}"] = bench_family(pair, routed, problems, warmup, batch, cfg, encode)
             probes[family][f"batch_{batch}"] = _probe(pair, routed, prompts, batch, cfg)
     result["meta"] = _meta(pair, routed, result, probes, cfg)
+    one = result["meta"]["pass_costs"].get("batch_1")
+    if splits and one is not None:
+        draft_ms = one["slm_step_ms"] + one["router_ms"]
+        result["meta"]["split"] = {
+            f: split_meta(splits[f], result[f]["batch_1"][Config.ROUTED_SPECULATIVE.value]["llm_share"], draft_ms,
+                          one["llm_step_ms"], BlockConfig().k_max) | {
+                "measured_routed_over_lossless": result[f]["batch_1"][Config.ROUTED_SPECULATIVE.value]["tokens_per_s"]
+                / result[f]["batch_1"][Config.LOSSLESS_SPECULATIVE.value]["tokens_per_s"]}
+            for f in splits if f in result}
     return result
 
 

@@ -53,14 +53,25 @@ def passes_per_token(stop_rate: float, k_max: int) -> float:
     return stop_rate / (1.0 - (1.0 - stop_rate) ** k_max)
 
 
-def routed_over_lossless_bound(split: TokenSplit, precision: float, draft_ms: float, llm_pass_ms: float,
+def routed_over_lossless_bound(split: TokenSplit, flag_rate: float, draft_ms: float, llm_pass_ms: float,
                                k_max: int) -> dict[str, float]:
-    """The bound above for a router of this precision that flags every divergent token, and its limit m P / d."""
-    if not 0.0 < precision <= 1.0:
-        raise ValueError(f"precision must be in (0, 1], got {precision}")
-    flag_rate = min(1.0, split.divergent / precision)
+    """The bound above for a router flagging `flag_rate` of tokens (every divergent one among them: precision
+    divergent / flag_rate), and its limit m / f with free drafts and unbounded blocks."""
+    if not split.divergent <= flag_rate <= 1.0 or flag_rate == 0.0:
+        raise ValueError(f"a router that flags every divergent token ({split.divergent:.4f} of tokens) flags at "
+                         f"least that share, at most all; got {flag_rate}")
     lossless_ms = draft_ms + llm_pass_ms * passes_per_token(split.mismatch, k_max)
     routed_ms = draft_ms + llm_pass_ms * passes_per_token(flag_rate, k_max)
-    return {"precision": precision, "flag_rate": flag_rate, "k_max": k_max,
-            "routed_over_lossless": lossless_ms / routed_ms,
-            "limit_free_drafts": split.mismatch / flag_rate if flag_rate else float("inf")}
+    return {"flag_rate": flag_rate, "precision": split.divergent / flag_rate, "k_max": k_max,
+            "routed_over_lossless": lossless_ms / routed_ms, "limit_free_drafts": split.mismatch / flag_rate}
+
+
+def split_meta(split: TokenSplit, measured_share: float, draft_ms: float, llm_pass_ms: float,
+               k_max: int) -> dict:
+    """What a headline reports per family: the split, the bound for a perfect router (flags exactly the divergent
+    tokens) and for one flagging the share the routed run measured."""
+    perfect = routed_over_lossless_bound(split, max(split.divergent, 1e-9), draft_ms, llm_pass_ms, k_max)
+    at_share = (routed_over_lossless_bound(split, measured_share, draft_ms, llm_pass_ms, k_max)
+                if measured_share >= split.divergent else None)  # below it the router must miss divergent tokens
+    return {"split": split.as_dict(), "bound_perfect_router": perfect, "bound_at_measured_share": at_share,
+            "costs": {"draft_ms": draft_ms, "llm_pass_ms": llm_pass_ms}}

@@ -46,10 +46,15 @@ def _headline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("bench/headline.json"),
                    help="JSON out; the plots go beside it (<stem>_<family>.png)")
     p.add_argument("--no-plot", action="store_true", help="JSON only (where matplotlib is not installed)")
+    p.add_argument("--labels", type=Path, nargs="*", default=[],
+                   help="the pair's off-policy label directories, one per family (testbed-<family> in the name): "
+                        "their token split goes in meta.split with its bound on routed over lossless")
 
 
 def _headline(args: argparse.Namespace) -> int:
+    from data_gen.shards import read_manifest
     from evals.bench.headline import HeadlineConfig, bench_headline
+    from evals.bench.split_bound import TokenSplit
     from testbed.splits import heldout
     from testbed.tokenizer import chat_text
 
@@ -64,6 +69,7 @@ def _headline(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown testbed families {unknown}; known: {', '.join(FAMILIES)}")
     if cfg.n_problems > 1000 - cfg.warmup_problems:
         raise ValueError(f"--n must be at most {1000 - cfg.warmup_problems} (the test split's size less warm-up)")
+    splits = {_label_family(d): TokenSplit.from_label_summary(read_manifest(d)["counts"]) for d in args.labels}
     pair = load_pair_from_args(args)
     routed = pair.policy(pair.default_policy)
 
@@ -74,7 +80,8 @@ def _headline(args: argparse.Namespace) -> int:
     for f in families:
         split = heldout(f, "test", cfg.n_problems + cfg.warmup_problems)
         problems[f] = (split[cfg.warmup_problems :], split[: cfg.warmup_problems])
-    result = bench_headline(pair, routed, problems, cfg, encode, progress=lambda what: print(what, file=sys.stderr))
+    result = bench_headline(pair, routed, problems, cfg, encode, progress=lambda what: print(what, file=sys.stderr),
+                            splits=splits)
     write_bench(args.out, result)
     if not args.no_plot:
         from evals.bench.headline_plot import plot_headline
@@ -82,6 +89,14 @@ def _headline(args: argparse.Namespace) -> int:
         for path in plot_headline(result, args.out.with_suffix("")):
             print(f"plot: {path}", file=sys.stderr)
     return 0
+
+
+def _label_family(label_dir: Path) -> str:
+    """The testbed family a label directory holds, from its name (data/labels/testbed-math, ...-op-code)."""
+    found = [f for f in FAMILIES if label_dir.name.endswith(f"-{f}")]
+    if len(found) != 1:
+        raise ValueError(f"cannot tell the family of the labels in {label_dir}: name it testbed-<family>")
+    return found[0]
 
 
 def _speculative_arguments(p: argparse.ArgumentParser) -> None:

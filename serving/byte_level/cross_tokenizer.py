@@ -14,10 +14,11 @@ writer's token boundary is not passed on; the other tokenizer cannot express it.
 Sequential step = one SLM pass (its pending token, or its covers after LLM bytes) for every
 request, the router on the SLM's proposal, and one LLM pass for the flagged requests.
 
-Speculative round (`serving.decoding.engine.SteppedEngine`'s step, block sizes from its cost model,
-requests joining a round in progress, as at token level): the SLM drafts up to k pieces; at a flagged
-draft it assumes the LLM will write the same bytes and goes on conditioned on them *as bytes* (exactly what it would see
-after an LLM piece), keeping a snapshot to roll back to. One LLM pass then gives the LLM's
+Speculative round: the one the token-level engine runs (`serving.decoding.rounds`: block sizes, requests
+joining a round in progress and riding along, the commit order); what differs is how pieces are drafted and
+judged (`PieceSpeculator`). The SLM drafts up to k pieces; at a flagged draft it assumes the LLM will write the
+same bytes and goes on conditioned on them *as bytes* (exactly what it would see after an LLM piece),
+keeping a snapshot to roll back to. One LLM pass then gives the LLM's
 distribution over pieces at every flagged prefix (a forked LLM state each), and the block is
 accepted up to the first flagged position where the LLM writes other bytes, which it writes
 instead: greedy, the LLM's most probable leaf; sampling, the speculative test over pieces
@@ -33,7 +34,7 @@ and that restricted q is what the test uses.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 import torch
@@ -41,14 +42,13 @@ import torch
 from router.policies import AlwaysSLM, RoutingPolicy
 from router.rows import RowKind
 from serving.byte_level.probabilities import ByteLevelLM, ByteState, Leaf, LeafTable
-from serving.decoding.engine import BlockConfig, SteppedEngine, drain, route_rows
+from serving.decoding.engine import SteppedEngine, drain, route_rows
 from serving.decoding.generation import FinishReason, Generation, RoutingMode, Source
-from serving.decoding.sampling import SamplingParams, make_generator, position_generator
-from serving.decoding.speculative import block_size, past_flag
+from serving.decoding.rounds import DRAFT, VERIFY, BlockConfig, RoundRequest, round_step
+from serving.decoding.sampling import SamplingParams, make_generator
 from serving.decoding.stopping import cut_at_stop, stop_or_length
 
 _MAX_RESIDUAL_DRAWS = 100_000
-_DRAFT, _VERIFY = 0, 1  # random streams per piece position (CrossRequest.generator_at)
 
 
 class Handoff(str, Enum):
@@ -82,35 +82,34 @@ class Side:
 
 
 @dataclass
-class CrossRequest:
+class _Draft:
+    leaf: Leaf
+    piece: bytes  # b"" for end of text
+    flagged: bool
+    score: float
+    table: LeafTable  # the SLM's leaves where it was drawn
+    q: torch.Tensor | None  # sampling: [leaves] what it was drawn from (flagged: restricted to flagged covers)
+    position: int  # pieces of output before it (its random streams)
+    text_before: int = 0  # len(request.text) when it joined a block
+    snapshot: ByteState | None = None  # the SLM's state before it (flagged drafts: the rollback point)
+
+
+@dataclass
+class CrossRequest(RoundRequest[_Draft]):
+    """Decoding state of one request over bytes (its output, randomness and speculative round: `RoundRequest`)."""
+
     key: int
     params: SamplingParams
     policy: RoutingPolicy
-    generator: torch.Generator
     slm: ByteState
     slm_tail: bytes  # the SLM prompt's text after its last special token
     llm_context: list[int]
     llm_tail: bytes
-    out: Generation
     text: bytes = b""  # given prefix + generated so far
     start: int = 0  # bytes of `text` given as a prefix (not part of the output)
     mode: RoutingMode = RoutingMode.SEQUENTIAL
     llm: ByteState | None = None  # opened on the first routed piece
-    done: bool = False
-    flag_rate: float = 0.1
-    reject_rate: float = 0.5
-    drafts: list[_Draft] = field(default_factory=list)  # the block in progress
-    block: int = 0  # block size in the speculative round in progress (0: not in one)
-    riding: bool = False  # drafting on only while others do
     carry: _Draft | None = None  # a flagged draft that opens the next speculative block
-    _seed_base: int | None = None
-
-    def generator_at(self, position: int, stream: int) -> torch.Generator:
-        """Speculative sampling: block boundaries follow measured pass times, so each piece position draws
-        from its own generator (from the request's seed) and a seed still reproduces."""
-        if self._seed_base is None:
-            self._seed_base = int(torch.randint(0, 2**62, (1,), generator=self.generator))
-        return position_generator(self._seed_base, position, stream)
 
 
 class CrossEngine(SteppedEngine):
@@ -145,9 +144,9 @@ class CrossEngine(SteppedEngine):
         hidden = any(p.needs_hidden for p in policies)
         states = self.slm.blm.start([c for c, _ in slm_views], want_hidden=hidden)
         self.slm.blm.push(states, [t for _, t in slm_views], want_hidden=hidden)
-        reqs = [CrossRequest(k, sp, pol, make_generator(sp.seed), st, tail, *self.llm.context_and_tail(p, b),
-                             Generation(prompt_tokens=len(ctx) + len(self.slm.blm.vocab.encode(tail)), pieces=[]),
-                             mode=m, flag_rate=self.block.init_flag_rate,
+        reqs = [CrossRequest(k, sp, pol, st, tail, *self.llm.context_and_tail(p, b), mode=m,
+                             out=Generation(prompt_tokens=len(ctx) + len(self.slm.blm.vocab.encode(tail)), pieces=[]),
+                             generator=make_generator(sp.seed), flag_rate=self.block.init_flag_rate,
                              reject_rate=self.block.init_reject_rate)
                 for p, sp, pol, k, st, (ctx, tail), m, b
                 in zip(prompts, params, policies, keys, states, slm_views, modes, as_bytes)]
@@ -173,160 +172,10 @@ class CrossEngine(SteppedEngine):
             self._emit(r, leaf, piece, Source.LLM if f else Source.SLM, float(score))
 
     def _speculative_step(self, reqs: list[CrossRequest]) -> None:
-        """One drafting pass of the round in progress (a round opens with every request; one that arrives
-        meanwhile rides along, up to its own block size), and when no request drafts on, the round's end:
-        one LLM pass over every flagged prefix."""
-        joining = self.drafting is not None
-        drafting = self.drafting if joining else []
-        for r in reqs:
-            if not r.block:
-                r.block = block_size(r, self.block, self.costs, len(reqs))
-                r.riding = joining
-                drafting.append(r)
-        with self.costs.timing("draft", len(drafting)):
-            self.drafting = self._draft_pass(drafting, len(reqs))
-        if self.drafting:
-            return
-        self.drafting = None
-        self._verify(reqs)
-        for r in reqs:
-            r.drafts, r.block, r.riding = [], 0, False
-            r.out.stats.blocks += 1
-
-    def _draft_pass(self, drafting: list[CrossRequest], batch: int) -> list[CrossRequest]:
-        """One drafted piece for each drafting request (one batched SLM pass); returns those that draft on.
-
-        As at token level (`serving.decoding.speculative._draft_step`): a request drafts up to its block
-        size or to a flag it should not draft past, and rides along while others draft on."""
-        slm = self.slm.blm
-        fresh = [r for r in drafting if r.carry is None]
-        proposed = dict(zip(map(id, fresh), self._drafts(fresh)))
-        wanting, rides = [], []
-        for r in drafting:
-            d, r.carry = r.carry or proposed[id(r)], None
-            if d.flagged and r.drafts and r.drafts[-1].flagged:
-                r.carry = d  # kept, not redrawn: dropping flagged draws would bias a sampled block
-                continue
-            d.text_before, d.snapshot = len(r.text), slm.fork_state(r.slm) if d.flagged else None
-            r.drafts.append(d)
-            if not d.piece:
-                continue  # end of text
-            if not d.flagged:  # flagged: as if the LLM wrote it, the SLM will condition on these bytes
-                slm.commit(r.slm, d.leaf)
-            r.text += d.piece
-            r.out.pieces.append(d.piece)
-            k_left = r.block - len(r.drafts)
-            if k_left <= 0 or self._stop_reason(r) is not None:
-                continue
-            if not r.riding and (not d.flagged or past_flag(r, k_left, self.costs, batch)):
-                wanting.append(r)
-            else:
-                r.riding = True
-                rides.append(r)
-        return wanting + rides if wanting else []
-
-    def _drafts(self, reqs: list[CrossRequest]) -> list[_Draft]:
-        """Each request's next SLM piece, routed; flagged sampled drafts keep the q they were drawn from."""
-        slm = self.slm.blm
-        self._sync(slm, [r.slm for r in reqs], [r.slm_tail + r.text for r in reqs],
-                   any(r.policy.needs_hidden for r in reqs))
-        tables = [slm.leaf_table(r.slm) for r in reqs]
-        out = []
-        for r, table in zip(reqs, tables):
-            r.out.stats.slm_passes += 1
-            position = len(r.out.pieces)
-            probs = None if r.params.greedy else table.probs(r.params)
-            k = table.draw(probs, None if probs is None else r.generator_at(position, _DRAFT))
-            out.append(_Draft(table.leaf(k), table.piece(k), False, 0.0, table, probs, position))
-        scores, flagged = self._route(reqs, [d.leaf for d in out])
-        for r, d, score, f in zip(reqs, out, scores, flagged):
-            d.flagged, d.score = f, float(score)
-            if f and d.q is not None and len(r.slm.rows) > 1:
-                d.q = d.q * self._flagged_splits(r, d.table)
-                d.q /= d.q.sum()
-        return out
-
-    def _flagged_splits(self, r: CrossRequest, table: LeafTable) -> torch.Tensor:
-        """[n] 1.0 where the router flags the cover a leaf comes from, else 0.0."""
-        splits = table.splits.unique().tolist()
-        rows = [r.slm.rows[s] for s in splits]
-        _, flagged = route_rows([r.policy] * len(rows), [row.logits for row in rows], [row.hidden for row in rows],
-                                [len(r.out.pieces)] * len(rows), [r.key] * len(rows), [RowKind.LOGITS] * len(rows))
-        keep = torch.tensor([s for s, f in zip(splits, flagged) if f], dtype=torch.long)
-        return torch.isin(table.splits, keep).double()
-
-    def _verify(self, reqs: list[CrossRequest]) -> None:
-        """One LLM pass over every flagged prefix; accept each block up to its first disagreement."""
-        llm = self.llm.blm
-        jobs = [(r, d) for r in reqs for d in r.drafts if d.flagged]
-        routed = list({id(r): r for r, _ in jobs}.values())
-        self._open_llm(routed)
-        copies = [llm.fork_state(r.llm) for r, _ in jobs]
-        fed = sum(max(1, _pieces_between(r, len(copy.text) - len(r.llm_tail), d.text_before))
-                  for (r, d), copy in zip(jobs, copies))
-        with self.costs.timing("llm", fed if jobs else 0):
-            self._sync(llm, copies, [r.llm_tail + r.text[: d.text_before] for r, d in jobs], False)
-            tables = [llm.leaf_table(copy) for copy in copies]
-        verdicts = {id(d): (copy, self._llm_verdict(table, d, r))
-                    for (r, d), copy, table in zip(jobs, copies, tables)}
-        for r in routed:
-            r.out.stats.llm_passes += 1
-        for r in reqs:
-            self._accept(r, r.drafts, verdicts)
-            r.flag_rate += self.block.ema * (sum(d.flagged for d in r.drafts) / len(r.drafts) - r.flag_rate)
-        for copy in copies:
-            if copy.rows and not any(copy is r.llm for r in reqs):
-                llm.close(copy)
-
-    @staticmethod
-    def _llm_verdict(table: LeafTable, d: _Draft, r: CrossRequest) -> Leaf:
-        """The LLM's leaf at a flagged draft: its most probable one (greedy), or the speculative test."""
-        if d.q is None:
-            return table.leaf(table.draw(None, None))
-        gen = r.generator_at(d.position, _VERIFY)
-        p = table.probs(r.params)
-        q_piece = float(d.q[d.table.with_piece(d.piece)].sum())
-        same = table.with_piece(d.piece)
-        if float(torch.rand(1, dtype=torch.float64, generator=gen)) * q_piece < float(p[same].sum()):
-            return table.leaf(table.draw(p * same, gen))
-        for _ in range(_MAX_RESIDUAL_DRAWS):  # norm(max(p - q, 0)) by rejection from p: entered with
-            k = table.draw(p, gen)  # probability TV(p, q), 1 / TV draws
-            piece = table.piece(k)
-            p_piece = float(p[table.with_piece(piece)].sum())
-            q_other = float(d.q[d.table.with_piece(piece)].sum())
-            if float(torch.rand(1, dtype=torch.float64, generator=gen)) * p_piece < p_piece - q_other:
-                return table.leaf(k)
-        return table.leaf(k)  # p and q equal up to rounding: the residual is p's rounding noise
-
-    def _accept(self, r: CrossRequest, block: list[_Draft], verdicts: dict) -> None:
-        slm, llm = self.slm.blm, self.llm.blm
-        r.out.pieces = r.out.pieces[: len(r.out.pieces) - sum(1 for d in block if d.piece)]
-        r.text = r.text[: block[0].text_before] if block else r.text
-        for j, d in enumerate(block):
-            diverged = False
-            if not d.flagged:
-                self._emit(r, d.leaf, d.piece, Source.SLM, d.score)
-            else:
-                copy, leaf = verdicts[id(d)]
-                llm_piece = llm.piece(copy, leaf)
-                llm.close(r.llm)
-                r.llm = copy
-                if llm_piece:
-                    llm.commit(copy, leaf)
-                diverged = llm_piece != d.piece
-                r.reject_rate += self.block.ema * (float(diverged) - r.reject_rate)  # per verified flag
-                if diverged:  # the LLM writes something else: roll the SLM back to before this draft
-                    slm.close(r.slm)
-                    r.slm = d.snapshot
-                else:
-                    slm.close(d.snapshot)
-                self._emit(r, leaf, llm_piece, Source.LLM, d.score)
-            if diverged or r.done:
-                for later in block[j + 1:]:
-                    if later.snapshot is not None:
-                        slm.close(later.snapshot)
-                r.carry = None  # drawn after bytes that were not written
-                return
+        """One drafting pass of the round in progress, and its end when no request drafts on: one LLM pass over
+        every flagged prefix (`serving.decoding.rounds.round_step`, pieces drafted and judged by
+        `PieceSpeculator`)."""
+        round_step(self, reqs, PieceSpeculator(self))
 
     def _emit(self, r: CrossRequest, leaf: Leaf, piece: bytes, source: Source, score: float) -> None:
         """Record one written piece (b"": end of text); the writer's state is already advanced."""
@@ -398,6 +247,148 @@ class CrossEngine(SteppedEngine):
         r.out.text = cut_at_stop(r.text[r.start:].decode("utf-8", errors="replace"), r.params.stop)
 
 
+@dataclass
+class PieceSpeculator:
+    """Byte-level drafting and judging for a round (`serving.decoding.rounds.Speculator`).
+
+    The SLM drafts pieces; at a flagged draft it assumes the LLM will write the same bytes and goes on
+    conditioned on them as bytes, keeping a snapshot to roll back to. A flagged draft right after a flagged
+    one is not drafted on: it is carried to open the next block (its LLM piece needs the LLM's own token path
+    after the first). One LLM pass gives the LLM's leaves at every flagged prefix (a forked LLM state each)."""
+
+    engine: CrossEngine
+
+    def draft(self, reqs: list[CrossRequest]) -> list[bool]:
+        slm = self.engine.slm.blm
+        fresh = [r for r in reqs if r.carry is None]
+        proposed = dict(zip(map(id, fresh), self._drafts(fresh)))
+        more = []
+        for r in reqs:
+            d, r.carry = r.carry or proposed[id(r)], None
+            if d.flagged and r.drafts and r.drafts[-1].flagged:
+                r.carry = d  # kept, not redrawn: dropping flagged draws would bias a sampled block
+                more.append(False)
+                continue
+            d.text_before, d.snapshot = len(r.text), slm.fork_state(r.slm) if d.flagged else None
+            r.drafts.append(d)
+            if d.piece:  # b"": end of text
+                if not d.flagged:  # flagged: as if the LLM wrote it, the SLM will condition on these bytes
+                    slm.commit(r.slm, d.leaf)
+                r.text += d.piece
+                r.out.pieces.append(d.piece)
+            more.append(bool(d.piece) and self.engine._stop_reason(r) is None)
+        return more
+
+    def _drafts(self, reqs: list[CrossRequest]) -> list[_Draft]:
+        """Each request's next SLM piece, routed; flagged sampled drafts keep the q they were drawn from."""
+        slm = self.engine.slm.blm
+        self.engine._sync(slm, [r.slm for r in reqs], [r.slm_tail + r.text for r in reqs],
+                          any(r.policy.needs_hidden for r in reqs))
+        tables = [slm.leaf_table(r.slm) for r in reqs]
+        out = []
+        for r, table in zip(reqs, tables):
+            r.out.stats.slm_passes += 1
+            position = len(r.out.pieces)
+            probs = None if r.params.greedy else table.probs(r.params)
+            k = table.draw(probs, None if probs is None else r.generator_at(position, DRAFT))
+            out.append(_Draft(table.leaf(k), table.piece(k), False, 0.0, table, probs, position))
+        scores, flagged = self.engine._route(reqs, [d.leaf for d in out])
+        for r, d, score, f in zip(reqs, out, scores, flagged):
+            d.flagged, d.score = f, float(score)
+            if f and d.q is not None and len(r.slm.rows) > 1:
+                d.q = d.q * _flagged_splits(r, d.table)
+                d.q /= d.q.sum()
+        return out
+
+    def verify(self, reqs: list[CrossRequest]) -> PieceJudge:
+        """One LLM pass over every flagged prefix; each block's text is then rewound, for the judge to write."""
+        engine, llm = self.engine, self.engine.llm.blm
+        jobs = [(r, d) for r in reqs for d in r.drafts if d.flagged]
+        routed = list({id(r): r for r, _ in jobs}.values())
+        engine._open_llm(routed)
+        copies = [llm.fork_state(r.llm) for r, _ in jobs]
+        fed = sum(max(1, _pieces_between(r, len(copy.text) - len(r.llm_tail), d.text_before))
+                  for (r, d), copy in zip(jobs, copies))
+        with engine.costs.timing("llm", fed if jobs else 0):
+            engine._sync(llm, copies, [r.llm_tail + r.text[: d.text_before] for r, d in jobs], False)
+            tables = [llm.leaf_table(copy) for copy in copies]
+        verdicts = {id(d): (copy, _llm_verdict(table, d, r)) for (r, d), copy, table in zip(jobs, copies, tables)}
+        for r in routed:
+            r.out.stats.llm_passes += 1
+        for r in reqs:
+            if r.drafts:
+                r.out.pieces = r.out.pieces[: len(r.out.pieces) - sum(1 for d in r.drafts if d.piece)]
+                r.text = r.text[: r.drafts[0].text_before]
+        return PieceJudge(engine, verdicts)
+
+
+@dataclass
+class PieceJudge:
+    """Commits piece blocks (`serving.decoding.rounds.Judge`) from the LLM's verdicts at their flagged drafts."""
+
+    engine: CrossEngine
+    verdicts: dict[int, tuple[ByteState, Leaf]]  # id(draft) -> (the LLM's state at its prefix, the leaf it writes)
+
+    def keep(self, r: CrossRequest, d: _Draft) -> None:
+        self.engine._emit(r, d.leaf, d.piece, Source.SLM, d.score)
+
+    def settle(self, r: CrossRequest, d: _Draft) -> bool:
+        slm, llm = self.engine.slm.blm, self.engine.llm.blm
+        copy, leaf = self.verdicts[id(d)]
+        llm_piece = llm.piece(copy, leaf)
+        llm.close(r.llm)
+        r.llm = copy
+        if llm_piece:
+            llm.commit(copy, leaf)
+        diverged = llm_piece != d.piece
+        if diverged:  # the LLM writes something else: roll the SLM back to before this draft
+            slm.close(r.slm)
+            r.slm = d.snapshot
+            r.carry = None  # drawn after bytes that were not written
+        else:
+            slm.close(d.snapshot)
+        self.engine._emit(r, leaf, llm_piece, Source.LLM, d.score)
+        return diverged
+
+    def drop(self, r: CrossRequest, dropped: list[_Draft]) -> None:
+        """Their SLM rollback points and LLM states."""
+        for d in dropped:
+            if d.snapshot is not None:
+                self.engine.slm.blm.close(d.snapshot)
+            if d.flagged:
+                self.engine.llm.blm.close(self.verdicts[id(d)][0])
+
+
+def _flagged_splits(r: CrossRequest, table: LeafTable) -> torch.Tensor:
+    """[n] 1.0 where the router flags the cover a leaf comes from, else 0.0."""
+    splits = table.splits.unique().tolist()
+    rows = [r.slm.rows[s] for s in splits]
+    _, flagged = route_rows([r.policy] * len(rows), [row.logits for row in rows], [row.hidden for row in rows],
+                            [len(r.out.pieces)] * len(rows), [r.key] * len(rows), [RowKind.LOGITS] * len(rows))
+    keep = torch.tensor([s for s, f in zip(splits, flagged) if f], dtype=torch.long)
+    return torch.isin(table.splits, keep).double()
+
+
+def _llm_verdict(table: LeafTable, d: _Draft, r: CrossRequest) -> Leaf:
+    """The LLM's leaf at a flagged draft: its most probable one (greedy), or the speculative test."""
+    if d.q is None:
+        return table.leaf(table.draw(None, None))
+    gen = r.generator_at(d.position, VERIFY)
+    p = table.probs(r.params)
+    q_piece = float(d.q[d.table.with_piece(d.piece)].sum())
+    same = table.with_piece(d.piece)
+    if float(torch.rand(1, dtype=torch.float64, generator=gen)) * q_piece < float(p[same].sum()):
+        return table.leaf(table.draw(p * same, gen))
+    for _ in range(_MAX_RESIDUAL_DRAWS):  # norm(max(p - q, 0)) by rejection from p: entered with
+        k = table.draw(p, gen)  # probability TV(p, q), 1 / TV draws
+        piece = table.piece(k)
+        p_piece = float(p[table.with_piece(piece)].sum())
+        q_other = float(d.q[d.table.with_piece(piece)].sum())
+        if float(torch.rand(1, dtype=torch.float64, generator=gen)) * p_piece < p_piece - q_other:
+            return table.leaf(k)
+    return table.leaf(k)  # p and q equal up to rounding: the residual is p's rounding noise
+
+
 def _pieces_between(r: CrossRequest, lo: int, hi: int) -> int:
     """Pieces of `r`'s output ending after byte `lo` and by byte `hi` of its text (what an LLM state that
     holds `lo` bytes is fed to reach `hi`, in pieces: the unit the pass-cost model counts)."""
@@ -407,18 +398,6 @@ def _pieces_between(r: CrossRequest, lo: int, hi: int) -> int:
         n += lo < end <= hi
     return n
 
-
-@dataclass
-class _Draft:
-    leaf: Leaf
-    piece: bytes  # b"" for end of text
-    flagged: bool
-    score: float
-    table: LeafTable  # the SLM's leaves where it was drawn
-    q: torch.Tensor | None  # sampling: [leaves] what it was drawn from (flagged: restricted to flagged covers)
-    position: int  # pieces of output before it (its random streams)
-    text_before: int = 0  # len(request.text) when it joined a block
-    snapshot: ByteState | None = None  # the SLM's state before it (flagged drafts: the rollback point)
 
 
 def generate_cross(slm: ByteLevelLM, llm: ByteLevelLM, policy: RoutingPolicy, prompts: list[str],

@@ -8,8 +8,7 @@ requests between steps (continuous batching), so a request joins a round in prog
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -18,34 +17,10 @@ from router.policies import RouteInput, RoutingPolicy, flags
 from serving.backends.base import Backend, Positions, RowKind, SequenceHandle, StepOutput
 from serving.decoding.generation import Generation, RoutingMode
 from serving.decoding.pass_costs import PassCosts
-from serving.decoding.sampling import SamplingParams, position_generator
+from serving.decoding.rounds import BlockConfig, RoundContext, RoundRequest
+from serving.decoding.rounds import DraftCalls  # noqa: F401 (re-exported: callers name it beside BlockConfig)
+from serving.decoding.sampling import SamplingParams
 from serving.decoding.stopping import StopRule
-
-
-class DraftCalls(str, Enum):
-    """How a speculative round's greedy drafts reach the SLM."""
-
-    BACKEND = "backend"  # as the SLM backend declares (`Backend.drafts_in_one_call`)
-    PER_TOKEN = "per_token"  # one SLM pass per drafted position; the router can end a block at a flag
-    PER_BLOCK = "per_block"  # the whole block in one `Backend.draft` call, routed after it (SGLang: one engine call)
-
-
-@dataclass(frozen=True)
-class BlockConfig:
-    """Bounds and rate estimates for speculative block sizes (`serving.decoding.speculative.block_size`): per
-    request, flag and rejection rates as exponential moving averages; k within [k_min, k_max]."""
-
-    k_min: int = 2
-    k_max: int = 16
-    ema: float = 0.2  # weight of the newest block in the rate estimates
-    init_flag_rate: float = 0.1
-    init_reject_rate: float = 0.5
-    draft_calls: DraftCalls = DraftCalls.BACKEND
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "draft_calls", DraftCalls(self.draft_calls))
-        if not 1 <= self.k_min <= self.k_max:
-            raise ValueError(f"need 1 <= k_min <= k_max, got {self.k_min}, {self.k_max}")
 
 
 @dataclass
@@ -57,38 +32,18 @@ class Draft:
 
 
 @dataclass
-class Request:
-    """Decoding state of one request."""
+class Request(RoundRequest[Draft]):
+    """Decoding state of one request (its output, randomness and speculative round: `RoundRequest`)."""
 
     key: int  # stream key: seeded policies derive decisions from (seed, key, position)
     prompt: list[int]
     params: SamplingParams
     policy: RoutingPolicy
     mode: RoutingMode
-    generator: torch.Generator
     slm: SequenceHandle
     slm_out: StepOutput  # SLM outputs at the last position it holds
-    out: Generation
-    flag_rate: float = 0.1
-    reject_rate: float = 0.5
     llm: SequenceHandle | None = None
     llm_seen: int = 0  # tokens of prompt + output the LLM holds in its KV
-    drafts: list[Draft] = field(default_factory=list)
-    block: int = 0  # block size in the speculative round in progress (0: not in one)
-    riding: bool = False  # drafting on only while others do (serving.decoding.speculative._draft_step)
-    done: bool = False
-    _seed_base: int | None = None
-
-    def generator_at(self, position: int, stream: int) -> torch.Generator:
-        """For speculative sampling: block boundaries follow measured pass times, so each position
-        draws from its own generator (from the request's seed) and a seed still reproduces."""
-        return position_generator(self.seed_base, position, stream)
-
-    @property
-    def seed_base(self) -> int:
-        if self._seed_base is None:
-            self._seed_base = int(torch.randint(0, 2**62, (1,), generator=self.generator))
-        return self._seed_base
 
     @property
     def tokens(self) -> list[int]:
@@ -172,17 +127,14 @@ class Engine(Protocol):
     def cancel(self, req: Pending) -> None: ...
 
 
-class StepContext(Protocol):
+class StepContext(RoundContext, Protocol):
     """What a routed step (`sequential_step`, `speculative_step`) reads, and the round state it keeps: the two
-    models, the stop rule, block sizing and pass costs, and the speculative round in progress. The token-level
-    engine is one; the steps take this instead of the engine, so they need not import it."""
+    models, the stop rule, and (`RoundContext`) block sizing, pass costs and the speculative round in progress.
+    The token-level engine is one; the steps take this instead of the engine, so they need not import it."""
 
     slm: Backend
     llm: Backend
     stop_rule: StopRule
-    block: BlockConfig
-    costs: PassCosts
-    drafting: list[Request] | None
 
 
 class SteppedEngine:

@@ -18,6 +18,10 @@ exactly the LLM's distribution p (sampling). Each LLM pass settles at least one 
 position of the final output, so it never needs more LLM passes than sequential routing.
 A block with no flag never calls the LLM.
 
+The round itself (who drafts on, when it ends, how a verified block is committed) is
+`serving.decoding.rounds`, shared with the byte-level engine; this module is how tokens are
+drafted and judged (`TokenSpeculator`), and the one-call round below.
+
 Draft calls. Greedy drafts depend only on the prefix, so a block can be drafted in one
 `Backend.draft` call and routed after it: the drafts, the router's rows and so the flags are the
 ones drafting a token per step would have seen. Where the backend pays a fixed cost per call
@@ -27,67 +31,28 @@ along does. Sampling drafts go a token per step (each draws from the request's o
 """
 from __future__ import annotations
 
-import math
 import time
-from typing import Protocol
+from dataclasses import dataclass
 
 import torch
 
-from serving.decoding.engine import (BlockConfig, Draft, DraftCalls, Request, StepContext, llm_feed, route, route_rows,
-                                     slm_feed)
+from serving.decoding.engine import Draft, Request, StepContext, llm_feed, route, route_rows, slm_feed
 from serving.decoding.generation import Source
-from serving.decoding.pass_costs import PassCosts
+from serving.decoding.rounds import DRAFT, VERIFY, DraftCalls, block_size, end_round, round_step
+from serving.decoding.rounds import past_flag  # noqa: F401 (re-exported: block sizing, beside block_size)
 from serving.decoding.sampling import SamplingParams, processed_probs
-
-
-_DRAFT, _VERIFY = 0, 1  # random streams per position (Request.generator_at)
-
-
-class BlockRates(Protocol):
-    """A request's flag and rejection rates (exponential moving averages), as block sizing reads them."""
-
-    flag_rate: float
-    reject_rate: float
-
-
-def block_size(r: BlockRates, cfg: BlockConfig, costs: PassCosts, batch: int) -> int:
-    """The block length k that maximizes this request's expected tokens per second of a round.
-
-    A block of k drafts commits min(k, J) tokens, J the position of the first rejected flag
-    (geometric in flag rate * rejection rate); a round of k steps costs k drafting steps and one
-    LLM pass's fixed part (its per-token part is in the step cost). Until both are measured:
-    k ~ the expected run to a rejection."""
-    p = max(1e-3, r.flag_rate * r.reject_rate)
-    if not costs.known:
-        return max(cfg.k_min, min(cfg.k_max, math.ceil(1.0 / p)))
-    step, fixed = costs.step(batch), costs.llm.fixed
-    return max(range(cfg.k_min, cfg.k_max + 1), key=lambda k: (1.0 - (1.0 - p) ** k) / (k * step + fixed))
-
-
-def past_flag(r: BlockRates, k_left: int, costs: PassCosts, batch: int) -> bool:
-    """Draft on past a flagged draft (verified later, with the next flag, in one LLM pass), or end the block?
-
-    Going on pays when the flag is accepted and another flag comes within the block: one LLM
-    pass's fixed cost saved. It costs the drafting steps past the flag when the flag is rejected:
-    about the run to the next flag. Until costs are measured: stop (as sequential routing would)."""
-    if not costs.known:
-        return False
-    f = max(r.flag_rate, 1e-3)
-    another_flag = 1.0 - (1.0 - f) ** k_left
-    wasted = min(k_left, 1.0 / f)
-    return (1.0 - r.reject_rate) * another_flag * costs.llm.fixed > r.reject_rate * wasted * costs.step(batch)
 
 
 def speculative_step(engine: StepContext, reqs: list[Request]) -> None:
     """One step of speculative routing: a whole round for greedy requests where blocks are drafted in one call
-    (`block_round`), one drafting pass of a token-per-step round for the others (`stepwise_step`)."""
+    (`block_round`), one drafting pass of a token-per-step round for the others (`serving.decoding.rounds`)."""
     whole = [r for r in reqs if r.params.greedy] if drafts_per_block(engine) else []
     if whole:
         block_round(engine, whole)
     in_block = {id(r) for r in whole}
     stepwise = [r for r in reqs if id(r) not in in_block]
     if stepwise:
-        stepwise_step(engine, stepwise)
+        round_step(engine, stepwise, TokenSpeculator(engine))
 
 
 def drafts_per_block(engine: StepContext) -> bool:
@@ -109,7 +74,7 @@ def block_round(engine: StepContext, reqs: list[Request]) -> None:
         assert r.block >= 1, f"a running request has room for a draft: block {r.block}"
         keep = min(r.slm.length, len(r.tokens) - 1)
         if r.slm.length > keep:
-            slm.truncate(r.slm, keep)  # drafts past a correction, or the prompt's last token (its row is recomputed)
+            slm.truncate(r.slm, keep)  # the prompt's last token: its row is recomputed by the draft call
     start = time.perf_counter()
     hidden = any(r.policy.needs_hidden for r in reqs)
     blocks = slm.draft([r.slm for r in reqs], [r.tokens[r.slm.length :] for r in reqs], [r.block for r in reqs],
@@ -129,111 +94,82 @@ def block_round(engine: StepContext, reqs: list[Request]) -> None:
                                              r.params) is not None:
                 break  # nothing past a stop
         r.out.stats.slm_passes += len(b.tokens)
-    _verify(engine, reqs)
-    for r in reqs:
-        r.drafts, r.block = [], 0
-        r.out.stats.blocks += 1
+    end_round(engine.block, reqs, TokenSpeculator(engine))
 
 
-def stepwise_step(engine: StepContext, reqs: list[Request]) -> None:
-    """One drafting pass of the round in progress (a round opens with every request), and when no
-    request drafts on, the round's end: verify the flagged positions, commit, resynchronise the SLM.
+@dataclass
+class TokenSpeculator:
+    """Token-level drafting and judging for a round (`serving.decoding.rounds.Speculator`).
 
-    A round lasts as long as its longest block. Requests that join mid-round (continuous batching)
-    ride along from the next pass: they draft while the round lasts, up to their own block size, and
-    are verified with it, instead of waiting for the round to end (at concurrency 32 a round is ~14
-    passes, a request's whole life ~5 rounds).
+    Between drafting passes the SLM holds the committed tokens and the drafts but the last: a drafting pass
+    first feeds that one (one batched SLM pass), then drafts from the row it gives. So a block's last draft
+    is not fed while drafting, and after verification the next round's first pass feeds the last committed
+    token (that draft, or the LLM's correction): a rejection costs no extra SLM pass."""
 
-    A block's last draft is not fed to the SLM while drafting: after verification the SLM is fed
-    the last committed token (that draft, or the LLM's correction), so a rejection costs no extra
-    SLM pass."""
-    joining = engine.drafting is not None
-    drafting = engine.drafting if joining else []
-    for r in reqs:
-        if not r.block:  # opening the round, or joining it
-            r.block = block_size(r, engine.block, engine.costs, len(reqs))
-            r.riding = joining
-            drafting.append(r)
-    with engine.costs.timing("draft", len(drafting)):
-        engine.drafting = _draft_step(engine, drafting, len(reqs))
-    if engine.drafting:
-        return
-    engine.drafting = None
-    _verify(engine, reqs)
-    running = [r for r in reqs if not r.done]
-    for r in running:
-        keep = len(r.tokens) - 1
-        if r.slm.length > keep:
-            engine.slm.truncate(r.slm, keep)  # drafts past a correction
-    slm_feed(engine.slm, running, [r.tokens[-1] for r in running])
-    for r in reqs:
-        r.drafts, r.block, r.riding = [], 0, False
-        r.out.stats.blocks += 1
+    ctx: StepContext
+
+    def draft(self, reqs: list[Request]) -> list[bool]:
+        behind = [r for r in reqs if r.slm.length < len(r.tokens) + len(r.drafts)]
+        slm_feed(self.ctx.slm, behind, [_unfed(r) for r in behind])
+        scores, flagged = route(reqs, [len(r.tokens) + len(r.drafts) for r in reqs])
+        more = []
+        for r, score, f in zip(reqs, scores, flagged):
+            logits = r.slm_out.logits[-1]  # [vocab] the SLM's row predicting this position
+            if r.params.greedy:
+                token, q = int(torch.argmax(logits)), None
+            else:
+                q = processed_probs(logits, r.params)
+                token = int(torch.multinomial(q, 1, generator=r.generator_at(len(r.tokens) + len(r.drafts), DRAFT)))
+            r.drafts.append(Draft(token, bool(f), float(score), q))
+            ids = r.out.token_ids + [d.token for d in r.drafts]
+            more.append(self.ctx.stop_rule.check_tokens(r.prompt, ids, r.params) is None)
+        return more
+
+    def verify(self, reqs: list[Request]) -> TokenJudge:
+        need = [r for r in reqs if any(d.flagged for d in r.drafts)]
+        rows = _llm_logits(self.ctx, need)
+        return TokenJudge(self.ctx, {id(r.drafts[j]): row for r in need for j, row in rows[id(r)].items()})
 
 
-def _draft_step(engine: StepContext, drafting: list[Request], batch: int) -> list[Request]:
-    """One drafted position for each drafting request, in one batched SLM pass; returns those that draft on.
-
-    A request drafts up to its block size, or to a flag it should not draft past. The round lasts
-    while some request wants to draft on. Requests that would stop at a flag ride along (up to their
-    block size) meanwhile: the pass runs anyway, so their extra drafts cost one row each and are kept
-    whenever their flags are accepted; they do not make the round longer. `batch`: requests in the round
-    (joiners included), for the block sizer's costs."""
-    scores, flagged = route(drafting, [len(r.tokens) + len(r.drafts) for r in drafting])
-    wanting, rides = [], []
-    for r, score, f in zip(drafting, scores, flagged):
-        logits = r.slm_out.logits[-1]
-        if r.params.greedy:
-            token, q = int(torch.argmax(logits)), None
-        else:
-            q = processed_probs(logits, r.params)
-            token = int(torch.multinomial(q, 1, generator=r.generator_at(len(r.tokens) + len(r.drafts), _DRAFT)))
-        r.drafts.append(Draft(token, bool(f), float(score), q))
-        k_left = r.block - len(r.drafts)
-        if k_left <= 0 or engine.stop_rule.check_tokens(r.prompt, r.out.token_ids + [d.token for d in r.drafts],
-                                                        r.params) is not None:
-            continue
-        if not r.riding and (not f or past_flag(r, k_left, engine.costs, batch)):
-            wanting.append(r)
-        else:
-            r.riding = True
-            rides.append(r)
-    still = wanting + rides if wanting else []
-    # drafts that are drafted on from go into the SLM now (their KV, the next position's outputs)
-    slm_feed(engine.slm, still, [r.drafts[-1].token for r in still])
-    return still
+def _unfed(r: Request) -> int:
+    """The one token of committed tokens + drafts the SLM does not hold yet."""
+    fed = r.tokens + [d.token for d in r.drafts]
+    assert len(fed) - r.slm.length == 1, f"the SLM is one token behind between passes, not {len(fed) - r.slm.length}"
+    return fed[-1]
 
 
-def _verify(engine: StepContext, reqs: list[Request]) -> None:
-    """One LLM pass over every request with a flagged draft; commit accepted drafts and corrections."""
-    need = [r for r in reqs if any(d.flagged for d in r.drafts)]
-    rows = _llm_logits(engine, need)
-    cfg = engine.block
-    for r in reqs:
-        n_flags = sum(d.flagged for d in r.drafts)
-        rejected = False
-        for j, d in enumerate(r.drafts):
-            token = d.token
-            if d.flagged:
-                correction = _accept_or_correct(d, rows[id(r)][j], r.params,
-                                                r.generator_at(len(r.tokens), _VERIFY))
-                rejected = correction is not None
-                r.reject_rate += cfg.ema * (float(rejected) - r.reject_rate)  # per verified flag
-                if rejected:
-                    token = correction
-            r.out.token_ids.append(token)
-            r.out.sources.append(Source.LLM if d.flagged else Source.SLM)
-            r.out.scores.append(d.score)
-            r.out.stats.llm_tokens += int(d.flagged)
-            reason = engine.stop_rule.check_tokens(r.prompt, r.out.token_ids, r.params)
-            if reason is not None:
-                r.done, r.out.finish_reason = True, reason
-            if rejected or r.done:
-                break
-        if r.llm is not None and r.llm_seen > len(r.tokens) - int(rejected):
-            r.llm_seen = len(r.tokens) - int(rejected)  # drop what the LLM saw past the accepted drafts
-            engine.llm.truncate(r.llm, r.llm_seen)
-        r.flag_rate += cfg.ema * (n_flags / len(r.drafts) - r.flag_rate)
+@dataclass
+class TokenJudge:
+    """Commits token blocks (`serving.decoding.rounds.Judge`) from the LLM's rows at their flagged drafts."""
+
+    ctx: StepContext
+    rows: dict[int, torch.Tensor]  # id(draft) -> [vocab] the LLM's logits predicting it
+
+    def keep(self, r: Request, d: Draft) -> None:
+        self._write(r, d.token, Source.SLM, d.score)
+
+    def settle(self, r: Request, d: Draft) -> bool:
+        correction = _accept_or_correct(d, self.rows[id(d)], r.params, r.generator_at(len(r.tokens), VERIFY))
+        if correction is not None:  # both models drop the rejected draft and what they hold past it
+            if r.slm.length > len(r.tokens):
+                self.ctx.slm.truncate(r.slm, len(r.tokens))
+            if r.llm is not None and r.llm_seen > len(r.tokens):
+                r.llm_seen = len(r.tokens)
+                self.ctx.llm.truncate(r.llm, r.llm_seen)
+        self._write(r, d.token if correction is None else correction, Source.LLM, d.score)
+        return correction is not None
+
+    def drop(self, r: Request, dropped: list[Draft]) -> None:
+        """Token drafts hold nothing of their own."""
+
+    def _write(self, r: Request, token: int, source: Source, score: float) -> None:
+        r.out.token_ids.append(token)
+        r.out.sources.append(source)
+        r.out.scores.append(score)
+        r.out.stats.llm_tokens += int(source == Source.LLM)
+        reason = self.ctx.stop_rule.check_tokens(r.prompt, r.out.token_ids, r.params)
+        if reason is not None:
+            r.done, r.out.finish_reason = True, reason
 
 
 def _accept_or_correct(d: Draft, p_logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> int | None:

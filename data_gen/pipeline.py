@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -90,6 +91,14 @@ def _batches(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+class Branches(NamedTuple):
+    """One candidate's two branches, as text, after the shared context."""
+
+    context: str  # the reference's text before the candidate position
+    slm: str  # the SLM's token and what was written after it
+    ref: str  # the reference from the candidate position on
+
+
 @dataclass(frozen=True)
 class RoutedContinuation:
     """Routed decoding continues SLM branches (`continue_with="routed"`). `router` identifies the policy
@@ -157,34 +166,39 @@ class LabelPipeline:
 
     def continuation(self, ref: dict, mism) -> dict:
         """The LLM (or routed decoding) continues every candidate's SLM branch; the reference branch is cut
-        from the reference."""
-        refs = {d: (p, r) for d, p, r in zip(ref["data_id"], ref["prompt_ids"], ref["ref_ids"])}
+        from the reference. In sentence mode both branches end at their first sentence stop."""
         cands = [(d, pos, tok) for d, pos, tok, m in zip(mism["data_id"], mism["position"], mism["slm_token"],
                                                          mism["mismatch"]) if m]
         sentence = self.verifier.continuation == Continuation.SENTENCE
-        max_tokens = self.cfg.sentence_max_tokens if sentence else self.cfg.max_new_tokens
-        stops = SENTENCE_STOPS if sentence else ()
-        text_of_ids = self.greedy_llm_rule.decode
+        params = SamplingParams(max_tokens=self.cfg.sentence_max_tokens if sentence else self.cfg.max_new_tokens,
+                                stop=SENTENCE_STOPS if sentence else ())
         out: dict[str, list] = {"data_id": [], "position": [], "context": [], "slm_branch": [], "ref_branch": []}
         for batch in _batches(cands, self.cfg.batch_size):
-            prompts = [refs[d][0] + refs[d][1][:pos] + [tok] for d, pos, tok in batch]
-            room = [self.pair.context_length - len(p) for p in prompts]
-            params = [SamplingParams(max_tokens=max(1, min(max_tokens, r - 1)), stop=stops) for r in room]
-            if self._routed is None:
-                gens = decode(self.pair.llm, prompts, params, self.greedy_llm_rule, Source.LLM)
-            else:
-                gens = generate_sequential(self.pair.slm, self.pair.llm, self._routed.policy, prompts, params,
-                                           self.greedy_llm_rule)
-            for (d, pos, tok), g in zip(batch, gens):
-                r = refs[d][1]
-                ref_tail = self._cut(text_of_ids(r[pos:]), stops) if sentence else self.greedy_llm_rule.text_of(r[pos:])
+            for (d, pos, _), branch in zip(batch, self._branches(ref, batch, params)):
                 out["data_id"].append(d)
                 out["position"].append(pos)
-                out["context"].append(text_of_ids(r[:pos]))
-                branch = text_of_ids([tok]) + g.text
-                out["slm_branch"].append(self._cut(branch, stops) if sentence else branch)
-                out["ref_branch"].append(ref_tail)
+                out["context"].append(branch.context)
+                out["slm_branch"].append(self._cut(branch.slm, params.stop) if sentence else branch.slm)
+                out["ref_branch"].append(self._cut(branch.ref, params.stop) if sentence else branch.ref)
         return out
+
+    def _branches(self, ref: dict, batch: list[tuple], params: SamplingParams) -> list[Branches]:
+        """For each candidate (data id, position, SLM token) of `batch`: the context, the SLM branch (its token
+        and the continuation written after it, within `params`) and the reference from the position on."""
+        refs = {d: (p, r) for d, p, r in zip(ref["data_id"], ref["prompt_ids"], ref["ref_ids"])}
+        text_of_ids = self.greedy_llm_rule.decode
+        prompts = [refs[d][0] + refs[d][1][:pos] + [tok] for d, pos, tok in batch]
+        fitted = [replace(params, max_tokens=max(1, min(params.max_tokens, self.pair.context_length - len(p) - 1)))
+                  for p in prompts]
+        if self._routed is None:
+            gens = decode(self.pair.llm, prompts, fitted, self.greedy_llm_rule, Source.LLM)
+        else:
+            gens = generate_sequential(self.pair.slm, self.pair.llm, self._routed.policy, prompts, fitted,
+                                       self.greedy_llm_rule)
+        # sentence mode cuts the reference's raw text; otherwise its text without EOS
+        ref_text = text_of_ids if self.verifier.continuation == Continuation.SENTENCE else self.greedy_llm_rule.text_of
+        return [Branches(text_of_ids(refs[d][1][:pos]), text_of_ids([tok]) + g.text, ref_text(refs[d][1][pos:]))
+                for (d, pos, tok), g in zip(batch, gens)]
 
     @staticmethod
     def _cut(text: str, stops: tuple[str, ...]) -> str:
@@ -324,34 +338,22 @@ class CrossLabelPipeline(LabelPipeline):
             offsets[d] = here + len(table[rows["ref_token"][k]])
         return rows
 
-    def continuation(self, ref: dict, mism) -> dict:
+    def _branches(self, ref: dict, batch: list[tuple], params: SamplingParams) -> list[Branches]:
+        """As for one tokenizer, over bytes: the context is the reference's text before the SLM's token, and the
+        LLM continues the branch's exact bytes (a branch may end inside one of its tokens)."""
         from serving.byte_level.cross_tokenizer import decode_bytes
 
         llm_blm = self.pair.byte_models()[1]
         table = self.pair.byte_models()[0].vocab.table
         refs = {d: (t, ids) for d, t, ids in zip(ref["data_id"], ref["ref_text"], ref["ref_ids"])}
-        prompts = {d: t for d, t in zip(ref["data_id"], self._llm_prompts(ref["data_id"]))}
-        cands = [(d, pos, tok) for d, pos, tok, m in zip(mism["data_id"], mism["position"], mism["slm_token"],
-                                                         mism["mismatch"]) if m]
-        sentence = self.verifier.continuation == Continuation.SENTENCE
-        max_tokens = self.cfg.sentence_max_tokens if sentence else self.cfg.max_new_tokens
-        stops = SENTENCE_STOPS if sentence else ()
-        out: dict[str, list] = {"data_id": [], "position": [], "context": [], "slm_branch": [], "ref_branch": []}
-        for batch in _batches(cands, self.cfg.batch_size):
-            contexts = [b"".join(table[i] for i in refs[d][1][:pos]).decode("utf-8", errors="replace")
-                        for d, pos, _ in batch]
-            firsts = [table[tok].decode("utf-8", errors="replace") for _, _, tok in batch]
-            branches = [(c + f).encode() for c, f in zip(contexts, firsts)]
-            params = [SamplingParams(max_tokens=max_tokens, stop=stops)] * len(batch)
-            gens = decode_bytes(llm_blm, [prompts[d] for d, _, _ in batch], params, prefixes=branches)
-            for (d, pos, _), context, first, g in zip(batch, contexts, firsts, gens):
-                ref_tail = refs[d][0][len(context):]
-                out["data_id"].append(d)
-                out["position"].append(pos)
-                out["context"].append(context)
-                out["slm_branch"].append(self._cut(first + g.text, stops) if sentence else first + g.text)
-                out["ref_branch"].append(self._cut(ref_tail, stops) if sentence else ref_tail)
-        return out
+        contexts = [b"".join(table[i] for i in refs[d][1][:pos]).decode("utf-8", errors="replace")
+                    for d, pos, _ in batch]
+        firsts = [table[tok].decode("utf-8", errors="replace") for _, _, tok in batch]
+        branches = [(c + f).encode() for c, f in zip(contexts, firsts)]
+        prompts = self._llm_prompts([d for d, _, _ in batch])
+        gens = decode_bytes(llm_blm, prompts, [params] * len(batch), prefixes=branches)
+        return [Branches(context, first + g.text, refs[d][0][len(context):])
+                for (d, _, _), context, first, g in zip(batch, contexts, firsts, gens)]
 
     def _llm_prompt(self, record: PromptRecord) -> str:
         tok = self.pair.llm_tokenizer

@@ -73,3 +73,24 @@ def test_joining_and_leaving_copy_no_other_row(tiny_models) -> None:
     for i in live:
         backend.close(seqs[i])
     assert backend.open_sequences == 0
+
+
+def test_a_one_token_pass_over_scattered_rows_runs_the_rows_between_idle(tiny_models) -> None:
+    """Rows 0 and 2 of three take a token each: row 1 rides along in place and is left as it was."""
+    backend = HFBackend(tiny_models["llama"])
+    prompts = [[3, 4, 5, 6], [7, 8, 9], [10, 11, 12, 13, 14]]
+    seqs = [s for s, _ in backend.open(prompts)]
+    assert sorted(s.slot for s in seqs) == [0, 1, 2]
+    a, idle, b = sorted(seqs, key=lambda s: s.slot)
+    tokens = {id(s): list(p) for s, p in zip(seqs, prompts)}
+    outs = backend.extend([b, a], [[20], [21]])
+    assert idle.length == len(tokens[id(idle)]), "an idle row gains nothing"
+    for seq, out, new in zip([b, a], outs, [20, 21]):
+        tokens[id(seq)].append(new)
+        torch.testing.assert_close(out.logits, full_forward(backend, tokens[id(seq)])[-1:], atol=ATOL, rtol=0)
+    outs = backend.extend([idle, a, b], [[22], [23], [24]])
+    for seq, out, new in zip([idle, a, b], outs, [22, 23, 24]):
+        tokens[id(seq)].append(new)
+        torch.testing.assert_close(out.logits, full_forward(backend, tokens[id(seq)])[-1:], atol=ATOL, rtol=0)
+    for s in seqs:
+        backend.close(s)

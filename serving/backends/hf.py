@@ -2,7 +2,8 @@
 
 KV: every open sequence holds a row of one `KVPool` (serving/backends/kv_pool.py), column c holding position c.
 A pass runs the model's decoder over the rows it extends, in slot order: consecutive slots (the decode loop) are
-read in place, others gathered per layer; each row's new keys and values are written at its own length.
+read in place, others gathered per layer (or, for a one-token pass, run in place with the few rows between them
+idle: `_pass_rows`); each row's new keys and values are written at its own length.
 
 Masks are built here from positions, not left to the model: a query at position q sees its row's columns <= q
 (and > q - window on sliding-window layers). Padding queries (rows with fewer new tokens than the pass is wide)
@@ -172,13 +173,12 @@ class HFBackend:
         at = resolve_rows(rows_at, new_ids)
         with torch.inference_mode():
             self._pool.admit([s for s in seqs if s.slot is None])
-            order = sorted(range(len(seqs)), key=lambda i: seqs[i].slot)  # slot order: consecutive slots in place
-            outs = self._forward([seqs[i] for i in order], [new_ids[i] for i in order], [at[i] for i in order],
-                                 top_k, want_hidden)
-        result: list = [None] * len(seqs)
-        for i, out in zip(order, outs):
-            result[i] = out
-        return result
+            rows = self._pass_rows(sorted(seqs, key=lambda s: s.slot), max(map(len, new_ids)))
+            index = {id(s): i for i, s in enumerate(seqs)}  # rows riding along idle get no ids and no rows
+            outs = self._forward(rows, [new_ids[index[id(r)]] if id(r) in index else [] for r in rows],
+                                 [at[index[id(r)]] if id(r) in index else [] for r in rows], top_k, want_hidden)
+            by_seq = {id(r): out for r, out in zip(rows, outs)}
+        return [by_seq[id(s)] for s in seqs]
 
     def draft(self, seqs: list[HFSequence], new_ids: list[list[int]], n_tokens: list[int],
               want_hidden: bool = False) -> list[DraftedBlock]:
@@ -217,6 +217,17 @@ class HFBackend:
             return self.model.get_input_embeddings()(ids.to(self.device)).float().cpu()
 
     # -- one pass ---------------------------------------------------------------------------
+    def _pass_rows(self, seqs: list[HFSequence], width: int) -> list[HFSequence]:
+        """The pool rows a pass runs: `seqs` (in slot order), read in place when their slots are consecutive. A
+        one-token pass over scattered slots (a drafting step some requests sit out) also runs the rows between
+        them, idle, when they are at most as many: an idle row costs one position and a read of its KV, where
+        gathering costs a copy of every member's KV per layer. Wider passes gather."""
+        first, last = seqs[0].slot, seqs[-1].slot
+        span = last - first + 1
+        if span == len(seqs) or width > 1 or span > 2 * len(seqs):
+            return seqs
+        return self._pool.rows[first : last + 1]
+
     def _masks(self, query_pos: torch.Tensor, columns: int) -> torch.Tensor | dict[str, torch.Tensor]:
         """A 4D mask, or one per layer type for models that mix full and sliding-window layers."""
         if not self.layer_types:
@@ -226,10 +237,10 @@ class HFBackend:
 
     def _forward(self, seqs: list[HFSequence], new_ids: list[list[int]], at: list[list[int]], top_k: int | None,
                  want_hidden: bool) -> list[StepOutput]:
-        """One pass over `seqs` (in slot order): rows at the positions `at` of each."""
+        """One pass over `seqs` (in slot order; a row with no new ids idles): rows at the positions `at` of each."""
         width, dev = max(len(ids) for ids in new_ids), self.device
         plan = self._pool.plan(seqs, width)
-        if width == 1 and not self.layer_types:
+        if width == 1 and not self.layer_types and all(new_ids):
             # decode: one token per row, whose columns up to its new position are all valid
             position_ids = torch.tensor([[seq.length] for seq in seqs], dtype=torch.long)
             input_ids = torch.tensor(new_ids, dtype=torch.long)
@@ -242,7 +253,8 @@ class HFBackend:
             for seq, ids in zip(seqs, new_ids):
                 n, pad = len(ids), width - len(ids)
                 ids_rows.append(ids + [0] * pad)
-                pos_rows.append(list(range(seq.length, seq.length + n)) + [seq.length + n - 1] * pad)
+                # padding (all of an idle row) takes the last real position
+                pos_rows.append(list(range(seq.length, seq.length + n)) + [max(seq.length + n - 1, 0)] * pad)
             input_ids = torch.tensor(ids_rows, dtype=torch.long)
             position_ids = torch.tensor(pos_rows, dtype=torch.long)
             mask = self._masks(position_ids.to(dev), plan.used)

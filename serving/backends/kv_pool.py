@@ -7,7 +7,9 @@ row: `truncate` only moves the length back, the next tokens overwrite what lies 
 Passes. Attention on a CPU (SDPA) reads a dense [batch, kv_heads, columns, head_dim] tensor. A pass over the
 sequences of consecutive slots reads that slice of the buffer in place, so the decode loop (every sequence, every
 step) never copies its past. A pass over any other set of slots (the LLM verifying the requests that flagged)
-gathers their rows one layer at a time: a transient copy the size of what that layer's attention reads anyway.
+gathers their rows one layer at a time: a transient copy the size of what that layer's attention reads anyway (the
+HF backend runs a one-token pass over scattered slots on the consecutive run around them instead, the rows between
+riding along idle, when they are few).
 New keys and values are written straight into each row at its own length.
 
 Membership. A new sequence takes the next slot and its prefill writes in place; a fork copies its parent's prefix
@@ -80,7 +82,7 @@ class _PassLayer(DynamicLayer):
         assert value is None, "values are written through update()"
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        """key_states, value_states: [batch, kv_heads, width, head_dim] -> the rows' [batch, kv_heads, used, head_dim]."""
+        """New keys, values [batch, kv_heads, width, head_dim] in; the rows' [batch, kv_heads, used, head_dim] out."""
         p = self._plan
         assert key_states.shape[0] == p.rows.shape[0] and key_states.shape[2] == p.cols.shape[1], \
             f"{tuple(key_states.shape)} for {tuple(p.cols.shape)} positions"

@@ -150,8 +150,11 @@ class KVPool:
             last.slot, self.rows[slot] = slot, last
         seq.slot = None
         n, longest = len(self.rows), max((s.length for s in self.rows), default=0)
-        slots = n if 2 * n <= self.slots else self.slots
-        columns = self.columns if 2 * longest > self.columns else _grown(longest, longest, COLUMN_STEP) if n else 0
+        slots, columns = self.slots, self.columns
+        if 2 * n <= slots:
+            slots = n
+        if 2 * longest <= columns:  # keep a quarter of headroom for the rows' growth
+            columns = _grown(longest, longest, COLUMN_STEP) if n else 0
         if (slots, columns) != (self.slots, self.columns):
             self._resize(slots, columns)
 
@@ -172,11 +175,6 @@ class KVPool:
     def cache(self, plan: PassPlan) -> Cache:
         """A transformers Cache that reads and writes the pool for one pass."""
         return Cache(layers=[_PassLayer(self.buf[i, 0], self.buf[i, 1], plan) for i in range(self.buf.shape[0])])
-
-    def row(self, seq: Pooled) -> torch.Tensor:
-        """A view of `seq`'s positions: [layers, 2, kv_heads, length, head_dim]."""
-        assert seq.slot is not None, "a sequence without a slot holds nothing"
-        return self.buf[:, :, seq.slot, :, : seq.length]
 
     def _resize(self, slots: int, columns: int) -> None:
         """A new buffer of `slots` x `columns`, the held rows copied over (once: the caller grows geometrically)."""

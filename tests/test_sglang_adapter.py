@@ -57,7 +57,7 @@ def test_engine_kwargs_are_serverargs_fields() -> None:
     for kwargs in (cuda, cpu):
         unknown = set(kwargs) - serverargs_fields()
         assert not unknown, f"sglang 0.5.23's ServerArgs has no fields {sorted(unknown)}: Engine(**kwargs) would fail"
-        assert kwargs["enable_return_hidden_states"] and kwargs["skip_tokenizer_init"]
+        assert kwargs["enable_return_hidden_states"] and kwargs["skip_tokenizer_init"] and kwargs["sleep_on_idle"]
     assert cuda["tp_size"] == 2 and cuda["mem_fraction_static"] == 0.6 and cuda["device"] == "cuda"
     assert cpu["device"] == "cpu" and cpu["dtype"] == "float32" and cpu["attention_backend"] == "torch_native"
     assert cpu["disable_cuda_graph"] and cpu["disable_overlap_schedule"] and cpu["max_total_tokens"] > 0

@@ -8,6 +8,7 @@ beside a large model's pass on a GPU, and large beside a testbed model's pass on
 
 - `per_call`: one sequence per model, one token appended per call, HF and SGLang calls alternated (the machine is
   noisy: only what is measured side by side is compared); medians and their ratio.
+- `idle_engines`: the cores the engines' processes keep busy while no request is in flight.
 - `routed`: greedy speculative routing with the learned router on held-out prompts, every configuration (backend x
   drafting x batch) run once per round, rounds interleaved; output tokens per second, and whether every
   configuration produced the same tokens.
@@ -111,6 +112,26 @@ def routed(pairs: list[BackendPair], policy: RoutingPolicy, prompts: list[list[i
     return result
 
 
+def idle_cpu_share(seconds: float) -> dict[str, float]:
+    """CPU time this process's children (the engines' scheduler and detokenizer processes) use per second of
+    wall time while no request is in flight: what the engines take from the cores before any work."""
+    import psutil
+
+    def cpu(p: psutil.Process) -> float:
+        try:
+            t = p.cpu_times()
+            return t.user + t.system
+        except psutil.Error:
+            return 0.0
+
+    children = psutil.Process().children(recursive=True)
+    before = {p.pid: cpu(p) for p in children}
+    time.sleep(seconds)
+    used = {f"{p.name()} {p.pid}": round((cpu(p) - before[p.pid]) / seconds, 3)
+            for p in children if p.is_running()}
+    return {"cores_busy_per_process": used, "cores_busy_total": round(sum(used.values()), 3), "seconds": seconds}
+
+
 def bench_sglang(spec: PairSpec, cfg: SGLangBenchConfig) -> dict:
     """The benchmark JSON: `per_call`, `routed` and `meta` (what ran, on what). Needs sglang (`make bench-sglang`)."""
     import os
@@ -131,6 +152,7 @@ def bench_sglang(spec: PairSpec, cfg: SGLangBenchConfig) -> dict:
                                           mem_fraction_static=fraction))
                for path, fraction in ((spec.slm, 0.15), (spec.llm, 0.3))]
     try:
+        idle = idle_cpu_share(seconds=10.0)
         sgl = BackendPair("sglang", *engines)
         hf_pair = BackendPair("hf", hf.slm, hf.llm)
         result = {"per_call": per_call(hf_pair, sgl, prompts[0], cfg.calls),
@@ -138,6 +160,7 @@ def bench_sglang(spec: PairSpec, cfg: SGLangBenchConfig) -> dict:
     finally:
         for engine in engines:
             engine.shutdown()
+    result["idle_engines"] = idle
     result["meta"] = {"pair": spec.name, "device": "cpu", "sglang": sglang.__version__, "dtype": "float32",
                       "policy": f"learned, threshold {policy.threshold:.4f}", "mode": "speculative, greedy",
                       "max_tokens": cfg.max_tokens, "rounds": cfg.rounds, "calls": cfg.calls,

@@ -80,6 +80,10 @@ class SGLangConfig:
     dtype: str | None = None  # None: the checkpoint's ("auto") on CUDA, float32 on a CPU (as the HF backend runs)
     random_seed: int = 0
     log_level: str = "warning"
+    # An idle scheduler blocks on its sockets instead of polling them: the pair's two engines take turns, and a
+    # polling one keeps a whole CPU core busy that the other engine's scheduler and the routing loop need
+    # (bench/sglang_cpu_polling.json); a request still wakes it at once.
+    sleep_on_idle: bool = True
 
     def __post_init__(self) -> None:
         try:
@@ -99,7 +103,8 @@ class SGLangConfig:
     def engine_kwargs(self) -> dict:
         """ServerArgs fields (`arg_groups/field_order.py`) for `sglang.Engine(**kwargs)`."""
         common = {"model_path": self.model_dir, "device": self.device.value, "skip_tokenizer_init": True,
-                  "enable_return_hidden_states": True, "random_seed": self.random_seed, "log_level": self.log_level}
+                  "enable_return_hidden_states": True, "random_seed": self.random_seed, "log_level": self.log_level,
+                  "sleep_on_idle": self.sleep_on_idle}
         if self.device == SGLangDevice.CPU:
             return {**common, "dtype": self.dtype or "float32", "attention_backend": "torch_native",
                     "disable_cuda_graph": True, "disable_overlap_schedule": True,

@@ -16,11 +16,11 @@ TESTBED = REPO / "models" / "testbed"
 TOKENIZER_DIR = TESTBED / "tokenizer"
 
 
-def _tiny_config(arch: str, vocab: int):
+def _tiny_config(arch: str, vocab: int, positions: int = 256):
     from transformers import Gemma3TextConfig, LlamaConfig, Qwen2Config
 
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=positions)
     if arch == "llama":
         return LlamaConfig(**common)
     if arch == "qwen2":
@@ -31,13 +31,13 @@ def _tiny_config(arch: str, vocab: int):
     raise ValueError(arch)
 
 
-def make_tiny_model(path: Path, arch: str, seed: int = 0, vocab: int | None = None) -> Path:
-    """A randomly initialised model of `arch` saved with the testbed tokenizer."""
+def make_tiny_model(path: Path, arch: str, seed: int = 0, vocab: int | None = None, positions: int = 256) -> Path:
+    """A randomly initialised model of `arch` saved with the testbed tokenizer (context: `positions` tokens)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(_tiny_config(arch, vocab or len(tok)))
+    model = AutoModelForCausalLM.from_config(_tiny_config(arch, vocab or len(tok), positions))
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path

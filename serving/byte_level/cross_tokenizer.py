@@ -34,7 +34,8 @@ and that restricted q is what the test uses.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from bisect import bisect_right
+from dataclasses import dataclass, field
 from enum import Enum
 
 import torch
@@ -46,6 +47,7 @@ from serving.decoding.engine import SteppedEngine, drain, route_rows
 from serving.decoding.generation import FinishReason, Generation, RoutingMode, Source
 from serving.decoding.rounds import DRAFT, VERIFY, BlockConfig, RoundRequest, round_step
 from serving.decoding.sampling import SamplingParams, make_generator
+from serving.decoding.stop_scan import StopScan
 from serving.decoding.stopping import cut_at_stop, stop_or_length
 
 _MAX_RESIDUAL_DRAWS = 100_000
@@ -105,8 +107,10 @@ class CrossRequest(RoundRequest[_Draft]):
     slm_tail: bytes  # the SLM prompt's text after its last special token
     llm_context: list[int]
     llm_tail: bytes
-    text: bytes = b""  # given prefix + generated so far
+    text: bytearray = field(default_factory=bytearray)  # given prefix + generated so far (appended in place)
     start: int = 0  # bytes of `text` given as a prefix (not part of the output)
+    ends: list[int] = field(default_factory=list)  # where each of out.pieces ends in `text`
+    stops: StopScan | None = None  # stop strings over text[start:], checked incrementally (None: no stop strings)
     mode: RoutingMode = RoutingMode.SEQUENTIAL
     llm: ByteState | None = None  # opened on the first routed piece
     carry: _Draft | None = None  # a flagged draft that opens the next speculative block
@@ -152,12 +156,13 @@ class CrossEngine(SteppedEngine):
                 in zip(prompts, params, policies, keys, states, slm_views, modes, as_bytes)]
         for r, prefix in zip(reqs, prefixes or [b""] * len(reqs)):
             r.out.stats.slm_passes += 2
-            r.text, r.start = prefix, len(prefix)
+            r.text, r.start = bytearray(prefix), len(prefix)
+            r.stops = StopScan(r.params.stop, _utf8, origin=r.start) if r.params.stop else None
         self.active += reqs
         return reqs
 
     def _sequential_step(self, reqs: list[CrossRequest]) -> None:
-        self._sync(self.slm.blm, [r.slm for r in reqs], [r.slm_tail + r.text for r in reqs],
+        self._sync(self.slm.blm, [r.slm for r in reqs], [(r.slm_tail, r.text, len(r.text)) for r in reqs],
                    any(r.policy.needs_hidden for r in reqs))
         for r in reqs:
             r.out.stats.slm_passes += 1
@@ -186,24 +191,31 @@ class CrossEngine(SteppedEngine):
         if not piece:
             r.done, r.out.finish_reason = True, FinishReason.STOP
             return
-        r.text += piece
-        r.out.pieces.append(piece)
-        reason = self._stop_reason(r)
+        _append_piece(r, piece)
+        reason = self._stop_reason(r, len(r.text))
         if reason is not None:
             r.done, r.out.finish_reason = True, reason
 
-    def _stop_reason(self, r: CrossRequest) -> FinishReason | None:
+    def _stop_reason(self, r: CrossRequest, committed: int) -> FinishReason | None:
         """Why the output so far (drafts included while drafting) must end: a stop string, max_tokens, or
-        either model's context."""
+        either model's context. `committed`: where the written text ends in `r.text` (the drafts' pieces follow
+        it); the stop scan keeps that much and only looks at the window around the new bytes."""
         tokens = max(len(s.context) + len(s.root.ids) for s in (r.slm, r.llm) if s is not None and s.rows)
+        drafted = committed < len(r.text)
+
+        def stop_found() -> bool:
+            return r.stops.found(r.text, committed, bytes(r.text[committed:]) if drafted else None,
+                                 commit=not drafted)
+
         # + 1: the next piece is at least one more token of either model
-        return stop_or_length(r.params, lambda: r.text[r.start:].decode("utf-8", errors="replace"),
-                              len(r.out.pieces), tokens + 1, self.context_length)
+        return stop_or_length(r.params, stop_found, len(r.out.pieces), tokens + 1, self.context_length)
 
     # -- internals -----------------------------------------------------------------------------
-    def _sync(self, blm: ByteLevelLM, states: list[ByteState], texts: list[bytes], want_hidden: bool) -> None:
-        """Give each state the bytes of its text it has not seen, then evaluate all in one pass."""
-        chunks = [text[len(s.text):] for s, text in zip(states, texts)]
+    def _sync(self, blm: ByteLevelLM, states: list[ByteState], texts: list[tuple[bytes, bytearray, int]],
+              want_hidden: bool) -> None:
+        """Give each state the bytes it has not seen of its text, (prompt tail, request text, end): tail +
+        text[:end]; then evaluate all in one pass. Only the unseen bytes are copied."""
+        chunks = [_unseen(tail, text, end, len(s.text)) for s, (tail, text, end) in zip(states, texts)]
         if self.handoff == Handoff.NAIVE:
             for s, chunk in zip(states, chunks):
                 if chunk:
@@ -225,7 +237,7 @@ class CrossEngine(SteppedEngine):
         if not reqs:
             return []
         self._open_llm(reqs)
-        self._sync(self.llm.blm, [r.llm for r in reqs], [r.llm_tail + r.text for r in reqs], False)
+        self._sync(self.llm.blm, [r.llm for r in reqs], [(r.llm_tail, r.text, len(r.text)) for r in reqs], False)
         for r in reqs:
             r.out.stats.llm_passes += 1
         return [self.llm.blm.pick_leaf(r.llm, r.params, r.generator) for r in reqs]
@@ -244,7 +256,7 @@ class CrossEngine(SteppedEngine):
         self.slm.blm.close(r.slm)
         if r.llm is not None:
             self.llm.blm.close(r.llm)
-        r.out.text = cut_at_stop(r.text[r.start:].decode("utf-8", errors="replace"), r.params.stop)
+        r.out.text = cut_at_stop(_utf8(r.text[r.start:]), r.params.stop)
 
 
 @dataclass
@@ -274,15 +286,14 @@ class PieceSpeculator:
             if d.piece:  # b"": end of text
                 if not d.flagged:  # flagged: as if the LLM wrote it, the SLM will condition on these bytes
                     slm.commit(r.slm, d.leaf)
-                r.text += d.piece
-                r.out.pieces.append(d.piece)
-            more.append(bool(d.piece) and self.engine._stop_reason(r) is None)
+                _append_piece(r, d.piece)
+            more.append(bool(d.piece) and self.engine._stop_reason(r, r.drafts[0].text_before) is None)
         return more
 
     def _drafts(self, reqs: list[CrossRequest]) -> list[_Draft]:
         """Each request's next SLM piece, routed; flagged sampled drafts keep the q they were drawn from."""
         slm = self.engine.slm.blm
-        self.engine._sync(slm, [r.slm for r in reqs], [r.slm_tail + r.text for r in reqs],
+        self.engine._sync(slm, [r.slm for r in reqs], [(r.slm_tail, r.text, len(r.text)) for r in reqs],
                           any(r.policy.needs_hidden for r in reqs))
         tables = [slm.leaf_table(r.slm) for r in reqs]
         out = []
@@ -310,15 +321,15 @@ class PieceSpeculator:
         fed = sum(max(1, _pieces_between(r, len(copy.text) - len(r.llm_tail), d.text_before))
                   for (r, d), copy in zip(jobs, copies))
         with engine.costs.timing("llm", fed if jobs else 0):
-            engine._sync(llm, copies, [r.llm_tail + r.text[: d.text_before] for r, d in jobs], False)
+            engine._sync(llm, copies, [(r.llm_tail, r.text, d.text_before) for r, d in jobs], False)
             tables = [llm.leaf_table(copy) for copy in copies]
         verdicts = {id(d): (copy, _llm_verdict(table, d, r)) for (r, d), copy, table in zip(jobs, copies, tables)}
         for r in routed:
             r.out.stats.llm_passes += 1
         for r in reqs:
             if r.drafts:
-                r.out.pieces = r.out.pieces[: len(r.out.pieces) - sum(1 for d in r.drafts if d.piece)]
-                r.text = r.text[: r.drafts[0].text_before]
+                kept = len(r.out.pieces) - sum(1 for d in r.drafts if d.piece)
+                del r.out.pieces[kept:], r.ends[kept:], r.text[r.drafts[0].text_before:]
         return PieceJudge(engine, verdicts)
 
 
@@ -391,12 +402,27 @@ def _llm_verdict(table: LeafTable, d: _Draft, r: CrossRequest) -> Leaf:
 
 def _pieces_between(r: CrossRequest, lo: int, hi: int) -> int:
     """Pieces of `r`'s output ending after byte `lo` and by byte `hi` of its text (what an LLM state that
-    holds `lo` bytes is fed to reach `hi`, in pieces: the unit the pass-cost model counts)."""
-    n, end = 0, r.start
-    for piece in r.out.pieces:
-        end += len(piece)
-        n += lo < end <= hi
-    return n
+    holds `lo` bytes is fed to reach `hi`, in pieces: the unit the pass-cost model counts). O(log pieces)."""
+    return max(0, bisect_right(r.ends, hi) - bisect_right(r.ends, lo))
+
+
+def _append_piece(r: CrossRequest, piece: bytes) -> None:
+    """Write `piece` after the request's text (in place: O(its length)), as an output piece."""
+    r.text += piece
+    r.out.pieces.append(piece)
+    r.ends.append(len(r.text))
+
+
+def _unseen(tail: bytes, text: bytearray, end: int, seen: int) -> bytes:
+    """(tail + text[:end])[seen:], copying only those bytes."""
+    if seen >= len(tail):
+        return bytes(text[seen - len(tail):end])
+    return tail[seen:] + bytes(text[:end])
+
+
+def _utf8(data: bytes | bytearray) -> str:
+    """The text of output bytes: UTF-8, U+FFFD for each invalid sequence (how the output is read everywhere)."""
+    return bytes(data).decode("utf-8", errors="replace")
 
 
 

@@ -260,8 +260,11 @@ class ByteLevelLM:
         row = state.rows[leaf.split]
         added = self.piece(state, leaf)
         lp = float(row.next_logp[leaf.token])
-        new_row = Row(leaf.split + len(self.vocab.table[leaf.token]), row.ids + [leaf.token], row.seq,
-                      row.cum + [row.cum[-1] + lp])
+        # the row's lists grow in place (O(1) per token, not a copy of the text's tokens): no other row holds
+        # them (forks and new rows copy), and this row leaves the state here
+        row.ids.append(leaf.token)
+        row.cum.append(row.cum[-1] + lp)
+        new_row = Row(leaf.split + len(self.vocab.table[leaf.token]), row.ids, row.seq, row.cum)
         for split, other in state.rows.items():
             if split != leaf.split:
                 self.backend.close(other.seq)

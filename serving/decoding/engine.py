@@ -20,7 +20,7 @@ from serving.decoding.pass_costs import PassCosts
 from serving.decoding.rounds import BlockConfig, RoundContext, RoundRequest
 from serving.decoding.rounds import DraftCalls  # noqa: F401 (re-exported: callers name it beside BlockConfig)
 from serving.decoding.sampling import SamplingParams
-from serving.decoding.stopping import StopRule
+from serving.decoding.stopping import StopRule, TokenStops
 
 
 @dataclass
@@ -42,12 +42,26 @@ class Request(RoundRequest[Draft]):
     mode: RoutingMode
     slm: SequenceHandle
     slm_out: StepOutput  # SLM outputs at the last position it holds
+    stops: TokenStops  # the stop rule over this request's output, checked incrementally
     llm: SequenceHandle | None = None
     llm_seen: int = 0  # tokens of prompt + output the LLM holds in its KV
 
     @property
-    def tokens(self) -> list[int]:
-        return self.prompt + self.out.token_ids
+    def length(self) -> int:
+        """Tokens of prompt + output (O(1): the per-token loop never copies the sequence to count it)."""
+        return len(self.prompt) + len(self.out.token_ids)
+
+    def tokens_from(self, start: int) -> list[int]:
+        """prompt + output from position `start` on, copying only those: what a model that holds `start`
+        tokens is fed to catch up (O(tokens returned), not O(sequence))."""
+        n = len(self.prompt)
+        if start >= n:
+            return self.out.token_ids[start - n:]
+        return self.prompt[start:] + self.out.token_ids
+
+    def last_token(self) -> int:
+        """The last token of prompt + output."""
+        return self.out.token_ids[-1] if self.out.token_ids else self.prompt[-1]
 
 
 def route(reqs: list[Request], positions: list[int]) -> tuple[list[float], list[bool]]:

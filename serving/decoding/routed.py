@@ -27,7 +27,8 @@ class RoutedEngine(SteppedEngine):
             return []
         opened = self.slm.open(prompts, want_hidden=any(p.needs_hidden for p in policies),
                                rows_at=[LAST_ROW] * len(prompts))
-        reqs = [Request(k, list(p), sp, pol, m, seq, out, out=Generation(prompt_tokens=len(p)),
+        reqs = [Request(k, list(p), sp, pol, m, seq, out, self.stop_rule.watch(len(p), sp),
+                        out=Generation(prompt_tokens=len(p)),
                         generator=make_generator(sp.seed), flag_rate=self.block.init_flag_rate,
                         reject_rate=self.block.init_reject_rate)
                 for p, sp, pol, m, k, (seq, out) in zip(prompts, params, policies, modes, keys, opened)]

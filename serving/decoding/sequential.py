@@ -24,11 +24,11 @@ from serving.decoding.sampling import choose_token
 
 def sequential_step(engine: StepContext, reqs: list[Request]) -> None:
     """One token for every request."""
-    scores, flagged = route(reqs, [len(r.tokens) for r in reqs])
+    scores, flagged = route(reqs, [r.length for r in reqs])
     routed = [r for r, f in zip(reqs, flagged) if f]
     llm_outs: dict[int, StepOutput] = {}
     if routed:
-        outs = llm_feed(engine.llm, routed, [r.tokens[r.llm_seen :] for r in routed], [LAST_ROW] * len(routed))
+        outs = llm_feed(engine.llm, routed, [r.tokens_from(r.llm_seen) for r in routed], [LAST_ROW] * len(routed))
         llm_outs = {id(r): o for r, o in zip(routed, outs)}
     for r, score, f in zip(reqs, scores, flagged):
         writer = llm_outs[id(r)] if f else r.slm_out
@@ -39,7 +39,7 @@ def sequential_step(engine: StepContext, reqs: list[Request]) -> None:
         r.out.sources.append(Source.LLM if f else Source.SLM)
         r.out.scores.append(float(score))
         r.out.stats.llm_tokens += int(f)
-        reason = engine.stop_rule.check_tokens(r.prompt, r.out.token_ids, r.params)
+        reason = r.stops.commit(r.out.token_ids)
         if reason is not None:
             r.done, r.out.finish_reason = True, reason
     running = [r for r in reqs if not r.done]

@@ -17,7 +17,7 @@ from serving.backends.base import LAST_ROW, Backend, StepOutput
 from serving.decoding.generation import Generation, Source
 from serving.decoding.sampling import SamplingParams, choose_token, make_generator
 from serving.decoding.sequential import record_logprobs
-from serving.decoding.stopping import StopRule
+from serving.decoding.stopping import StopRule, TokenStops
 
 
 def decode(backend: Backend, prompts: list[list[int]], params: list[SamplingParams], stop_rule: StopRule,
@@ -30,10 +30,12 @@ def decode(backend: Backend, prompts: list[list[int]], params: list[SamplingPara
     seqs = [seq for seq, _ in opened]
     gens = [Generation(prompt_tokens=len(p)) for p in prompts]
     passes = {i: 1 for i in range(len(prompts))}
+    stops = [stop_rule.watch(len(p), sp) for p, sp in zip(prompts, params)]
     if backend.drafts_in_one_call and all(p.greedy for p in params):
-        _decode_in_blocks(backend, prompts, params, stop_rule, role, opened, gens, passes)
+        context = min(stop_rule.context_length, backend.max_length)
+        _decode_in_blocks(backend, prompts, stops, context, role, opened, gens, passes)
     else:
-        _decode_per_token(backend, prompts, params, stop_rule, role, opened, gens, passes)
+        _decode_per_token(backend, stops, role, opened, gens, passes)
     for seq in seqs:
         backend.close(seq)
     elapsed = time.perf_counter() - start
@@ -50,52 +52,48 @@ def decode(backend: Backend, prompts: list[list[int]], params: list[SamplingPara
 BLOCK = 32  # greedy tokens per `draft` call; past a stop the rest of a block is computed and dropped
 
 
-def _commit(gen: Generation, token: int, logits, kind, prompt: list[int], params: SamplingParams,
-            stop_rule: StopRule, role: Source) -> bool:
+def _commit(gen: Generation, token: int, logits, kind, stops: TokenStops, role: Source) -> bool:
     """Append one token; True while the generation goes on."""
     gen.token_ids.append(token)
     gen.sources.append(role)
     gen.scores.append(0.0)
-    if params.logprobs is not None:
-        record_logprobs(gen, logits, kind, params.logprobs)
-    reason = stop_rule.check_tokens(prompt, gen.token_ids, params)
+    if stops.params.logprobs is not None:
+        record_logprobs(gen, logits, kind, stops.params.logprobs)
+    reason = stops.commit(gen.token_ids)
     if reason is not None:
         gen.finish_reason = reason
     return reason is None
 
 
-def _decode_in_blocks(backend: Backend, prompts: list[list[int]], params: list[SamplingParams], stop_rule: StopRule,
+def _decode_in_blocks(backend: Backend, prompts: list[list[int]], stops: list[TokenStops], context: int,
                       role: Source, opened: list, gens: list[Generation], passes: dict[int, int]) -> None:
     """Greedy: each sequence's first token from its prefill row, then blocks drafted after its last token."""
     seqs = [seq for seq, _ in opened]
     running = [i for i, (_, out) in enumerate(opened)
-               if _commit(gens[i], int(out.logits[-1].argmax()), out.logits[-1], out.kind, prompts[i], params[i],
-                          stop_rule, role)]
-    context = min(stop_rule.context_length, backend.max_length)
+               if _commit(gens[i], int(out.logits[-1].argmax()), out.logits[-1], out.kind, stops[i], role)]
     while running:
-        n = [min(BLOCK, params[i].max_tokens - len(gens[i].token_ids),
+        n = [min(BLOCK, stops[i].params.max_tokens - len(gens[i].token_ids),
                  context - len(prompts[i]) - len(gens[i].token_ids)) for i in running]
         blocks = backend.draft([seqs[i] for i in running], [gens[i].token_ids[-1:] for i in running], n)
         going = []
         for i, block in zip(running, blocks):
             passes[i] += len(block.tokens)
             rows: StepOutput = block.out
-            if all(_commit(gens[i], t, rows.logits[j], rows.kind, prompts[i], params[i], stop_rule, role)
-                   for j, t in enumerate(block.tokens)):
+            if all(_commit(gens[i], t, rows.logits[j], rows.kind, stops[i], role) for j, t in enumerate(block.tokens)):
                 going.append(i)  # the sequence holds all but its last token, fed with the next block
         running = going
 
 
-def _decode_per_token(backend: Backend, prompts: list[list[int]], params: list[SamplingParams], stop_rule: StopRule,
-                      role: Source, opened: list, gens: list[Generation], passes: dict[int, int]) -> None:
+def _decode_per_token(backend: Backend, stops: list[TokenStops], role: Source, opened: list, gens: list[Generation],
+                      passes: dict[int, int]) -> None:
     seqs = [seq for seq, _ in opened]
     logits = [out.logits[-1] for _, out in opened]
     kinds = [out.kind for _, out in opened]
-    generators = [make_generator(p.seed) for p in params]
-    running = list(range(len(prompts)))
+    generators = [make_generator(s.params.seed) for s in stops]
+    running = list(range(len(stops)))
     while running:
-        running = [i for i in running if _commit(gens[i], choose_token(logits[i], params[i], generators[i]), logits[i],
-                                                 kinds[i], prompts[i], params[i], stop_rule, role)]
+        running = [i for i in running if _commit(gens[i], choose_token(logits[i], stops[i].params, generators[i]),
+                                                 logits[i], kinds[i], stops[i], role)]
         if running:
             outs = backend.extend([seqs[i] for i in running], [[gens[i].token_ids[-1]] for i in running])
             for i, out in zip(running, outs):

@@ -70,28 +70,27 @@ def block_round(engine: StepContext, reqs: list[Request]) -> None:
     slm, batch = engine.slm, len(reqs)
     for r in reqs:
         r.block = min(block_size(r, engine.block, engine.costs, batch), r.params.max_tokens - len(r.out.token_ids),
-                      engine.stop_rule.context_length - len(r.tokens))
+                      engine.stop_rule.context_length - r.length)
         assert r.block >= 1, f"a running request has room for a draft: block {r.block}"
-        keep = min(r.slm.length, len(r.tokens) - 1)
+        keep = min(r.slm.length, r.length - 1)
         if r.slm.length > keep:
             slm.truncate(r.slm, keep)  # the prompt's last token: its row is recomputed by the draft call
     start = time.perf_counter()
     hidden = any(r.policy.needs_hidden for r in reqs)
-    blocks = slm.draft([r.slm for r in reqs], [r.tokens[r.slm.length :] for r in reqs], [r.block for r in reqs],
+    blocks = slm.draft([r.slm for r in reqs], [r.tokens_from(r.slm.length) for r in reqs], [r.block for r in reqs],
                        want_hidden=hidden)
     engine.costs.draft.observe(batch, (time.perf_counter() - start) / max(r.block for r in reqs))  # per position
     # every drafted position of every request routed at once: [sum of blocks] rows
     at = [(r, b, j) for r, b in zip(reqs, blocks) for j in range(len(b.tokens))]
     scores, flagged = route_rows([r.policy for r, _, _ in at], [b.out.logits[j] for _, b, j in at],
                                  [None if b.out.hidden is None else b.out.hidden[j] for _, b, j in at],
-                                 [len(r.tokens) + j for r, _, j in at], [r.key for r, _, _ in at],
+                                 [r.length + j for r, _, j in at], [r.key for r, _, _ in at],
                                  [b.out.kind for _, b, _ in at])
     routed = iter(zip(scores, flagged))
     for r, b in zip(reqs, blocks):
         for token, (score, f) in zip(b.tokens, [next(routed) for _ in b.tokens]):
             r.drafts.append(Draft(token, bool(f), float(score), None))
-            if engine.stop_rule.check_tokens(r.prompt, r.out.token_ids + [d.token for d in r.drafts],
-                                             r.params) is not None:
+            if r.stops.peek(r.out.token_ids, [d.token for d in r.drafts]) is not None:
                 break  # nothing past a stop
         r.out.stats.slm_passes += len(b.tokens)
     end_round(engine.block, reqs, TokenSpeculator(engine))
@@ -109,9 +108,9 @@ class TokenSpeculator:
     ctx: StepContext
 
     def draft(self, reqs: list[Request]) -> list[bool]:
-        behind = [r for r in reqs if r.slm.length < len(r.tokens) + len(r.drafts)]
+        behind = [r for r in reqs if r.slm.length < r.length + len(r.drafts)]
         slm_feed(self.ctx.slm, behind, [_unfed(r) for r in behind])
-        scores, flagged = route(reqs, [len(r.tokens) + len(r.drafts) for r in reqs])
+        scores, flagged = route(reqs, [r.length + len(r.drafts) for r in reqs])
         more = []
         for r, score, f in zip(reqs, scores, flagged):
             logits = r.slm_out.logits[-1]  # [vocab] the SLM's row predicting this position
@@ -119,10 +118,9 @@ class TokenSpeculator:
                 token, q = int(torch.argmax(logits)), None
             else:
                 q = processed_probs(logits, r.params)
-                token = int(torch.multinomial(q, 1, generator=r.generator_at(len(r.tokens) + len(r.drafts), DRAFT)))
+                token = int(torch.multinomial(q, 1, generator=r.generator_at(r.length + len(r.drafts), DRAFT)))
             r.drafts.append(Draft(token, bool(f), float(score), q))
-            ids = r.out.token_ids + [d.token for d in r.drafts]
-            more.append(self.ctx.stop_rule.check_tokens(r.prompt, ids, r.params) is None)
+            more.append(r.stops.peek(r.out.token_ids, [d.token for d in r.drafts]) is None)
         return more
 
     def verify(self, reqs: list[Request]) -> TokenJudge:
@@ -133,9 +131,9 @@ class TokenSpeculator:
 
 def _unfed(r: Request) -> int:
     """The one token of committed tokens + drafts the SLM does not hold yet."""
-    fed = r.tokens + [d.token for d in r.drafts]
-    assert len(fed) - r.slm.length == 1, f"the SLM is one token behind between passes, not {len(fed) - r.slm.length}"
-    return fed[-1]
+    behind = r.length + len(r.drafts) - r.slm.length
+    assert behind == 1, f"the SLM is one token behind between passes, not {behind}"
+    return r.drafts[-1].token if r.drafts else r.last_token()
 
 
 @dataclass
@@ -149,12 +147,12 @@ class TokenJudge:
         self._write(r, d.token, Source.SLM, d.score)
 
     def settle(self, r: Request, d: Draft) -> bool:
-        correction = _accept_or_correct(d, self.rows[id(d)], r.params, r.generator_at(len(r.tokens), VERIFY))
+        correction = _accept_or_correct(d, self.rows[id(d)], r.params, r.generator_at(r.length, VERIFY))
         if correction is not None:  # both models drop the rejected draft and what they hold past it
-            if r.slm.length > len(r.tokens):
-                self.ctx.slm.truncate(r.slm, len(r.tokens))
-            if r.llm is not None and r.llm_seen > len(r.tokens):
-                r.llm_seen = len(r.tokens)
+            if r.slm.length > r.length:
+                self.ctx.slm.truncate(r.slm, r.length)
+            if r.llm is not None and r.llm_seen > r.length:
+                r.llm_seen = r.length
                 self.ctx.llm.truncate(r.llm, r.llm_seen)
         self._write(r, d.token if correction is None else correction, Source.LLM, d.score)
         return correction is not None
@@ -167,7 +165,7 @@ class TokenJudge:
         r.out.sources.append(source)
         r.out.scores.append(score)
         r.out.stats.llm_tokens += int(source == Source.LLM)
-        reason = self.ctx.stop_rule.check_tokens(r.prompt, r.out.token_ids, r.params)
+        reason = r.stops.commit(r.out.token_ids)
         if reason is not None:
             r.done, r.out.finish_reason = True, reason
 
@@ -194,10 +192,10 @@ def _llm_logits(engine: StepContext, need: list[Request]) -> dict[int, dict[int,
     for r in need:
         last_flag = max(j for j, d in enumerate(r.drafts) if d.flagged)
         drafts = [d.token for d in r.drafts[:last_flag]]
-        if r.llm is not None and r.llm_seen == len(r.tokens):
+        if r.llm is not None and r.llm_seen == r.length:
             r.llm_seen -= 1  # nothing to catch up on: re-feed the last token to get the row predicting draft 0
             llm.truncate(r.llm, r.llm_seen)
-        feed = r.tokens[r.llm_seen :] + drafts
+        feed = r.tokens_from(r.llm_seen) + drafts
         feeds.append(feed)
         firsts.append(len(feed) - len(drafts) - 1)  # the row predicting draft 0
     flagged = [[j for j, d in enumerate(r.drafts) if d.flagged] for r in need]

@@ -6,32 +6,62 @@ from dataclasses import dataclass
 
 from serving.decoding.generation import FinishReason
 from serving.decoding.sampling import SamplingParams
+from serving.decoding.stop_scan import StopScan
 
 
 @dataclass
 class StopRule:
+    """A model's end of text: its EOS ids, how its ids decode (for stop strings), its context length."""
+
     eos_ids: frozenset[int]
     decode: Callable[[list[int]], str]
     context_length: int
 
-    def check_tokens(self, prompt: list[int], ids: list[int], params: SamplingParams) -> FinishReason | None:
-        """Why generation must end after `ids`, or None to go on."""
-        if ids and ids[-1] in self.eos_ids:
-            return FinishReason.STOP
-        return stop_or_length(params, lambda: self.decode(ids), len(ids), len(prompt) + len(ids), self.context_length)
+    def watch(self, prompt_tokens: int, params: SamplingParams) -> TokenStops:
+        """The stop check of one request's output, as it grows (`TokenStops`)."""
+        scan = StopScan(params.stop, self.decode) if params.stop else None
+        return TokenStops(self, params, prompt_tokens, scan)
 
     def text_of(self, ids: list[int], stop: tuple[str, ...] = ()) -> str:
-        """Decoded text without a final EOS, cut before the first stop string."""
+        """Decoded text without a final EOS, cut before the first stop string (once per output: O(its length))."""
         if ids and ids[-1] in self.eos_ids:
             ids = ids[:-1]
         return cut_at_stop(self.decode(ids), stop)
 
 
-def stop_or_length(params: SamplingParams, text: Callable[[], str], generated: int, context_used: int,
+@dataclass
+class TokenStops:
+    """One request's stop rule over its output ids, checked at each token in O(1) amortised: stop strings are
+    searched in the text a few tokens add (`StopScan`), not in the whole output re-decoded. Same outcome as
+    decoding the whole output each time (`tests/test_stop_scan.py` checks it)."""
+
+    rule: StopRule
+    params: SamplingParams
+    prompt_tokens: int
+    scan: StopScan | None  # None: no stop strings
+
+    def commit(self, ids: list[int]) -> FinishReason | None:
+        """Why generation must end after `ids`, the output (only ever appended to since the last commit)."""
+        if ids and ids[-1] in self.rule.eos_ids:
+            return FinishReason.STOP
+        return stop_or_length(self.params, lambda: self.scan.found(ids, len(ids), commit=True), len(ids),
+                              self.prompt_tokens + len(ids), self.rule.context_length)
+
+    def peek(self, ids: list[int], drafts: list[int]) -> FinishReason | None:
+        """Why generation would end after `ids` (as last committed) + `drafts`; nothing is kept."""
+        if drafts and drafts[-1] in self.rule.eos_ids:
+            return FinishReason.STOP
+        n = len(ids) + len(drafts)
+        return stop_or_length(self.params, lambda: self.scan.found(ids, len(ids), drafts, commit=False), n,
+                              self.prompt_tokens + n, self.rule.context_length)
+
+
+def stop_or_length(params: SamplingParams, stop_found: Callable[[], bool], generated: int, context_used: int,
                    context_length: int) -> FinishReason | None:
-    """The stop rule both engines apply (EOS aside): a stop string in the output text (decoded only when
-    there are stop strings), `max_tokens` outputs (tokens or byte-level pieces), or a full context."""
-    if params.stop and any(s in text() for s in params.stop):
+    """The stop rule both engines apply (EOS aside): a stop string in the output text (`stop_found` is called
+    only when there are stop strings, and always then: a commit's scan keeps its state), `max_tokens` outputs
+    (tokens or byte-level pieces), or a full context."""
+    if params.stop and stop_found():
         return FinishReason.STOP
     if generated >= params.max_tokens or context_used >= context_length:
         return FinishReason.LENGTH

@@ -13,6 +13,7 @@ from serving.decoding.generation import RoutingMode
 from serving.decoding.routed import RoutedEngine, generate_sequential, generate_speculative
 from serving.decoding.sampling import SamplingParams
 from serving.decoding.stopping import StopRule
+from serving.http.published import Published
 from serving.http.scheduler import FAULT, SHUTDOWN, Scheduler, SchedulerConfig, Snapshot, Ticket
 from tests.fakes import FakeBackend
 
@@ -86,7 +87,8 @@ def test_streamed_snapshots_are_whole_and_grow() -> None:
     for t in tickets:
         prev = Snapshot()
         for snap in t.notify.seen:
-            assert isinstance(snap.token_ids, tuple) and len(snap.token_ids) == len(snap.sources) == len(snap.scores)
+            assert isinstance(snap.token_ids, Published), "an immutable prefix of the ticket's record, not a copy"
+            assert len(snap.token_ids) == len(snap.sources) == len(snap.scores)
             assert snap.token_ids[:len(prev.token_ids)] == prev.token_ids and snap.scores[:len(prev.scores)] == \
                 prev.scores, "a snapshot takes back what an earlier one published"
             prev = snap

@@ -31,6 +31,7 @@ from router.policies import RoutingPolicy
 from serving.decoding.engine import Engine, Pending
 from serving.decoding.generation import Generation, RoutingMode
 from serving.decoding.sampling import SamplingParams
+from serving.http.published import Published, Record
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +71,15 @@ CANCELLED = TicketError("the request was cancelled", 499, "cancelled")
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What the loop has published for a ticket: replaced whole after each step, never mutated."""
+    """What the loop has published for a ticket: replaced whole after each step, never mutated. Its sequences
+    are immutable prefixes of the ticket's `Record` (`Published`), so publishing one costs O(new steps)."""
 
-    token_ids: tuple[int, ...] = ()
-    sources: tuple[str, ...] = ()
-    scores: tuple[float, ...] = ()
-    pieces: tuple[bytes, ...] | None = None  # byte-level engines: the bytes each step wrote
-    logprobs: tuple[float, ...] = ()  # when asked for
-    top_logprobs: tuple[tuple[tuple[int, float], ...], ...] = ()
+    token_ids: Published | tuple[int, ...] = ()
+    sources: Published | tuple[str, ...] = ()
+    scores: Published | tuple[float, ...] = ()
+    pieces: Published | tuple[bytes, ...] | None = None  # byte-level engines: the bytes each step wrote
+    logprobs: Published | tuple[float, ...] = ()  # when asked for
+    top_logprobs: Published | tuple[tuple[tuple[int, float], ...], ...] = ()
     result: Generation | None = None  # set when finished (the engine no longer touches it)
     error: TicketError | None = None
 
@@ -86,13 +88,11 @@ class Snapshot:
         return self.result is not None or self.error is not None
 
 
-def snapshot_of(gen: Generation, with_logprobs: bool, result: bool = False) -> Snapshot:
-    """An immutable copy of a generation in progress (or finished: `result`)."""
-    return Snapshot(tuple(gen.token_ids), tuple(s.value for s in gen.sources), tuple(gen.scores),
-                    None if gen.pieces is None else tuple(gen.pieces),
-                    tuple(gen.logprobs) if with_logprobs else (),
-                    tuple(tuple(row) for row in gen.top_logprobs) if with_logprobs else (),
-                    gen if result else None)
+def snapshot_of(record: Record, gen: Generation, with_logprobs: bool, result: bool = False) -> Snapshot:
+    """An immutable snapshot of a generation in progress (or finished: `result`): `record` catches up on the
+    steps it has not recorded, and the snapshot reads its prefix as it stands."""
+    record.catch_up(gen, with_logprobs)
+    return Snapshot(**record.view(), result=gen if result else None)
 
 
 @dataclass(eq=False)
@@ -110,6 +110,7 @@ class Ticket:
     routing_key: int | None = None  # the stream key seeded policies draw from (None: `key`); a replay keeps it
     key: int = 0  # set by `submit`: unique in this scheduler
     snapshot: Snapshot = field(default_factory=Snapshot)
+    record: Record = field(default_factory=Record, repr=False)  # what snapshots publish (the loop appends)
     cancelled: bool = False
     submitted: float = field(default_factory=time.monotonic)
     # the loop thread's own state
@@ -362,18 +363,21 @@ class Scheduler:
                 t.group, t.request = None, None
             if len(out.token_ids) <= len(t.snapshot.token_ids) and not ended:
                 continue
-            if t.replayed and t.stream and tuple(out.token_ids[:len(t.snapshot.token_ids)]) != t.snapshot.token_ids:
-                log.error("request %d: its replay wrote other tokens than were streamed; failing it", t.key)
-                self.metrics.failed += 1
-                self._end(t, FAULT)
-                continue
+            if t.replayed and t.stream:  # checked once, when the replay has caught up with what was streamed
+                n = len(t.snapshot.token_ids)
+                if out.token_ids[:n] != t.record.token_ids[:n]:
+                    log.error("request %d: its replay wrote other tokens than were streamed; failing it", t.key)
+                    self.metrics.failed += 1
+                    self._end(t, FAULT)
+                    continue
+                t.replayed = False
             if ended:
                 self.metrics.finished += 1
                 self.metrics.tokens += len(out.token_ids)
                 self.metrics.llm_tokens += out.stats.llm_tokens
                 self.metrics.latency.observe(time.monotonic() - t.submitted)
                 self._running.remove(t)
-            t.snapshot = snapshot_of(out, t.params.logprobs is not None, result=ended)
+            t.snapshot = snapshot_of(t.record, out, t.params.logprobs is not None, result=ended)
             t.notify()
 
     # -- faults, cancellations, deadlines ----------------------------------------------------

@@ -3,7 +3,8 @@ whole output after every token (and every draft) and searching all of it. Same f
 
 Fakes first: a tokenizer from a byte-piece vocab whose multi-byte characters span tokens, a word tokenizer that
 rewrites text already written (" ." -> "."), a SentencePiece-like one that strips the window's first space; then
-the routed engines with stop strings; then a 4k-token decode of a tiny model with the testbed tokenizer."""
+the routed engines with stop strings; then 1k- and 4k-token (slow) decodes of a tiny model with the testbed
+tokenizer."""
 from __future__ import annotations
 
 import random
@@ -198,8 +199,9 @@ def long_tiny_model(tmp_path_factory: pytest.TempPathFactory):
     return HFBackend(make_tiny_model(tmp_path_factory.mktemp("long") / "llama", "llama", positions=4200))
 
 
-def test_4k_token_decode_with_stop_strings_equals_the_full_decode_check(long_tiny_model) -> None:
-    """A 4096-token sampled decode of a tiny model (testbed byte-level BPE tokenizer), then the same decode with a
+@pytest.mark.parametrize("n", [1024, pytest.param(4096, marks=pytest.mark.slow)])  # 4k: minutes on 2 cores
+def test_long_decode_with_stop_strings_equals_the_full_decode_check(long_tiny_model, n: int) -> None:
+    """An n-token sampled decode of a tiny model (testbed byte-level BPE tokenizer), then the same decode with a
     stop string that first appears across two tokens near its end: it stops exactly where decoding the whole
     output at every token first holds it, and its text is that output's text cut before the stop string."""
     from transformers import AutoTokenizer
@@ -208,11 +210,11 @@ def test_4k_token_decode_with_stop_strings_equals_the_full_decode_check(long_tin
 
     tok = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
     rule = StopRule(frozenset(), lambda ids: tok.decode(ids, skip_special_tokens=False), 4200)  # EOS ignored
-    base, prompt = SamplingParams(max_tokens=4096, temperature=1.0, seed=1), [tok.bos_token_id or 0, 5, 6]
+    base, prompt = SamplingParams(max_tokens=n, temperature=1.0, seed=1), [tok.bos_token_id or 0, 5, 6]
     (free,) = decode(long_tiny_model, [prompt], [base], rule)
     ids = free.token_ids
-    assert len(ids) == 4096
-    at = 3900  # a stop string ending in token `at`, starting in an earlier one, seen nowhere before
+    assert len(ids) == n
+    at = n - 196  # a stop string ending in token `at`, starting in an earlier one, seen nowhere before
     before, upto = rule.decode(ids[:at]), rule.decode(ids[:at + 1])
     added = len(upto) - len(before)
     stop = next(upto[-n:] for n in range(added + 2, added + 40) if upto[-n:] not in before)

@@ -21,6 +21,7 @@ from serving.decoding.stop_scan import StopScan
 from serving.decoding.stopping import StopRule, cut_at_stop
 
 from .fakes import FakeBackend
+from .test_cross_tokenizer import long_pair  # noqa: F401  (the fixture: two long-running byte-level LMs)
 
 # "一" is e4 b8 80, "😀" is f0 9f 98 80: split across tokens in several ways, plus an invalid byte
 PIECES = [b"a", b"b", b" ", b"x\xe4", b"\xb8", b"\x80y", b"\xe4\xb8", b"\x80", b"\xf0\x9f", b"\x98\x80", b"\xf0",
@@ -146,20 +147,6 @@ def test_byte_text_scan_equals_full_decode() -> None:
             assert hit == any(s in bytes(data[len(prefix):end]).decode("utf-8", errors="replace") for s in stop)
             if hit:
                 break
-
-
-@pytest.fixture(scope="module")
-def long_pair():
-    """Two pseudo-random LMs behind different tokenizers whose texts run long (as in test_cross_tokenizer)."""
-    from serving.byte_level.probabilities import ByteLevelLM
-    from tests.byte_oracle import TableLM, gpt2_style_tokenizer, sentencepiece_style_tokenizer
-
-    def lm(tok, seed: int) -> ByteLevelLM:
-        allowed = [i for i in range(len(tok)) if i not in set(tok.all_special_ids)
-                   and tok.decode([i]) and set(tok.decode([i])) <= set("ab ")]
-        return ByteLevelLM(TableLM(len(tok), allowed, tok.eos_token_id, context_len=0, max_new=10**6, seed=seed), tok)
-
-    return lm(gpt2_style_tokenizer(24), 7), lm(sentencepiece_style_tokenizer(16), 8)
 
 
 def test_byte_level_engine_stops_where_the_full_decode_does(long_pair) -> None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from router.policies import RoutingPolicy
-from serving.backends.base import Backend
+from serving.backends.base import LAST_ROW, Backend
 from serving.backends.hf import cache_kwarg
 from serving.decoding.engine import route_rows
 
@@ -89,7 +89,9 @@ def probe_costs(slm: Backend, llm: Backend, policy: RoutingPolicy, prompts: list
 
     fns = {"slm_step_ms": slm_step, "router_ms": router, "draft_run_ms": draft_run,
            "llm_step_ms": lambda: llm.extend(llm_seqs, [[p[-1]] for p in prompts]),
-           f"llm_catchup_{m}_ms": lambda: llm.extend(llm_seqs, [[p[-1]] * m for p in prompts])}
+           # a catch-up reads one row, the last (the engine asks for no more: `rows_at`)
+           f"llm_catchup_{m}_ms": lambda: llm.extend(llm_seqs, [[p[-1]] * m for p in prompts],
+                                                      rows_at=[LAST_ROW] * len(prompts))}
     if bare_slm is not None:
         fns["slm_bare_forward_ms"] = _bare_forward(bare_slm, prompts[0])
     try:

@@ -16,28 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from .test_sglang_serve import free_port, r2r_command, stop
+from .test_sglang_serve import free_port, r2r_command, stop, wait_healthy
 
 pytestmark = [pytest.mark.sglang, pytest.mark.sglang_own_engines]
 
 QUESTION = "Ava has 12 apples. Then Ava finds 5 more apples. How many apples does Ava have now?"
 START_S = 600
-
-
-def wait_healthy(url: str, procs: list[subprocess.Popen], logs: list[Path]) -> None:
-    import httpx
-
-    deadline = time.monotonic() + START_S
-    while True:
-        for proc, log in zip(procs, logs):
-            assert proc.poll() is None, f"{proc.args[-8:]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"{url}/health not up within {START_S} s"
-        time.sleep(2)
 
 
 def requests_served(url: str) -> int:
@@ -64,7 +48,7 @@ def test_two_workers_behind_sglang_router(tmp_path: Path) -> None:
             logs.append(log)
             workers.append(f"http://127.0.0.1:{port}")
         for url in workers:
-            wait_healthy(url, procs, logs)
+            wait_healthy(url, procs, logs, START_S)
         port, log = free_port(), tmp_path / "router.log"
         with log.open("w") as sink:
             procs.append(subprocess.Popen([sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1",
@@ -72,7 +56,7 @@ def test_two_workers_behind_sglang_router(tmp_path: Path) -> None:
                                           stdout=sink, stderr=subprocess.STDOUT, start_new_session=True))
         logs.append(log)
         router = f"http://127.0.0.1:{port}"
-        wait_healthy(router, procs, logs)
+        wait_healthy(router, procs, logs, START_S)
         deadline = time.monotonic() + START_S
         while sum(w["is_healthy"] for w in httpx.get(f"{router}/workers", timeout=10).json()["workers"]) < 2:
             assert time.monotonic() < deadline, f"the router did not take both workers:\n{log.read_text()[-3000:]}"

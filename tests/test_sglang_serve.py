@@ -41,10 +41,25 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=30)
 
 
-@pytest.fixture  # one test: its engines stop before the label test starts two more
-def sglang_server(tmp_path_factory):
+def wait_healthy(url: str, procs: list[subprocess.Popen], logs: list[Path], start_s: float) -> None:
+    """Until `url` answers /health; a process that exits first, or start_s seconds, fail with its log's tail."""
     import httpx
 
+    deadline = time.monotonic() + start_s
+    while True:
+        for proc, log in zip(procs, logs):
+            assert proc.poll() is None, f"{proc.args[-8:]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{url}/health not up within {start_s} s:\n{logs[0].read_text()[-3000:]}"
+        time.sleep(2)
+
+
+@pytest.fixture  # one test: its engines stop before the label test starts two more
+def sglang_server(tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with log.open("w") as sink:
@@ -52,17 +67,8 @@ def sglang_server(tmp_path_factory):
                                             "--max-running", "8"),
                                 stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_S
     try:
-        while True:
-            assert proc.poll() is None, f"r2r serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"no /health within {START_S} s:\n{log.read_text()[-3000:]}"
-            time.sleep(2)
+        wait_healthy(url, [proc], [log], START_S)
         yield url
     finally:
         stop(proc)

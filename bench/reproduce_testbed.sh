@@ -106,5 +106,5 @@ $R2R train-router --slm models/testbed/slm --llm models/testbed/llm-x \
 $R2R bench cross-tokenizer --n 500 --router-x models/testbed/router-x --out bench/cross_tokenizer.json
 $R2R models fetch smol-gemma
 $R2R bench handoff --pair smol-gemma --n 8 --max-tokens 48 --out bench/handoff_smol_gemma.json
-${PYTHON:-.venv/bin/python} -m evals.bench.experiments.takeover_recovery 150 > bench/experiments/takeover_recovery.json  # why code loses with llm-x
-${PYTHON:-.venv/bin/python} -m evals.bench.experiments.router_vs_confidence --router models/testbed/router-offpolicy > bench/experiments/router_vs_confidence.json  # router vs confidence on its labels
+${PYTHON:-.venv/bin/python} -m r2r.evals.bench.experiments.takeover_recovery 150 > bench/experiments/takeover_recovery.json  # why code loses with llm-x
+${PYTHON:-.venv/bin/python} -m r2r.evals.bench.experiments.router_vs_confidence --router models/testbed/router-offpolicy > bench/experiments/router_vs_confidence.json  # router vs confidence on its labels

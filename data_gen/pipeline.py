@@ -25,17 +25,17 @@ from typing import NamedTuple
 
 import numpy as np
 
-from data_gen.prompts import PromptRecord
-from data_gen.shards import ShardStore
-from data_gen.verifiers import SENTENCE_STOPS, Candidate, Continuation, Verdict, Verifier, VerifierKind
-from router.features import topk_logprobs
-from router.policies import PolicyKind, RoutingPolicy
-from serving.backends.fingerprint import router_fingerprint, tokenizer_fingerprint
-from serving.pair import ModelPair
-from serving.decoding.sampling import SamplingParams
-from serving.decoding.generation import Source
-from serving.decoding.routed import generate_sequential
-from serving.decoding import decode
+from r2r.data_gen.prompts import PromptRecord
+from r2r.data_gen.shards import ShardStore
+from r2r.data_gen.verifiers import SENTENCE_STOPS, Candidate, Continuation, Verdict, Verifier, VerifierKind
+from r2r.router.features import topk_logprobs
+from r2r.router.policies import PolicyKind, RoutingPolicy
+from r2r.serving.backends.fingerprint import router_fingerprint, tokenizer_fingerprint
+from r2r.serving.pair import ModelPair
+from r2r.serving.decoding.sampling import SamplingParams
+from r2r.serving.decoding.generation import Source
+from r2r.serving.decoding.routed import generate_sequential
+from r2r.serving.decoding import decode
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +312,7 @@ class CrossLabelPipeline(LabelPipeline):
     branch ending inside an LLM token is not biased."""
 
     def reference(self, chunk: list[PromptRecord]) -> dict:
-        from serving.byte_level.cross_tokenizer import decode_bytes
+        from r2r.serving.byte_level.cross_tokenizer import decode_bytes
 
         slm_blm, llm_blm = self.pair.byte_models()
         texts = [self._llm_prompt(p) for p in chunk]
@@ -341,7 +341,7 @@ class CrossLabelPipeline(LabelPipeline):
     def _branches(self, ref: dict, batch: list[tuple], params: SamplingParams) -> list[Branches]:
         """As for one tokenizer, over bytes: the context is the reference's text before the SLM's token, and the
         LLM continues the branch's exact bytes (a branch may end inside one of its tokens)."""
-        from serving.byte_level.cross_tokenizer import decode_bytes
+        from r2r.serving.byte_level.cross_tokenizer import decode_bytes
 
         llm_blm = self.pair.byte_models()[1]
         table = self.pair.byte_models()[0].vocab.table

@@ -41,7 +41,7 @@ def load_prompts(source: str) -> list[PromptRecord]:
 
 
 def _testbed(source: str) -> list[PromptRecord]:
-    from testbed.splits import FAMILIES, heldout_prompts, sample_train
+    from r2r.testbed.splits import FAMILIES, heldout_prompts, sample_train
 
     family, _, count = source[len("testbed-"):].partition(":")
     if family not in FAMILIES:

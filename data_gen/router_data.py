@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data_gen.shards import load_labels
-from router.fit import Positives, SLMInfo, label_tensors
-from router.train import LabelTensors
+from r2r.data_gen.shards import load_labels
+from r2r.router.fit import Positives, SLMInfo, label_tensors
+from r2r.router.train import LabelTensors
 
 
 @dataclass

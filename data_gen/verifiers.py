@@ -20,7 +20,7 @@ from typing import Protocol
 
 import torch
 
-from testbed.problem import extract_final
+from r2r.testbed.problem import extract_final
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +124,9 @@ class JudgeVerifier:
             tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"])
 
     def label(self, candidates: list[Candidate]) -> list[int]:
-        from serving.decoding.sampling import SamplingParams
-        from serving.decoding import decode
-        from serving.decoding.stopping import StopRule
+        from r2r.serving.decoding.sampling import SamplingParams
+        from r2r.serving.decoding import decode
+        from r2r.serving.decoding.stopping import StopRule
 
         if not candidates:
             return []

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import re
 
-from data_gen.verifiers import BranchComparer, Verdict, compare_final_marks
-from evals.graders import choice_letter, final_math_answer
-from evals.tasks import EvalProblem, Task, TaskKind
-from testbed.problem import extract_final
+from r2r.data_gen.verifiers import BranchComparer, Verdict, compare_final_marks
+from r2r.evals.graders import choice_letter, final_math_answer
+from r2r.evals.tasks import EvalProblem, Task, TaskKind
+from r2r.testbed.problem import extract_final
 
 # the stated answer runs to the end of its sentence: a period before a space or the end ("0.5." is 0.5), a newline
 _ANSWER_IS = re.compile(r"answer is[:\s]*\$?([^\n$]+?)\$?\s*(?:\.(?=\s|$)|\n|$)", re.IGNORECASE)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from evals.sandbox import SandboxLimits, run_python
-from testbed.problem import extract_final
+from r2r.evals.sandbox import SandboxLimits, run_python
+from r2r.testbed.problem import extract_final
 
 _UNITS_RE = re.compile(r"(\s*[A-Za-z][A-Za-z.]*)+$")
 # "Answer: C", "the answer is (c)": a capital letter standing alone, or any case in parentheses ("the answer is

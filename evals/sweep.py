@@ -11,11 +11,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from evals.tasks import EvalProblem, Task
-from router.policies import PolicyKind, RoutingPolicy
-from serving.decoding.generation import RoutingMode
-from serving.pair import ModelPair
-from serving.decoding.sampling import SamplingParams
+from r2r.evals.tasks import EvalProblem, Task
+from r2r.router.policies import PolicyKind, RoutingPolicy
+from r2r.serving.decoding.generation import RoutingMode
+from r2r.serving.pair import ModelPair
+from r2r.serving.decoding.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def run_identity(pair: ModelPair, task: Task, cfg: SweepConfig) -> dict:
     """What a run's rows depend on: resuming is only sound when all of it is unchanged. The router's identity
     is its own fingerprint (weights and router.json, thresholds included): a changed default threshold is a
     changed run."""
-    from serving.backends.fingerprint import router_fingerprint
+    from r2r.serving.backends.fingerprint import router_fingerprint
 
     router = pair.spec.router
     return {"task": task.name, "slm": pair.slm.fingerprint, "llm": pair.llm.fingerprint,

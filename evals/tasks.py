@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from evals.graders import CodeTests, extract_code, grade_choice, grade_code, grade_math
+from r2r.evals.graders import CodeTests, extract_code, grade_choice, grade_code, grade_math
 
 
 @dataclass(frozen=True)
@@ -69,14 +69,14 @@ def _rows(hub_id: str, config: str | None, split: str, data_file: Path | None, f
 
 def _testbed(family: str) -> Callable[[Path | None], list[EvalProblem]]:
     def load(data_file: Path | None) -> list[EvalProblem]:
-        from testbed.splits import heldout
+        from r2r.testbed.splits import heldout
 
         return [EvalProblem(f"{family}-{i}", p.prompt, p.answer) for i, p in enumerate(heldout(family, "test", 500))]
     return load
 
 
 def _grade_testbed(problem: EvalProblem, completion: str) -> bool:
-    from testbed.problem import extract_final
+    from r2r.testbed.problem import extract_final
 
     return extract_final(completion) == problem.reference
 

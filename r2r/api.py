@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from serving.decoding.generation import Generation
-    from serving.pair import ModelPair
+    from r2r.serving.decoding.generation import Generation
+    from r2r.serving.pair import ModelPair
 
 
 @dataclass
@@ -33,9 +33,9 @@ class Pair:
         token), `.finish_reason`, `.stats` (LLM tokens, passes, seconds). `policy`: learned (the default when
         the pair has a router), entropy, confidence, random, slm or llm; `threshold` or `llm_share` set its
         operating point (default: the router's calibrated default)."""
-        from router.policies import PolicyKind
-        from serving.decoding.generation import RoutingMode
-        from serving.decoding.sampling import SamplingParams
+        from r2r.router.policies import PolicyKind
+        from r2r.serving.decoding.generation import RoutingMode
+        from r2r.serving.decoding.sampling import SamplingParams
 
         pair = self.model_pair
         if isinstance(prompts, str):
@@ -52,7 +52,7 @@ def load_pair(name: str = "testbed", slm: str | Path | None = None, llm: str | P
               router: str | Path | None = None, device: str | None = None) -> Pair:
     """A preset pair by name (testbed, testbed-x, smol-gemma, ...) or explicit `slm` and `llm` directories, on the
     transformers backend (`device`: cpu or cuda; default cuda when available)."""
-    from serving.pair import load_pair as load, resolve_pair
+    from r2r.serving.pair import load_pair as load, resolve_pair
 
     spec = resolve_pair(name, None if slm is None else str(slm), None if llm is None else str(llm),
                         None if router is None else str(router))

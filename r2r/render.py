@@ -6,7 +6,7 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.text import Text
 
-from serving.decoding.generation import Generation, Source
+from r2r.serving.decoding.generation import Generation, Source
 
 LLM_STYLE = "bold black on yellow"
 

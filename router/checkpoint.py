@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from router.features import features_from_outputs
-from router.model import FoldedRouter, RouterConfig, RouterNet
-from router.native_router import NativeBuild, NativeRouter, native_router
-from router.policies import PolicyKind, RouteInput
-from router.train import share_threshold
+from r2r.router.features import features_from_outputs
+from r2r.router.model import FoldedRouter, RouterConfig, RouterNet
+from r2r.router.native_router import NativeBuild, NativeRouter, native_router
+from r2r.router.policies import PolicyKind, RouteInput
+from r2r.router.train import share_threshold
 
 WEIGHTS, CONFIG = "router.safetensors", "router.json"
 SHARE_GRID = [round(x, 2) for x in np.arange(0.01, 1.0, 0.01)]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from router.rows import RowKind, row_logprobs
+from r2r.router.rows import RowKind, row_logprobs
 
 
 @dataclass

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from router.checkpoint import save_router, share_curve
-from router.model import RouterConfig
-from router.train import LabelTensors, TrainConfig, predict, split_by_prompt, train_router
+from r2r.router.checkpoint import save_router, share_curve
+from r2r.router.model import RouterConfig
+from r2r.router.train import LabelTensors, TrainConfig, predict, split_by_prompt, train_router
 
 
 @dataclass(frozen=True)

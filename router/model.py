@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from router.features import RouterFeatures
+from r2r.router.features import RouterFeatures
 
 
 @dataclass(frozen=True)

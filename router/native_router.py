@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from router.model import FoldedRouter
-from router.rows import RowKind
+from r2r.router.model import FoldedRouter
+from r2r.router.rows import RowKind
 
 log = logging.getLogger(__name__)
 

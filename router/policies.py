@@ -16,7 +16,7 @@ from typing import Protocol
 
 import torch
 
-from router.rows import RowKind, row_logprobs
+from r2r.router.rows import RowKind, row_logprobs
 
 
 class PolicyKind(str, Enum):

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from router.features import RouterFeatures
-from router.model import RouterConfig, RouterNet
+from r2r.router.features import RouterFeatures
+from r2r.router.model import RouterConfig, RouterNet
 
 log = logging.getLogger(__name__)
 

@@ -9,22 +9,23 @@ from pathlib import Path
 
 import torch
 
-from router.checkpoint import LearnedPolicy, load_router
-from router.policies import PolicyKind, RoutingPolicy, make_policy
-from serving.backends.base import Backend
-from serving.backends.shared_body import materialize_weights
-from serving.backends.threads import PassThreads
-from serving.decoding.generation import Generation, RoutingMode
-from serving.real_models import CACHE_DIR, GEMMA3_DIR, SMOLLM2_DIR
-from serving.decoding.sampling import SamplingParams
-from serving.decoding.routed import generate_sequential, generate_speculative
-from serving.decoding.stopping import StopRule
+from r2r.router.checkpoint import LearnedPolicy, load_router
+from r2r.router.policies import PolicyKind, RoutingPolicy, make_policy
+from r2r.serving.backends.base import Backend
+from r2r.serving.backends.shared_body import materialize_weights
+from r2r.serving.backends.threads import PassThreads
+from r2r.serving.decoding.generation import Generation, RoutingMode
+from r2r.serving.real_models import CACHE_DIR, GEMMA3_DIR, SMOLLM2_DIR
+from r2r.serving.decoding.sampling import SamplingParams
+from r2r.serving.decoding.routed import generate_sequential, generate_speculative
+from r2r.serving.decoding.stopping import StopRule
 
 log = logging.getLogger(__name__)
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-MODELS_DIR = REPO_ROOT / "models"
+# The embedded pair's folder sits beside this package's in both layouts: <repo>/models next to <repo>/serving, and
+# site-packages/r2r/models next to site-packages/r2r/serving in an installed wheel (pyproject's package-dir).
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 DEFAULT_CONFIDENCE_THRESHOLD = 0.1  # confidence/entropy routing when no threshold is given
 
 
@@ -93,7 +94,7 @@ class ModelPair:
         """(SLM, LLM) as `ByteLevelLM`s over this pair's backends, built once."""
         if self._byte_models is not None:
             return self._byte_models
-        from serving.byte_level.probabilities import ByteLevelLM
+        from r2r.serving.byte_level.probabilities import ByteLevelLM
 
         with self.lock:
             if self._byte_models is None:
@@ -103,7 +104,7 @@ class ModelPair:
 
     def byte_engine(self):
         """A byte-level engine over this pair (cross pairs; exact prompt boundaries on any pair)."""
-        from serving.byte_level.cross_tokenizer import CrossEngine
+        from r2r.serving.byte_level.cross_tokenizer import CrossEngine
 
         return CrossEngine(*self.byte_models(), context_length=self.context_length)
 
@@ -111,7 +112,7 @@ class ModelPair:
         """The decoding engine the scheduler drives: token-level, or byte-level for a cross pair."""
         if self.cross:
             return self.byte_engine()
-        from serving.decoding.routed import RoutedEngine
+        from r2r.serving.decoding.routed import RoutedEngine
 
         return RoutedEngine(self.slm, self.llm, self.stop_rule())
 
@@ -210,7 +211,7 @@ class ModelPair:
         self.check_sampling(params)
         with self.lock:
             if self.cross:
-                from serving.decoding.engine import run_engine
+                from r2r.serving.decoding.engine import run_engine
 
                 return run_engine(self.engine(), prompts, params, [policy] * len(prompts), mode)
             decode = generate_speculative if mode == RoutingMode.SPECULATIVE else generate_sequential
@@ -232,7 +233,9 @@ def resolve_model_dir(path: Path, role: str) -> Path:
 
 def _check_model_dir(path: Path, role: str) -> None:
     if not path.is_dir():
-        hint = " (run `r2r models fetch smol-gemma`)" if path.parent == CACHE_DIR else ""
+        hint = (" (run `r2r models fetch smol-gemma`)" if path.parent == CACHE_DIR else
+                " (the embedded pair comes with r2r: in a clone of the repository under models/testbed, in an "
+                "installed wheel as r2r/models; reinstall r2r from either)" if MODELS_DIR in path.parents else "")
         raise FileNotFoundError(f"{role} model directory not found: {path}{hint}")
     for name in ("config.json",):
         if not (path / name).exists():
@@ -268,11 +271,11 @@ class BackendChoice:
 
 def _backends(spec: PairSpec, device: str | None, choice: BackendChoice) -> tuple[Backend, Backend]:
     if choice.kind == BackendKind.HF:
-        from serving.backends.hf import HFBackend
+        from r2r.serving.backends.hf import HFBackend
 
         return (HFBackend(spec.slm, device, pass_threads=choice.pass_threads),
                 HFBackend(spec.llm, device, pass_threads=choice.pass_threads))
-    from serving.backends.sglang import SGLangBackend, SGLangConfig, SGLangDevice, require_sglang
+    from r2r.serving.backends.sglang import SGLangBackend, SGLangConfig, SGLangDevice, require_sglang
 
     sgl_device = SGLangDevice(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     require_sglang(sgl_device)  # before either engine starts: one line, not a traceback, where it cannot

@@ -21,7 +21,7 @@ import contextlib
 import io
 import random
 
-from testbed.problem import FINAL_MARK, Problem
+from r2r.testbed.problem import FINAL_MARK, Problem
 
 VARS = ["a", "b", "c", "x", "y", "n", "s", "t"]
 _OPS = {"+": lambda p, q: p + q, "-": lambda p, q: p - q, "*": lambda p, q: p * q}

@@ -8,17 +8,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from testbed.problem import Problem, grade
-from testbed.splits import FAMILIES, heldout
-from router.policies import RoutingPolicy
-from serving.backends.base import LAST_ROW, Backend
-from serving.backends.packed_weights import SUFFIX as PACKED
-from serving.backends.shared_body import BODY, OWN, BodyRef
-from serving.decoding.generation import Generation, RoutingMode
-from serving.decoding.sampling import SamplingParams
-from serving.decoding.routed import run_to_completion
-from serving.decoding import decode
-from serving.decoding.stopping import StopRule
+from r2r.testbed.problem import Problem, grade
+from r2r.testbed.splits import FAMILIES, heldout
+from r2r.router.policies import RoutingPolicy
+from r2r.serving.backends.base import LAST_ROW, Backend
+from r2r.serving.backends.packed_weights import SUFFIX as PACKED
+from r2r.serving.backends.shared_body import BODY, OWN, BodyRef
+from r2r.serving.decoding.generation import Generation, RoutingMode
+from r2r.serving.decoding.sampling import SamplingParams
+from r2r.serving.decoding.routed import run_to_completion
+from r2r.serving.decoding import decode
+from r2r.serving.decoding.stopping import StopRule
 
 MAX_NEW_TOKENS = 200
 
@@ -64,7 +64,7 @@ def solve_routed(slm: Backend, llm: Backend, policy: RoutingPolicy, tokenizer, p
                  batch_size: int, mode: RoutingMode = RoutingMode.SEQUENTIAL) -> list[Generation]:
     """Greedy routed completions of testbed problems (chat-formatted prompts), in either routing mode (the
     same completions: speculative routing is lossless)."""
-    from testbed.tokenizer import chat_text
+    from r2r.testbed.tokenizer import chat_text
 
     rule = StopRule(frozenset({tokenizer.eos_token_id}), tokenizer.decode, min(slm.max_length, llm.max_length))
     params = SamplingParams(max_tokens=MAX_NEW_TOKENS)
@@ -79,7 +79,7 @@ def solve_routed(slm: Backend, llm: Backend, policy: RoutingPolicy, tokenizer, p
 
 def solve(backend: Backend, tokenizer, problems: list[Problem], batch_size: int) -> list[str]:
     """Greedy completions of one model alone, in batches."""
-    from testbed.tokenizer import chat_text
+    from r2r.testbed.tokenizer import chat_text
 
     rule = StopRule(frozenset({tokenizer.eos_token_id}), tokenizer.decode, backend.max_length)
     params = SamplingParams(max_tokens=MAX_NEW_TOKENS)
@@ -107,8 +107,8 @@ def decode_latency_ms(backend: Backend, prompt: list[int], n_tokens: int = 64, r
 def evaluate_model(cfg: EvalConfig) -> dict:
     from transformers import AutoTokenizer
 
-    from testbed.tokenizer import chat_text
-    from serving.backends.hf import HFBackend
+    from r2r.testbed.tokenizer import chat_text
+    from r2r.serving.backends.hf import HFBackend
 
     backend = HFBackend(cfg.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_dir)

@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass
 from enum import Enum
 
-from testbed.problem import FINAL_MARK, Problem
+from r2r.testbed.problem import FINAL_MARK, Problem
 
 NAMES = ["Ava", "Ben", "Cara", "Dan", "Eli", "Fay", "Gus", "Hana", "Ivan", "Jade", "Kai", "Lena",
          "Milo", "Nora", "Omar", "Pia", "Quin", "Rosa", "Sam", "Tess", "Uma", "Vic", "Wren", "Zoe"]

@@ -10,9 +10,9 @@ import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from testbed.code_tasks import generate_code
-from testbed.math_tasks import generate_math
-from testbed.problem import Problem
+from r2r.testbed.code_tasks import generate_code
+from r2r.testbed.math_tasks import generate_math
+from r2r.testbed.problem import Problem
 
 FAMILIES: dict[str, Callable[[random.Random, random.Random | None], Problem]] = {"math": generate_math, "code": generate_code}
 SPLIT_SEEDS = {"train": 1, "validation": 2, "test": 3}

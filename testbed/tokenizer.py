@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from testbed.splits import FAMILIES, sample_train
+from r2r.testbed.splits import FAMILIES, sample_train
 
 SPECIAL_TOKENS = ["<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 EOS_TOKEN = "<|end|>"

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
-from serving.backends.derived_files import source_stamp
-from serving.backends.packed_weights import SUFFIX as PACKED, pack_weights
-from serving.backends.shared_body import BODY, OWN, WEIGHTS, materialize_weights, split_body
-from serving.backends.threads import torch_threads
+from r2r.serving.backends.derived_files import source_stamp
+from r2r.serving.backends.packed_weights import SUFFIX as PACKED, pack_weights
+from r2r.serving.backends.shared_body import BODY, OWN, WEIGHTS, materialize_weights, split_body
+from r2r.serving.backends.threads import torch_threads
 
-from testbed.splits import FAMILIES, heldout_prompts, sample_train
-from testbed.tokenizer import chat_text
+from r2r.testbed.splits import FAMILIES, heldout_prompts, sample_train
+from r2r.testbed.tokenizer import chat_text
 
 log = logging.getLogger(__name__)
 
@@ -230,13 +230,13 @@ def _init_from(model: torch.nn.Module, tokenizer, source_dir: Path, grow: bool =
         if not grow:
             raise ValueError(f"training only some parameters needs {source_dir} to have this model's depth: "
                              "the frozen layers are read from it")
-        from testbed.grow import grow_depth
+        from r2r.testbed.grow import grow_depth
 
         if AutoTokenizer.from_pretrained(source_dir).get_vocab() != tokenizer.get_vocab():
             raise ValueError(f"depth growth needs {source_dir} to have this model's tokenizer")
         grow_depth(model, AutoModelForCausalLM.from_pretrained(source_dir, dtype=torch.float32))
         return
-    from testbed.transplant import init_from_pretrained
+    from r2r.testbed.transplant import init_from_pretrained
 
     init_from_pretrained(model, tokenizer, source_dir)
 

@@ -87,7 +87,7 @@ class TableLM:
         return list(zip(seqs, self.extend(seqs, prompts, want_hidden, rows_at=rows_at, top_k=top_k)))
 
     def extend(self, seqs, new_ids, want_hidden=False, *, rows_at=None, top_k=None):
-        from serving.backends.base import RowKind, StepOutput, resolve_rows
+        from r2r.serving.backends.base import RowKind, StepOutput, resolve_rows
 
         assert top_k is None, "the table model returns full rows"
         self.forward_passes += 1
@@ -101,7 +101,7 @@ class TableLM:
         return outs
 
     def draft(self, seqs, new_ids, n_tokens, want_hidden=False):
-        from serving.backends.base import draft_by_extending
+        from r2r.serving.backends.base import draft_by_extending
 
         return draft_by_extending(self, seqs, new_ids, n_tokens, want_hidden)
 
@@ -205,14 +205,14 @@ class RestrictedHF:
         return self._restrict(logits[None], [len(tokens) - 1])[0]
 
     def open(self, prompts, want_hidden=False, *, rows_at=None, top_k=None):
-        from serving.backends.base import resolve_rows
+        from r2r.serving.backends.base import resolve_rows
 
         opened = self.inner.open(prompts, want_hidden, rows_at=rows_at, top_k=top_k)
         return [(seq, self._wrap(out, at))
                 for (seq, out), at in zip(opened, resolve_rows(rows_at, prompts))]
 
     def extend(self, seqs, new_ids, want_hidden=False, *, rows_at=None, top_k=None):
-        from serving.backends.base import resolve_rows
+        from r2r.serving.backends.base import resolve_rows
 
         starts = [s.length for s in seqs]
         outs = self.inner.extend(seqs, new_ids, want_hidden, rows_at=rows_at, top_k=top_k)
@@ -220,12 +220,12 @@ class RestrictedHF:
                 for out, start, at in zip(outs, starts, resolve_rows(rows_at, new_ids))]
 
     def draft(self, seqs, new_ids, n_tokens, want_hidden=False):
-        from serving.backends.base import draft_by_extending
+        from r2r.serving.backends.base import draft_by_extending
 
         return draft_by_extending(self, seqs, new_ids, n_tokens, want_hidden)
 
     def _wrap(self, out, positions: list[int]):
-        from serving.backends.base import StepOutput
+        from r2r.serving.backends.base import StepOutput
 
         return StepOutput(self._restrict(out.logits, positions), out.hidden, out.kind)
 

@@ -9,7 +9,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub: fail fast instead of waiting on one
 import torch
 
-from serving.backends.shared_body import materialize_weights
+from r2r.serving.backends.shared_body import materialize_weights
 
 REPO = Path(__file__).resolve().parents[1]
 TESTBED = REPO / "models" / "testbed"
@@ -70,14 +70,14 @@ def _converted_or_skip(convert, what: str) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
-    from serving.real_models import smollm2_dir
+    from r2r.serving.real_models import smollm2_dir
 
     return _converted_or_skip(smollm2_dir, "SmolLM2")
 
 
 @pytest.fixture(scope="session")
 def gemma3_dir() -> Path:
-    from serving.real_models import gemma3_dir
+    from r2r.serving.real_models import gemma3_dir
 
     return _converted_or_skip(gemma3_dir, "Gemma 3 (r2r models fetch smol-gemma)")
 
@@ -99,8 +99,8 @@ def sglang_pair(testbed_dirs):
         pytest.skip("sglang is not installed in this Python: `make test-sglang` runs these tests in .venv-sglang")
     from transformers import AutoTokenizer
 
-    from serving.backends.sglang import SGLangBackend, SGLangConfig, SGLangDevice
-    from serving.pair import ModelPair, PairSpec
+    from r2r.serving.backends.sglang import SGLangBackend, SGLangConfig, SGLangDevice
+    from r2r.serving.pair import ModelPair, PairSpec
 
     device = SGLangDevice.CUDA if torch.cuda.is_available() else SGLangDevice.CPU
     slm = SGLangBackend(SGLangConfig(str(testbed_dirs["slm"]), device=device, dtype="float32",
@@ -116,7 +116,7 @@ def sglang_pair(testbed_dirs):
 @pytest.fixture(scope="session")
 def hf_pair(testbed_dirs):
     """The testbed pair on the HF backend (the reference the SGLang backend is compared with)."""
-    from serving.pair import PairSpec, load_pair
+    from r2r.serving.pair import PairSpec, load_pair
 
     spec = PairSpec("testbed", testbed_dirs["slm"], testbed_dirs["llm"], testbed_dirs["router"])
     return load_pair(spec, "cuda" if torch.cuda.is_available() else "cpu")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from serving.backends.base import (DraftedBlock, Positions, RowKind, StepOutput, draft_by_extending,
+from r2r.serving.backends.base import (DraftedBlock, Positions, RowKind, StepOutput, draft_by_extending,
                                    resolve_rows, select_rows)
 
 

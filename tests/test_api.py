@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 import r2r
-from serving.decoding.generation import Source
-from serving.decoding.sampling import SamplingParams
+from r2r.serving.decoding.generation import Source
+from r2r.serving.decoding.sampling import SamplingParams
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ def declares_the_protocol(backend) -> None:
     """Every attribute the Backend protocol declares is set (callers read them directly, never with defaults)."""
     from typing import get_type_hints
 
-    from serving.backends.base import Backend
+    from r2r.serving.backends.base import Backend
 
     missing = [name for name in get_type_hints(Backend) if not hasattr(backend, name)]
     assert not missing, f"{type(backend).__name__} lacks {missing}"
@@ -96,7 +96,7 @@ def backend(request, tiny_models):
     """The HF backend on a tiny random Qwen2; the SGLang backend on the testbed SLM (its shared engine)."""
     if request.param == "sglang":
         return request.getfixturevalue("sglang_pair").slm
-    from serving.backends.hf import HFBackend
+    from r2r.serving.backends.hf import HFBackend
 
     return HFBackend(tiny_models["qwen2"])
 
@@ -110,7 +110,7 @@ def test_backend_conforms(backend) -> None:
 
 
 def test_hf_backend_counts_its_parameters(tiny_models) -> None:
-    from serving.backends.hf import HFBackend
+    from r2r.serving.backends.hf import HFBackend
 
     backend = HFBackend(tiny_models["qwen2"])
     assert backend.n_parameters == sum(p.numel() for p in backend.model.parameters())

@@ -6,15 +6,15 @@ import sys
 
 import pytest
 
-from evals.bench.headline import Config, HeadlineConfig, bench_headline
-from evals.bench.split_bound import TokenSplit
-from evals.bench.step_costs import ProbeConfig
-from testbed.splits import heldout
-from testbed.tokenizer import chat_text
-from router.policies import AlwaysSLM, RandomPolicy
-from serving.pair import PairSpec, load_pair
-from serving.decoding.sampling import SamplingParams
-from serving.decoding.routed import generate_sequential
+from r2r.evals.bench.headline import Config, HeadlineConfig, bench_headline
+from r2r.evals.bench.split_bound import TokenSplit
+from r2r.evals.bench.step_costs import ProbeConfig
+from r2r.testbed.splits import heldout
+from r2r.testbed.tokenizer import chat_text
+from r2r.router.policies import AlwaysSLM, RandomPolicy
+from r2r.serving.pair import PairSpec, load_pair
+from r2r.serving.decoding.sampling import SamplingParams
+from r2r.serving.decoding.routed import generate_sequential
 
 FIELDS = {"accuracy", "ci95", "tokens_per_s", "llm_share", "llm_passes_per_token"}
 

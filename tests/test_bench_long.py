@@ -1,8 +1,8 @@
 """`r2r bench long` on tiny shapes: every window measured, memory read, the JSON shaped as the issue asks."""
 from __future__ import annotations
 
-from evals.bench.gpu_costs import Shape
-from evals.bench.long import LongBenchConfig, bench_long, kv_bytes_per_token
+from r2r.evals.bench.gpu_costs import Shape
+from r2r.evals.bench.long import LongBenchConfig, bench_long, kv_bytes_per_token
 
 TINY = (Shape("tiny-slm", 32, 1, 2, 1, 64, 300), Shape("tiny-llm", 64, 2, 4, 2, 128, 300))
 

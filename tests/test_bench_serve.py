@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from evals.bench.serve import ServeBenchConfig, bench_serve
-from serving.decoding.generation import RoutingMode
-from serving.pair import PairSpec, load_pair
-from serving.decoding.sampling import SamplingParams
+from r2r.evals.bench.serve import ServeBenchConfig, bench_serve
+from r2r.serving.decoding.generation import RoutingMode
+from r2r.serving.pair import PairSpec, load_pair
+from r2r.serving.decoding.sampling import SamplingParams
 
 PROMPTS = ["Ava has 12 apples. Then Ava finds 5 more apples. How many apples does Ava have now?",
            "Cara has 7 coins. Cara gives away 3 coins. How many coins does Cara have now?",

@@ -3,9 +3,9 @@ one-token calls alternate and leave nothing open, and the routed grid reports ev
 and whether the configurations agree token for token."""
 from __future__ import annotations
 
-from router.policies import RandomPolicy
-from evals.bench.sglang_cpu import BackendPair, SGLangBenchConfig, one_token_calls_ms, per_call, routed
-from serving.decoding.stopping import StopRule
+from r2r.router.policies import RandomPolicy
+from r2r.evals.bench.sglang_cpu import BackendPair, SGLangBenchConfig, one_token_calls_ms, per_call, routed
+from r2r.serving.decoding.stopping import StopRule
 
 from .fakes import FakeBackend
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from router.policies import ConfidencePolicy, RandomPolicy
-from serving.decoding.engine import BlockConfig, DraftCalls
-from serving.decoding.generation import RoutingMode
-from serving.decoding.routed import RoutedEngine, generate_sequential, generate_speculative
-from serving.decoding.sampling import SamplingParams
-from serving.decoding.stopping import StopRule
+from r2r.router.policies import ConfidencePolicy, RandomPolicy
+from r2r.serving.decoding.engine import BlockConfig, DraftCalls
+from r2r.serving.decoding.generation import RoutingMode
+from r2r.serving.decoding.routed import RoutedEngine, generate_sequential, generate_speculative
+from r2r.serving.decoding.sampling import SamplingParams
+from r2r.serving.decoding.stopping import StopRule
 
 from .fakes import FakeBackend
 
@@ -19,7 +19,7 @@ PER_BLOCK = DraftCalls.PER_BLOCK
 
 def test_draft_refuses_to_pass_the_context(tiny_models) -> None:
     """(`draft` itself is in the backend conformance suite, tests/test_backend_conformance.py.)"""
-    from serving.backends.hf import HFBackend
+    from r2r.serving.backends.hf import HFBackend
 
     backend = HFBackend(tiny_models["llama"])
     (seq, _), = backend.open([[7] * (backend.max_length - 6)])
@@ -96,8 +96,8 @@ def test_per_block_mixes_with_sampling_and_late_joiners() -> None:
 
 def test_per_block_equals_sequential_on_the_testbed(testbed_dirs) -> None:
     """The learned router on the testbed pair (HF backend), blocks drafted per call: sequential's tokens."""
-    from serving.pair import PairSpec, load_pair
-    from testbed.splits import heldout
+    from r2r.serving.pair import PairSpec, load_pair
+    from r2r.testbed.splits import heldout
 
     pair = load_pair(PairSpec("testbed", testbed_dirs["slm"], testbed_dirs["llm"], testbed_dirs["router"]), "cpu")
     problems = heldout("math", "validation", 4) + heldout("code", "validation", 4)
@@ -123,7 +123,7 @@ class OneCallFake(FakeBackend):
 def test_single_model_greedy_decode_in_blocks_equals_per_token() -> None:
     """`serving.decoding.decode` on a backend that drafts in one call: blocks of `draft`, cut at EOS (10), stop
     strings and max_tokens mid-block: the per-token decode's tokens, log-probs and finish reasons."""
-    from serving.decoding import decode
+    from r2r.serving.decoding import decode
 
     rule = StopRule(frozenset({10}), lambda ids: " ".join(map(str, ids)), 64)
     prompts = [[i, i + 1] for i in range(30)]

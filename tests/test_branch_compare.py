@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from data_gen.verifiers import AnswerVerifier, Candidate, Verdict
-from evals.branch_compare import comparer_for, math_answer
-from evals.graders import CodeTests
-from evals.tasks import EvalProblem, get_task
+from r2r.data_gen.verifiers import AnswerVerifier, Candidate, Verdict
+from r2r.evals.branch_compare import comparer_for, math_answer
+from r2r.evals.graders import CodeTests
+from r2r.evals.tasks import EvalProblem, get_task
 
 THINK = "<think>\nLet me add 7 and 5. 7 + 5 = 12.\n</think>\n"
 

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from serving.byte_level.probabilities import ByteLevelLM
-from serving.byte_level.token_bytes import END, TokenBytes
+from r2r.serving.byte_level.probabilities import ByteLevelLM
+from r2r.serving.byte_level.token_bytes import END, TokenBytes
 from tests.byte_oracle import (
     RestrictedHF,
     TableLM,
@@ -142,7 +142,7 @@ def test_real_transformer_through_the_hf_backend_matches_enumeration(tmp_path, k
     """Same oracle with a (random, tiny) Llama behind HFBackend: forks, KV reuse, batched rows."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from serving.backends.hf import HFBackend
+    from r2r.serving.backends.hf import HFBackend
 
     tokenizer = TOKENIZERS[kind]()
     torch.manual_seed(0)

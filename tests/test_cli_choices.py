@@ -7,18 +7,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from data_gen.pipeline import ContinueWith
-from data_gen.verifiers import VerifierKind
-from evals.bench.budget_search import BudgetSearch
-from evals.sweep import GRID
+from r2r.data_gen.pipeline import ContinueWith
+from r2r.data_gen.verifiers import VerifierKind
+from r2r.evals.bench.budget_search import BudgetSearch
+from r2r.evals.sweep import GRID
 from r2r.cli import build_parser
-from router.fit import Positives
-from router.policies import PolicyKind
-from serving.decoding.generation import RoutingMode
-from serving.pair import BackendKind
-from serving.real_models import Fetchable
-from testbed.splits import FAMILIES
-from testbed.train import SHAPES
+from r2r.router.fit import Positives
+from r2r.router.policies import PolicyKind
+from r2r.serving.decoding.generation import RoutingMode
+from r2r.serving.pair import BackendKind
+from r2r.serving.real_models import Fetchable
+from r2r.testbed.splits import FAMILIES
+from r2r.testbed.train import SHAPES
 
 # flag (or positional's name) -> the closed set its choices must list, in order: an enum or a registry's keys
 CLOSED_SETS: dict[str, list[str]] = {
@@ -69,7 +69,7 @@ def test_wire_mode_is_the_routing_mode_enum() -> None:
     """The HTTP `mode` extra takes exactly RoutingMode's values, as the same JSON strings."""
     from pydantic import ValidationError
 
-    from serving.http.protocol import CompletionRequest
+    from r2r.serving.http.protocol import CompletionRequest
 
     for mode in RoutingMode:
         req = CompletionRequest(prompt="x", mode=mode.value)

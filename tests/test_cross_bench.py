@@ -5,8 +5,8 @@ import json
 import shutil
 from pathlib import Path
 
-from evals.bench.cross_tokenizer import CrossBenchConfig, cross_bench
-from serving.pair import PairSpec, load_pair
+from r2r.evals.bench.cross_tokenizer import CrossBenchConfig, cross_bench
+from r2r.serving.pair import PairSpec, load_pair
 
 from .conftest import TESTBED
 

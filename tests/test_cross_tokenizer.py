@@ -19,10 +19,10 @@ import pytest
 import torch
 from scipy.stats import chi2_contingency, chisquare
 
-from router.policies import PolicyKind, make_policy
-from serving.byte_level.probabilities import ByteLevelLM
-from serving.byte_level.cross_tokenizer import Handoff, generate_cross
-from serving.decoding.sampling import SamplingParams
+from r2r.router.policies import PolicyKind, make_policy
+from r2r.serving.byte_level.probabilities import ByteLevelLM
+from r2r.serving.byte_level.cross_tokenizer import Handoff, generate_cross
+from r2r.serving.decoding.sampling import SamplingParams
 from tests.byte_oracle import SourceLM, TableLM, gpt2_style_tokenizer, random_source, sentencepiece_style_tokenizer
 
 N_SAMPLES = 8_000
@@ -100,10 +100,10 @@ def test_greedy_always_llm_equals_the_llm_alone(source_pair):
 def test_speculative_equals_sequential_on_the_testbed_cross_pair(testbed_dirs):
     """SLM + llm-x with the learned router: greedy speculative blocks give the sequential output with
     no more LLM passes per prompt, and every sequence is closed afterwards."""
-    from testbed.splits import heldout
-    from testbed.tokenizer import chat_text
-    from serving.decoding.generation import RoutingMode
-    from serving.pair import PairSpec, load_pair
+    from r2r.testbed.splits import heldout
+    from r2r.testbed.tokenizer import chat_text
+    from r2r.serving.decoding.generation import RoutingMode
+    from r2r.serving.pair import PairSpec, load_pair
 
     pair = load_pair(PairSpec("x", testbed_dirs["slm"], testbed_dirs["slm"].parent / "llm-x", testbed_dirs["router"]),
                      "cpu")
@@ -144,7 +144,7 @@ def test_speculative_sampling_has_the_sequential_distribution(two_source_pair):
     as under sequential routing. The prompt ends mid-text, so several covers are live from the first
     draft and the confidence router flags some of them and not others. (Checked to fail, p < 1e-16,
     without the flagged-cover restriction of q or when a flagged draft after a flagged one is redrawn.)"""
-    from serving.decoding.generation import RoutingMode
+    from r2r.serving.decoding.generation import RoutingMode
 
     a, b = two_source_pair
     policy = make_policy(PolicyKind.CONFIDENCE, threshold=0.55)
@@ -174,8 +174,8 @@ def test_cross_engine_mixes_modes_and_late_joiners(long_pair):
     """Continuous batching across tokenizers: requests of both modes joining every other step, greedy and
     sampled, each get exactly what they get alone (sampled speculative pieces draw from per-position
     generators, so a seed reproduces whatever the block boundaries)."""
-    from serving.byte_level.cross_tokenizer import CrossEngine
-    from serving.decoding.generation import RoutingMode
+    from r2r.serving.byte_level.cross_tokenizer import CrossEngine
+    from r2r.serving.decoding.generation import RoutingMode
 
     a, b = long_pair
     policy = make_policy(PolicyKind.CONFIDENCE, threshold=0.55)
@@ -204,9 +204,9 @@ def test_cross_engine_mixes_modes_and_late_joiners(long_pair):
 def test_a_cross_request_joins_the_round_in_progress(long_pair):
     """A request added two passes into an 8-piece round drafts from the next pass and is verified with the
     round (6 pieces), instead of waiting for the round to end; blocks are sized by `BlockConfig`."""
-    from serving.byte_level.cross_tokenizer import CrossEngine
-    from serving.decoding.engine import BlockConfig
-    from serving.decoding.generation import RoutingMode
+    from r2r.serving.byte_level.cross_tokenizer import CrossEngine
+    from r2r.serving.decoding.engine import BlockConfig
+    from r2r.serving.decoding.generation import RoutingMode
 
     a, b = long_pair
     policy, params = make_policy(PolicyKind.SLM), SamplingParams(max_tokens=15)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from evals.report import wilson
+from r2r.evals.report import wilson
 
 
 def r2r(*args: str) -> subprocess.Popen:
@@ -70,9 +70,9 @@ def test_resume_with_a_changed_router_threshold_is_an_error(tmp_path) -> None:
 
     import torch
 
-    from evals.sweep import SweepConfig, _check_resumable, run_identity
-    from router.checkpoint import save_router, set_default_threshold, share_curve
-    from router.model import RouterConfig, RouterNet
+    from r2r.evals.sweep import SweepConfig, _check_resumable, run_identity
+    from r2r.router.checkpoint import save_router, set_default_threshold, share_curve
+    from r2r.router.model import RouterConfig, RouterNet
 
     router = tmp_path / "router"
     net = RouterNet(RouterConfig(hidden_size=4, embed_size=4, top_k=2, width=4, depth=1), torch.zeros(8, 4))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from serving.backends.fingerprint import CACHE_NAME, model_fingerprint
+from r2r.serving.backends.fingerprint import CACHE_NAME, model_fingerprint
 
 
 def _model_dir(root: Path, weights: dict[str, bytes]) -> Path:
@@ -44,7 +44,7 @@ def test_cached_beside_the_weights_and_recomputed_when_a_file_changes(tmp_path: 
 
 
 def test_testbed_slm_fingerprint_is_the_one_its_routers_record() -> None:
-    from serving.backends.shared_body import materialize_weights
+    from r2r.serving.backends.shared_body import materialize_weights
 
     repo = Path(__file__).resolve().parents[1]
     materialize_weights(repo / "models/testbed/slm")

@@ -23,18 +23,18 @@ def needs_device() -> None:
 
 
 def test_hf_backend_conforms_on_device(tiny_models) -> None:
-    from serving.backends.hf import HFBackend
+    from r2r.serving.backends.hf import HFBackend
 
     for arch in ("llama", "qwen2", "gemma3"):
         conformance(HFBackend(tiny_models[arch], DEVICE))
 
 
 def test_speculative_equals_sequential_on_device(testbed_dirs) -> None:
-    from serving.decoding.sampling import SamplingParams
-    from serving.decoding.routed import generate_sequential
-    from serving.decoding.routed import generate_speculative
-    from serving.pair import PairSpec, load_pair
-    from testbed.splits import heldout
+    from r2r.serving.decoding.sampling import SamplingParams
+    from r2r.serving.decoding.routed import generate_sequential
+    from r2r.serving.decoding.routed import generate_speculative
+    from r2r.serving.pair import PairSpec, load_pair
+    from r2r.testbed.splits import heldout
 
     pair = load_pair(PairSpec("testbed", testbed_dirs["slm"], testbed_dirs["llm"], testbed_dirs["router"]), DEVICE)
     problems = heldout("math", "validation", N_PROMPTS // 2) + heldout("code", "validation", N_PROMPTS // 2)

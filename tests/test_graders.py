@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from evals.graders import CodeTests, final_math_answer, grade_choice, grade_code, grade_math
+from r2r.evals.graders import CodeTests, final_math_answer, grade_choice, grade_code, grade_math
 
 
 @pytest.mark.parametrize("completion,reference,ok", [
@@ -41,7 +41,7 @@ def test_code_grader_program_and_io_cases() -> None:
 
 def test_one_final_answer_reader_takes_the_last_mark() -> None:
     """The testbed grader, the math grader and the answer verifier read `####` the same way: the last one."""
-    from testbed.problem import Problem, extract_final, grade
+    from r2r.testbed.problem import Problem, extract_final, grade
 
     text = "First try: #### 12\nNo wait.\n#### 13"
     assert extract_final(text) == "13"

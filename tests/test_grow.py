@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from testbed.grow import grow_depth
+from r2r.testbed.grow import grow_depth
 
 
 def _llama(layers: int, seed: int) -> LlamaForCausalLM:

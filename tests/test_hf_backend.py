@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from serving.backends.hf import HFBackend
+from r2r.serving.backends.hf import HFBackend
 
 ATOL = 2e-4
 PROMPTS = [[5, 17, 40, 41, 42, 7], [9, 9], [12, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39]]
@@ -130,7 +130,7 @@ def test_prefill_groups_minimize_padding_plus_passes() -> None:
     import itertools
     import random
 
-    from serving.backends.hf import prefill_groups
+    from r2r.serving.backends.hf import prefill_groups
 
     rng = random.Random(0)
     for _ in range(200):
@@ -168,7 +168,7 @@ def test_open_of_mixed_lengths_runs_in_groups(tiny_models) -> None:
 def test_wide_passes_borrow_threads_and_give_them_back(testbed_dirs) -> None:
     """Under `PassThreads` a pass estimated at `wide_flops` or more runs on `threads` threads, a smaller one
     on one; torch's count is back afterwards, and the backend still matches the references."""
-    from serving.backends.threads import PassThreads
+    from r2r.serving.backends.threads import PassThreads
 
     probe = HFBackend(testbed_dirs["llm"], "cpu")
     params = sum(p.numel() for p in probe.model.parameters())

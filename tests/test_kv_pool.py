@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from serving.backends.base import LAST_ROW
-from serving.backends.hf import HFBackend
+from r2r.serving.backends.base import LAST_ROW
+from r2r.serving.backends.hf import HFBackend
 
 ATOL = 2e-4
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_gen.prompts import load_prompts
-from data_gen.shards import load_labels
-from data_gen.verifiers import AnswerVerifier, Candidate
+from r2r.data_gen.prompts import load_prompts
+from r2r.data_gen.shards import load_labels
+from r2r.data_gen.verifiers import AnswerVerifier, Candidate
 
 LABEL_ARGS = ["--prompts", "testbed-math:12", "--chunk-size", "2", "--batch-size", "4", "--max-new-tokens", "12",
               "--keep-unfinished"]
@@ -126,7 +126,7 @@ def test_labels_hold_the_teacher_forced_slm(tmp_path: Path, tiny_pair, tiny_mode
 
 
 def test_embedding_verifier() -> None:
-    from data_gen.verifiers import EmbeddingVerifier, minilm_dir
+    from r2r.data_gen.verifiers import EmbeddingVerifier, minilm_dir
 
     try:
         verifier = EmbeddingVerifier(minilm_dir(), threshold=0.9)
@@ -140,7 +140,7 @@ def test_embedding_verifier() -> None:
 
 def test_judge_verifier_parses_answers() -> None:
     """The judge's prompt goes through the chat template; its first 0/1 is the label, none counts as divergent."""
-    from data_gen.verifiers import JudgeVerifier
+    from r2r.data_gen.verifiers import JudgeVerifier
 
     from .fakes import FakeBackend
 
@@ -176,7 +176,7 @@ def test_cross_tokenizer_labels_compare_bytes(tmp_path: Path, tiny_models) -> No
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from serving.byte_level.token_bytes import TokenBytes
+    from r2r.serving.byte_level.token_bytes import TokenBytes
 
     tok_x = AutoTokenizer.from_pretrained(Path(__file__).resolve().parents[1] / "models" / "testbed" / "tokenizer-x")
     torch.manual_seed(0)
@@ -228,7 +228,7 @@ def test_router_card_names_the_labeling_llm(tmp_path: Path, tiny_pair, tiny_mode
     assert (f"{lab['neutral']:,} neutral, {lab['unverifiable']:,} unverifiable" in card
             and lab["neutral"] + lab["divergent"] + lab["unverifiable"] == lab["mismatches"]), "the card's verdict counts"
 
-    from router.card import write_router_card
+    from r2r.router.card import write_router_card
 
     meta["labels"][0] |= {"positives": "divergent", "continue_with": "routed", "continue_share": 0.15,
                           "continue_router": "0123abcd", "verifier": "judge", "task": "gsm8k"}
@@ -248,9 +248,9 @@ def test_routed_continuation_is_routed_decoding(tmp_path: Path, tiny_models) -> 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from data_gen.pipeline import LabelConfig, LabelPipeline, RoutedContinuation
-    from router.policies import AlwaysLLM, AlwaysSLM
-    from serving.pair import PairSpec, load_pair
+    from r2r.data_gen.pipeline import LabelConfig, LabelPipeline, RoutedContinuation
+    from r2r.router.policies import AlwaysLLM, AlwaysSLM
+    from r2r.serving.pair import PairSpec, load_pair
 
     pair = load_pair(PairSpec("tiny", tiny_models["llama"], tiny_models["llama_b"]), "cpu")
     prompts = load_prompts("testbed-math:3")
@@ -284,10 +284,10 @@ def test_routed_continuation_is_routed_decoding(tmp_path: Path, tiny_models) -> 
 def test_routed_labels_resume_only_with_the_same_router(tmp_path: Path, tiny_models) -> None:
     """Another continuation router labels other slips divergent: resuming a routed label set with it is an
     error, and the fingerprint follows the router's weights."""
-    from data_gen.pipeline import LabelConfig, LabelPipeline, RoutedContinuation
-    from router.policies import AlwaysSLM
-    from serving.backends.fingerprint import router_fingerprint
-    from serving.pair import PairSpec, load_pair
+    from r2r.data_gen.pipeline import LabelConfig, LabelPipeline, RoutedContinuation
+    from r2r.router.policies import AlwaysSLM
+    from r2r.serving.backends.fingerprint import router_fingerprint
+    from r2r.serving.pair import PairSpec, load_pair
 
     pair = load_pair(PairSpec("tiny", tiny_models["llama"], tiny_models["llama_b"]), "cpu")
     prompts = load_prompts("testbed-math:2")
@@ -336,16 +336,16 @@ def test_label_with_a_task_reads_its_rows_and_counts_every_verdict(tmp_path: Pat
     assert counts["unverifiable"] > 0
     assert ("WARNING" in proc.stderr.read()) == (counts["unverifiable"] * 2 > counts["mismatches"])
 
-    from data_gen.pipeline import LabelConfig, make_pipeline
-    from evals.tasks import get_task
+    from r2r.data_gen.pipeline import LabelConfig, make_pipeline
+    from r2r.evals.tasks import get_task
     from r2r.commands.label import _prompts
-    from serving.pair import PairSpec, load_pair
+    from r2r.serving.pair import PairSpec, load_pair
 
     seen: list[str] = []
 
     def recording(data_id: str, ref: str, slm: str):
         seen.append(data_id)
-        from data_gen.verifiers import Verdict
+        from r2r.data_gen.verifiers import Verdict
 
         return Verdict.NEUTRAL
 

@@ -13,14 +13,20 @@ LAYERS = ["r2r", "evals", "data_gen", "testbed", "serving", "router"]
 SERVING_LAYERS = ["http", "pair", "byte_level", "decoding", "backends"]
 
 
+def package_of(module: str) -> str:
+    """The table's package a module belongs to: `r2r.serving.pair` -> serving, `r2r.api` -> r2r, `os` -> os."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "r2r" and len(parts) > 1 and parts[1] in LAYERS else parts[0]
+
+
 def imported_packages(path: Path) -> set[tuple[str, int]]:
-    """(top-level package, line) of every import in a file."""
+    """(package, line) of every import in a file."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
-            found |= {(alias.name.split(".")[0], node.lineno) for alias in node.names}
+            found |= {(package_of(alias.name), node.lineno) for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add((node.module.split(".")[0], node.lineno))
+            found.add((package_of(node.module), node.lineno))
     return found
 
 
@@ -38,13 +44,24 @@ def test_no_import_goes_up_the_table() -> None:
 def test_the_walk_sees_imports_inside_functions(tmp_path: Path) -> None:
     """The checker itself: an import inside a function body is found."""
     path = tmp_path / "m.py"
-    path.write_text("import os\n\ndef f():\n    from evals.report import wilson\n    return wilson\n")
+    path.write_text("import os\n\ndef f():\n    from r2r.evals.report import wilson\n    return wilson\n")
     assert ("evals", 4) in imported_packages(path)
 
 
+def test_installed_names_map_to_the_tables_rows() -> None:
+    """The checker itself: installed module names land in the right package and serving/ layer."""
+    assert module_name(REPO / "serving" / "pair.py") == "r2r.serving.pair"
+    assert module_name(REPO / "r2r" / "api.py") == "r2r.api"
+    assert [package_of(m) for m in ("r2r.serving.pair", "r2r.api", "r2r", "torch.nn")] == ["serving", "r2r", "r2r", "torch"]
+    assert [serving_layer(m) for m in ("r2r.serving.http.server", "r2r.serving.real_models", "r2r.router.model")] == [
+        "http", "pair", None]
+
+
 def module_name(path: Path) -> str:
+    """The installed name: serving/pair.py is r2r.serving.pair (pyproject's package-dir), r2r/api.py is r2r.api."""
     parts = list(path.relative_to(REPO).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    parts = parts[:-1] if parts[-1] == "__init__" else parts
+    return ".".join(parts if parts[0] == "r2r" else ["r2r", *parts])
 
 
 def library_modules() -> dict[str, Path]:
@@ -64,8 +81,8 @@ def imported_modules(path: Path, known: set[str]) -> set[str]:
 
 
 def serving_layer(module: str) -> str | None:
-    parts = module.split(".")
-    if parts[0] != "serving" or len(parts) < 2:
+    parts = module.split(".")[1:]
+    if len(parts) < 2 or parts[0] != "serving":
         return None
     return "pair" if parts[1] in ("pair", "real_models") else parts[1] if parts[1] in SERVING_LAYERS else None
 

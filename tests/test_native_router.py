@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from router.checkpoint import LearnedPolicy, load_router, save_router
-from router.features import features_from_outputs
-from router.model import FoldedRouter, RouterConfig, RouterNet
-from router.native_router import MAX_BLOCKS, NativeBuild, build_library, native_router
-from router.policies import RouteInput
-from router.rows import RowKind
+from r2r.router.checkpoint import LearnedPolicy, load_router, save_router
+from r2r.router.features import features_from_outputs
+from r2r.router.model import FoldedRouter, RouterConfig, RouterNet
+from r2r.router.native_router import MAX_BLOCKS, NativeBuild, build_library, native_router
+from r2r.router.policies import RouteInput
+from r2r.router.rows import RowKind
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from evals.bench.budget_search import BudgetSearch, plateau_accuracy, search_budgets
-from evals.bench.router_bar import default_operating_point, operating_point
-from router.checkpoint import load_router, save_router, set_default_threshold, share_curve
-from router.model import RouterConfig, RouterNet
-from serving.backends.fingerprint import router_model_fingerprint
+from r2r.evals.bench.budget_search import BudgetSearch, plateau_accuracy, search_budgets
+from r2r.evals.bench.router_bar import default_operating_point, operating_point
+from r2r.router.checkpoint import load_router, save_router, set_default_threshold, share_curve
+from r2r.router.model import RouterConfig, RouterNet
+from r2r.serving.backends.fingerprint import router_model_fingerprint
 
 
 def budgets(family: str, accuracies: dict[str, float], chosen: float | None = None) -> dict:

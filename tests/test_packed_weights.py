@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from serving.backends.fingerprint import model_fingerprint
-from serving.backends.hf import HFBackend
-from serving.backends.packed_weights import SUFFIX, pack_weights, unpack_file, unpack_weights
+from r2r.serving.backends.fingerprint import model_fingerprint
+from r2r.serving.backends.hf import HFBackend
+from r2r.serving.backends.packed_weights import SUFFIX, pack_weights, unpack_file, unpack_weights
 
 WEIGHTS = "model.safetensors"
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.pair import BackendChoice, PairSpec, load_pair, resolve_pair
+from r2r.serving.pair import BackendChoice, PairSpec, load_pair, resolve_pair
 
 from .conftest import make_tiny_model
 

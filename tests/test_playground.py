@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.pair import ModelPair, PairSpec, load_pair
+from r2r.serving.pair import ModelPair, PairSpec, load_pair
 
 from .test_server import running_server
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from router.policies import (
+from r2r.router.policies import (
     AlwaysLLM,
     AlwaysSLM,
     ConfidencePolicy,
@@ -16,7 +16,7 @@ from router.policies import (
     flags,
     make_policy,
 )
-from router.rows import RowKind
+from r2r.router.rows import RowKind
 
 
 def inputs(logits: torch.Tensor, positions: list[int] | None = None, keys: list[int] | None = None) -> RouteInput:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from serving.decoding.generation import Generation, Source
-from serving.http.published import Published, Record
-from serving.http.scheduler import snapshot_of
+from r2r.serving.decoding.generation import Generation, Source
+from r2r.serving.http.published import Published, Record
+from r2r.serving.http.scheduler import snapshot_of
 
 
 def _gen(n: int, pieces: int | None = None) -> Generation:

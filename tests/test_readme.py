@@ -48,7 +48,6 @@ NOT_RUN = {
     "make serve": "sets up .venv and serves until stopped (`make test` would run this test again); "
                   "the `r2r serve` block is run instead",
     "# 1. labels": "labels, trains and evaluates on the user's own models (hours); its commands are parsed",
-    "r2r eval --list": "a sweep decodes hundreds of problems (minutes); its commands are parsed",
     "r2r serve --backend sglang": "needs CUDA GPUs and SGLang; its r2r command is parsed",
 }
 
@@ -176,7 +175,7 @@ def math_answer(prompt: str) -> int | None:
 
 def true_answer(prompt: str) -> int | None:
     if prompt.startswith("What does this code print?\n"):
-        from testbed.code_tasks import run_snippet
+        from r2r.testbed.code_tasks import run_snippet
 
         return int(run_snippet(prompt))
     return math_answer(prompt)
@@ -252,7 +251,7 @@ def _table(section: str) -> list[list[str]]:
 
 
 def test_request_extras_table_lists_the_wire_extras() -> None:
-    from serving.http.protocol import ChatCompletionRequest, CompletionRequest
+    from r2r.serving.http.protocol import ChatCompletionRequest, CompletionRequest
 
     openai_fields = {"model", "messages", "prompt", "max_tokens", "max_completion_tokens", "temperature", "top_p",
                      "seed", "stop", "n", "stream", "stream_options", "logprobs", "top_logprobs"}

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from serving.backends.hf import HFBackend
+from r2r.serving.backends.hf import HFBackend
 
 from .test_hf_backend import check_backend
 
@@ -40,7 +40,7 @@ def test_token_bytes_round_trip_real_tokenizers(smollm2_dir, gemma3_dir) -> None
     """GPT-2 byte-level BPE (SmolLM2) and SentencePiece with byte fallback and added whitespace tokens (Gemma 3)."""
     from transformers import AutoTokenizer
 
-    from serving.byte_level.token_bytes import TokenBytes
+    from r2r.serving.byte_level.token_bytes import TokenBytes
 
     for model_dir in (smollm2_dir, gemma3_dir):
         tok = AutoTokenizer.from_pretrained(model_dir)
@@ -55,7 +55,7 @@ def test_token_bytes_round_trip_real_tokenizers(smollm2_dir, gemma3_dir) -> None
 @pytest.mark.slow
 def test_byte_level_chain_rule_on_smollm2(smollm2_dir) -> None:
     """log P(x + b) - log P(x) = log P(b | x) on a real 49k vocabulary, for prefixes ending mid-token."""
-    from serving.byte_level.probabilities import ByteLevelLM
+    from r2r.serving.byte_level.probabilities import ByteLevelLM
 
     blm = ByteLevelLM.from_pretrained(smollm2_dir)
     for x in [b"The capital of Fra", b"def fibonacci(n", b"Hello, wor"]:

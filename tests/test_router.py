@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from router.checkpoint import LearnedPolicy, load_router, save_router, share_curve
-from router.features import features_from_outputs, topk_logprobs
-from router.model import FoldedRouter, RouterConfig, RouterNet
-from router.policies import RouteInput, flags
-from router.rows import RowKind
-from router.train import LabelTensors, TrainConfig, calibrate, metrics, predict, split_by_prompt, train_router
+from r2r.router.checkpoint import LearnedPolicy, load_router, save_router, share_curve
+from r2r.router.features import features_from_outputs, topk_logprobs
+from r2r.router.model import FoldedRouter, RouterConfig, RouterNet
+from r2r.router.policies import RouteInput, flags
+from r2r.router.rows import RowKind
+from r2r.router.train import LabelTensors, TrainConfig, calibrate, metrics, predict, split_by_prompt, train_router
 
 HIDDEN, VOCAB, K = 16, 40, 8
 
@@ -121,7 +121,7 @@ def test_train_config_rejects_what_cannot_train(bad: dict) -> None:
 
 
 def test_label_tensors_take_the_chosen_positives() -> None:
-    from router.fit import label_tensors
+    from r2r.router.fit import label_tensors
 
     columns = {"hidden": np.zeros((3, 2)), "slm_token": np.array([1, 2, 3]), "topk": np.zeros((3, 4)),
                "data_id": np.array(["a", "a", "b"]), "divergent": np.array([0, 1, 0]),

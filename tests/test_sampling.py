@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from serving.decoding.sampling import SamplingParams, choose_token, make_generator, processed_probs
+from r2r.serving.decoding.sampling import SamplingParams, choose_token, make_generator, processed_probs
 
 
 def brute_force_probs(logits: list[float], temperature: float, top_k: int, top_p: float) -> list[float]:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from evals.sandbox import SandboxLimits, run_python
+from r2r.evals.sandbox import SandboxLimits, run_python
 
 
 def test_ok_program_passes() -> None:

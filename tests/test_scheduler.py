@@ -8,13 +8,13 @@ from dataclasses import dataclass
 
 import torch
 
-from router.policies import PolicyKind, RandomPolicy, RouteInput
-from serving.decoding.generation import RoutingMode
-from serving.decoding.routed import RoutedEngine, generate_sequential, generate_speculative
-from serving.decoding.sampling import SamplingParams
-from serving.decoding.stopping import StopRule
-from serving.http.published import Published
-from serving.http.scheduler import FAULT, SHUTDOWN, Scheduler, SchedulerConfig, Snapshot, Ticket
+from r2r.router.policies import PolicyKind, RandomPolicy, RouteInput
+from r2r.serving.decoding.generation import RoutingMode
+from r2r.serving.decoding.routed import RoutedEngine, generate_sequential, generate_speculative
+from r2r.serving.decoding.sampling import SamplingParams
+from r2r.serving.decoding.stopping import StopRule
+from r2r.serving.http.published import Published
+from r2r.serving.http.scheduler import FAULT, SHUTDOWN, Scheduler, SchedulerConfig, Snapshot, Ticket
 from tests.fakes import FakeBackend
 
 VOCAB, EOS = 12, 11

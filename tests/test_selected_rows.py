@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from serving.backends.base import ALL_ROWS, LAST_ROW, NO_ROWS, RowKind
-from serving.backends.hf import HFBackend
+from r2r.serving.backends.base import ALL_ROWS, LAST_ROW, NO_ROWS, RowKind
+from r2r.serving.backends.hf import HFBackend
 
 ATOL = 2e-4
 COMMON = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,

@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from testbed.splits import heldout
-from router.policies import AlwaysLLM, AlwaysSLM, RandomPolicy
-from serving.decoding.generation import FinishReason, RoutingMode, Source
-from serving.pair import ModelPair, PairSpec, load_pair
-from serving.decoding.sampling import SamplingParams
-from serving.decoding.routed import generate_sequential
+from r2r.testbed.splits import heldout
+from r2r.router.policies import AlwaysLLM, AlwaysSLM, RandomPolicy
+from r2r.serving.decoding.generation import FinishReason, RoutingMode, Source
+from r2r.serving.pair import ModelPair, PairSpec, load_pair
+from r2r.serving.decoding.sampling import SamplingParams
+from r2r.serving.decoding.routed import generate_sequential
 
 TIE_MARGIN = 1e-4
 

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from router.policies import AlwaysLLM, AlwaysSLM
-from serving.pair import ModelPair, PairSpec, load_pair
-from serving.decoding.sampling import SamplingParams
-from serving.http.server import ServeConfig, build_app
+from r2r.router.policies import AlwaysLLM, AlwaysSLM
+from r2r.serving.pair import ModelPair, PairSpec, load_pair
+from r2r.serving.decoding.sampling import SamplingParams
+from r2r.serving.http.server import ServeConfig, build_app
 
 MODEL = "r2r-testbed"
 QUESTION = "Ava has 12 apples. Then Ava finds 5 more apples. How many apples does Ava have now?"
@@ -92,6 +92,7 @@ def test_completions_and_routing_extras(base_url: str) -> None:
     ("{not json", 400, ""),
     ({"model": MODEL, "messages": []}, 400, "messages"),
     ({"model": MODEL, "messages": "hello"}, 400, "messages"),
+    ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, 400, "role"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": -3}, 400, "max_tokens"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**6}, 400, "context"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, 400, "temperature"),
@@ -170,7 +171,7 @@ def test_concurrent_streams_with_disconnects(base_url: str) -> None:
     lone greedy answer, nothing leaks, the server keeps serving."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from testbed.splits import heldout
+    from r2r.testbed.splits import heldout
 
     questions = [p.prompt for p in heldout("math", "validation", 16) + heldout("code", "validation", 16)]
 
@@ -209,7 +210,7 @@ def test_concurrent_streams_with_disconnects(base_url: str) -> None:
 def test_api_key_and_queue_limit(pair: ModelPair) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from serving.http.scheduler import SchedulerConfig
+    from r2r.serving.http.scheduler import SchedulerConfig
 
     with running_server(pair, api_key="sekrit", scheduler=SchedulerConfig(max_running=1, max_queue=1)) as url:
         body = {"model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 60}
@@ -323,7 +324,7 @@ def test_exact_prompt_boundary_continues_inside_a_token(base_url: str, pair: Mod
     prompt, a token boundary after the space) does not. Streamed and not, equal to the byte-level decoder."""
     from openai import OpenAI
 
-    from serving.byte_level.cross_tokenizer import generate_cross
+    from r2r.serving.byte_level.cross_tokenizer import generate_cross
 
     ids = pair.encode_chat([{"role": "user", "content": QUESTION}])
     answer = pair.generate(AlwaysSLM(), [ids], [SamplingParams(max_tokens=40)])[0].text
@@ -353,7 +354,7 @@ def test_good_requests_complete_beside_bad_ones(base_url: str) -> None:
     every good one gets exactly its lone answer, every bad one a 4xx naming its field, nothing fails."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from testbed.splits import heldout
+    from r2r.testbed.splits import heldout
 
     questions = [p.prompt for p in heldout("math", "validation", 16) + heldout("code", "validation", 16)]
     good = [json.dumps({"model": MODEL, "messages": [{"role": "user", "content": q}], "temperature": 0,
@@ -384,7 +385,7 @@ def test_streams_carry_what_the_answer_carries(base_url: str) -> None:
     the same request, scores that batching cannot move)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from testbed.splits import heldout
+    from r2r.testbed.splits import heldout
 
     questions = [p.prompt for p in heldout("math", "validation", 16) + heldout("code", "validation", 16)]
 
@@ -424,7 +425,7 @@ def test_abandoned_requests_free_their_slots(pair: ModelPair) -> None:
     each. Every request is cancelled (none runs to its end), nothing stays running, queued or open."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from serving.http.scheduler import SchedulerConfig
+    from r2r.serving.http.scheduler import SchedulerConfig
 
     with running_server(pair, scheduler=SchedulerConfig(max_running=8)) as url:
         body = {"messages": [{"role": "user", "content": QUESTION}], "temperature": 0, "max_tokens": 400,
@@ -530,7 +531,7 @@ def test_lifespan_closes_the_scheduler_and_sglang_engines_are_shut_down(pair: Mo
 
     from r2r.cli import build_parser
     from r2r.commands.serve import shutdown_backends
-    from serving.http.scheduler import Closed, Ticket
+    from r2r.serving.http.scheduler import Closed, Ticket
 
     with running_server(pair) as url:
         scheduler = _SCHEDULERS[url]

@@ -11,7 +11,7 @@ import random
 import httpx
 import pytest
 
-from serving.pair import PairSpec, load_pair
+from r2r.serving.pair import PairSpec, load_pair
 from tests.test_server import running_server
 
 N_REQUESTS = 400

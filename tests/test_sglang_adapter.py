@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from serving.backends.sglang import (SGLangConfig, SGLangDevice, SGLangSequence, build_request, parse_draft,
+from r2r.serving.backends.sglang import (SGLangConfig, SGLangDevice, SGLangSequence, build_request, parse_draft,
                                      parse_response)
 
 VOCAB = 10

@@ -31,7 +31,7 @@ def agree(sgl, hf, what: str) -> None:
 
 @pytest.fixture(scope="module")
 def prompts(hf_pair) -> list[list[int]]:
-    from testbed.splits import heldout
+    from r2r.testbed.splits import heldout
 
     problems = heldout("math", "validation", 2) + heldout("code", "validation", 2)
     return [hf_pair.encode_chat([{"role": "user", "content": p.prompt}]) for p in problems]
@@ -66,7 +66,7 @@ def test_sglang_equals_hf(role: str, sglang_pair, hf_pair, prompts) -> None:
 
 def test_sglang_on_a_cpu_needs_its_switch(monkeypatch) -> None:
     """Without SGLANG_USE_CPU_ENGINE=1 SGLang loads its CUDA kernels and fails deep in an import: say so first."""
-    from serving.backends.sglang import SGLangDevice, require_sglang
+    from r2r.serving.backends.sglang import SGLangDevice, require_sglang
 
     monkeypatch.delenv("SGLANG_USE_CPU_ENGINE", raising=False)
     with pytest.raises(ValueError, match="SGLANG_USE_CPU_ENGINE=1"):

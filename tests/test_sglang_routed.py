@@ -11,8 +11,8 @@ import warnings
 import pytest
 import torch
 
-from serving.decoding.routed import generate_sequential, generate_speculative
-from serving.decoding.sampling import SamplingParams
+from r2r.serving.decoding.routed import generate_sequential, generate_speculative
+from r2r.serving.decoding.sampling import SamplingParams
 
 pytestmark = pytest.mark.sglang
 
@@ -54,7 +54,7 @@ def compare(hf_pair, prompts, left, right, what: str, threshold: float) -> list[
 @pytest.fixture(scope="module")
 def routed(sglang_pair, hf_pair) -> dict:
     """Prompts, and the SGLang pair's speculative outputs and the HF pair's (the reference), greedy, 200 tokens."""
-    from testbed.splits import heldout
+    from r2r.testbed.splits import heldout
 
     problems = heldout("math", "validation", N_PER_FAMILY) + heldout("code", "validation", N_PER_FAMILY)
     prompts = [hf_pair.encode_chat([{"role": "user", "content": p.prompt}]) for p in problems]

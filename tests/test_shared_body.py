@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from serving.backends.fingerprint import model_fingerprint
-from serving.backends.hf import HFBackend
-from serving.backends.shared_body import BODY, OWN, WEIGHTS, materialize_weights
-from testbed.train import LMTrainConfig, train
+from r2r.serving.backends.fingerprint import model_fingerprint
+from r2r.serving.backends.hf import HFBackend
+from r2r.serving.backends.shared_body import BODY, OWN, WEIGHTS, materialize_weights
+from r2r.testbed.train import LMTrainConfig, train
 
 TESTBED = Path(__file__).resolve().parents[1] / "models" / "testbed"
 
@@ -100,7 +100,7 @@ def test_bad_train_only_requests_are_refused(tmp_path: Path, fragments: tuple[st
 
 def test_a_body_with_other_tensors_is_refused(trained: dict[str, Path], tmp_path: Path) -> None:
     """A model holding a tensor its body lacks (or lacking one the body has) is not that body's."""
-    from serving.backends.shared_body import split_body
+    from r2r.serving.backends.shared_body import split_body
 
     work = tmp_path / "checkout"
     shutil.copytree(trained["x"].parent, work, ignore=shutil.ignore_patterns("cb", "cx"))

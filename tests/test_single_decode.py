@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from router.policies import AlwaysSLM
-from serving.decoding.generation import FinishReason, Source
-from serving.decoding.sampling import SamplingParams
-from serving.decoding.routed import generate_sequential
-from serving.decoding import decode
-from serving.decoding.stopping import StopRule
-from serving.pair import PairSpec, load_pair
-from testbed.splits import heldout
-from testbed.tokenizer import chat_text
+from r2r.router.policies import AlwaysSLM
+from r2r.serving.decoding.generation import FinishReason, Source
+from r2r.serving.decoding.sampling import SamplingParams
+from r2r.serving.decoding.routed import generate_sequential
+from r2r.serving.decoding import decode
+from r2r.serving.decoding.stopping import StopRule
+from r2r.serving.pair import PairSpec, load_pair
+from r2r.testbed.splits import heldout
+from r2r.testbed.tokenizer import chat_text
 
 
 @pytest.fixture(scope="module")

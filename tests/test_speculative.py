@@ -7,12 +7,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from router.policies import ConfidencePolicy, RandomPolicy, RouteInput, flags
-from router.rows import RowKind
-from serving.decoding.sampling import SamplingParams, processed_probs
-from serving.decoding.routed import generate_sequential, generate_speculative
-from serving.decoding.engine import BlockConfig
-from serving.decoding.stopping import StopRule
+from r2r.router.policies import ConfidencePolicy, RandomPolicy, RouteInput, flags
+from r2r.router.rows import RowKind
+from r2r.serving.decoding.sampling import SamplingParams, processed_probs
+from r2r.serving.decoding.routed import generate_sequential, generate_speculative
+from r2r.serving.decoding.engine import BlockConfig
+from r2r.serving.decoding.stopping import StopRule
 
 from .fakes import FakeBackend
 
@@ -112,8 +112,8 @@ def test_greedy_equals_sequential_on_fakes(k: int) -> None:
 def test_engine_mixes_modes_policies_and_late_joiners() -> None:
     """Continuous batching: requests of both modes and different policies, some joining mid-flight, each
     get exactly the tokens they get alone."""
-    from serving.decoding.routed import RoutedEngine
-    from serving.decoding.generation import RoutingMode
+    from r2r.serving.decoding.routed import RoutedEngine
+    from r2r.serving.decoding.generation import RoutingMode
 
     slm, llm = FakeBackend(11, seed=3), FakeBackend(11, seed=4)
     rule = StopRule(frozenset({10}), lambda ids: "", 64)
@@ -141,8 +141,8 @@ def test_engine_mixes_modes_policies_and_late_joiners() -> None:
 def test_a_request_joins_the_round_in_progress() -> None:
     """Continuous batching within a round: a request added two passes into an 8-draft round drafts from the
     next pass and is verified with the round (6 tokens), rather than waiting for the round to end."""
-    from serving.decoding.routed import RoutedEngine
-    from serving.decoding.generation import RoutingMode
+    from r2r.serving.decoding.routed import RoutedEngine
+    from r2r.serving.decoding.generation import RoutingMode
 
     slm, llm = FakeBackend(11, seed=3), FakeBackend(11, seed=4)
     rule = StopRule(frozenset(), lambda ids: "", 64)
@@ -165,7 +165,7 @@ def test_a_request_joins_the_round_in_progress() -> None:
 
 
 def test_pass_cost_fit_recovers_the_fixed_and_per_token_parts() -> None:
-    from serving.decoding.pass_costs import PassCost
+    from r2r.serving.decoding.pass_costs import PassCost
 
     cost = PassCost(ema=0.2)
     for k in range(300):
@@ -180,9 +180,9 @@ def test_pass_cost_fit_recovers_the_fixed_and_per_token_parts() -> None:
 
 def test_blocks_lengthen_when_llm_passes_are_expensive() -> None:
     """k from measured costs: a costly LLM pass (GPU-like) buys long blocks, a cheap one short blocks."""
-    from serving.decoding.engine import BlockConfig
-    from serving.decoding.pass_costs import PassCosts
-    from serving.decoding.speculative import block_size, past_flag
+    from r2r.serving.decoding.engine import BlockConfig
+    from r2r.serving.decoding.pass_costs import PassCosts
+    from r2r.serving.decoding.speculative import block_size, past_flag
 
     def costs(llm_fixed: float) -> PassCosts:
         c = PassCosts()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from testbed.splits import heldout
-from serving.pair import ModelPair, PairSpec, load_pair
-from serving.decoding.sampling import SamplingParams
-from serving.decoding.routed import generate_sequential, generate_speculative
+from r2r.testbed.splits import heldout
+from r2r.serving.pair import ModelPair, PairSpec, load_pair
+from r2r.serving.decoding.sampling import SamplingParams
+from r2r.serving.decoding.routed import generate_sequential, generate_speculative
 
 TIE_MARGIN = 1e-4
 N_PER_FAMILY = 50

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from evals.bench.split_bound import TokenSplit, passes_per_token, routed_over_lossless_bound, split_meta
+from r2r.evals.bench.split_bound import TokenSplit, passes_per_token, routed_over_lossless_bound, split_meta
 
 
 def simulated_passes_per_token(rate: float, k_max: int, tokens: int, seed: int) -> float:

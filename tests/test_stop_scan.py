@@ -11,14 +11,14 @@ import random
 
 import pytest
 
-from router.policies import RandomPolicy
-from serving.decoding import decode
-from serving.decoding.engine import BlockConfig
-from serving.decoding.generation import FinishReason
-from serving.decoding.routed import generate_sequential, generate_speculative
-from serving.decoding.sampling import SamplingParams
-from serving.decoding.stop_scan import StopScan
-from serving.decoding.stopping import StopRule, cut_at_stop
+from r2r.router.policies import RandomPolicy
+from r2r.serving.decoding import decode
+from r2r.serving.decoding.engine import BlockConfig
+from r2r.serving.decoding.generation import FinishReason
+from r2r.serving.decoding.routed import generate_sequential, generate_speculative
+from r2r.serving.decoding.sampling import SamplingParams
+from r2r.serving.decoding.stop_scan import StopScan
+from r2r.serving.decoding.stopping import StopRule, cut_at_stop
 
 from .fakes import FakeBackend
 from .test_cross_tokenizer import long_pair  # noqa: F401  (the fixture: two long-running byte-level LMs)
@@ -152,9 +152,9 @@ def test_byte_text_scan_equals_full_decode() -> None:
 def test_byte_level_engine_stops_where_the_full_decode_does(long_pair) -> None:
     """The byte-level engine: with a stop string cut from an unstopped output (across pieces), it stops at the
     first piece whose output text holds it, as decoding all the bytes at each piece would."""
-    from router.policies import PolicyKind, make_policy
-    from serving.byte_level.cross_tokenizer import generate_cross
-    from serving.decoding.generation import RoutingMode
+    from r2r.router.policies import PolicyKind, make_policy
+    from r2r.serving.byte_level.cross_tokenizer import generate_cross
+    from r2r.serving.decoding.generation import RoutingMode
 
     a, b = long_pair
     policy = make_policy(PolicyKind.RANDOM, rate=0.3, seed=2)
@@ -179,7 +179,7 @@ def test_byte_level_engine_stops_where_the_full_decode_does(long_pair) -> None:
 @pytest.fixture(scope="module")
 def long_tiny_model(tmp_path_factory: pytest.TempPathFactory):
     """A tiny random llama with the testbed tokenizer and room for 4k output tokens."""
-    from serving.backends.hf import HFBackend
+    from r2r.serving.backends.hf import HFBackend
 
     from .conftest import make_tiny_model
 

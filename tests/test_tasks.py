@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from evals.tasks import TASKS, get_task
+from r2r.evals.tasks import TASKS, get_task
 
 
 def test_humaneval_canonical_pass_and_empty_fail() -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 import random
 import re
 
-from testbed.code_tasks import generate_code, run_snippet
-from testbed.math_tasks import generate_math
-from testbed.problem import extract_final, grade
-from testbed.splits import heldout, heldout_prompts, sample_train
+from r2r.testbed.code_tasks import generate_code, run_snippet
+from r2r.testbed.math_tasks import generate_math
+from r2r.testbed.problem import extract_final, grade
+from r2r.testbed.splits import heldout, heldout_prompts, sample_train
 
 
 def test_splits_are_deterministic_and_disjoint() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from testbed.train import LMTrainConfig, train
+from r2r.testbed.train import LMTrainConfig, train
 
 TOKENIZER = Path(__file__).resolve().parents[1] / "models" / "testbed" / "tokenizer"
 
@@ -24,7 +24,7 @@ def test_continued_training_records_all_stages(tmp_path: Path) -> None:
 def test_a_card_is_evaluated_with_its_comparison_model() -> None:
     """`r2r testbed eval --models` evaluates the named models and what their cards compare them with, nothing
     more (the LLM's evaluation is the slow one)."""
-    from testbed.evaluate import models_to_evaluate
+    from r2r.testbed.evaluate import models_to_evaluate
 
     assert models_to_evaluate(["llm-x"]) == ["slm", "llm-x"]
     assert models_to_evaluate(["slm"]) == ["slm", "llm"]

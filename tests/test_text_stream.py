@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.http.text_stream import ByteDetokenizer, TextStream, TokenDetokenizer, token_texts
+from r2r.serving.http.text_stream import ByteDetokenizer, TextStream, TokenDetokenizer, token_texts
 
 
 @pytest.fixture(scope="module")

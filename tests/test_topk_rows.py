@@ -14,18 +14,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from router.checkpoint import LearnedPolicy, load_router, save_router
-from router.features import features_from_outputs, topk_logprobs
-from router.model import FoldedRouter, RouterConfig, RouterNet
-from router.native_router import NativeBuild, native_router
-from router.policies import ConfidencePolicy, PolicyKind, RouteInput
-from router.rows import RowKind, row_logprobs
-from serving.backends.base import StepOutput
-from serving.backends.sglang import parse_response
-from serving.decoding.engine import route_rows
-from serving.decoding.generation import Generation
-from serving.decoding.sequential import record_logprobs
-from serving.pair import ModelPair, PairSpec
+from r2r.router.checkpoint import LearnedPolicy, load_router, save_router
+from r2r.router.features import features_from_outputs, topk_logprobs
+from r2r.router.model import FoldedRouter, RouterConfig, RouterNet
+from r2r.router.native_router import NativeBuild, native_router
+from r2r.router.policies import ConfidencePolicy, PolicyKind, RouteInput
+from r2r.router.rows import RowKind, row_logprobs
+from r2r.serving.backends.base import StepOutput
+from r2r.serving.backends.sglang import parse_response
+from r2r.serving.decoding.engine import route_rows
+from r2r.serving.decoding.generation import Generation
+from r2r.serving.decoding.sequential import record_logprobs
+from r2r.serving.pair import ModelPair, PairSpec
 
 from .fakes import FakeBackend
 

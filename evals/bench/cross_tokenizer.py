@@ -18,15 +18,15 @@ import logging
 import time
 from dataclasses import dataclass
 
-from testbed.evaluate import solve_routed
-from testbed.problem import grade
-from testbed.splits import heldout
-from testbed.tokenizer import chat_text
-from router.policies import RandomPolicy, RoutingPolicy
-from serving.byte_level.cross_tokenizer import Handoff, generate_cross
-from serving.decoding.generation import Generation, RoutingMode
-from serving.pair import ModelPair
-from serving.decoding.sampling import SamplingParams
+from r2r.testbed.evaluate import solve_routed
+from r2r.testbed.problem import grade
+from r2r.testbed.splits import heldout
+from r2r.testbed.tokenizer import chat_text
+from r2r.router.policies import RandomPolicy, RoutingPolicy
+from r2r.serving.byte_level.cross_tokenizer import Handoff, generate_cross
+from r2r.serving.decoding.generation import Generation, RoutingMode
+from r2r.serving.pair import ModelPair
+from r2r.serving.decoding.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 MAX_NEW_TOKENS = 200

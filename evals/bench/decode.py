@@ -13,14 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from router.policies import AlwaysSLM, RandomPolicy, RoutingPolicy
-from serving.backends.base import Backend
-from serving.decoding.generation import Generation
-from serving.pair import ModelPair
-from serving.decoding.sampling import SamplingParams
-from serving.decoding.routed import generate_sequential, generate_speculative
-from serving.decoding import decode
-from serving.decoding.stopping import StopRule
+from r2r.router.policies import AlwaysSLM, RandomPolicy, RoutingPolicy
+from r2r.serving.backends.base import Backend
+from r2r.serving.decoding.generation import Generation
+from r2r.serving.pair import ModelPair
+from r2r.serving.decoding.sampling import SamplingParams
+from r2r.serving.decoding.routed import generate_sequential, generate_speculative
+from r2r.serving.decoding import decode
+from r2r.serving.decoding.stopping import StopRule
 
 
 @dataclass(frozen=True)

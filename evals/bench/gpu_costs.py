@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from evals.bench.step_costs import ProbeConfig, _interleaved_ms, probe_costs, routed_bounds
-from router.policies import RandomPolicy
-from serving.backends.hf import HFBackend
-from serving.decoding.generation import Source
-from serving.decoding.sampling import SamplingParams
-from serving.decoding.routed import generate_sequential
-from serving.decoding import decode
-from serving.decoding.stopping import StopRule
+from r2r.evals.bench.step_costs import ProbeConfig, _interleaved_ms, probe_costs, routed_bounds
+from r2r.router.policies import RandomPolicy
+from r2r.serving.backends.hf import HFBackend
+from r2r.serving.decoding.generation import Source
+from r2r.serving.decoding.sampling import SamplingParams
+from r2r.serving.decoding.routed import generate_sequential
+from r2r.serving.decoding import decode
+from r2r.serving.decoding.stopping import StopRule
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def sglang_step_costs(slm: HFBackend, cfg: GpuCostsConfig, model_dir: Path) -> d
     """The SLM-shaped model's decode step through the SGLang backend beside the transformers backend's: the
     adapter sends each step's whole token list through SGLang's tokenizer-manager and scheduler processes,
     which a per-step time shows. The random weights are saved to `model_dir` for SGLang to load."""
-    from serving.backends.sglang import SGLangBackend, SGLangConfig
+    from r2r.serving.backends.sglang import SGLangBackend, SGLangConfig
 
     slm.model.save_pretrained(model_dir)
     backend = SGLangBackend(SGLangConfig(str(model_dir), mem_fraction_static=0.3))

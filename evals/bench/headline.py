@@ -21,18 +21,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from evals.bench.split_bound import TokenSplit, split_meta
-from evals.bench.step_costs import ProbeConfig, probe_costs, routed_bounds
-from evals.report import wilson
-from testbed.problem import Problem, grade
-from router.policies import AlwaysLLM, RoutingPolicy
-from serving.backends.base import Backend
-from serving.decoding.engine import BlockConfig, run_engine
-from serving.decoding.routed import RoutedEngine
-from serving.decoding.generation import Generation, RoutingMode, Source
-from serving.decoding import decode
-from serving.pair import ModelPair
-from serving.decoding.sampling import SamplingParams
+from r2r.evals.bench.split_bound import TokenSplit, split_meta
+from r2r.evals.bench.step_costs import ProbeConfig, probe_costs, routed_bounds
+from r2r.evals.report import wilson
+from r2r.testbed.problem import Problem, grade
+from r2r.router.policies import AlwaysLLM, RoutingPolicy
+from r2r.serving.backends.base import Backend
+from r2r.serving.decoding.engine import BlockConfig, run_engine
+from r2r.serving.decoding.routed import RoutedEngine
+from r2r.serving.decoding.generation import Generation, RoutingMode, Source
+from r2r.serving.decoding import decode
+from r2r.serving.pair import ModelPair
+from r2r.serving.decoding.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def bench_headline(pair: ModelPair, routed: RoutingPolicy, families: dict[str, t
 
 def _probe(pair: ModelPair, routed: RoutingPolicy, prompts: list[list[int]], batch: int,
            cfg: HeadlineConfig) -> dict[str, float]:
-    from serving.backends.hf import HFBackend
+    from r2r.serving.backends.hf import HFBackend
 
     rows = [prompts[i % len(prompts)] for i in range(batch)]
     bare = pair.slm.model if batch == 1 and isinstance(pair.slm, HFBackend) else None

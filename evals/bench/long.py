@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from evals.bench.gpu_costs import Shape
-from router.policies import RandomPolicy
-from serving.backends.hf import HFBackend
-from serving.decoding.routed import generate_speculative
-from serving.decoding.sampling import SamplingParams
-from serving.decoding.stopping import StopRule
+from r2r.evals.bench.gpu_costs import Shape
+from r2r.router.policies import RandomPolicy
+from r2r.serving.backends.hf import HFBackend
+from r2r.serving.decoding.routed import generate_speculative
+from r2r.serving.decoding.sampling import SamplingParams
+from r2r.serving.decoding.stopping import StopRule
 
 log = logging.getLogger(__name__)
 

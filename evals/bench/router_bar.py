@@ -15,15 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from evals.bench.budget_search import BudgetSearch, plateau_accuracy, search_budgets
-from testbed.evaluate import solve_routed
-from testbed.problem import grade
-from testbed.splits import heldout
-from router.policies import AlwaysLLM, AlwaysSLM, ConfidencePolicy, RandomPolicy, RoutingPolicy
-from router.train import share_threshold
-from serving.decoding.generation import RoutingMode
-from serving.backends.fingerprint import router_model_fingerprint
-from serving.pair import ModelPair
+from r2r.evals.bench.budget_search import BudgetSearch, plateau_accuracy, search_budgets
+from r2r.testbed.evaluate import solve_routed
+from r2r.testbed.problem import grade
+from r2r.testbed.splits import heldout
+from r2r.router.policies import AlwaysLLM, AlwaysSLM, ConfidencePolicy, RandomPolicy, RoutingPolicy
+from r2r.router.train import share_threshold
+from r2r.serving.decoding.generation import RoutingMode
+from r2r.serving.backends.fingerprint import router_model_fingerprint
+from r2r.serving.pair import ModelPair
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def confidence_threshold(top1_logprobs: np.ndarray, share: float) -> float:
 def top1_by_family(label_dirs: list[Path]) -> dict[str, np.ndarray]:
     """The SLM's top-1 log-prob at every labeled position, by testbed family (they calibrate the confidence
     baseline to the share the learned router used)."""
-    from data_gen.shards import load_labels
+    from r2r.data_gen.shards import load_labels
 
     top1: dict[str, list] = {}
     for root in label_dirs:

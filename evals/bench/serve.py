@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import httpx
 
-    from serving.pair import ModelPair
+    from r2r.serving.pair import ModelPair
 
 
 @dataclass(frozen=True)
@@ -79,9 +79,9 @@ def _request(client: httpx.Client, url: str, prompt: str, max_tokens: int) -> _R
 def offline_throughput(pair: ModelPair, prompts: list[str], n: int, batch: int, cfg: ServeBenchConfig) -> dict:
     """Requests i = 0..n-1 (prompt i mod len, greedy, the pair's default policy, speculative as `r2r serve`), decoded
     by the engine alone with `batch` in flight; the first `warmup_requests` once before timing."""
-    from serving.decoding.engine import drain
-    from serving.decoding.generation import RoutingMode
-    from serving.decoding.sampling import SamplingParams
+    from r2r.serving.decoding.engine import drain
+    from r2r.serving.decoding.generation import RoutingMode
+    from r2r.serving.decoding.sampling import SamplingParams
 
     ids = [pair.encode_chat([{"role": "user", "content": prompts[i % len(prompts)]}]) for i in range(n)]
     policy, params, mode = pair.policy(pair.default_policy), SamplingParams(max_tokens=cfg.max_tokens), \

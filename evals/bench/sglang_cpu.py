@@ -19,13 +19,13 @@ import statistics
 import time
 from dataclasses import dataclass
 
-from router.policies import RoutingPolicy
-from serving.backends.base import Backend
-from serving.decoding.engine import BlockConfig, DraftCalls
-from serving.decoding.routed import generate_speculative
-from serving.decoding.sampling import SamplingParams
-from serving.decoding.stopping import StopRule
-from serving.pair import PairSpec, load_pair
+from r2r.router.policies import RoutingPolicy
+from r2r.serving.backends.base import Backend
+from r2r.serving.decoding.engine import BlockConfig, DraftCalls
+from r2r.serving.decoding.routed import generate_speculative
+from r2r.serving.decoding.sampling import SamplingParams
+from r2r.serving.decoding.stopping import StopRule
+from r2r.serving.pair import PairSpec, load_pair
 
 
 @dataclass(frozen=True)
@@ -138,9 +138,9 @@ def bench_sglang(spec: PairSpec, cfg: SGLangBenchConfig) -> dict:
 
     import sglang
 
-    from serving.backends.sglang import SGLangBackend, SGLangConfig, SGLangDevice
-    from testbed.splits import heldout
-    from testbed.tokenizer import chat_text
+    from r2r.serving.backends.sglang import SGLangBackend, SGLangConfig, SGLangDevice
+    from r2r.testbed.splits import heldout
+    from r2r.testbed.tokenizer import chat_text
 
     hf = load_pair(spec, "cpu")
     policy = hf.learned_policy()

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 
 import torch
 
-from router.policies import RoutingPolicy
-from serving.backends.base import LAST_ROW, Backend
-from serving.backends.hf import cache_kwarg
-from serving.decoding.engine import route_rows
+from r2r.router.policies import RoutingPolicy
+from r2r.serving.backends.base import LAST_ROW, Backend
+from r2r.serving.backends.hf import cache_kwarg
+from r2r.serving.decoding.engine import route_rows
 
 
 @dataclass(frozen=True)

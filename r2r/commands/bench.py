@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from evals.bench.budget_search import BudgetSearch
+from r2r.evals.bench.budget_search import BudgetSearch
 from r2r.commands.common import (TESTBED_DIR, Subcommand, add_pair_args, add_subcommands, choices, floats,
                                  load_pair_from_args, run_subcommand, shown, write_bench, write_json)
-from testbed.splits import FAMILIES
+from r2r.testbed.splits import FAMILIES
 
 if TYPE_CHECKING:
-    from serving.pair import ModelPair
+    from r2r.serving.pair import ModelPair
 
 HELP = "benchmarks, JSON out"
 
@@ -27,8 +27,8 @@ def _decode_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _decode(args: argparse.Namespace) -> int:
-    from evals.bench.decode import DecodeBenchConfig, bench_decode
-    from testbed.splits import heldout
+    from r2r.evals.bench.decode import DecodeBenchConfig, bench_decode
+    from r2r.testbed.splits import heldout
 
     pair = load_pair_from_args(args)
     prompts = [pair.encode_chat([{"role": "user", "content": p.prompt}]) for p in heldout("math", "test", 16)]
@@ -52,11 +52,11 @@ def _headline_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _headline(args: argparse.Namespace) -> int:
-    from data_gen.shards import read_manifest
-    from evals.bench.headline import HeadlineConfig, bench_headline
-    from evals.bench.split_bound import TokenSplit
-    from testbed.splits import heldout
-    from testbed.tokenizer import chat_text
+    from r2r.data_gen.shards import read_manifest
+    from r2r.evals.bench.headline import HeadlineConfig, bench_headline
+    from r2r.evals.bench.split_bound import TokenSplit
+    from r2r.testbed.splits import heldout
+    from r2r.testbed.tokenizer import chat_text
 
     batches = floats(args.batch_sizes, "--batch-sizes")
     if any(b != int(b) for b in batches):
@@ -84,7 +84,7 @@ def _headline(args: argparse.Namespace) -> int:
                             splits=splits)
     write_bench(args.out, result)
     if not args.no_plot:
-        from evals.bench.headline_plot import plot_headline
+        from r2r.evals.bench.headline_plot import plot_headline
 
         for path in plot_headline(result, args.out.with_suffix("")):
             print(f"plot: {path}", file=sys.stderr)
@@ -106,8 +106,8 @@ def _speculative_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _speculative(args: argparse.Namespace) -> int:
-    from evals.bench.decode import SpeculativeBenchConfig, bench_speculative
-    from testbed.splits import heldout
+    from r2r.evals.bench.decode import SpeculativeBenchConfig, bench_speculative
+    from r2r.testbed.splits import heldout
 
     pair = load_pair_from_args(args)
     problems = heldout("math", "test", args.n // 2) + heldout("code", "test", args.n - args.n // 2)
@@ -122,8 +122,8 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from evals.bench.serve import ServeBenchConfig, bench_serve
-    from testbed.splits import heldout
+    from r2r.evals.bench.serve import ServeBenchConfig, bench_serve
+    from r2r.testbed.splits import heldout
 
     serve_args = [flag for name in ("pair", "slm", "llm", "router", "device")
                   if getattr(args, name) for flag in (f"--{name}", str(getattr(args, name)))]
@@ -150,8 +150,8 @@ def _cross_tokenizer_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _cross_tokenizer(args: argparse.Namespace) -> int:
-    from evals.bench.cross_tokenizer import CrossBenchConfig, cross_bench
-    from serving.pair import PairSpec, load_pair, resolve_pair
+    from r2r.evals.bench.cross_tokenizer import CrossBenchConfig, cross_bench
+    from r2r.serving.pair import PairSpec, load_pair, resolve_pair
 
     cfg = CrossBenchConfig(shares=floats(args.shares, "--shares"), n_problems=args.n)  # before loading models
     pair = load_pair_from_args(args)
@@ -170,8 +170,8 @@ def _handoff_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _handoff(args: argparse.Namespace) -> int:
-    from evals.bench.cross_tokenizer import HANDOFF_PROMPTS, handoff_cost
-    from serving.byte_level.cross_tokenizer import Handoff
+    from r2r.evals.bench.cross_tokenizer import HANDOFF_PROMPTS, handoff_cost
+    from r2r.serving.byte_level.cross_tokenizer import Handoff
 
     pair = load_pair_from_args(args)
     if not pair.cross:
@@ -195,7 +195,7 @@ def _router_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _router(args: argparse.Namespace) -> int:
-    from evals.bench.router_bar import RouterBarConfig, router_bar, top1_by_family
+    from r2r.evals.bench.router_bar import RouterBarConfig, router_bar, top1_by_family
 
     pair = load_pair_from_args(args)
     try:
@@ -205,7 +205,7 @@ def _router(args: argparse.Namespace) -> int:
     cfg = RouterBarConfig(target_share=shares, n_problems=args.n)
     result = router_bar(pair, top1_by_family(args.labels), cfg)
     if pair.spec.router is not None:
-        from router.card import write_router_card
+        from r2r.router.card import write_router_card
 
         write_router_card(pair.spec.router, result)
     return write_bench(args.out, result)
@@ -233,7 +233,7 @@ def _router_budget_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _router_budget(args: argparse.Namespace) -> int:
-    from evals.bench.router_bar import choose_budget
+    from r2r.evals.bench.router_bar import choose_budget
 
     search = BudgetSearch(args.search)
     if (search is BudgetSearch.UP_TO_PLATEAU) != (args.plateau is not None):  # before loading the models
@@ -267,7 +267,7 @@ def _gpu_costs_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _gpu_costs(args: argparse.Namespace) -> int:
-    from evals.bench.gpu_costs import GpuCostsConfig, gpu_costs
+    from r2r.evals.bench.gpu_costs import GpuCostsConfig, gpu_costs
 
     batches = floats(args.batch_sizes, "--batch-sizes")
     cfg = GpuCostsConfig(device=args.device, quick=args.quick, batch_sizes=tuple(int(b) for b in batches),
@@ -286,7 +286,7 @@ def _long_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _long(args: argparse.Namespace) -> int:
-    from evals.bench.long import LongBenchConfig, bench_long, plot_long
+    from r2r.evals.bench.long import LongBenchConfig, bench_long, plot_long
 
     cfg = LongBenchConfig(batch_sizes=tuple(int(b) for b in floats(args.batch_sizes, "--batch-sizes")),
                           new_tokens=args.new_tokens, share=args.share)
@@ -307,9 +307,9 @@ def _sglang_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _sglang(args: argparse.Namespace) -> int:
-    from evals.bench.sglang_cpu import SGLangBenchConfig, bench_sglang
-    from serving.backends.sglang import SGLangDevice, require_sglang
-    from serving.pair import resolve_pair
+    from r2r.evals.bench.sglang_cpu import SGLangBenchConfig, bench_sglang
+    from r2r.serving.backends.sglang import SGLangDevice, require_sglang
+    from r2r.serving.pair import resolve_pair
 
     cfg = SGLangBenchConfig(batch_sizes=tuple(int(b) for b in floats(args.batch_sizes, "--batch-sizes")),
                             max_tokens=args.max_tokens, rounds=args.rounds, calls=args.calls)
@@ -328,8 +328,8 @@ def _operating_point_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _operating_point(args: argparse.Namespace) -> int:
-    from evals.bench.router_bar import default_operating_point
-    from router.checkpoint import set_default_threshold
+    from r2r.evals.bench.router_bar import default_operating_point
+    from r2r.router.checkpoint import set_default_threshold
 
     def by_family(paths: list[Path], flag: str) -> dict[str, dict]:
         return {run["family"]: run for run in (_budget_run(path, flag) for path in paths)}

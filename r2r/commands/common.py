@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from serving.pair import BackendKind
+from r2r.serving.pair import MODELS_DIR, BackendKind
 
 if TYPE_CHECKING:
-    from serving.backends.threads import PassThreads
+    from r2r.serving.backends.threads import PassThreads
 
-TESTBED_DIR = Path(__file__).resolve().parents[2] / "models" / "testbed"
+TESTBED_DIR = MODELS_DIR / "testbed"
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def shown(path: Path) -> Path:
 
 
 def load_pair_from_args(args: argparse.Namespace, pass_threads: PassThreads | None = None):
-    from serving.pair import BackendChoice, load_pair, resolve_pair
+    from r2r.serving.pair import BackendChoice, load_pair, resolve_pair
 
     return load_pair(resolve_pair(args.pair, args.slm, args.llm, args.router), args.device,
                      BackendChoice(kind=BackendKind(args.backend), llm_tp=args.llm_tp, pass_threads=pass_threads))
@@ -80,7 +80,7 @@ def floats(text: str, flag: str) -> tuple[float, ...]:
 
 def write_json(out: Path, result: dict) -> None:
     """Atomically: a run killed mid-write leaves the previous whole file."""
-    from serving.backends.derived_files import write_atomic
+    from r2r.serving.backends.derived_files import write_atomic
 
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, [(json.dumps(result, indent=2) + "\n").encode()])

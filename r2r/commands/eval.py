@@ -5,8 +5,8 @@ import argparse
 from pathlib import Path
 
 from r2r.commands.common import add_pair_args, choices, load_pair_from_args
-from router.policies import PolicyKind
-from serving.decoding.generation import RoutingMode
+from r2r.router.policies import PolicyKind
+from r2r.serving.decoding.generation import RoutingMode
 
 HELP = "benchmark tasks: sweep every policy, JSON and plots (resumable)"
 
@@ -26,8 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from evals.report import write_report
-    from evals.tasks import TASKS, get_task
+    from r2r.evals.report import write_report
+    from r2r.evals.tasks import TASKS, get_task
 
     if args.list or not args.target:
         for task in TASKS.values():
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from evals.sweep import DEFAULT_POLICIES, SweepConfig, run_sweep
+    from r2r.evals.sweep import DEFAULT_POLICIES, SweepConfig, run_sweep
 
     task = get_task(args.target)
     problems = task.load(args.data_file)[: args.limit]

@@ -5,8 +5,8 @@ import argparse
 import json
 
 from r2r.commands.common import add_pair_args, choices, load_pair_from_args
-from router.policies import PolicyKind
-from serving.decoding.generation import RoutingMode
+from r2r.router.policies import PolicyKind
+from r2r.serving.decoding.generation import RoutingMode
 
 HELP = "routed generation for one or more prompts"
 
@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from serving.decoding.sampling import SamplingParams
+    from r2r.serving.decoding.sampling import SamplingParams
 
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             top_k=args.top_k, seed=args.seed, stop=tuple(args.stop))

@@ -5,8 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from data_gen.pipeline import ContinueWith
-from data_gen.verifiers import VerifierKind
+from r2r.data_gen.pipeline import ContinueWith
+from r2r.data_gen.verifiers import VerifierKind
 from r2r.commands.common import add_pair_args, choices, load_pair_from_args
 
 HELP = "label path-divergent tokens between the SLM and LLM (resumable)"
@@ -40,12 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from data_gen.pipeline import STAGES, LabelConfig, make_pipeline
-    from data_gen.verifiers import AnswerVerifier, EmbeddingVerifier, JudgeVerifier, minilm_dir
+    from r2r.data_gen.pipeline import STAGES, LabelConfig, make_pipeline
+    from r2r.data_gen.verifiers import AnswerVerifier, EmbeddingVerifier, JudgeVerifier, minilm_dir
 
     task = None
     if args.task is not None:
-        from evals.tasks import get_task
+        from r2r.evals.tasks import get_task
 
         task = get_task(args.task)
         if VerifierKind(args.verifier) != VerifierKind.ANSWER:
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                       continue_share=args.continue_share, task=None if task is None else task.name)
     pair = load_pair_from_args(args)
     if cfg.verifier == VerifierKind.ANSWER and task is not None:
-        from evals.branch_compare import comparer_for
+        from r2r.evals.branch_compare import comparer_for
 
         verifier = AnswerVerifier(comparer_for(task, problems), task=task.name)
     elif cfg.verifier == VerifierKind.ANSWER:
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--verifier judge needs --judge-model DIR (an instruct chat model)")
         from transformers import AutoTokenizer
 
-        from serving.backends.hf import HFBackend
+        from r2r.serving.backends.hf import HFBackend
 
         verifier = JudgeVerifier(HFBackend(args.judge_model, args.device), AutoTokenizer.from_pretrained(args.judge_model))
     pipeline = make_pipeline(pair, verifier, cfg, prompts)
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _prompts(source: str, task) -> tuple[list, list]:
     """(prompt records, the task's problems): a --task reads a JSONL file or its hub rows in its own fields."""
-    from data_gen.prompts import PromptRecord, load_prompts
+    from r2r.data_gen.prompts import PromptRecord, load_prompts
 
     if task is None or source.startswith("testbed-"):
         return load_prompts(source), []

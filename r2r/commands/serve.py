@@ -7,13 +7,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from r2r.commands.common import add_pair_args, choices, load_pair_from_args
-from router.policies import PolicyKind
-from serving.decoding.generation import RoutingMode
-from serving.pair import BackendKind
+from r2r.router.policies import PolicyKind
+from r2r.serving.decoding.generation import RoutingMode
+from r2r.serving.pair import BackendKind
 
 if TYPE_CHECKING:
-    from serving.backends.threads import PassThreads
-    from serving.pair import ModelPair
+    from r2r.serving.backends.threads import PassThreads
+    from r2r.serving.pair import ModelPair
 
 
 HELP = "OpenAI-compatible server (default: testbed pair on 127.0.0.1:8000)"
@@ -50,7 +50,7 @@ def serving_threads(threads: int | None, wide_pass_gflop: float) -> PassThreads:
     measures its offline engine under the same plan)."""
     import torch
 
-    from serving.backends.threads import PassThreads
+    from r2r.serving.backends.threads import PassThreads
 
     if threads is not None and threads < 1:
         raise ValueError(f"--threads must be at least 1, got {threads}")
@@ -75,8 +75,8 @@ def shutdown_backends(pair: ModelPair, backend: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from serving.http.scheduler import SchedulerConfig
-    from serving.http.server import ServeConfig, serve
+    from r2r.serving.http.scheduler import SchedulerConfig
+    from r2r.serving.http.server import ServeConfig, serve
 
     threads = serving_threads(args.threads, args.wide_pass_gflop)
     cfg = ServeConfig(host=args.host, port=args.port, model_name=args.model_name or "r2r",  # checked before loading

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from r2r.commands.common import TESTBED_DIR, Subcommand, add_subcommands, run_subcommand
-from testbed.train import SHAPES
+from r2r.testbed.train import SHAPES
 
 HELP = "build the testbed pair: task data, tokenizer, training, evaluation"
 
@@ -17,8 +17,8 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _data(args: argparse.Namespace) -> int:
-    from testbed.splits import write_heldout
-    from testbed.tokenizer import train_tokenizer, train_tokenizer_x
+    from r2r.testbed.splits import write_heldout
+    from r2r.testbed.tokenizer import train_tokenizer, train_tokenizer_x
 
     write_heldout(args.out)
     train_tokenizer(args.tokenizer_dir)
@@ -50,7 +50,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from testbed.train import DEFAULT_STEPS_LR, LMTrainConfig, parse_family_weights, train
+    from r2r.testbed.train import DEFAULT_STEPS_LR, LMTrainConfig, parse_family_weights, train
 
     defaults = DEFAULT_STEPS_LR[args.size]
     families, weights = parse_family_weights(args.family_weights)
@@ -75,7 +75,7 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from testbed.evaluate import EvalConfig, evaluate_model, models_to_evaluate, write_cards
+    from r2r.testbed.evaluate import EvalConfig, evaluate_model, models_to_evaluate, write_cards
 
     present = ["slm", "llm"] + (["llm-x"] if (TESTBED_DIR / "llm-x" / "config.json").exists() else [])
     cards = present if args.models is None else list(dict.fromkeys(m.strip() for m in args.models.split(",")))

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from r2r.commands.common import add_pair_args, choices, load_pair_from_args, shown
-from router.fit import Positives
+from r2r.router.fit import Positives
 
 HELP = "train the router on label directories and calibrate its threshold"
 
@@ -32,12 +32,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from data_gen.router_data import load_router_data
-    from router.fit import SLMInfo, fit_router
-    from router.model import RouterConfig
-    from router.train import TrainConfig
-    from serving.backends.fingerprint import tokenizer_fingerprint
-    from router.card import write_router_card
+    from r2r.data_gen.router_data import load_router_data
+    from r2r.router.fit import SLMInfo, fit_router
+    from r2r.router.model import RouterConfig
+    from r2r.router.train import TrainConfig
+    from r2r.serving.backends.fingerprint import tokenizer_fingerprint
+    from r2r.router.card import write_router_card
 
     pair = load_pair_from_args(args)
     slm = SLMInfo(str(shown(pair.spec.slm)), pair.slm.fingerprint, tokenizer_fingerprint(pair.tokenizer),

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import torch
 
-from router.rows import RowKind  # defined in router/ (the bottom of the import table) so the router can read it
+from r2r.router.rows import RowKind  # defined in router/ (the bottom of the import table) so the router can read it
 
 __all__ = ["ALL_ROWS", "Backend", "DraftedBlock", "LAST_ROW", "NO_ROWS", "Positions", "RowKind", "SequenceHandle",
            "StepOutput", "draft_by_extending", "open_by_extending", "resolve_rows", "select_rows"]

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from serving.backends.base import (DraftedBlock, Positions, RowKind, StepOutput, draft_by_extending, open_by_extending,
+from r2r.serving.backends.base import (DraftedBlock, Positions, RowKind, StepOutput, draft_by_extending, open_by_extending,
                                    resolve_rows)
-from serving.backends.fingerprint import model_fingerprint
-from serving.backends.kv_pool import KVPool
-from serving.backends.lm_head import LMHead, check_head
-from serving.backends.shared_body import materialize_weights
-from serving.backends.threads import PassThreads, torch_threads
+from r2r.serving.backends.fingerprint import model_fingerprint
+from r2r.serving.backends.kv_pool import KVPool
+from r2r.serving.backends.lm_head import LMHead, check_head
+from r2r.serving.backends.shared_body import materialize_weights
+from r2r.serving.backends.threads import PassThreads, torch_threads
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from serving.backends.base import RowKind
+from r2r.serving.backends.base import RowKind
 
 
 class LMHead:

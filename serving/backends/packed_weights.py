@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.backends.derived_files import read_stamp, write_atomic, write_stamp
+from r2r.serving.backends.derived_files import read_stamp, write_atomic, write_stamp
 
 SUFFIX = ".packed"
 _FORMAT = "r2r-byte-planes-1"

@@ -41,9 +41,9 @@ from pathlib import Path
 
 import torch
 
-from serving.backends.base import DraftedBlock, Positions, RowKind, StepOutput, open_by_extending, resolve_rows
-from serving.backends.fingerprint import model_fingerprint
-from serving.backends.shared_body import materialize_weights
+from r2r.serving.backends.base import DraftedBlock, Positions, RowKind, StepOutput, open_by_extending, resolve_rows
+from r2r.serving.backends.fingerprint import model_fingerprint
+from r2r.serving.backends.shared_body import materialize_weights
 
 INSTALL_HINT = ("`make test-sglang` builds .venv-sglang with it (or `pip install -e '.[sglang]'` in a venv of its own: "
                 "it pins torch==2.14.1)")

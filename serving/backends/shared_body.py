@@ -16,9 +16,9 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from serving.backends.fingerprint import model_fingerprint
-from serving.backends.derived_files import read_stamp, write_atomic, write_stamp
-from serving.backends.packed_weights import unpack_weights
+from r2r.serving.backends.fingerprint import model_fingerprint
+from r2r.serving.backends.derived_files import read_stamp, write_atomic, write_stamp
+from r2r.serving.backends.packed_weights import unpack_weights
 
 BODY = "body.json"
 WEIGHTS = "model.safetensors"

@@ -40,15 +40,15 @@ from enum import Enum
 
 import torch
 
-from router.policies import AlwaysSLM, RoutingPolicy
-from router.rows import RowKind
-from serving.byte_level.probabilities import ByteLevelLM, ByteState, Leaf, LeafTable
-from serving.decoding.engine import SteppedEngine, drain, route_rows
-from serving.decoding.generation import FinishReason, Generation, RoutingMode, Source
-from serving.decoding.rounds import DRAFT, VERIFY, BlockConfig, RoundRequest, round_step
-from serving.decoding.sampling import SamplingParams, make_generator
-from serving.decoding.stop_scan import StopScan
-from serving.decoding.stopping import cut_at_stop, stop_or_length
+from r2r.router.policies import AlwaysSLM, RoutingPolicy
+from r2r.router.rows import RowKind
+from r2r.serving.byte_level.probabilities import ByteLevelLM, ByteState, Leaf, LeafTable
+from r2r.serving.decoding.engine import SteppedEngine, drain, route_rows
+from r2r.serving.decoding.generation import FinishReason, Generation, RoutingMode, Source
+from r2r.serving.decoding.rounds import DRAFT, VERIFY, BlockConfig, RoundRequest, round_step
+from r2r.serving.decoding.sampling import SamplingParams, make_generator
+from r2r.serving.decoding.stop_scan import StopScan
+from r2r.serving.decoding.stopping import cut_at_stop, stop_or_length
 
 _MAX_RESIDUAL_DRAWS = 100_000
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from serving.backends.base import LAST_ROW
-from serving.decoding.sampling import SamplingParams, processed_probs
-from serving.byte_level.token_bytes import TokenBytes
+from r2r.serving.backends.base import LAST_ROW
+from r2r.serving.decoding.sampling import SamplingParams, processed_probs
+from r2r.serving.byte_level.token_bytes import TokenBytes
 
 N_BINS = 257  # bytes 0..255 and END
 
@@ -136,7 +136,7 @@ class ByteLevelLM:
     def from_pretrained(cls, model_dir: str | Path, canonical: bool = True) -> ByteLevelLM:
         from transformers import AutoTokenizer
 
-        from serving.backends.hf import HFBackend
+        from r2r.serving.backends.hf import HFBackend
 
         return cls(HFBackend(model_dir), AutoTokenizer.from_pretrained(model_dir), canonical)
 

@@ -2,6 +2,6 @@
 
 One model decodes through `serving.decoding.decode(backend, prompts, params, stop_rule)`; a pair through
 `serving.pair.ModelPair.generate`."""
-from serving.decoding.single import decode
+from r2r.serving.decoding.single import decode
 
 __all__ = ["decode"]

@@ -13,14 +13,14 @@ from typing import Protocol
 
 import torch
 
-from router.policies import RouteInput, RoutingPolicy, flags
-from serving.backends.base import Backend, Positions, RowKind, SequenceHandle, StepOutput
-from serving.decoding.generation import Generation, RoutingMode
-from serving.decoding.pass_costs import PassCosts
-from serving.decoding.rounds import BlockConfig, RoundContext, RoundRequest
-from serving.decoding.rounds import DraftCalls  # noqa: F401 (re-exported: callers name it beside BlockConfig)
-from serving.decoding.sampling import SamplingParams
-from serving.decoding.stopping import StopRule, TokenStops
+from r2r.router.policies import RouteInput, RoutingPolicy, flags
+from r2r.serving.backends.base import Backend, Positions, RowKind, SequenceHandle, StepOutput
+from r2r.serving.decoding.generation import Generation, RoutingMode
+from r2r.serving.decoding.pass_costs import PassCosts
+from r2r.serving.decoding.rounds import BlockConfig, RoundContext, RoundRequest
+from r2r.serving.decoding.rounds import DraftCalls  # noqa: F401 (re-exported: callers name it beside BlockConfig)
+from r2r.serving.decoding.sampling import SamplingParams
+from r2r.serving.decoding.stopping import StopRule, TokenStops
 
 
 @dataclass

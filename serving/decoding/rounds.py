@@ -26,9 +26,9 @@ from typing import Generic, Protocol, TypeVar
 
 import torch
 
-from serving.decoding.generation import Generation
-from serving.decoding.pass_costs import PassCosts
-from serving.decoding.sampling import position_generator
+from r2r.serving.decoding.generation import Generation
+from r2r.serving.decoding.pass_costs import PassCosts
+from r2r.serving.decoding.sampling import position_generator
 
 DRAFT, VERIFY = 0, 1  # random streams per output position (RoundRequest.generator_at)
 

@@ -2,14 +2,14 @@
 `serving.decoding.speculative` are its two kinds of pass)."""
 from __future__ import annotations
 
-from router.policies import RoutingPolicy
-from serving.backends.base import LAST_ROW, Backend
-from serving.decoding.engine import BlockConfig, Request, SteppedEngine, run_engine
-from serving.decoding.generation import Generation, RoutingMode
-from serving.decoding.sampling import SamplingParams, make_generator
-from serving.decoding.sequential import sequential_step
-from serving.decoding.speculative import speculative_step
-from serving.decoding.stopping import StopRule
+from r2r.router.policies import RoutingPolicy
+from r2r.serving.backends.base import LAST_ROW, Backend
+from r2r.serving.decoding.engine import BlockConfig, Request, SteppedEngine, run_engine
+from r2r.serving.decoding.generation import Generation, RoutingMode
+from r2r.serving.decoding.sampling import SamplingParams, make_generator
+from r2r.serving.decoding.sequential import sequential_step
+from r2r.serving.decoding.speculative import speculative_step
+from r2r.serving.decoding.stopping import StopRule
 
 
 class RoutedEngine(SteppedEngine):

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import torch
 
-from router.rows import row_logprobs
-from serving.backends.base import LAST_ROW, RowKind, StepOutput
-from serving.decoding.engine import Request, StepContext, llm_feed, route, slm_feed
-from serving.decoding.generation import Generation, Source
-from serving.decoding.sampling import choose_token
+from r2r.router.rows import row_logprobs
+from r2r.serving.backends.base import LAST_ROW, RowKind, StepOutput
+from r2r.serving.decoding.engine import Request, StepContext, llm_feed, route, slm_feed
+from r2r.serving.decoding.generation import Generation, Source
+from r2r.serving.decoding.sampling import choose_token
 
 
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import time
 
-from serving.backends.base import LAST_ROW, Backend, StepOutput
-from serving.decoding.generation import Generation, Source
-from serving.decoding.sampling import SamplingParams, choose_token, make_generator
-from serving.decoding.sequential import record_logprobs
-from serving.decoding.stopping import StopRule, TokenStops
+from r2r.serving.backends.base import LAST_ROW, Backend, StepOutput
+from r2r.serving.decoding.generation import Generation, Source
+from r2r.serving.decoding.sampling import SamplingParams, choose_token, make_generator
+from r2r.serving.decoding.sequential import record_logprobs
+from r2r.serving.decoding.stopping import StopRule, TokenStops
 
 
 def decode(backend: Backend, prompts: list[list[int]], params: list[SamplingParams], stop_rule: StopRule,

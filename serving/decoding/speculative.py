@@ -36,11 +36,11 @@ from dataclasses import dataclass
 
 import torch
 
-from serving.decoding.engine import Draft, Request, StepContext, llm_feed, route, route_rows, slm_feed
-from serving.decoding.generation import Source
-from serving.decoding.rounds import DRAFT, VERIFY, DraftCalls, block_size, end_round, round_step
-from serving.decoding.rounds import past_flag  # noqa: F401 (re-exported: block sizing, beside block_size)
-from serving.decoding.sampling import SamplingParams, processed_probs
+from r2r.serving.decoding.engine import Draft, Request, StepContext, llm_feed, route, route_rows, slm_feed
+from r2r.serving.decoding.generation import Source
+from r2r.serving.decoding.rounds import DRAFT, VERIFY, DraftCalls, block_size, end_round, round_step
+from r2r.serving.decoding.rounds import past_flag  # noqa: F401 (re-exported: block sizing, beside block_size)
+from r2r.serving.decoding.sampling import SamplingParams, processed_probs
 
 
 def speculative_step(engine: StepContext, reqs: list[Request]) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from serving.decoding.generation import FinishReason
-from serving.decoding.sampling import SamplingParams
-from serving.decoding.stop_scan import StopScan
+from r2r.serving.decoding.generation import FinishReason
+from r2r.serving.decoding.sampling import SamplingParams
+from r2r.serving.decoding.stop_scan import StopScan
 
 
 @dataclass

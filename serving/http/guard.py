@@ -11,7 +11,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from serving.http.protocol import error_body
+from r2r.serving.http.protocol import error_body
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

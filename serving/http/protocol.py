@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Literal
+from enum import StrEnum
+from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from router.policies import PolicyKind
-from serving.decoding.generation import RoutingMode
+from r2r.router.policies import PolicyKind
+from r2r.serving.decoding.generation import RoutingMode
 
 MAX_TOP_LOGPROBS = 20
 MAX_STOP_STRINGS = 4
@@ -111,8 +112,14 @@ class SamplingFields(BaseModel):
         return self.max_completion_tokens or self.max_tokens
 
 
+class Role(StrEnum):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
 class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
+    role: Role
     content: Text
 
 

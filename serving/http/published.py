@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
-from serving.decoding.generation import Generation
+from r2r.serving.decoding.generation import Generation
 
 
 class Published(Sequence):

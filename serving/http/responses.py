@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 
-from serving.decoding.generation import Generation
-from serving.decoding.sampling import SamplingParams
-from serving.http.scheduler import Snapshot
-from serving.http.text_stream import ByteDetokenizer, TextStream, TokenDetokenizer, token_texts
-from serving.pair import ModelPair
+from r2r.serving.decoding.generation import Generation
+from r2r.serving.decoding.sampling import SamplingParams
+from r2r.serving.http.scheduler import Snapshot
+from r2r.serving.http.text_stream import ByteDetokenizer, TextStream, TokenDetokenizer, token_texts
+from r2r.serving.pair import ModelPair
 
 
 class OutputReader:

@@ -27,11 +27,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from router.policies import RoutingPolicy
-from serving.decoding.engine import Engine, Pending
-from serving.decoding.generation import Generation, RoutingMode
-from serving.decoding.sampling import SamplingParams
-from serving.http.published import Published, Record
+from r2r.router.policies import RoutingPolicy
+from r2r.serving.decoding.engine import Engine, Pending
+from r2r.serving.decoding.generation import Generation, RoutingMode
+from r2r.serving.decoding.sampling import SamplingParams
+from r2r.serving.http.published import Published, Record
 
 log = logging.getLogger(__name__)
 

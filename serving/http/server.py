@@ -27,14 +27,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from router.policies import PolicyKind, RoutingPolicy
-from serving.decoding.generation import RoutingMode
-from serving.decoding.sampling import SamplingParams
-from serving.http.guard import Guard
-from serving.http.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, error_body, new_id, now
-from serving.http.responses import OutputReader, sse, total_usage, usage
-from serving.http.scheduler import Closed, QueueFull, Scheduler, SchedulerConfig, Ticket, TicketError
-from serving.pair import ModelPair
+from r2r.router.policies import PolicyKind, RoutingPolicy
+from r2r.serving.decoding.generation import RoutingMode
+from r2r.serving.decoding.sampling import SamplingParams
+from r2r.serving.http.guard import Guard
+from r2r.serving.http.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, error_body, new_id, now
+from r2r.serving.http.responses import OutputReader, sse, total_usage, usage
+from r2r.serving.http.scheduler import Closed, QueueFull, Scheduler, SchedulerConfig, Ticket, TicketError
+from r2r.serving.pair import ModelPair
 
 log = logging.getLogger(__name__)
 
@@ -372,7 +372,7 @@ def build_app(pair: ModelPair, cfg: ServeConfig, scheduler_thread: bool = True) 
     @app.post("/v1/chat/completions")
     async def chat(request: Request, req: ChatCompletionRequest):
         try:
-            ids = pair.encode_chat([m.model_dump() for m in req.messages])
+            ids = pair.encode_chat([m.model_dump(mode="json") for m in req.messages])
         except ValueError as exc:
             raise UserError(str(exc), param="messages") from exc
         return await run(request, ids, req, chat=True)

@@ -4,7 +4,7 @@ On the router's validation prompts (the split `r2r train-router` held out), per 
 ROC-AUC, PR-AUC and recall of divergent tokens at 2/5/10% routing rates for the router's score and
 for 1 - the SLM's top-1 probability (what confidence routing thresholds).
 
-    .venv/bin/python -m evals.bench.experiments.router_vs_confidence [--router DIR] [LABEL_DIR ...]
+    .venv/bin/python -m r2r.evals.bench.experiments.router_vs_confidence [--router DIR] [LABEL_DIR ...]
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data_gen.shards import load_labels
-from router.fit import label_tensors
-from router.train import TrainConfig, metrics, predict, share_threshold, split_by_prompt
-from serving.pair import load_pair, resolve_pair
+from r2r.data_gen.shards import load_labels
+from r2r.router.fit import label_tensors
+from r2r.router.train import TrainConfig, metrics, predict, share_threshold, split_by_prompt
+from r2r.serving.pair import load_pair, resolve_pair
 
 
 def scores_report(scores: np.ndarray, labels: np.ndarray) -> dict:

@@ -7,20 +7,20 @@ continue every cut greedily; the count of correct final answers is how often eac
 `slm_wrong_print_var` counts the SLM answers whose print line names another variable than the program.
 The cut text is a plain token context for both models (cut at a token boundary of both tokenizers).
 
-    .venv/bin/python -m evals.bench.experiments.takeover_recovery [N]
+    .venv/bin/python -m r2r.evals.bench.experiments.takeover_recovery [N]
 """
 from __future__ import annotations
 
 import json
 import sys
 
-from testbed.problem import grade
-from testbed.splits import heldout
-from testbed.tokenizer import chat_text
-from router.policies import AlwaysLLM, AlwaysSLM
-from serving.byte_level.cross_tokenizer import Handoff, generate_cross
-from serving.pair import load_pair, resolve_pair
-from serving.decoding.sampling import SamplingParams
+from r2r.testbed.problem import grade
+from r2r.testbed.splits import heldout
+from r2r.testbed.tokenizer import chat_text
+from r2r.router.policies import AlwaysLLM, AlwaysSLM
+from r2r.serving.byte_level.cross_tokenizer import Handoff, generate_cross
+from r2r.serving.pair import load_pair, resolve_pair
+from r2r.serving.decoding.sampling import SamplingParams
 
 
 def cut(answer: str, after_print_var: bool) -> str | None:

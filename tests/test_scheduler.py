@@ -154,6 +154,21 @@ def test_a_fault_while_adding_fails_that_request_alone() -> None:
                       SamplingParams(max_tokens=16, temperature=0.8, seed=2**64))
 
 
+def test_a_fault_while_adding_opens_no_sequence() -> None:
+    """The engine itself: a batch refused for one request's field leaves no SLM sequence open behind it."""
+    slm, llm, rule = _pair()
+    engine = RoutedEngine(slm, llm, rule)
+    params = [SamplingParams(max_tokens=4), SamplingParams(max_tokens=4, temperature=0.8, seed=2**64)]
+    try:
+        engine.add([[1, 2], [3, 4]], params, [RandomPolicy(rate=0.3, seed=0)] * 2, [RoutingMode.SEQUENTIAL] * 2,
+                   [0, 1])
+    except (ValueError, RuntimeError):
+        pass
+    else:
+        raise AssertionError("a 2**64 seed was accepted")
+    assert slm.open_sequences == 0 and engine.active == []
+
+
 def test_a_failing_engine_fails_each_request_with_an_error() -> None:
     """A fault that is no request's own (every add raises): every ticket is woken with an error, none waits."""
     class Refusing(RoutedEngine):

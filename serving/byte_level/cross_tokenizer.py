@@ -144,16 +144,19 @@ class CrossEngine(SteppedEngine):
         `Side.context_and_tail` (default: the engine's `prompt_as_bytes`)."""
         assert len(prompts) == len(params) == len(policies) == len(modes) == len(keys), "one of each per request"
         as_bytes = as_bytes or [self.prompt_as_bytes] * len(prompts)
+        # what can fail on a request's fields comes before any sequence opens, so a fault leaves none behind
         slm_views = [self.slm.context_and_tail(p, b) for p, b in zip(prompts, as_bytes)]
+        llm_views = [self.llm.context_and_tail(p, b) for p, b in zip(prompts, as_bytes)]
+        generators = [make_generator(sp.seed) for sp in params]
         hidden = any(p.needs_hidden for p in policies)
         states = self.slm.blm.start([c for c, _ in slm_views], want_hidden=hidden)
         self.slm.blm.push(states, [t for _, t in slm_views], want_hidden=hidden)
-        reqs = [CrossRequest(k, sp, pol, st, tail, *self.llm.context_and_tail(p, b), mode=m,
+        reqs = [CrossRequest(k, sp, pol, st, tail, *llm_view, mode=m,
                              out=Generation(prompt_tokens=len(ctx) + len(self.slm.blm.vocab.encode(tail)), pieces=[]),
-                             generator=make_generator(sp.seed), flag_rate=self.block.init_flag_rate,
+                             generator=gen, flag_rate=self.block.init_flag_rate,
                              reject_rate=self.block.init_reject_rate)
-                for p, sp, pol, k, st, (ctx, tail), m, b
-                in zip(prompts, params, policies, keys, states, slm_views, modes, as_bytes)]
+                for sp, pol, k, st, (ctx, tail), llm_view, m, gen
+                in zip(params, policies, keys, states, slm_views, llm_views, modes, generators)]
         for r, prefix in zip(reqs, prefixes or [b""] * len(reqs)):
             r.out.stats.slm_passes += 2
             r.text, r.start = bytearray(prefix), len(prefix)

@@ -25,13 +25,15 @@ class RoutedEngine(SteppedEngine):
         assert len(prompts) == len(params) == len(policies) == len(modes) == len(keys), "one of each per request"
         if not prompts:
             return []
+        # what can fail on a request's fields comes before any sequence opens, so a fault leaves none behind
+        watches = [self.stop_rule.watch(len(p), sp) for p, sp in zip(prompts, params)]
+        generators = [make_generator(sp.seed) for sp in params]
         opened = self.slm.open(prompts, want_hidden=any(p.needs_hidden for p in policies),
                                rows_at=[LAST_ROW] * len(prompts))
-        reqs = [Request(k, list(p), sp, pol, m, seq, out, self.stop_rule.watch(len(p), sp),
-                        out=Generation(prompt_tokens=len(p)),
-                        generator=make_generator(sp.seed), flag_rate=self.block.init_flag_rate,
-                        reject_rate=self.block.init_reject_rate)
-                for p, sp, pol, m, k, (seq, out) in zip(prompts, params, policies, modes, keys, opened)]
+        reqs = [Request(k, list(p), sp, pol, m, seq, out, watch, out=Generation(prompt_tokens=len(p)),
+                        generator=gen, flag_rate=self.block.init_flag_rate, reject_rate=self.block.init_reject_rate)
+                for p, sp, pol, m, k, (seq, out), watch, gen
+                in zip(prompts, params, policies, modes, keys, opened, watches, generators)]
         for r in reqs:
             r.out.stats.slm_passes += 1
         self.active += reqs

@@ -16,4 +16,8 @@ def test_long_bench_reports_every_window_and_memory() -> None:
         assert all(ms > 0 for ms in entry["ms_per_token_by_window"])
         assert 0.0 < entry["llm_share"] < 1.0 and entry["peak_rss_gib"] > 0
         assert entry["weights_plus_kv_gib"] >= 0 and entry["last_over_second_window"] > 0
+        assert entry["passes"]["slm"] >= 96 and 0 < entry["passes"]["llm"] < entry["passes"]["slm"]
+        attention = entry["attention_ms_per_token"]
+        assert 0 < attention["second"] and 0 < attention["last"] and entry["attention_share_last_window"] > 0
     assert result["meta"]["kv_bytes_per_token"]["tiny-llm"] == kv_bytes_per_token(TINY[1]) == 2 * 2 * 2 * 16 * 4
+

@@ -7,6 +7,10 @@ and the random policy at `share`. What it reads: the wall time of each 1k-token 
 the peak resident memory of the run, and the weights plus the KV of the tokens held at the end. A per-token cost
 that grows with the output (beyond attention's own linear term) or memory beyond weights + KV shows up here long
 before a real pair meets it.
+
+Attention's own term is measured apart: every layer's SDPA (keys and values repeated to the query heads, as the
+HF path does) at the second and the last window's middle length, times the passes per output position each model
+ran. Its growth from the second window to the last, beside the measured growth, says how much of it is attention's.
 """
 from __future__ import annotations
 
@@ -117,6 +121,45 @@ def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def attention_ms(shape: Shape, batch: int, keys: int, queries: int, reps: int = 5) -> float:
+    """Median wall ms of one pass's attention alone: every layer's SDPA of `queries` new positions over `keys`
+    cached ones for `batch` rows, float32 on this CPU (the part of a pass that grows with the output)."""
+    head_dim = shape.hidden // shape.heads
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(batch, shape.heads, queries, head_dim, generator=gen)
+    k, v = (torch.randn(batch, shape.kv_heads, keys, head_dim, generator=gen) for _ in range(2))
+    mask = torch.ones(queries, keys, dtype=torch.bool).tril(keys - queries)
+    times = []
+    with torch.inference_mode():
+        for _ in range(reps):
+            start = time.perf_counter()
+            for _ in range(shape.layers):
+                group = shape.heads // shape.kv_heads
+                torch.nn.functional.scaled_dot_product_attention(
+                    q, k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1), attn_mask=mask)
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1000
+
+
+def attention_by_window(cfg: LongBenchConfig, batch: int, slm_passes: int, llm_passes: int,
+                        windows: list[float]) -> dict:
+    """Attention's ms per output position at the second and the last window's middle, and its share there.
+
+    Each SLM pass feeds one position per row; the LLM's passes feed the rest of each row's positions in
+    `new_tokens / llm_passes`-wide catch-ups, so both models' passes per output position come from the counts."""
+    slm_shape, llm_shape = cfg.shapes
+    width = max(1, round(cfg.new_tokens / max(llm_passes, 1)))
+    per_position = {}
+    for name, index in (("second", 1), ("last", len(windows) - 1)):
+        keys = cfg.prompt_tokens + int((index + 0.5) * cfg.window)
+        per_position[name] = (slm_passes / cfg.new_tokens * attention_ms(slm_shape, batch, keys, 1)
+                              + llm_passes / cfg.new_tokens * attention_ms(llm_shape, batch, keys, width))
+    return {"attention_ms_per_token": {k: round(v, 3) for k, v in per_position.items()},
+            "attention_share_last_window": round(per_position["last"] / windows[-1], 3),
+            "growth_second_to_last_ms": round(windows[-1] - windows[1], 3),
+            "attention_growth_second_to_last_ms": round(per_position["last"] - per_position["second"], 3)}
+
+
 def run_batch(slm: HFBackend, llm: HFBackend, batch: int, cfg: LongBenchConfig) -> dict:
     """One batch size's measurement (see the module docstring)."""
     gen = torch.Generator().manual_seed(cfg.seed + batch)
@@ -127,6 +170,7 @@ def run_batch(slm: HFBackend, llm: HFBackend, batch: int, cfg: LongBenchConfig) 
     clock = _Clock(cfg.prompt_tokens)
     hook = slm.model.get_decoder().register_forward_pre_hook(clock, with_kwargs=True)  # what each pass runs
     reset = _reset_peak_rss()
+    passes = slm.forward_passes, llm.forward_passes
     start = time.perf_counter()
     try:
         gens = generate_speculative(slm, llm, RandomPolicy(rate=cfg.share, seed=cfg.seed), prompts, params, rule)
@@ -134,6 +178,8 @@ def run_batch(slm: HFBackend, llm: HFBackend, batch: int, cfg: LongBenchConfig) 
         hook.remove()
     clock.events.append((time.perf_counter(), cfg.new_tokens))  # the last position is sampled, never fed
     seconds = time.perf_counter() - start
+    slm_passes, llm_passes = slm.forward_passes - passes[0], llm.forward_passes - passes[1]
+    peak_rss = _peak_rss_gib()  # before the attention measurement's own tensors
     tokens = sum(len(g.token_ids) for g in gens)
     assert tokens == batch * cfg.new_tokens, f"{tokens} tokens decoded, expected {batch * cfg.new_tokens}"
     slm_shape, llm_shape = cfg.shapes
@@ -144,8 +190,10 @@ def run_batch(slm: HFBackend, llm: HFBackend, batch: int, cfg: LongBenchConfig) 
             "last_over_second_window": round(windows[-1] / windows[1], 3),
             "tokens_per_s": round(tokens / seconds, 1),
             "llm_share": round(sum(g.stats.llm_tokens for g in gens) / tokens, 4),
-            "peak_rss_gib": round(_peak_rss_gib(), 3), "peak_rss_since": "this run" if reset else "process start",
-            "weights_plus_kv_gib": round((weights + kv) / 2**30, 3)}
+            "peak_rss_gib": round(peak_rss, 3), "peak_rss_since": "this run" if reset else "process start",
+            "weights_plus_kv_gib": round((weights + kv) / 2**30, 3),
+            "passes": {"slm": slm_passes, "llm": llm_passes},
+            **attention_by_window(cfg, batch, slm_passes, llm_passes, windows)}
 
 
 def bench_long(cfg: LongBenchConfig) -> dict:

@@ -42,6 +42,14 @@ def test_the_wheel_claims_one_import_name(site: Path) -> None:
     assert (info / "top_level.txt").read_text().split() == ["r2r"]
 
 
+def test_the_wheel_carries_every_library_module(site: Path) -> None:
+    """A new subpackage must be listed in pyproject's packages: its modules would be missing from the wheel."""
+    folders = ("r2r", "router", "serving", "evals", "testbed", "data_gen")
+    library = {name for name in tracked_files() if name.endswith(".py") and name.split("/")[0] in folders}
+    shipped = {str(p.relative_to(site / "r2r")) for p in (site / "r2r").rglob("*.py")}
+    assert {name.removeprefix("r2r/") for name in library} <= shipped
+
+
 def test_the_wheel_carries_the_embedded_pair(site: Path) -> None:
     committed = {Path(name).relative_to("models") for name in tracked_files() if name.startswith("models/testbed/")}
     assert committed, "no committed testbed files"

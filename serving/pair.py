@@ -233,9 +233,12 @@ def resolve_model_dir(path: Path, role: str) -> Path:
 
 def _check_model_dir(path: Path, role: str) -> None:
     if not path.is_dir():
-        hint = (" (run `r2r models fetch smol-gemma`)" if path.parent == CACHE_DIR else
-                " (the embedded pair comes with r2r: in a clone of the repository under models/testbed, in an "
-                "installed wheel as r2r/models; reinstall r2r from either)" if MODELS_DIR in path.parents else "")
+        hint = ""
+        if path.parent == CACHE_DIR:
+            hint = " (run `r2r models fetch smol-gemma`)"
+        elif MODELS_DIR in path.parents:
+            hint = (" (the embedded pair comes with r2r: in a clone of the repository under models/testbed, in an "
+                    "installed wheel as r2r/models; reinstall r2r from either)")
         raise FileNotFoundError(f"{role} model directory not found: {path}{hint}")
     for name in ("config.json",):
         if not (path / name).exists():

@@ -2,6 +2,7 @@
 `router`, `serving`, `evals`, ...) and carries the embedded pair, so `r2r generate` answers from it alone."""
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 PROMPT = "Ava has 12 apples. Then Ava finds 5 more apples. How many apples does Ava have now?"
 
 
+@functools.cache
 def tracked_files() -> list[str]:
     return subprocess.run(["git", "ls-files"], cwd=REPO, check=True, capture_output=True, text=True).stdout.split()
 

@@ -204,7 +204,7 @@ def test_long_decode_with_stop_strings_equals_the_full_decode_check(long_tiny_mo
     at = n - 196  # a stop string ending in token `at`, starting in an earlier one, seen nowhere before
     before, upto = rule.decode(ids[:at]), rule.decode(ids[:at + 1])
     added = len(upto) - len(before)
-    stop = next(upto[-n:] for n in range(added + 2, added + 40) if upto[-n:] not in before)
+    stop = next(upto[-w:] for w in range(added + 2, added + 40) if upto[-w:] not in before)
     stops = (stop, "never in this output \x00")
     want = first_stop(rule.decode, ids, stops)
     assert want is not None and want <= at + 1

@@ -8,10 +8,9 @@ the peak resident memory of the run, and the weights plus the KV of the tokens h
 that grows with the output (beyond attention's own linear term) or memory beyond weights + KV shows up here long
 before a real pair meets it.
 
-Attention's own term is measured apart: every layer's SDPA as the HF path runs it (a one-token pass folds the
-query heads onto the key/value heads; a wider one repeats the keys and values to the query heads, a copy of
-them per layer) at the second and the last window's middle length, times the passes per output position each model
-ran. Its growth from the second window to the last, beside the measured growth, says how much of it is attention's.
+Attention's own term is measured apart: every layer's attention as the HF backend runs it (`grouped_sdpa`: each
+key/value head's query heads as its query rows, no copy of the keys and values) at the second and the last
+window's middle length, times the passes per output position each model ran. Its growth from the second window to the last, beside the measured growth, says how much of it is attention's.
 """
 from __future__ import annotations
 
@@ -25,6 +24,7 @@ import torch
 
 from r2r.evals.bench.gpu_costs import Shape
 from r2r.router.policies import RandomPolicy
+from r2r.serving.backends.grouped_attention import grouped_sdpa
 from r2r.serving.backends.hf import HFBackend
 from r2r.serving.decoding.routed import generate_speculative
 from r2r.serving.decoding.sampling import SamplingParams
@@ -125,19 +125,15 @@ def _peak_rss_gib() -> float:
 def attention_ms(shape: Shape, batch: int, keys: int, queries: int, reps: int = 5) -> float:
     """Median wall ms of one pass's attention alone: every layer's SDPA of `queries` new positions over `keys`
     cached ones for `batch` rows, float32 on this CPU (the part of a pass that grows with the output)."""
-    head_dim, group = shape.hidden // shape.heads, shape.heads // shape.kv_heads
+    head_dim = shape.hidden // shape.heads
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(batch, shape.heads, queries, head_dim, generator=gen)
     k, v = (torch.randn(batch, shape.kv_heads, keys, head_dim, generator=gen) for _ in range(2))
-    mask = torch.ones(queries, keys, dtype=torch.bool).tril(keys - queries)
+    mask = torch.ones(queries, keys, dtype=torch.bool).tril(keys - queries)[None, None]
+    layer_module = torch.nn.Module().eval()
 
-    def layer() -> None:
-        if queries == 1:  # transformers' pack_gqa: [batch, kv_heads, group, head_dim] queries, no copy of K and V
-            torch.nn.functional.scaled_dot_product_attention(q.view(batch, shape.kv_heads, group, head_dim), k, v,
-                                                             attn_mask=mask)
-        else:  # transformers' repeat_kv
-            torch.nn.functional.scaled_dot_product_attention(
-                q, k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1), attn_mask=mask)
+    def layer() -> None:  # the HF backend's attention function
+        grouped_sdpa(layer_module, q, k, v, mask, scaling=head_dim ** -0.5)
 
     times = []
     with torch.inference_mode():

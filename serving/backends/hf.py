@@ -13,6 +13,9 @@ next real tokens overwrite them. Positions are passed explicitly, so padding nev
 Rows: the decoder's last hidden states are kept only at the positions the caller asked for (`Positions`), and the
 LM head (`serving/backends/lm_head.py`) is applied to those alone; the rows and hidden states of a pass cross to
 the CPU as one tensor each.
+
+Attention is transformers' SDPA with grouped-query heads folded onto their key/value heads
+(`serving/backends/grouped_attention.py`), so no pass copies the keys and values it attends over.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import torch
 from r2r.serving.backends.base import (DraftedBlock, Positions, RowKind, StepOutput, draft_by_extending, open_by_extending,
                                    resolve_rows)
 from r2r.serving.backends.fingerprint import model_fingerprint
+from r2r.serving.backends.grouped_attention import use_grouped_sdpa
 from r2r.serving.backends.kv_pool import KVPool
 from r2r.serving.backends.lm_head import LMHead, check_head
 from r2r.serving.backends.shared_body import materialize_weights
@@ -111,13 +115,14 @@ class HFBackend:
     def from_model(cls, model: torch.nn.Module, model_id: str, fingerprint: str,
                    pass_threads: PassThreads | None = None) -> HFBackend:
         """A backend over a model already in memory (built on its device: cost probes of shapes too large to
-        write to disk). Its attention implementation must be sdpa."""
+        write to disk), loaded with sdpa attention (switched here to `grouped_sdpa`)."""
         backend = cls.__new__(cls)
         backend._setup(model.eval(), model_id, fingerprint, pass_threads)
         return backend
 
     def _setup(self, model: torch.nn.Module, model_id: str, fingerprint: str,
                pass_threads: PassThreads | None) -> None:
+        use_grouped_sdpa(model)  # SDPA with no copy of K and V for grouped-query heads (same results)
         self.model, self.model_id, self.fingerprint = model, model_id, fingerprint
         self.device = next(model.parameters()).device
         text_config = model.config.get_text_config(decoder=True)

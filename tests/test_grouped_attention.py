@@ -1,0 +1,73 @@
+"""Grouped SDPA (query heads folded onto their key/value head) against attention computed by hand in float64, and
+the HF backend's passes on a grouped-query model against the same model run whole with eager attention."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from r2r.serving.backends.grouped_attention import GROUPED_SDPA, grouped_sdpa
+from r2r.serving.backends.hf import HFBackend
+
+
+class _Layer(torch.nn.Module):
+    def __init__(self, group: int) -> None:
+        super().__init__()
+        self.num_key_value_groups = group
+        self.eval()
+
+
+def _by_hand(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v per query head over its key/value head (h // group), float64, [b, q, h, d]."""
+    group = q.shape[1] // k.shape[1]
+    k, v = (t.double().repeat_interleave(group, dim=1) for t in (k, v))
+    scores = q.double() @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    if causal:
+        mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool).tril(k.shape[2] - q.shape[2])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return (scores.softmax(-1) @ v).transpose(1, 2)
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(8, 4), (8, 2), (6, 6)])
+@pytest.mark.parametrize("q_len", [1, 3, 7])
+def test_grouped_sdpa_is_attention(heads: int, kv_heads: int, q_len: int) -> None:
+    gen = torch.Generator().manual_seed(heads * 10 + q_len)
+    batch, keys, dim = 3, 40, 16
+    q = torch.randn(batch, heads, q_len, dim, generator=gen)
+    k, v = (torch.randn(batch, kv_heads, keys, dim, generator=gen) for _ in range(2))
+    # each row a different length (padding columns masked), each query its own causal limit
+    lengths = torch.tensor([40, 25, 31])
+    query_pos = lengths[:, None] - q_len + torch.arange(q_len)[None, :]
+    mask = (torch.arange(keys)[None, None, :] <= query_pos[:, :, None])[:, None]  # [batch, 1, q, keys]
+    out, _ = grouped_sdpa(_Layer(heads // kv_heads), q, k, v, mask, scaling=dim ** -0.5)
+    assert out.shape == (batch, q_len, heads, dim)
+    torch.testing.assert_close(out.double(), _by_hand(q, k, v, mask, causal=False), atol=1e-5, rtol=0)
+
+
+def test_unmasked_wide_pass_falls_back_to_causal_sdpa() -> None:
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 8, 5, 16, generator=gen)
+    k, v = (torch.randn(2, 4, 5, 16, generator=gen) for _ in range(2))
+    out, _ = grouped_sdpa(_Layer(2), q, k, v, None, scaling=16 ** -0.5, is_causal=True)
+    torch.testing.assert_close(out.double(), _by_hand(q, k, v, None, causal=True), atol=1e-5, rtol=0)
+
+
+def test_backend_passes_equal_a_whole_eager_forward() -> None:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=128)
+    model = Qwen2ForCausalLM(config)  # transformers seeds its init from torch's default generator: no seed needed
+    reference = Qwen2ForCausalLM(config)
+    reference.load_state_dict(model.state_dict())
+    reference.set_attn_implementation("eager")
+    backend = HFBackend.from_model(model, "tiny-gqa", "tiny-gqa")
+    assert model.config._attn_implementation == GROUPED_SDPA
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [9, 8, 7]]
+    extensions = [[10, 11, 12, 13], [14, 15]]  # a wide pass over rows of different lengths
+    opened = backend.open(prompts)
+    outs = backend.extend([seq for seq, _ in opened], extensions)
+    with torch.no_grad():
+        for prompt, ext, out in zip(prompts, extensions, outs):
+            whole = reference(torch.tensor([prompt + ext])).logits[0, len(prompt):]
+            torch.testing.assert_close(out.logits, whole, atol=1e-5, rtol=0)

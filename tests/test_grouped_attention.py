@@ -2,10 +2,12 @@
 the HF backend's passes on a grouped-query model against the same model run whole with eager attention."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
-from r2r.serving.backends.grouped_attention import GROUPED_SDPA, grouped_sdpa
+from r2r.serving.backends.grouped_attention import GROUPED_SDPA, grouped_sdpa, use_grouped_sdpa
 from r2r.serving.backends.hf import HFBackend
 
 
@@ -44,6 +46,16 @@ def test_grouped_sdpa_is_attention(heads: int, kv_heads: int, q_len: int) -> Non
     torch.testing.assert_close(out.double(), _by_hand(q, k, v, mask, causal=False), atol=1e-5, rtol=0)
 
 
+def test_a_mask_shared_by_every_query_falls_back() -> None:
+    """A [batch, 1, 1, keys] mask (padding only) over a 4-token pass: not one row per position, so SDPA's path."""
+    gen = torch.Generator().manual_seed(2)
+    q = torch.randn(2, 8, 4, 16, generator=gen)
+    k, v = (torch.randn(2, 4, 12, 16, generator=gen) for _ in range(2))
+    mask = (torch.arange(12)[None, :] < torch.tensor([[12], [9]]))[:, None, None, :]
+    out, _ = grouped_sdpa(_Layer(2), q, k, v, mask, scaling=16 ** -0.5)
+    torch.testing.assert_close(out.double(), _by_hand(q, k, v, mask, causal=False), atol=1e-5, rtol=0)
+
+
 def test_unmasked_wide_pass_falls_back_to_causal_sdpa() -> None:
     gen = torch.Generator().manual_seed(1)
     q = torch.randn(2, 8, 5, 16, generator=gen)
@@ -58,9 +70,12 @@ def test_backend_passes_equal_a_whole_eager_forward() -> None:
     config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=128)
     model = Qwen2ForCausalLM(config)  # transformers seeds its init from torch's default generator: no seed needed
-    reference = Qwen2ForCausalLM(config)
+    model.set_attn_implementation("sdpa")  # as the backend loads models
+    reference = Qwen2ForCausalLM(copy.deepcopy(config))  # a config of its own: attention is set on it
     reference.load_state_dict(model.state_dict())
     reference.set_attn_implementation("eager")
+    use_grouped_sdpa(reference)
+    assert reference.config._attn_implementation == "eager", "a model off SDPA keeps its attention"
     backend = HFBackend.from_model(model, "tiny-gqa", "tiny-gqa")
     assert model.config._attn_implementation == GROUPED_SDPA
     prompts = [[1, 2, 3, 4, 5, 6, 7], [9, 8, 7]]

@@ -2,10 +2,11 @@
 batch with room or leaving it moves no row but the last, and the sequences that stay decode as fresh ones would."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from r2r.serving.backends.base import LAST_ROW
-from r2r.serving.backends.hf import HFBackend
+from r2r.serving.backends.hf import HFBackend, prefill_groups
 
 ATOL = 2e-4
 
@@ -94,3 +95,18 @@ def test_a_one_token_pass_over_scattered_rows_runs_the_rows_between_idle(tiny_mo
         torch.testing.assert_close(out.logits, full_forward(backend, tokens[id(seq)])[-1:], atol=ATOL, rtol=0)
     for s in seqs:
         backend.close(s)
+
+
+def test_a_failed_open_holds_no_slot(tiny_models) -> None:
+    """A prefill group that fails (a token id past the vocabulary) leaves nothing open: neither its own sequences'
+    slots nor those of the groups opened before it, whose handles the caller never gets."""
+    backend = HFBackend(tiny_models["llama"])
+    (kept, _), = backend.open([[3, 4, 5]])
+    bad = backend.vocab_size + 7
+    prompts = [[5, 6], [7, 8], list(range(10, 70)) + [bad]]  # two prefill groups: the long prompt is its own
+    assert len(prefill_groups([len(p) for p in prompts])) == 2
+    with pytest.raises(IndexError):
+        backend.open(prompts)
+    assert backend.open_sequences == 1 and len(backend._pool.rows) == 1 and kept.slot == 0
+    out, = backend.extend([kept], [[6]])  # the pool still serves the sequence that was open
+    torch.testing.assert_close(out.logits, full_forward(backend, [3, 4, 5, 6])[-1:], atol=ATOL, rtol=0)

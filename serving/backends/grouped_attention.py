@@ -10,13 +10,15 @@ one-token passes (`pack_gqa`).
 
 Registered with transformers' `AttentionInterface` (its extension point for attention functions) under
 `GROUPED_SDPA`; anything this layout does not cover (no grouping, per-head masks, a causal pass without a mask,
-position biases or soft-capping) goes to transformers' own SDPA function unchanged.
+position biases, soft-capping, attention sinks) goes to transformers' own SDPA function unchanged.
 """
 from __future__ import annotations
 
 import torch
 
 GROUPED_SDPA = "r2r_grouped_sdpa"
+# attention-function arguments this layout does not implement: left to transformers' SDPA function
+UNSUPPORTED = ("position_bias", "softcap", "s_aux")
 
 
 def grouped_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -29,9 +31,10 @@ def grouped_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor
     batch, heads, q_len, head_dim = query.shape
     kv_heads = key.shape[1]
     group = heads // kv_heads
-    simple_mask = attention_mask is not None and attention_mask.ndim == 4 and attention_mask.shape[1] == 1
-    if (group == 1 or not (simple_mask or (attention_mask is None and q_len == 1))
-            or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None):
+    # one mask row per query position, shared by the heads (or no mask for a single query)
+    per_position = (attention_mask.ndim == 4 and attention_mask.shape[1] == 1 and attention_mask.shape[2] == q_len
+                    if attention_mask is not None else q_len == 1)
+    if group == 1 or not per_position or any(kwargs.get(name) is not None for name in UNSUPPORTED):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     # head h = g * group + r reads key/value head g: rows (r, position) of head g, the mask repeated per r
@@ -40,15 +43,18 @@ def grouped_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor
     out = torch.nn.functional.scaled_dot_product_attention(rows, key, value, attn_mask=mask,
                                                            dropout_p=dropout if module.training else 0.0,
                                                            scale=scaling)
-    return out.reshape(batch, heads, q_len, head_dim).transpose(1, 2).contiguous(), None
+    return out.reshape(batch, heads, q_len, value.shape[-1]).transpose(1, 2).contiguous(), None
 
 
 def use_grouped_sdpa(model: torch.nn.Module) -> None:
     """Switch a transformers model that runs SDPA to `grouped_sdpa`, registered under `GROUPED_SDPA` with SDPA's
-    mask format (registering again is a no-op: same key, same functions)."""
+    mask format (registering again is a no-op: same key, same functions). A model on another attention
+    implementation (eager for one SDPA cannot run, a flash kernel) keeps it."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+    if model.config._attn_implementation not in ("sdpa", GROUPED_SDPA):
+        return
     AttentionInterface.register(GROUPED_SDPA, grouped_sdpa)
     AttentionMaskInterface.register(GROUPED_SDPA, sdpa_mask)
     model.set_attn_implementation(GROUPED_SDPA)

@@ -158,11 +158,17 @@ class HFBackend:
         at its longest prompt's width (32 testbed prompts of 37-92 tokens: 108 ms in one SLM pass, 44 ms in
         four; LLM 556 vs 359 ms)."""
         opened: list = [None] * len(prompts)
-        for group in prefill_groups([len(p) for p in prompts]):
-            at = None if rows_at is None else [rows_at[i] for i in group]
-            for i, seq_out in zip(group, open_by_extending(self, HFSequence, [prompts[i] for i in group],
-                                                           want_hidden, at, top_k)):
-                opened[i] = seq_out
+        try:
+            for group in prefill_groups([len(p) for p in prompts]):
+                at = None if rows_at is None else [rows_at[i] for i in group]
+                for i, seq_out in zip(group, open_by_extending(self, HFSequence, [prompts[i] for i in group],
+                                                               want_hidden, at, top_k)):
+                    opened[i] = seq_out
+        except BaseException:  # the caller gets no handle to the groups already opened: close them
+            for seq_out in opened:
+                if seq_out is not None:
+                    self.close(seq_out[0])
+            raise
         return opened
 
     def extend(self, seqs: list[HFSequence], new_ids: list[list[int]], want_hidden: bool = False, *,
@@ -177,11 +183,17 @@ class HFBackend:
                 raise ValueError(f"sequence would reach {seq.length + len(ids)} tokens; the context is {self.max_length}")
         at = resolve_rows(rows_at, new_ids)
         with torch.inference_mode():
-            self._pool.admit([s for s in seqs if s.slot is None])
-            rows = self._pass_rows(sorted(seqs, key=lambda s: s.slot), max(map(len, new_ids)))
-            index = {id(s): i for i, s in enumerate(seqs)}  # rows riding along idle get no ids and no rows
-            outs = self._forward(rows, [new_ids[index[id(r)]] if id(r) in index else [] for r in rows],
-                                 [at[index[id(r)]] if id(r) in index else [] for r in rows], top_k, want_hidden)
+            admitted = [s for s in seqs if s.slot is None]
+            self._pool.admit(admitted)
+            try:
+                rows = self._pass_rows(sorted(seqs, key=lambda s: s.slot), max(map(len, new_ids)))
+                index = {id(s): i for i, s in enumerate(seqs)}  # rows riding along idle get no ids and no rows
+                outs = self._forward(rows, [new_ids[index[id(r)]] if id(r) in index else [] for r in rows],
+                                     [at[index[id(r)]] if id(r) in index else [] for r in rows], top_k, want_hidden)
+            except BaseException:  # a failed prefill holds nothing: the slots it took go back
+                for seq in admitted:
+                    self._pool.release(seq)
+                raise
             by_seq = {id(r): out for r, out in zip(rows, outs)}
         return [by_seq[id(s)] for s in seqs]
 

@@ -1,6 +1,6 @@
 """The HF backend's KV memory: one pool, a row (slot) per open sequence.
 
-Layout. One buffer holds every layer's keys and values, [layers, 2, slots, kv_heads, columns, head_dim]. Slot s is
+Layout. One buffer per layer holds its keys and values, [2, slots, kv_heads, columns, head_dim]. Slot s is
 one sequence's row and its column c holds position c, so a sequence's KV is always the prefix [0, length) of its
 row: `truncate` only moves the length back, the next tokens overwrite what lies past it, and no column is a hole.
 
@@ -16,7 +16,8 @@ Membership. A new sequence takes the next slot and its prefill writes in place; 
 into a new slot; a closed sequence's slot is filled by moving the last row into it (one row copied, none other),
 so the slots in use stay 0..n-1. When at most half the slots (or half the columns) are in use, the pool shrinks to
 what it holds, copying the rows it keeps once. Both axes grow by a quarter when full, so copies on growth are
-amortized O(1) per token. Bytes held: slots x columns x the KV of one position; about 1.25x the tokens held when
+amortized O(1) per token; a resize goes layer by layer, so while it copies the pool holds one layer's
+buffer twice, not all of them (one buffer for every layer would briefly need 2.25x the KV to grow). Bytes held: slots x columns x the KV of one position; about 1.25x the tokens held when
 rows are of similar length, while a row much shorter than the longest still takes the longest's columns
 (docs/perf-notes.md, 2026-12-07, says why this is the trade taken).
 """
@@ -109,21 +110,21 @@ class KVPool:
 
     def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
         # zeros, not empty: columns past a row's length are masked, but garbage could be NaN and 0 * NaN is NaN
-        self.buf = torch.zeros((layers, 2, 0, kv_heads, 0, head_dim), dtype=dtype, device=device)
+        self.layers = [torch.zeros((2, 0, kv_heads, 0, head_dim), dtype=dtype, device=device) for _ in range(layers)]
         self.rows: list[Pooled] = []  # rows[s] is the sequence in slot s
 
     @property
     def nbytes(self) -> int:
         """Bytes the pool holds (what the KV costs in memory)."""
-        return self.buf.numel() * self.buf.element_size()
+        return sum(buf.numel() * buf.element_size() for buf in self.layers)
 
     @property
     def slots(self) -> int:
-        return self.buf.shape[2]
+        return self.layers[0].shape[1]
 
     @property
     def columns(self) -> int:
-        return self.buf.shape[4]
+        return self.layers[0].shape[3]
 
     def admit(self, seqs: list[Pooled]) -> None:
         """Give each sequence, holding nothing yet, the next free slot."""
@@ -139,14 +140,16 @@ class KVPool:
         """Admit `child` holding a copy of `parent`'s first `length` positions."""
         assert parent.slot is not None and length <= parent.length, f"fork at {length} of {parent.length} positions"
         self.admit([child])
-        self.buf[:, :, child.slot, :, :length] = self.buf[:, :, parent.slot, :, :length]
+        for buf in self.layers:
+            buf[:, child.slot, :, :length] = buf[:, parent.slot, :, :length]
 
     def release(self, seq: Pooled) -> None:
         """Free `seq`'s slot: the last row moves into it; shrink when the pool is at most half used."""
         slot, last = seq.slot, self.rows.pop()
         assert slot is not None, "release of a sequence that holds no slot"
         if last is not seq:
-            self.buf[:, :, slot, :, : last.length] = self.buf[:, :, last.slot, :, : last.length]
+            for buf in self.layers:
+                buf[:, slot, :, : last.length] = buf[:, last.slot, :, : last.length]
             last.slot, self.rows[slot] = slot, last
         seq.slot = None
         n, longest = len(self.rows), max((s.length for s in self.rows), default=0)
@@ -165,7 +168,7 @@ class KVPool:
         used = max(s.length for s in seqs) + width
         if used > self.columns:
             self._resize(self.slots, _grown(self.columns, used, COLUMN_STEP))
-        device = self.buf.device
+        device = self.layers[0].device
         rows = torch.tensor(slots, dtype=torch.long, device=device)[:, None]
         cols = torch.tensor([s.length for s in seqs], dtype=torch.long, device=device)[:, None] \
             + torch.arange(width, device=device)
@@ -174,13 +177,14 @@ class KVPool:
 
     def cache(self, plan: PassPlan) -> Cache:
         """A transformers Cache that reads and writes the pool for one pass."""
-        return Cache(layers=[_PassLayer(self.buf[i, 0], self.buf[i, 1], plan) for i in range(self.buf.shape[0])])
+        return Cache(layers=[_PassLayer(buf[0], buf[1], plan) for buf in self.layers])
 
     def _resize(self, slots: int, columns: int) -> None:
-        """A new buffer of `slots` x `columns`, the held rows copied over (once: the caller grows geometrically)."""
+        """New buffers of `slots` x `columns`, the held rows copied over (once: the caller grows geometrically),
+        one layer at a time: each old buffer is freed before the next new one is made."""
         n, keep = len(self.rows), min(self.columns, columns)
         assert n <= slots and all(s.length <= columns for s in self.rows), "a resize may not drop held positions"
-        old = self.buf
-        shape = (old.shape[0], 2, slots, old.shape[3], columns, old.shape[5])
-        self.buf = torch.zeros(shape, dtype=old.dtype, device=old.device)
-        self.buf[:, :, :n, :, :keep] = old[:, :, :n, :, :keep]
+        for i, old in enumerate(self.layers):
+            new = torch.zeros((2, slots, old.shape[2], columns, old.shape[4]), dtype=old.dtype, device=old.device)
+            new[:, :n, :, :keep] = old[:, :n, :, :keep]
+            self.layers[i] = new

@@ -96,7 +96,7 @@ class _Draft:
     snapshot: ByteState | None = None  # the SLM's state before it (flagged drafts: the rollback point)
 
 
-@dataclass
+@dataclass(eq=False)
 class CrossRequest(RoundRequest[_Draft]):
     """Decoding state of one request over bytes (its output, randomness and speculative round: `RoundRequest`)."""
 

@@ -335,8 +335,9 @@ class ByteLevelLM:
             cum.append(cum[-1] + float(lp[row.ids[j]]))
         row.cum = cum
         row.next_logp = self._next_logp(out.logits[-1], row.ids[-1] if row.ids else None)
-        row.hidden = None if out.hidden is None else out.hidden[-1]
-        row.logits = out.logits[-1]
+        # copies: a view would keep the pass's every row ([positions fed, vocab]) alive as long as the row
+        row.hidden = None if out.hidden is None else out.hidden[-1].clone()
+        row.logits = out.logits[-1].clone()
         state.rows[row.split] = row
 
     def _next_logp(self, logits: torch.Tensor, left: int | None) -> torch.Tensor:

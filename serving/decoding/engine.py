@@ -31,7 +31,7 @@ class Draft:
     q: torch.Tensor | None  # [vocab] the SLM's processed distribution (sampling only)
 
 
-@dataclass
+@dataclass(eq=False)
 class Request(RoundRequest[Draft]):
     """Decoding state of one request (its output, randomness and speculative round: `RoundRequest`)."""
 

@@ -68,7 +68,7 @@ class Drafted(Protocol):
 D = TypeVar("D", bound=Drafted)
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, eq=False)
 class RoundRequest(Generic[D]):
     """What both engines' requests hold for speculative rounds (each engine's request extends it): the output,
     the request's randomness, its flag and rejection rates, and its block in the round in progress."""

@@ -18,7 +18,8 @@ class _Layer(torch.nn.Module):
         self.eval()
 
 
-def _by_hand(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+def _by_hand(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+             causal: bool) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v per query head over its key/value head (h // group), float64, [b, q, h, d]."""
     group = q.shape[1] // k.shape[1]
     k, v = (t.double().repeat_interleave(group, dim=1) for t in (k, v))

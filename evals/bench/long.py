@@ -10,7 +10,8 @@ before a real pair meets it.
 
 Attention's own term is measured apart: every layer's attention as the HF backend runs it (`grouped_sdpa`: each
 key/value head's query heads as its query rows, no copy of the keys and values) at the second and the last
-window's middle length, times the passes per output position each model ran. Its growth from the second window to the last, beside the measured growth, says how much of it is attention's.
+window's middle length, times the passes per output position each model ran. Its growth from the second window
+to the last, beside the measured growth, says how much of it is attention's.
 """
 from __future__ import annotations
 

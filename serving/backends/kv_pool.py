@@ -16,10 +16,10 @@ Membership. A new sequence takes the next slot and its prefill writes in place; 
 into a new slot; a closed sequence's slot is filled by moving the last row into it (one row copied, none other),
 so the slots in use stay 0..n-1. When at most half the slots (or half the columns) are in use, the pool shrinks to
 what it holds, copying the rows it keeps once. Both axes grow by a quarter when full, so copies on growth are
-amortized O(1) per token; a resize goes layer by layer, so while it copies the pool holds one layer's
-buffer twice, not all of them (one buffer for every layer would briefly need 2.25x the KV to grow). Bytes held: slots x columns x the KV of one position; about 1.25x the tokens held when
-rows are of similar length, while a row much shorter than the longest still takes the longest's columns
-(docs/perf-notes.md, 2026-12-07, says why this is the trade taken).
+amortized O(1) per token. A resize goes layer by layer: while it copies, the pool holds one layer's buffer twice,
+not all of them (one buffer for every layer would need 2.25x the KV for a moment). Bytes held: slots x columns x
+the KV of one position; about 1.25x the tokens held when rows are of similar length, while a row much shorter than
+the longest still takes the longest's columns (docs/perf-notes.md, 2026-12-07, says why this is the trade taken).
 """
 from __future__ import annotations
 

@@ -27,7 +27,11 @@ from r2r.evals.bench.long import plot_long
 after = json.loads(Path("runs/long/after.json").read_text())
 before: dict = {}
 for b in (1, 8):
-    run = json.loads(Path(f"runs/long/before_b{b}.json").read_text())
+    path = Path(f"runs/long/before_b{b}.json")
+    if not path.exists():  # a run stopped before its end writes nothing
+        print(f"{path} missing: bench/long.json has no before at batch {b}")
+        continue
+    run = json.loads(path.read_text())
     before[f"batch_{b}"] = run[f"batch_{b}"]
     before["meta"] = {**run["meta"], "code": "457437f (before issue 37's changes)"}
 after["before"] = before

@@ -140,16 +140,14 @@ class KVPool:
         """Admit `child` holding a copy of `parent`'s first `length` positions."""
         assert parent.slot is not None and length <= parent.length, f"fork at {length} of {parent.length} positions"
         self.admit([child])
-        for buf in self.layers:
-            buf[:, child.slot, :, :length] = buf[:, parent.slot, :, :length]
+        self._copy_row(parent.slot, child.slot, length)
 
     def release(self, seq: Pooled) -> None:
         """Free `seq`'s slot: the last row moves into it; shrink when the pool is at most half used."""
         slot, last = seq.slot, self.rows.pop()
         assert slot is not None, "release of a sequence that holds no slot"
         if last is not seq:
-            for buf in self.layers:
-                buf[:, slot, :, : last.length] = buf[:, last.slot, :, : last.length]
+            self._copy_row(last.slot, slot, last.length)
             last.slot, self.rows[slot] = slot, last
         seq.slot = None
         n, longest = len(self.rows), max((s.length for s in self.rows), default=0)
@@ -160,6 +158,11 @@ class KVPool:
             columns = _grown(longest, longest, COLUMN_STEP) if n else 0
         if (slots, columns) != (self.slots, self.columns):
             self._resize(slots, columns)
+
+    def _copy_row(self, src: int, dst: int, length: int) -> None:
+        """Every layer's first `length` positions of slot `src` into slot `dst`."""
+        for buf in self.layers:
+            buf[:, dst, :, :length] = buf[:, src, :, :length]
 
     def plan(self, seqs: list[Pooled], width: int) -> PassPlan:
         """Make room for `width` more columns on every row of `seqs` (ordered by slot) and say where they go."""

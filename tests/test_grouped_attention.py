@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from r2r.serving.backends.grouped_attention import GROUPED_SDPA, grouped_sdpa, use_grouped_sdpa
-from r2r.serving.backends.hf import HFBackend
+from r2r.serving.backends.grouped_attention import GROUPED_SDPA, KV_SLOTS, grouped_sdpa, use_grouped_sdpa
+from r2r.serving.backends.hf import IN_PLACE_COLUMNS, HFBackend
 
 
 class _Layer(torch.nn.Module):
@@ -86,4 +86,43 @@ def test_backend_passes_equal_a_whole_eager_forward() -> None:
     with torch.no_grad():
         for prompt, ext, out in zip(prompts, extensions, outs):
             whole = reference(torch.tensor([prompt + ext])).logits[0, len(prompt):]
+            torch.testing.assert_close(out.logits, whole, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(8, 2), (4, 4)])
+@pytest.mark.parametrize("q_len", [1, 3])
+def test_scattered_slots_are_read_in_place(heads: int, kv_heads: int, q_len: int) -> None:
+    """With KV_SLOTS, key and value hold every slot of a pool and row b attends slot KV_SLOTS[b] (ungrouped heads
+    take SDPA's path on the rows gathered)."""
+    gen = torch.Generator().manual_seed(heads + q_len)
+    pool_slots, keys, dim = 5, 30, 16
+    slots = torch.tensor([4, 1, 3])
+    q = torch.randn(len(slots), heads, q_len, dim, generator=gen)
+    k, v = (torch.randn(pool_slots, kv_heads, keys, dim, generator=gen) for _ in range(2))
+    query_pos = torch.tensor([29, 17, 22])[:, None] - q_len + 1 + torch.arange(q_len)[None, :]
+    mask = (torch.arange(keys)[None, None, :] <= query_pos[:, :, None])[:, None]
+    out, _ = grouped_sdpa(_Layer(heads // kv_heads), q, k, v, mask, scaling=dim ** -0.5, **{KV_SLOTS: slots})
+    expected = _by_hand(q, k[slots], v[slots], mask, causal=False)
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_backend_reads_long_scattered_rows_in_place() -> None:
+    """Rows past IN_PLACE_COLUMNS, two of three in a pass (wide, then one-token): a whole forward's logits."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    model = Qwen2ForCausalLM(config)
+    model.set_attn_implementation("sdpa")
+    backend = HFBackend.from_model(model, "tiny-long", "tiny-long")
+    gen = torch.Generator().manual_seed(3)
+    tokens = [torch.randint(0, 64, (n,), generator=gen).tolist() for n in (IN_PLACE_COLUMNS, 40, IN_PLACE_COLUMNS + 9)]
+    seqs = [seq for seq, _ in backend.open(tokens)]
+    for new in ([[5, 6, 7], [8, 9]], [[10], [11]]):  # rows 0 and 2 of three: a verification-like pass, a decode
+        assert backend._in_place([seqs[0], seqs[2]], len(new[0])), "the pass this test is about"
+        outs = backend.extend([seqs[2], seqs[0]], new)
+        for i, ids, out in zip((2, 0), new, outs):
+            tokens[i] += ids
+            with torch.no_grad():
+                whole = model(torch.tensor([tokens[i]])).logits[0, -len(ids):]
             torch.testing.assert_close(out.logits, whole, atol=1e-5, rtol=0)

@@ -186,3 +186,20 @@ def test_wide_passes_borrow_threads_and_give_them_back(testbed_dirs) -> None:
         check_backend(backend)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("layer_type, window", [("chunked_attention", 4), ("linear_attention", 4),
+                                                ("sliding_attention", None)])
+def test_a_layer_without_its_mask_is_refused(layer_type: str, window: int | None) -> None:
+    """A layer type the backend builds no mask for (or a sliding layer with no window) would get a full mask:
+    inexact, so refused at load."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    cfg = Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=4,
+                           layer_types=["sliding_attention", "full_attention", "full_attention"])
+    model = Gemma3ForCausalLM(cfg).eval()
+    HFBackend.from_model(model, "tiny", "fp")  # the types it masks: loads
+    model.config.layer_types[1], model.config.sliding_window = layer_type, window
+    with pytest.raises(ValueError, match="layer types .* are not supported"):
+        HFBackend.from_model(model, "tiny", "fp")

@@ -3,10 +3,11 @@
 Random-weight Qwen2 models with the testbed SLM's and LLM's layer shapes and R1-Distill-Qwen's 151,936-token
 vocabulary, built in memory, decode `new_tokens` tokens per request (EOS ignored) with routed speculative decoding
 and the random policy at `share`. What it reads: the wall time of each 1k-token window of output positions
-(`ms_per_token_by_window`: ms for the whole batch to advance one output position, from the SLM's forward passes),
-the peak resident memory of the run, and the weights plus the KV of the tokens held at the end. A per-token cost
-that grows with the output (beyond attention's own linear term) or memory beyond weights + KV shows up here long
-before a real pair meets it.
+(`ms_per_token_by_window`: ms for the batch's mean output position to advance by one, clocked at the SLM's
+forward passes; rows drift apart, and the positions they were at when the first one finished, with the seconds
+the others took after it, are reported beside), the peak resident memory of the run, and the weights plus the
+KV of the tokens held at the end. A per-token cost that grows with the output (beyond attention's own linear
+term) or memory beyond weights + KV shows up here long before a real pair meets it.
 
 Attention's own term is measured apart: every layer's attention as the HF backend runs it (`grouped_sdpa`: each
 key/value head's query heads as its query rows, no copy of the keys and values) at the second and the last
@@ -80,27 +81,45 @@ def kv_bytes_per_token(shape: Shape) -> int:
     return shape.layers * 2 * shape.kv_heads * (shape.hidden // shape.heads) * 4
 
 
-class _Clock:
-    """(time, furthest output position) at each SLM forward pass, read off its position ids."""
+class BatchClock:
+    """(time, the batch's mean output position) at each SLM forward pass, and when its first request finished.
 
-    def __init__(self, prompt_tokens: int) -> None:
-        self.prompt_tokens, self.events = prompt_tokens, [(time.perf_counter(), 0)]
+    A request's position is what the SLM holds of it (its KV row, less the prompt); one that closed counts as
+    finished. The mean, not the furthest row: rows drift apart (each round a row commits up to its own first
+    rejected flag), and a clock on the furthest row puts every other row's tail in the last window."""
 
-    def __call__(self, _module, _args, kwargs) -> None:
-        position_ids = kwargs.get("position_ids")
-        if position_ids is not None:
-            done = int(position_ids.max()) + 1 - self.prompt_tokens
-            self.events.append((time.perf_counter(), max(done, self.events[-1][1])))
+    def __init__(self, slm: HFBackend, batch: int, prompt_tokens: int, total: int) -> None:
+        self.slm, self.batch, self.prompt_tokens, self.total = slm, batch, prompt_tokens, total
+        self.events: list[tuple[float, float]] = [(time.perf_counter(), 0.0)]
+        self.opened = 0  # the most requests the SLM has held at once
+        self.first_finished: tuple[float, list[int]] | None = None  # (time, positions of the rows still held)
 
-    def ms_per_token_by_window(self, window: int, total: int) -> list[float]:
-        """Wall ms per output position within each full window [w * window, (w + 1) * window)."""
+    def __call__(self, _module, _args, _kwargs) -> None:
+        now = time.perf_counter()
+        held = [min(max(n - self.prompt_tokens, 0), self.total) for n in self.slm.held_lengths]
+        self.opened = max(self.opened, len(held))
+        finished = self.opened - len(held)
+        if finished and self.first_finished is None:
+            self.first_finished = (now, held)
+        mean = (sum(held) + finished * self.total) / self.batch
+        self.events.append((now, max(mean, self.events[-1][1])))
+
+    def ms_per_token_by_window(self, window: int) -> list[float]:
+        """Wall ms per output position of the batch's mean within each full window [w * window, (w + 1) * window)."""
         firsts: dict[int, float] = {}
         for t, pos in self.events:
-            for edge in range(0, total + 1, window):
+            for edge in range(0, self.total + 1, window):
                 if pos >= edge and edge not in firsts:
                     firsts[edge] = t
         edges = sorted(firsts)
         return [round((firsts[b] - firsts[a]) * 1000 / window, 3) for a, b in zip(edges, edges[1:])]
+
+    def tail(self, end: float) -> dict:
+        """The rows' drift when the first request finished: the others' positions then, and the seconds left."""
+        if self.first_finished is None:
+            return {}
+        t, held = self.first_finished
+        return {"positions_when_first_finished": sorted(held), "tail_s": round(end - t, 1)}
 
 
 def _reset_peak_rss() -> bool:
@@ -172,7 +191,7 @@ def run_batch(slm: HFBackend, llm: HFBackend, batch: int, cfg: LongBenchConfig) 
     context = cfg.prompt_tokens + cfg.new_tokens
     rule = StopRule(frozenset(), lambda ids: "", context)  # no EOS, no stop strings: every request runs to the end
     params = [SamplingParams(max_tokens=cfg.new_tokens)] * batch
-    clock = _Clock(cfg.prompt_tokens)
+    clock = BatchClock(slm, batch, cfg.prompt_tokens, cfg.new_tokens)
     hook = slm.model.get_decoder().register_forward_pre_hook(clock, with_kwargs=True)  # what each pass runs
     reset = _reset_peak_rss()
     passes = slm.forward_passes, llm.forward_passes
@@ -181,8 +200,9 @@ def run_batch(slm: HFBackend, llm: HFBackend, batch: int, cfg: LongBenchConfig) 
         gens = generate_speculative(slm, llm, RandomPolicy(rate=cfg.share, seed=cfg.seed), prompts, params, rule)
     finally:
         hook.remove()
-    clock.events.append((time.perf_counter(), cfg.new_tokens))  # the last position is sampled, never fed
-    seconds = time.perf_counter() - start
+    end = time.perf_counter()
+    clock.events.append((end, cfg.new_tokens))  # the last position is sampled, never fed
+    seconds = end - start
     slm_passes, llm_passes = slm.forward_passes - passes[0], llm.forward_passes - passes[1]
     peak_rss = _peak_rss_gib()  # before the attention measurement's own tensors
     tokens = sum(len(g.token_ids) for g in gens)
@@ -190,14 +210,14 @@ def run_batch(slm: HFBackend, llm: HFBackend, batch: int, cfg: LongBenchConfig) 
     slm_shape, llm_shape = cfg.shapes
     weights = sum(p.numel() * p.element_size() for b in (slm, llm) for p in b.model.parameters())
     kv = batch * context * (kv_bytes_per_token(slm_shape) + kv_bytes_per_token(llm_shape))
-    windows = clock.ms_per_token_by_window(cfg.window, cfg.new_tokens)
+    windows = clock.ms_per_token_by_window(cfg.window)
     return {"ms_per_token_by_window": windows,
             "last_over_second_window": round(windows[-1] / windows[1], 3),
             "tokens_per_s": round(tokens / seconds, 1),
             "llm_share": round(sum(g.stats.llm_tokens for g in gens) / tokens, 4),
             "peak_rss_gib": round(peak_rss, 3), "peak_rss_since": "this run" if reset else "process start",
             "weights_plus_kv_gib": round((weights + kv) / 2**30, 3),
-            "passes": {"slm": slm_passes, "llm": llm_passes},
+            "passes": {"slm": slm_passes, "llm": llm_passes}, **clock.tail(end),
             **attention_by_window(cfg, batch, slm_passes, llm_passes, windows)}
 
 
@@ -215,7 +235,7 @@ def bench_long(cfg: LongBenchConfig) -> dict:
                             "intermediate": s.intermediate, "vocab": s.vocab} for s in cfg.shapes},
         "new_tokens": cfg.new_tokens, "window": cfg.window, "prompt_tokens": cfg.prompt_tokens,
         "policy": f"random, share {cfg.share}", "mode": "speculative, greedy",
-        "ms_per_token": "wall ms for the whole batch to advance one output position, per window",
+        "ms_per_token": "wall ms for the batch's mean output position to advance one position, per window",
         "kv_bytes_per_token": {slm_shape.name: kv_bytes_per_token(slm_shape),
                                llm_shape.name: kv_bytes_per_token(llm_shape)},
         "torch_threads": torch.get_num_threads(),

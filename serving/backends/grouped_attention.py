@@ -17,6 +17,9 @@ from __future__ import annotations
 import torch
 
 GROUPED_SDPA = "r2r_grouped_sdpa"
+# the keyword argument (passed through the model's forward to its attention function) that says the pass's rows
+# are scattered slots of the KV pool: key and value hold every slot, row b of the pass reads slot KV_SLOTS[b]
+KV_SLOTS = "kv_slots"
 # attention-function arguments this layout does not implement: left to transformers' SDPA function
 UNSUPPORTED = ("position_bias", "softcap", "s_aux")
 
@@ -25,9 +28,12 @@ def grouped_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor
                  attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                  is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature: query [batch, heads, q, dim], key/value [batch, kv_heads, k,
-    dim], a [batch or 1, 1, q, k] mask; returns [batch, q, heads, dim]."""
+    dim], a [batch or 1, 1, q, k] mask; returns [batch, q, heads, dim]. With `KV_SLOTS` (a [batch] tensor of
+    slots), key and value hold every slot of the KV pool and query row b attends slot KV_SLOTS[b], read in place
+    (one SDPA call per row: at 16k columns a gather of the rows costs more than their attention)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    slots = kwargs.pop(KV_SLOTS, None)
     batch, heads, q_len, head_dim = query.shape
     kv_heads = key.shape[1]
     group = heads // kv_heads
@@ -35,14 +41,22 @@ def grouped_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor
     per_position = (attention_mask.ndim == 4 and attention_mask.shape[1] == 1 and attention_mask.shape[2] == q_len
                     if attention_mask is not None else q_len == 1)
     if group == 1 or not per_position or any(kwargs.get(name) is not None for name in UNSUPPORTED):
+        if slots is not None:
+            key, value = key.index_select(0, slots), value.index_select(0, slots)
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     # head h = g * group + r reads key/value head g: rows (r, position) of head g, the mask repeated per r
     rows = query.reshape(batch, kv_heads, group * q_len, head_dim)
     mask = attention_mask if attention_mask is None or q_len == 1 else attention_mask.repeat(1, 1, group, 1)
-    out = torch.nn.functional.scaled_dot_product_attention(rows, key, value, attn_mask=mask,
-                                                           dropout_p=dropout if module.training else 0.0,
-                                                           scale=scaling)
+    p = dropout if module.training else 0.0
+    if slots is None:
+        out = torch.nn.functional.scaled_dot_product_attention(rows, key, value, attn_mask=mask, dropout_p=p,
+                                                               scale=scaling)
+    else:
+        out = torch.cat([torch.nn.functional.scaled_dot_product_attention(
+            rows[b : b + 1], key[s : s + 1], value[s : s + 1], dropout_p=p, scale=scaling,
+            attn_mask=None if mask is None else mask[b : b + 1] if mask.shape[0] > 1 else mask)
+            for b, s in enumerate(slots.tolist())])
     return out.reshape(batch, heads, q_len, value.shape[-1]).transpose(1, 2).contiguous(), None
 
 

@@ -6,10 +6,11 @@ row: `truncate` only moves the length back, the next tokens overwrite what lies 
 
 Passes. Attention on a CPU (SDPA) reads a dense [batch, kv_heads, columns, head_dim] tensor. A pass over the
 sequences of consecutive slots reads that slice of the buffer in place, so the decode loop (every sequence, every
-step) never copies its past. A pass over any other set of slots (the LLM verifying the requests that flagged)
-gathers their rows one layer at a time: a transient copy the size of what that layer's attention reads anyway (the
-HF backend runs a one-token pass over scattered slots on the consecutive run around them instead, the rows between
-riding along idle, when they are few).
+step) never copies its past. A pass over any other set of slots (the LLM verifying the requests that flagged, a
+drafting step some requests sit out) is read in place too where the attention function takes slots
+(`grouped_attention.grouped_sdpa`: one SDPA call per row on its own slot); otherwise it gathers their rows one
+layer at a time, a transient copy the size of what that layer's attention reads (the HF backend decides which,
+and for short rows runs a one-token pass on the consecutive run around them instead, the rows between idle).
 New keys and values are written straight into each row at its own length.
 
 Membership. A new sequence takes the next slot and its prefill writes in place; a fork copies its parent's prefix
@@ -52,8 +53,9 @@ class PassPlan:
 
     rows: torch.Tensor  # [batch, 1] slot of each pass row, ascending
     cols: torch.Tensor  # [batch, width] the column each appended position is written to
-    run: slice | None  # the rows' slots when consecutive (read in place); None: gathered
+    run: slice | None  # the rows' slots when consecutive (read in place as one slice)
     used: int  # columns attention reads: the longest length + width
+    in_place: bool = False  # scattered rows read in place: attention gets every slot and picks the rows' own
 
 
 class _PassLayer(DynamicLayer):
@@ -92,6 +94,8 @@ class _PassLayer(DynamicLayer):
         self._past = p.used
         if p.run is not None:
             return self._k[p.run, :, : p.used], self._v[p.run, :, : p.used]
+        if p.in_place:  # every slot; the attention function reads the pass's rows (`p.rows`) from it
+            return self._k[:, :, : p.used], self._v[:, :, : p.used]
         slots = p.rows[:, 0]
         return self._k[:, :, : p.used].index_select(0, slots), self._v[:, :, : p.used].index_select(0, slots)
 
@@ -164,8 +168,10 @@ class KVPool:
         for buf in self.layers:
             buf[:, dst, :, :length] = buf[:, src, :, :length]
 
-    def plan(self, seqs: list[Pooled], width: int) -> PassPlan:
-        """Make room for `width` more columns on every row of `seqs` (ordered by slot) and say where they go."""
+    def plan(self, seqs: list[Pooled], width: int, in_place: bool = False) -> PassPlan:
+        """Make room for `width` more columns on every row of `seqs` (ordered by slot) and say where they go.
+        `in_place`: scattered slots are read where they are, by an attention function that takes the slots
+        (`grouped_attention.KV_SLOTS`), instead of gathered."""
         slots = [s.slot for s in seqs]
         assert all(a < b for a, b in zip(slots, slots[1:])), f"a pass runs rows in slot order, got {slots}"
         used = max(s.length for s in seqs) + width
@@ -176,7 +182,7 @@ class KVPool:
         cols = torch.tensor([s.length for s in seqs], dtype=torch.long, device=device)[:, None] \
             + torch.arange(width, device=device)
         run = slice(slots[0], slots[-1] + 1) if slots[-1] - slots[0] == len(slots) - 1 else None
-        return PassPlan(rows, cols, run, used)
+        return PassPlan(rows, cols, run, used, in_place=run is None and in_place)
 
     def cache(self, plan: PassPlan) -> Cache:
         """A transformers Cache that reads and writes the pool for one pass."""

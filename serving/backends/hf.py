@@ -141,8 +141,9 @@ class HFBackend:
         head_dim = int(getattr(text_config, "head_dim", None) or self.hidden_size // heads)
         self.layer_types = sorted(set(getattr(text_config, "layer_types", None) or []))
         self.sliding_window = getattr(text_config, "sliding_window", None)
-        unmasked = set(self.layer_types) - set(MASKED_LAYER_TYPES) or (
-            {"sliding_attention"} if "sliding_attention" in self.layer_types and self.sliding_window is None else set())
+        unmasked = set(self.layer_types) - set(MASKED_LAYER_TYPES)
+        if "sliding_attention" in self.layer_types and self.sliding_window is None:
+            unmasked.add("sliding_attention without a window")
         if unmasked:  # a full mask for them would be silently inexact
             raise ValueError(f"{model_id}: layer types {sorted(unmasked)} are not supported by the HF backend "
                              f"(its masks cover {', '.join(MASKED_LAYER_TYPES)} with a sliding window)")
@@ -255,11 +256,11 @@ class HFBackend:
 
     # -- one pass ---------------------------------------------------------------------------
     def _pass_rows(self, seqs: list[HFSequence], width: int) -> list[HFSequence]:
-        """The pool rows a pass runs: `seqs` (in slot order), read in place when their slots are consecutive. A
-        one-token pass over scattered slots (a drafting step some requests sit out) also runs the rows between
-        them, idle, when they are at most as many: an idle row costs one position and a read of its KV, where
-        gathering costs a copy of every member's KV per layer. Wider passes gather. Rows long enough to be read in
-        place (`_in_place`) run alone."""
+        """The pool rows a pass runs: `seqs` (in slot order), read in place when their slots are consecutive, or
+        when scattered rows are long enough to be read in place one by one (`_in_place`). Otherwise a one-token
+        pass over scattered slots (a drafting step some requests sit out) also runs the rows between them, idle,
+        when they are at most as many: an idle row costs one position and a read of its KV, where gathering costs a
+        copy of every member's KV per layer. Wider passes gather."""
         first, last = seqs[0].slot, seqs[-1].slot
         span = last - first + 1
         if span == len(seqs) or width > 1 or span > 2 * len(seqs) or self._in_place(seqs, width):

@@ -24,7 +24,6 @@ def test_long_bench_reports_every_window_and_memory() -> None:
     assert result["meta"]["kv_bytes_per_token"]["tiny-llm"] == kv_bytes_per_token(TINY[1]) == 2 * 2 * 2 * 16 * 4
 
 
-
 @dataclass
 class _HeldRows:
     """What BatchClock reads of the SLM backend: each open sequence's length."""

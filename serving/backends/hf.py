@@ -2,8 +2,9 @@
 
 KV: every open sequence holds a row of one `KVPool` (serving/backends/kv_pool.py), column c holding position c.
 A pass runs the model's decoder over the rows it extends, in slot order: consecutive slots (the decode loop) are
-read in place, others gathered per layer (or, for a one-token pass, run in place with the few rows between them
-idle: `_pass_rows`); each row's new keys and values are written at its own length.
+read in place; scattered ones too, a row at a time, once rows reach `IN_PLACE_COLUMNS`; shorter scattered rows are
+gathered per layer (or, for a one-token pass, run in place with the few rows between them idle: `_pass_rows`).
+Each row's new keys and values are written at its own length.
 
 Masks are built here from positions, not left to the model: a query at position q sees its row's columns <= q
 (and > q - window on sliding-window layers). Padding queries (rows with fewer new tokens than the pass is wide)

@@ -7,7 +7,8 @@ import copy
 import pytest
 import torch
 
-from r2r.serving.backends.grouped_attention import GROUPED_SDPA, KV_SLOTS, grouped_sdpa, use_grouped_sdpa
+from r2r.serving.backends.grouped_attention import (GROUPED_MASK, GROUPED_SDPA, KV_SLOTS, grouped_mask, grouped_sdpa,
+                                                          use_grouped_sdpa)
 from r2r.serving.backends.hf import IN_PLACE_COLUMNS, HFBackend
 
 
@@ -45,6 +46,14 @@ def test_grouped_sdpa_is_attention(heads: int, kv_heads: int, q_len: int) -> Non
     out, _ = grouped_sdpa(_Layer(heads // kv_heads), q, k, v, mask, scaling=dim ** -0.5)
     assert out.shape == (batch, q_len, heads, dim)
     torch.testing.assert_close(out.double(), _by_hand(q, k, v, mask, causal=False), atol=1e-5, rtol=0)
+    # the mask built once per pass in this layout: the same result, bit for bit
+    prebuilt = {GROUPED_MASK: grouped_mask(mask, heads // kv_heads, q.dtype)}
+    assert torch.equal(grouped_sdpa(_Layer(heads // kv_heads), q, k, v, mask, scaling=dim ** -0.5, **prebuilt)[0], out)
+    if heads > kv_heads:  # where this layout applies, the mask given is the one used: a stricter one gives its result
+        stricter = mask & (torch.arange(keys) >= 3)
+        given = {GROUPED_MASK: grouped_mask(stricter, heads // kv_heads, q.dtype)}
+        out, _ = grouped_sdpa(_Layer(heads // kv_heads), q, k, v, mask, scaling=dim ** -0.5, **given)
+        torch.testing.assert_close(out.double(), _by_hand(q, k, v, stricter, causal=False), atol=1e-5, rtol=0)
 
 
 def test_a_mask_shared_by_every_query_falls_back() -> None:
@@ -104,6 +113,8 @@ def test_scattered_slots_are_read_in_place(heads: int, kv_heads: int, q_len: int
     out, _ = grouped_sdpa(_Layer(heads // kv_heads), q, k, v, mask, scaling=dim ** -0.5, **{KV_SLOTS: slots})
     expected = _by_hand(q, k[slots], v[slots], mask, causal=False)
     torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
+    prebuilt = {GROUPED_MASK: grouped_mask(mask, heads // kv_heads, q.dtype), KV_SLOTS: slots}
+    assert torch.equal(grouped_sdpa(_Layer(heads // kv_heads), q, k, v, mask, scaling=dim ** -0.5, **prebuilt)[0], out)
 
 
 def test_backend_reads_long_scattered_rows_in_place() -> None:

@@ -20,6 +20,9 @@ GROUPED_SDPA = "r2r_grouped_sdpa"
 # the keyword argument (passed through the model's forward to its attention function) that says the pass's rows
 # are scattered slots of the KV pool: key and value hold every slot, row b of the pass reads slot KV_SLOTS[b]
 KV_SLOTS = "kv_slots"
+# the keyword argument that carries the pass's mask already in this layout (`grouped_mask`), built once per pass:
+# otherwise every layer repeats the boolean mask per query head and SDPA converts the copy to floats
+GROUPED_MASK = "grouped_mask"
 # attention-function arguments this layout does not implement: left to transformers' SDPA function
 UNSUPPORTED = ("position_bias", "softcap", "s_aux")
 
@@ -30,10 +33,12 @@ def grouped_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor
     """transformers' attention-function signature: query [batch, heads, q, dim], key/value [batch, kv_heads, k,
     dim], a [batch or 1, 1, q, k] mask; returns [batch, q, heads, dim]. With `KV_SLOTS` (a [batch] tensor of
     slots), key and value hold every slot of the KV pool and query row b attends slot KV_SLOTS[b], read in place
-    (one SDPA call per row: at 16k columns a gather of the rows costs more than their attention)."""
+    (one SDPA call per row: at 16k columns a gather of the rows costs more than their attention). With
+    `GROUPED_MASK`, `grouped_mask(attention_mask, ...)` given by the caller, used where this layout applies."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     slots = kwargs.pop(KV_SLOTS, None)
+    prebuilt = kwargs.pop(GROUPED_MASK, None)
     batch, heads, q_len, head_dim = query.shape
     kv_heads = key.shape[1]
     group = heads // kv_heads
@@ -47,7 +52,12 @@ def grouped_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor
                                       is_causal=is_causal, **kwargs)
     # head h = g * group + r reads key/value head g: rows (r, position) of head g, the mask repeated per r
     rows = query.reshape(batch, kv_heads, group * q_len, head_dim)
-    mask = attention_mask if attention_mask is None or q_len == 1 else attention_mask.repeat(1, 1, group, 1)
+    if prebuilt is not None:
+        assert prebuilt.shape[2:] == (group * q_len if q_len > 1 else 1, attention_mask.shape[3]), \
+            f"a grouped mask {tuple(prebuilt.shape)} for a {tuple(attention_mask.shape)} mask"
+        mask = prebuilt
+    else:
+        mask = attention_mask if attention_mask is None or q_len == 1 else attention_mask.repeat(1, 1, group, 1)
     p = dropout if module.training else 0.0
     if slots is None:
         out = torch.nn.functional.scaled_dot_product_attention(rows, key, value, attn_mask=mask, dropout_p=p,
@@ -58,6 +68,16 @@ def grouped_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor
             attn_mask=None if mask is None else mask[b : b + 1] if mask.shape[0] > 1 else mask)
             for b, s in enumerate(slots.tolist())])
     return out.reshape(batch, heads, q_len, value.shape[-1]).transpose(1, 2).contiguous(), None
+
+
+def grouped_mask(mask: torch.Tensor, group: int, dtype: torch.dtype) -> torch.Tensor:
+    """A pass's boolean [batch, 1, q, keys] mask (True = attend) in `grouped_sdpa`'s row layout, [batch, 1,
+    group x q, keys] (one row of 1 when q is 1), additive (0 / -inf) in the queries' dtype, which SDPA adds as it
+    is: the same scores as the boolean mask SDPA would convert. One LLM-shaped layer (8 / 4 heads, 12 queries at
+    16k keys, one CPU thread): 6.1 ms from a boolean mask against 5.0 from this one at batch 1, 54 against 48 at
+    batch 8."""
+    rows = mask if mask.shape[2] == 1 else mask.repeat(1, 1, group, 1)
+    return torch.zeros(rows.shape, dtype=dtype, device=mask.device).masked_fill_(~rows, float("-inf"))
 
 
 def use_grouped_sdpa(model: torch.nn.Module) -> None:

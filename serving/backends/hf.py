@@ -30,7 +30,7 @@ import torch
 from r2r.serving.backends.base import (DraftedBlock, Positions, RowKind, StepOutput, draft_by_extending, open_by_extending,
                                    resolve_rows)
 from r2r.serving.backends.fingerprint import model_fingerprint
-from r2r.serving.backends.grouped_attention import GROUPED_SDPA, KV_SLOTS, use_grouped_sdpa
+from r2r.serving.backends.grouped_attention import GROUPED_MASK, GROUPED_SDPA, KV_SLOTS, grouped_mask, use_grouped_sdpa
 from r2r.serving.backends.kv_pool import KVPool
 from r2r.serving.backends.lm_head import LMHead, check_head
 from r2r.serving.backends.shared_body import materialize_weights
@@ -155,8 +155,10 @@ class HFBackend:
         self._head = LMHead(model)
         check_head(model, self._decoder, self._head)
         self._pool = KVPool(int(text_config.num_hidden_layers), kv_heads, head_dim, model.dtype, self.device)
-        # scattered slots read in place: only grouped_sdpa takes slots, and it runs its own layout for GQA heads
-        self._slots_in_place = model.config._attn_implementation == GROUPED_SDPA and heads > kv_heads
+        # query heads per key/value head where grouped_sdpa runs its own layout (None where it does not): it
+        # takes the mask in that layout and reads scattered slots in place
+        self._group = heads // kv_heads if model.config._attn_implementation == GROUPED_SDPA and heads > kv_heads \
+            else None
         self._pass_threads = pass_threads if self.device.type == "cpu" else None
         self.n_parameters = sum(p.numel() for p in self.model.parameters())
         self._cache_kwarg = cache_kwarg(self._decoder)
@@ -270,7 +272,7 @@ class HFBackend:
 
     def _in_place(self, seqs: list[HFSequence], width: int) -> bool:
         """Whether a pass over `seqs`, when their slots are scattered, reads them in place (`IN_PLACE_COLUMNS`)."""
-        return self._slots_in_place and max(s.length for s in seqs) + width >= IN_PLACE_COLUMNS
+        return self._group is not None and max(s.length for s in seqs) + width >= IN_PLACE_COLUMNS
 
     def _masks(self, query_pos: torch.Tensor, columns: int) -> torch.Tensor | dict[str, torch.Tensor]:
         """A 4D mask, or one per layer type for models that mix full and sliding-window layers."""
@@ -307,9 +309,12 @@ class HFBackend:
         # the asked positions of every row, flattened: row b's position p is b * width + p
         flat = torch.tensor([b * width + p for b, ps in enumerate(at) for p in ps], dtype=torch.long, device=dev)
         with torch_threads(threads):
-            slots = {KV_SLOTS: plan.rows[:, 0]} if plan.in_place else {}
+            extra = {KV_SLOTS: plan.rows[:, 0]} if plan.in_place else {}
+            masks = list(mask.values()) if isinstance(mask, dict) else [mask]
+            if self._group is not None and len(masks) == 1:  # one mask for every layer: laid out once per pass
+                extra[GROUPED_MASK] = grouped_mask(masks[0], self._group, self.model.dtype)
             body = self._decoder(input_ids=input_ids.to(dev), position_ids=position_ids.to(dev), attention_mask=mask,
-                                 use_cache=True, **{self._cache_kwarg: self._pool.cache(plan)}, **slots)
+                                 use_cache=True, **{self._cache_kwarg: self._pool.cache(plan)}, **extra)
             hidden = body.last_hidden_state.reshape(len(seqs) * width, -1).index_select(0, flat)  # [n_rows, hidden]
             if len(flat):
                 logits, kind = self._head.rows(hidden, top_k)  # [n_rows, vocab] float32 on the CPU

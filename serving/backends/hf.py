@@ -311,7 +311,9 @@ class HFBackend:
         with torch_threads(threads):
             extra = {KV_SLOTS: plan.rows[:, 0]} if plan.in_place else {}
             masks = list(mask.values()) if isinstance(mask, dict) else [mask]
-            if self._group is not None and len(masks) == 1:  # one mask for every layer: laid out once per pass
+            if self._group is not None and len(masks) == 1 and width > 1:
+                # one mask for every layer, laid out once per pass instead of repeated per query head in each
+                # layer; a one-token pass repeats nothing (the testbed SLM's decode: 2.0 ms against 2.1 laid out)
                 extra[GROUPED_MASK] = grouped_mask(masks[0], self._group, self.model.dtype)
             body = self._decoder(input_ids=input_ids.to(dev), position_ids=position_ids.to(dev), attention_mask=mask,
                                  use_cache=True, **{self._cache_kwarg: self._pool.cache(plan)}, **extra)

@@ -72,7 +72,7 @@ def grouped_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor
 
 def grouped_mask(mask: torch.Tensor, group: int, dtype: torch.dtype) -> torch.Tensor:
     """A pass's boolean [batch, 1, q, keys] mask (True = attend) in `grouped_sdpa`'s row layout, [batch, 1,
-    group x q, keys] (one row of 1 when q is 1), additive (0 / -inf) in the queries' dtype, which SDPA adds as it
+    group x q, keys] (a single row when q is 1), additive (0 / -inf) in the queries' dtype, which SDPA adds as it
     is: the same scores as the boolean mask SDPA would convert. One LLM-shaped layer (8 / 4 heads, 12 queries at
     16k keys, one CPU thread): 6.1 ms from a boolean mask against 5.0 from this one at batch 1, 54 against 48 at
     batch 8."""

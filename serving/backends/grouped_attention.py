@@ -57,7 +57,7 @@ def grouped_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor
             f"a grouped mask {tuple(prebuilt.shape)} for a {tuple(attention_mask.shape)} mask"
         mask = prebuilt
     else:
-        mask = attention_mask if attention_mask is None or q_len == 1 else attention_mask.repeat(1, 1, group, 1)
+        mask = None if attention_mask is None else _rows_per_head(attention_mask, group)
     p = dropout if module.training else 0.0
     if slots is None:
         out = torch.nn.functional.scaled_dot_product_attention(rows, key, value, attn_mask=mask, dropout_p=p,
@@ -76,8 +76,14 @@ def grouped_mask(mask: torch.Tensor, group: int, dtype: torch.dtype) -> torch.Te
     is: the same scores as the boolean mask SDPA would convert. One LLM-shaped layer (8 / 4 heads, 12 queries at
     16k keys, one CPU thread): 6.1 ms from a boolean mask against 5.0 from this one at batch 1, 54 against 48 at
     batch 8."""
-    rows = mask if mask.shape[2] == 1 else mask.repeat(1, 1, group, 1)
+    rows = _rows_per_head(mask, group)
     return torch.zeros(rows.shape, dtype=dtype, device=mask.device).masked_fill_(~rows, float("-inf"))
+
+
+def _rows_per_head(mask: torch.Tensor, group: int) -> torch.Tensor:
+    """A [batch, 1, q, keys] mask repeated for the `group` query heads of a key/value head: rows (r, position); a
+    one-query mask broadcasts over them as it is."""
+    return mask if mask.shape[2] == 1 else mask.repeat(1, 1, group, 1)
 
 
 def use_grouped_sdpa(model: torch.nn.Module) -> None:

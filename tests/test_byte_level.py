@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from r2r.serving.byte_level.probabilities import ByteLevelLM
 from r2r.serving.byte_level.token_bytes import END, TokenBytes
+from tests.conftest import TOKENIZER_DIR
 from tests.byte_oracle import (
     RestrictedHF,
     TableLM,
@@ -195,3 +198,99 @@ def test_canonical_pair_memo_is_bounded_and_exact(kind: str):
             for v in rights.tolist():
                 want = bounded.encode(bounded.table[left] + bounded.table[v]) == [left, v]
                 assert bool(row[v]) == want, f"pair ({left}, {v}) on sweep {sweep}"
+
+
+def _random_text(rng: random.Random, case: tuple, n_bytes: int) -> bytes:
+    """Words and gaps of the case's alphabet, and (where the vocabulary has byte tokens) now and then the lead
+    byte of a two-byte character with no continuation: not UTF-8 text."""
+    _, words, gaps, stray = case
+    out = bytearray()
+    while len(out) < n_bytes:
+        roll = rng.random()
+        if roll < 0.05 and stray:
+            out += b"\xc3"
+        elif roll < 0.2:
+            out += rng.choice(gaps).encode()
+        else:
+            out += rng.choice(words).encode() + rng.choice(["", " "]).encode()
+    return bytes(out)
+
+
+TESTBED_WORDS = ["Ava", "finds", "5", "more:", "12", "+", "=", "17.", "So", "the", "answer", "is", "let", "us", "é"]
+TESTBED_GAPS = [" ", "  ", "\n", " \n ", ", ", "   "]
+ENCODE_CASES = {  # tokenizer, words, gaps, stray bytes: each vocabulary's alphabet (the toys know their corpus's)
+    "gpt2-bpe": (gpt2_style_tokenizer, ["ab", "abc", "ba", "cab", "c1", "12", "a2b", "aab", "bca", "abba"],
+                 [" ", "  ", "   "], False),
+    "spm-bpe-byte-fallback": (sentencepiece_style_tokenizer, ["ab", "abc", "ba", "cab", "c1", "12", "a2b", "é"],
+                              [" ", "  ", "   "], True),
+    # the testbed's two vocabularies: byte-level BPE, and SentencePiece-style
+    "testbed": (lambda: AutoTokenizer.from_pretrained(TOKENIZER_DIR), TESTBED_WORDS, TESTBED_GAPS, True),
+    "testbed-x": (lambda: AutoTokenizer.from_pretrained(TOKENIZER_DIR.parent / "tokenizer-x"), TESTBED_WORDS,
+                  TESTBED_GAPS, False),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ENCODE_CASES))
+def test_encoding_reused_from_a_known_prefix_equals_encoding_everything(kind: str):
+    """`encode_reusing` against `encode` on 2 kB texts: for ends before, at and after the known prefix's end
+    (mid-token, mid-character, at spaces), the tokens equal the whole text's encoding, and the ones it says are
+    kept are the known prefix's."""
+    vocab = TokenBytes.from_tokenizer(ENCODE_CASES[kind][0]())
+    rng = random.Random(kind)
+    checked = reused = 0
+    for _ in range(4):
+        text = _random_text(rng, ENCODE_CASES[kind], 2000)
+        assert vocab.decode(vocab.encode(text)) == text, "the text is in the vocabulary's alphabet"
+        for _ in range(40):
+            known_end = rng.randrange(len(text) // 2, len(text))
+            end = min(len(text), max(1, known_end + rng.randrange(-vocab.max_len, 3 * vocab.max_len)))
+            known = vocab.encode(text[:known_end])
+            ids, kept = vocab.encode_reusing(text, end, known, known_end)
+            assert ids == vocab.encode(text[:end]), (text[max(0, end - 40):end], known_end - end)
+            assert ids[:kept] == known[:kept]
+            checked, reused = checked + 1, reused + (kept > len(known) - 3 * vocab.max_len)
+    assert reused > 0.9 * checked, f"only {reused} of {checked} encodings reused the known prefix"
+
+
+class _CountingTokenBytes(TokenBytes):
+    """Counts the bytes that go through the tokenizer."""
+
+    encoded: int = 0
+
+    def encode(self, data: bytes) -> list[int]:
+        self.encoded += len(data)
+        return super().encode(data)
+
+
+def test_rows_of_a_long_text_pushed_in_chunks_hold_its_canonical_tokens():
+    """A state pushed a long text a few bytes at a time, with the model's own tokens between, plans every new
+    row from the longest one: every row's tokens are the canonical encoding of its prefix, encoding only the
+    last few tokens' bytes each (not the whole text again), and after bytes the
+    next-byte distribution equals that of a fresh state pushed the whole text at once (whose rows are encoded
+    from nothing)."""
+    tokenizer = gpt2_style_tokenizer()
+    vocab = TokenBytes.from_tokenizer(tokenizer)
+    lm = TableLM(len(tokenizer), [i for i, piece in enumerate(vocab.table) if piece], tokenizer.eos_token_id,
+                 context_len=1, max_new=10_000)
+    blm = ByteLevelLM(lm, tokenizer)
+    blm.vocab = counting = _CountingTokenBytes.from_tokenizer(tokenizer)
+    rng = random.Random(0)
+    (state,) = blm.start([None])
+    for _ in range(500):
+        leaf = blm.pick_leaf(state)
+        if rng.random() < 0.2 and blm.piece(state, leaf):  # the next push starts from the model's one row
+            blm.commit(state, leaf)
+            blm.evaluate([state])
+        else:
+            blm.push([state], [_random_text(rng, ENCODE_CASES["gpt2-bpe"], 1)[: rng.randint(1, 6)]])
+        for split, row in state.rows.items():
+            assert row.ids == vocab.encode(state.text[:split]), (split, state.text[max(0, split - 30):split])
+    assert counting.encoded < 100 * 500, f"{counting.encoded} bytes encoded: the rows re-encode the text"
+    blm.push([state], [b"ab"])  # bytes last: a state at its own token's boundary conditions on that token
+    assert len(state.text) > 1000
+    (fresh,) = blm.start([None])
+    blm.push([fresh], [state.text])
+    assert torch.allclose(blm.distribution(state).exp(), blm.distribution(fresh).exp(), atol=1e-12)
+    assert blm.prefix_logprob(state) == pytest.approx(blm.prefix_logprob(fresh), abs=1e-9)
+    blm.close(state)
+    blm.close(fresh)

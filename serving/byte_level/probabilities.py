@@ -316,24 +316,27 @@ class ByteLevelLM:
                 raise AssertionError("a stale row with no tokens")
             if fed > start:
                 self.backend.truncate(row.seq, ctx + start)
-            return start + 1, row, (state.context + row.ids)[ctx + start:]
-        ids = self.vocab.encode(state.text[:split])
-        source = max(state.rows.values(), key=lambda r: (_common_prefix(ids, r.ids), -len(r.ids)))
-        lcp = _common_prefix(ids, source.ids)
+            return start + 1, row, row.ids[start:]
+        # the new row forks the longest one: its tokens were encoded from that row's, so they share all but the
+        # last few (and the work here is O(those few), whatever the text's length)
+        source = state.root
+        ids, shared = self.vocab.encode_reusing(state.text, split, source.ids, source.split)
+        lcp = shared + _common_prefix(ids[shared:], source.ids[shared:])
         fork_at = min(ctx + lcp - 1, source.seq.length)  # re-feed one shared token to get the next-token row
         seq = self.backend.fork(source.seq, fork_at)
         j0 = fork_at + 1 - ctx  # the pass predicts ids[j0:], each after ids[:j]
         new = Row(split, ids, seq, source.cum[: j0 + 1])
-        return j0, new, (state.context + ids)[fork_at:]
+        return j0, new, state.context[fork_at:] + ids[max(0, fork_at - ctx):]
 
     def _finish_row(self, state: ByteState, row: Row, j0: int, out) -> None:
-        # output k is the distribution after (context + ids)[: seq_len_before + k + 1]
-        cum = row.cum[: j0 + 1]
+        # output k is the distribution after (context + ids)[: seq_len_before + k + 1]; the row owns its cum (new
+        # rows and forks copy it), so it is cut and extended in place
+        cum = row.cum
+        del cum[j0 + 1:]
         for k in range(out.logits.shape[0] - 1):
             j = j0 + k
             lp = self._next_logp(out.logits[k], row.ids[j - 1] if j > 0 else None)
             cum.append(cum[-1] + float(lp[row.ids[j]]))
-        row.cum = cum
         row.next_logp = self._next_logp(out.logits[-1], row.ids[-1] if row.ids else None)
         # copies: a view would keep the pass's every row ([positions fed, vocab]) alive as long as the row
         row.hidden = None if out.hidden is None else out.hidden[-1].clone()

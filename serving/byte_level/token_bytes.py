@@ -19,6 +19,7 @@ import bisect
 import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -93,8 +94,9 @@ class TokenBytes:
         """How many left tokens' rows the memo keeps (at least 16, whatever the vocabulary)."""
         return max(16, self.memo_bytes // (2 * len(self.table)))
 
-    @property
+    @cached_property
     def max_len(self) -> int:
+        """The longest token's length in bytes."""
         return max(len(t) for t in self.table)
 
     def starting_with(self, prefix: bytes, longer: bool) -> list[int]:
@@ -136,6 +138,29 @@ class TokenBytes:
             return (self.encode(data[: err.start]) + [self._single_byte[bytes([b])] for b in bad]
                     + self.encode(data[err.end:]))
         return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def encode_reusing(self, text: bytes, end: int, known: list[int], known_end: int) -> tuple[list[int], int]:
+        """(encode(text[:end]), k) where its first k tokens are known[:k]; `known` is the canonical encoding of
+        text[:known_end].
+
+        Only the bytes after a cut some tokens back in `known` (at least the longest token's length before
+        `end`) go through the tokenizer, so a long text costs what its last few tokens cost, not its length. The
+        kept tokens and the tail's encoding are each canonical; when the pair across the cut is canonical too, the
+        whole is (canonicality is pairwise, the module docstring's premise, which `valid_after` rests on as well),
+        and a byte string has one canonical encoding: this one. When the pair is not, the cut moves further back,
+        down to encoding everything."""
+        margin = self.max_len
+        while True:
+            k, cut = len(known), known_end
+            while k > 0 and (cut > end - margin or k > len(known) - 2):
+                k -= 1
+                cut -= len(self.table[known[k]])
+            if k == 0:
+                return self.encode(text[:end]), 0
+            tail = self.encode(text[cut:end])
+            if self.encode(self.table[known[k - 1]] + self.table[tail[0]]) == [known[k - 1], tail[0]]:
+                return known[:k] + tail, k
+            margin *= 2
 
     def valid_after(self, left: int | None, ids: torch.Tensor | None = None) -> torch.Tensor:
         """[vocab] bool: the tokens v for which [left, v] is canonical (left=None: v alone is).

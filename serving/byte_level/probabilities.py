@@ -316,7 +316,7 @@ class ByteLevelLM:
                 raise AssertionError("a stale row with no tokens")
             if fed > start:
                 self.backend.truncate(row.seq, ctx + start)
-            return start + 1, row, row.ids[start:]
+            return start + 1, row, _tokens_from(state.context, row.ids, ctx + start)
         # the new row forks the longest one: its tokens were encoded from that row's, so they share all but the
         # last few (and the work here is O(those few), whatever the text's length)
         source = state.root
@@ -326,7 +326,7 @@ class ByteLevelLM:
         seq = self.backend.fork(source.seq, fork_at)
         j0 = fork_at + 1 - ctx  # the pass predicts ids[j0:], each after ids[:j]
         new = Row(split, ids, seq, source.cum[: j0 + 1])
-        return j0, new, state.context[fork_at:] + ids[max(0, fork_at - ctx):]
+        return j0, new, _tokens_from(state.context, ids, fork_at)
 
     def _finish_row(self, state: ByteState, row: Row, j0: int, out) -> None:
         # output k is the distribution after (context + ids)[: seq_len_before + k + 1]; the row owns its cum (new
@@ -353,6 +353,11 @@ class ByteLevelLM:
         order = head.indices
         lp = lp.masked_fill(~self.vocab.valid_after(left, order[:n_check]), float("-inf"))
         return lp - torch.logsumexp(lp, 0)
+
+
+def _tokens_from(context: list[int], ids: list[int], at: int) -> list[int]:
+    """(context + ids)[at:] (at >= 0), without copying the part before `at`."""
+    return context[at:] + ids[max(0, at - len(context)):]
 
 
 def _scatter_logsumexp(values: torch.Tensor, index: torch.Tensor, bins: int) -> torch.Tensor:

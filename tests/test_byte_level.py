@@ -216,6 +216,21 @@ def _random_text(rng: random.Random, case: tuple, n_bytes: int) -> bytes:
     return bytes(out)
 
 
+def multibyte_bpe_tokenizer():
+    """Byte-level BPE with every byte in its alphabet and merges inside multi-byte characters (é, 🙂, 日本): a
+    character is one token or split across two, so a text cut mid-character encodes its end as single bytes."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["café 🙂 日本 naïve", "ab 🙂🙂 日本語 é", "abc café, 日 本 🙂!"] * 5
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"], show_progress=False,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+
+
 TESTBED_WORDS = ["Ava", "finds", "5", "more:", "12", "+", "=", "17.", "So", "the", "answer", "is", "let", "us", "é"]
 TESTBED_GAPS = [" ", "  ", "\n", " \n ", ", ", "   "]
 ENCODE_CASES = {  # tokenizer, words, gaps, stray bytes: each vocabulary's alphabet (the toys know their corpus's)
@@ -223,6 +238,8 @@ ENCODE_CASES = {  # tokenizer, words, gaps, stray bytes: each vocabulary's alpha
                  [" ", "  ", "   "], False),
     "spm-bpe-byte-fallback": (sentencepiece_style_tokenizer, ["ab", "abc", "ba", "cab", "c1", "12", "a2b", "é"],
                               [" ", "  ", "   "], True),
+    "multibyte-bpe": (multibyte_bpe_tokenizer, ["café", "🙂", "日本", "naïve", "ab", "日本語", "é", "!"],
+                      [" ", "  ", ", "], True),
     # the testbed's two vocabularies: byte-level BPE, and SentencePiece-style
     "testbed": (lambda: AutoTokenizer.from_pretrained(TOKENIZER_DIR), TESTBED_WORDS, TESTBED_GAPS, True),
     "testbed-x": (lambda: AutoTokenizer.from_pretrained(TOKENIZER_DIR.parent / "tokenizer-x"), TESTBED_WORDS,

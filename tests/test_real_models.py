@@ -74,3 +74,32 @@ def test_smol_gemma_routes_end_to_end_through_the_cli(smollm2_dir, gemma3_dir) -
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["text"] and {"slm", "llm"} <= set(out["sources"])
+
+
+@pytest.mark.slow
+def test_encoding_reused_from_a_known_prefix_on_real_tokenizers(smollm2_dir, gemma3_dir) -> None:
+    """`encode_reusing` equals encoding everything on real vocabularies (SmolLM2's byte-level BPE, Gemma 3's
+    SentencePiece with byte fallback and whitespace tokens): reasoning, code and math text with runs of spaces,
+    tabs, newlines, accents, CJK, emoji and stray bytes, ends within a few tokens of the known prefix's."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from r2r.serving.byte_level.token_bytes import TokenBytes
+
+    from .test_byte_level import _random_text
+
+    words = ["The", "answer", "is", "\\frac{1}{2}", "def", "fibonacci(n):", "return", "x**2", "Wait,", "let's",
+             "check:", "12,345", "3.14159", "naïve", "日本語", "日本", "🙂", "->", "==", "(a+b)", "don't", "I'm",
+             "1e-9", "café"]
+    gaps = [" ", "  ", "    ", "\t", "\n", "\n\n", " \n", "\n    "]
+    for model_dir in (smollm2_dir, gemma3_dir):
+        vocab = TokenBytes.from_tokenizer(AutoTokenizer.from_pretrained(model_dir))
+        rng = random.Random(model_dir.name)
+        for _ in range(3):
+            text = _random_text(rng, (None, words, gaps, True), 4000)
+            for _ in range(60):
+                known_end = rng.randrange(len(text) // 2, len(text))
+                end = min(len(text), max(1, known_end + rng.randrange(-vocab.max_len, 2 * vocab.max_len)))
+                ids, kept = vocab.encode_reusing(text, end, vocab.encode(text[:known_end]), known_end)
+                assert ids == vocab.encode(text[:end]), (model_dir.name, text[max(0, end - 40):end])

@@ -46,6 +46,14 @@ def _is_byte_level(tokenizer) -> bool:
     return "ByteLevel" in json.dumps(spec.get("decoder")) or "ByteLevel" in json.dumps(spec.get("pre_tokenizer"))
 
 
+def _is_text(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _piece_bytes(piece: str, byte_level: bool, table: dict[str, int]) -> bytes:
     if byte_level:
         return bytes(table[c] for c in piece)
@@ -147,18 +155,22 @@ class TokenBytes:
         `end`) go through the tokenizer, so a long text costs what its last few tokens cost, not its length. The
         kept tokens and the tail's encoding are each canonical; when the pair across the cut is canonical too, the
         whole is (canonicality is pairwise, the module docstring's premise, which `valid_after` rests on as well),
-        and a byte string has one canonical encoding: this one. When the pair is not, the cut moves further back,
-        down to encoding everything."""
+        and a byte string has one canonical encoding: this one. The pair is checked only where its bytes are text
+        (a token that is part of a character cannot be encoded alone), and the cut is never inside a character:
+        the bytes after it would not be text, and `encode` would give them single-byte tokens that the whole
+        text's encoding does not have. Where either fails, the cut moves further back, down to encoding
+        everything."""
         margin = self.max_len
         while True:
             k, cut = len(known), known_end
-            while k > 0 and (cut > end - margin or k > len(known) - 2):
+            while k > 0 and (cut > end - margin or k > len(known) - 2 or text[cut] & 0xC0 == 0x80):
                 k -= 1
                 cut -= len(self.table[known[k]])
             if k == 0:
                 return self.encode(text[:end]), 0
             tail = self.encode(text[cut:end])
-            if self.encode(self.table[known[k - 1]] + self.table[tail[0]]) == [known[k - 1], tail[0]]:
+            pair = self.table[known[k - 1]] + self.table[tail[0]]
+            if _is_text(pair) and self.encode(pair) == [known[k - 1], tail[0]]:
                 return known[:k] + tail, k
             margin *= 2
 

@@ -47,6 +47,7 @@ def _is_byte_level(tokenizer) -> bool:
 
 
 def _is_text(data: bytes) -> bool:
+    """Whether `data` is UTF-8 text (what the text tokenizer can encode as it is)."""
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:

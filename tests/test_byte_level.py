@@ -10,7 +10,6 @@ from transformers import AutoTokenizer
 
 from r2r.serving.byte_level.probabilities import ByteLevelLM
 from r2r.serving.byte_level.token_bytes import END, TokenBytes
-from tests.conftest import TOKENIZER_DIR
 from tests.byte_oracle import (
     RestrictedHF,
     TableLM,
@@ -19,6 +18,7 @@ from tests.byte_oracle import (
     prefix_table,
     sentencepiece_style_tokenizer,
 )
+from tests.conftest import TOKENIZER_DIR
 
 TOKENIZERS = {"gpt2-bpe": gpt2_style_tokenizer, "spm-bpe-byte-fallback": sentencepiece_style_tokenizer}
 MAX_NEW = 3
@@ -282,9 +282,8 @@ class _CountingTokenBytes(TokenBytes):
 def test_rows_of_a_long_text_pushed_in_chunks_hold_its_canonical_tokens():
     """A state pushed a long text a few bytes at a time, with the model's own tokens between, plans every new
     row from the longest one: every row's tokens are the canonical encoding of its prefix, encoding only the
-    last few tokens' bytes each (not the whole text again), and after bytes the
-    next-byte distribution equals that of a fresh state pushed the whole text at once (whose rows are encoded
-    from nothing)."""
+    last few tokens' bytes each (not the whole text again), and after bytes the next-byte distribution equals
+    that of a fresh state pushed the whole text at once (whose rows are encoded from nothing)."""
     tokenizer = gpt2_style_tokenizer()
     vocab = TokenBytes.from_tokenizer(tokenizer)
     lm = TableLM(len(tokenizer), [i for i, piece in enumerate(vocab.table) if piece], tokenizer.eos_token_id,

@@ -101,5 +101,5 @@ def test_encoding_reused_from_a_known_prefix_on_real_tokenizers(smollm2_dir, gem
             for _ in range(60):
                 known_end = rng.randrange(len(text) // 2, len(text))
                 end = min(len(text), max(1, known_end + rng.randrange(-vocab.max_len, 2 * vocab.max_len)))
-                ids, kept = vocab.encode_reusing(text, end, vocab.encode(text[:known_end]), known_end)
+                ids, _ = vocab.encode_reusing(text, end, vocab.encode(text[:known_end]), known_end)
                 assert ids == vocab.encode(text[:end]), (model_dir.name, text[max(0, end - 40):end])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -200,19 +201,26 @@ def test_canonical_pair_memo_is_bounded_and_exact(kind: str):
                 assert bool(row[v]) == want, f"pair ({left}, {v}) on sweep {sweep}"
 
 
-def _random_text(rng: random.Random, case: tuple, n_bytes: int) -> bytes:
-    """Words and gaps of the case's alphabet, and (where the vocabulary has byte tokens) now and then the lead
-    byte of a two-byte character with no continuation: not UTF-8 text."""
-    _, words, gaps, stray = case
+class Alphabet(NamedTuple):
+    """What a random text is made of, within a vocabulary's alphabet: words, the gaps between them, and whether
+    stray bytes (the lead byte of a two-byte character with no continuation: not UTF-8 text) may appear."""
+
+    words: list[str]
+    gaps: list[str]
+    stray: bool
+
+
+def _random_text(rng: random.Random, alphabet: Alphabet, n_bytes: int) -> bytes:
+    """Words and gaps of the alphabet, and (where it allows them) now and then a stray byte."""
     out = bytearray()
     while len(out) < n_bytes:
         roll = rng.random()
-        if roll < 0.05 and stray:
+        if roll < 0.05 and alphabet.stray:
             out += b"\xc3"
         elif roll < 0.2:
-            out += rng.choice(gaps).encode()
+            out += rng.choice(alphabet.gaps).encode()
         else:
-            out += rng.choice(words).encode() + rng.choice(["", " "]).encode()
+            out += rng.choice(alphabet.words).encode() + rng.choice(["", " "]).encode()
     return bytes(out)
 
 
@@ -233,17 +241,19 @@ def multibyte_bpe_tokenizer():
 
 TESTBED_WORDS = ["Ava", "finds", "5", "more:", "12", "+", "=", "17.", "So", "the", "answer", "is", "let", "us", "é"]
 TESTBED_GAPS = [" ", "  ", "\n", " \n ", ", ", "   "]
-ENCODE_CASES = {  # tokenizer, words, gaps, stray bytes: each vocabulary's alphabet (the toys know their corpus's)
-    "gpt2-bpe": (gpt2_style_tokenizer, ["ab", "abc", "ba", "cab", "c1", "12", "a2b", "aab", "bca", "abba"],
-                 [" ", "  ", "   "], False),
-    "spm-bpe-byte-fallback": (sentencepiece_style_tokenizer, ["ab", "abc", "ba", "cab", "c1", "12", "a2b", "é"],
-                              [" ", "  ", "   "], True),
-    "multibyte-bpe": (multibyte_bpe_tokenizer, ["café", "🙂", "日本", "naïve", "ab", "日本語", "é", "!"],
-                      [" ", "  ", ", "], True),
+ENCODE_CASES = {  # tokenizer and the alphabet of its texts (the toys know only their corpus's bytes)
+    "gpt2-bpe": (gpt2_style_tokenizer, Alphabet(["ab", "abc", "ba", "cab", "c1", "12", "a2b", "aab", "bca", "abba"],
+                                                [" ", "  ", "   "], stray=False)),
+    "spm-bpe-byte-fallback": (sentencepiece_style_tokenizer,
+                              Alphabet(["ab", "abc", "ba", "cab", "c1", "12", "a2b", "é"], [" ", "  ", "   "],
+                                       stray=True)),
+    "multibyte-bpe": (multibyte_bpe_tokenizer,
+                      Alphabet(["café", "🙂", "日本", "naïve", "ab", "日本語", "é", "!"], [" ", "  ", ", "], stray=True)),
     # the testbed's two vocabularies: byte-level BPE, and SentencePiece-style
-    "testbed": (lambda: AutoTokenizer.from_pretrained(TOKENIZER_DIR), TESTBED_WORDS, TESTBED_GAPS, True),
-    "testbed-x": (lambda: AutoTokenizer.from_pretrained(TOKENIZER_DIR.parent / "tokenizer-x"), TESTBED_WORDS,
-                  TESTBED_GAPS, False),
+    "testbed": (lambda: AutoTokenizer.from_pretrained(TOKENIZER_DIR),
+                Alphabet(TESTBED_WORDS, TESTBED_GAPS, stray=True)),
+    "testbed-x": (lambda: AutoTokenizer.from_pretrained(TOKENIZER_DIR.parent / "tokenizer-x"),
+                  Alphabet(TESTBED_WORDS, TESTBED_GAPS, stray=False)),
 }
 
 
@@ -252,11 +262,12 @@ def test_encoding_reused_from_a_known_prefix_equals_encoding_everything(kind: st
     """`encode_reusing` against `encode` on 2 kB texts: for ends before, at and after the known prefix's end
     (mid-token, mid-character, at spaces), the tokens equal the whole text's encoding, and the ones it says are
     kept are the known prefix's."""
-    vocab = TokenBytes.from_tokenizer(ENCODE_CASES[kind][0]())
+    make_tokenizer, alphabet = ENCODE_CASES[kind]
+    vocab = TokenBytes.from_tokenizer(make_tokenizer())
     rng = random.Random(kind)
     checked = reused = 0
     for _ in range(4):
-        text = _random_text(rng, ENCODE_CASES[kind], 2000)
+        text = _random_text(rng, alphabet, 2000)
         assert vocab.decode(vocab.encode(text)) == text, "the text is in the vocabulary's alphabet"
         for _ in range(40):
             known_end = rng.randrange(len(text) // 2, len(text))
@@ -298,7 +309,7 @@ def test_rows_of_a_long_text_pushed_in_chunks_hold_its_canonical_tokens():
             blm.commit(state, leaf)
             blm.evaluate([state])
         else:
-            blm.push([state], [_random_text(rng, ENCODE_CASES["gpt2-bpe"], 1)[: rng.randint(1, 6)]])
+            blm.push([state], [_random_text(rng, ENCODE_CASES["gpt2-bpe"][1], 1)[: rng.randint(1, 6)]])
         for split, row in state.rows.items():
             assert row.ids == vocab.encode(state.text[:split]), (split, state.text[max(0, split - 30):split])
     assert counting.encoded < 100 * 500, f"{counting.encoded} bytes encoded: the rows re-encode the text"

@@ -87,7 +87,7 @@ def test_encoding_reused_from_a_known_prefix_on_real_tokenizers(smollm2_dir, gem
 
     from r2r.serving.byte_level.token_bytes import TokenBytes
 
-    from .test_byte_level import _random_text
+    from .test_byte_level import Alphabet, _random_text
 
     words = ["The", "answer", "is", "\\frac{1}{2}", "def", "fibonacci(n):", "return", "x**2", "Wait,", "let's",
              "check:", "12,345", "3.14159", "naïve", "日本語", "日本", "🙂", "->", "==", "(a+b)", "don't", "I'm",
@@ -97,7 +97,7 @@ def test_encoding_reused_from_a_known_prefix_on_real_tokenizers(smollm2_dir, gem
         vocab = TokenBytes.from_tokenizer(AutoTokenizer.from_pretrained(model_dir))
         rng = random.Random(model_dir.name)
         for _ in range(3):
-            text = _random_text(rng, (None, words, gaps, True), 4000)
+            text = _random_text(rng, Alphabet(words, gaps, stray=True), 4000)
             for _ in range(60):
                 known_end = rng.randrange(len(text) // 2, len(text))
                 end = min(len(text), max(1, known_end + rng.randrange(-vocab.max_len, 2 * vocab.max_len)))

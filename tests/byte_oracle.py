@@ -109,6 +109,11 @@ class TableLM:
         self.open_sequences += 1
         return FakeSequence(seq.tokens[:length])
 
+    def extend_with_branches(self, seqs, new_ids, branches, want_hidden=False):
+        from r2r.serving.backends.base import branch_by_forking
+
+        return branch_by_forking(self, seqs, new_ids, branches, want_hidden)
+
     def truncate(self, seq, length):
         del seq.tokens[length:]
 
@@ -223,6 +228,14 @@ class RestrictedHF:
         from r2r.serving.backends.base import draft_by_extending
 
         return draft_by_extending(self, seqs, new_ids, n_tokens, want_hidden)
+
+    def extend_with_branches(self, seqs, new_ids, branches, want_hidden=False):
+        """The inner backend's one-pass tree (HF), restricted at each row's position."""
+        starts = [s.length for s in seqs]
+        outs = self.inner.extend_with_branches(seqs, new_ids, branches, want_hidden)
+        return [(self._wrap(own, [start + k for k in range(len(ids))]),
+                 [self._wrap(out, [b.at + k for k in range(len(b.ids))]) for b, out in zip(bs, branch_outs)])
+                for (own, branch_outs), start, ids, bs in zip(outs, starts, new_ids, branches)]
 
     def _wrap(self, out, positions: list[int]):
         from r2r.serving.backends.base import StepOutput

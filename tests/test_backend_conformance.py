@@ -1,6 +1,7 @@
 """One conformance suite for every backend: the contract's equivalences checked on the backend's own outputs
 (batched = one at a time, k at once = k singles, truncate + extend = fresh, a fork = a fresh open of its prefix,
-a drafted block = extending token by token, open/close bookkeeping), comparing argmax and the top-k
+a branch = a fresh open of its prefix and tokens, a drafted block = extending token by token, open/close
+bookkeeping), comparing argmax and the top-k
 log-probabilities so that backends returning only top-k (SGLang) are held to the same bar. The HF backend runs it
 in `make test`; the SGLang backend (on the testbed SLM, its engine shared with the other sglang tests) in
 `make test-sglang`."""
@@ -50,6 +51,7 @@ def conformance(backend) -> None:
         backend.close(seq)
     assert backend.open_sequences == before, "every open is matched by its close"
     fork_conforms(backend)
+    branches_conform(backend)
     draft_conforms(backend, [[5, 17, 40, 41], [9, 9], [12, 30, 31, 32, 33, 34]], [4, 1, 7])
     assert backend.open_sequences == before, "every open and fork is matched by its close"
 
@@ -66,6 +68,32 @@ def fork_conforms(backend) -> None:
     (whole, _), = backend.open([PROMPTS[2]])
     same(backend.extend([parent], [[82]])[0].logits, backend.extend([whole], [[82]])[0].logits)
     for seq in (child, child, parent, fresh, whole):
+        backend.close(seq)
+    assert backend.open_sequences == before
+
+
+def branches_conform(backend) -> None:
+    """`extend_with_branches`: a sequence's rows are those of a fresh open of its tokens, each branch's those of
+    a fresh open of the sequence's first `at` tokens and the branch's (at the end, inside the new tokens, inside
+    the prompt); the sequence then holds its own tokens only and goes on as a fresh open of them."""
+    from r2r.serving.backends.base import Branch
+
+    before = backend.open_sequences
+    prompts, new = [PROMPTS[2], PROMPTS[0]], [[50, 51, 52], [53]]
+    branches = [[Branch(14, [60, 61, 62]), Branch(12, [63]), Branch(4, [64, 65])], [Branch(6, [66, 67])]]
+    seqs = [s for s, _ in backend.open(prompts)]
+    outs = backend.extend_with_branches(seqs, new, branches)
+    for prompt, ids, bs, seq, (own, branch_outs) in zip(prompts, new, branches, seqs, outs):
+        full = prompt + ids
+        assert seq.length == len(full) and len(branch_outs) == len(bs)
+        for tokens, start, out in [(full, len(prompt), own)] + [(full[: b.at] + b.ids, b.at, o)
+                                                               for b, o in zip(bs, branch_outs)]:
+            (ref, ref_out), = backend.open([tokens])
+            same(out.logits, ref_out.logits[start:])
+            backend.close(ref)
+        (ref, _), = backend.open([full])
+        same(backend.extend([seq], [[70, 71]])[0].logits, backend.extend([ref], [[70, 71]])[0].logits)
+        backend.close(ref)
         backend.close(seq)
     assert backend.open_sequences == before
 
@@ -122,3 +150,13 @@ def test_test_fakes_declare_the_protocol() -> None:
 
     declares_the_protocol(FakeBackend(vocab=8, seed=0))
     declares_the_protocol(TableLM(vocab_size=8, allowed=[1, 2], eos=0, context_len=1, max_new=2))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_hf_branches_conform_with_other_attention(tiny_models, arch: str) -> None:
+    """The HF backend's one-pass tree on a Llama and on a Gemma 3 whose 4-token sliding window the branches
+    cross (conformance runs the Qwen2)."""
+    from r2r.serving.backends.hf import HFBackend
+
+    branches_conform(HFBackend(tiny_models[arch]))
+

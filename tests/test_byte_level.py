@@ -321,3 +321,65 @@ def test_rows_of_a_long_text_pushed_in_chunks_hold_its_canonical_tokens():
     assert blm.prefix_logprob(state) == pytest.approx(blm.prefix_logprob(fresh), abs=1e-9)
     blm.close(state)
     blm.close(fresh)
+
+
+class _ForkingBranches:
+    """An HF backend whose branches are forks (`branch_by_forking`): the reference for its one-pass tree."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def extend_with_branches(self, seqs, new_ids, branches, want_hidden=False):
+        from r2r.serving.backends.base import branch_by_forking
+
+        return branch_by_forking(self.inner, seqs, new_ids, branches, want_hidden)
+
+
+def test_a_state_holds_one_sequence_of_kv_whatever_its_rows(tmp_path):
+    """Through the HF backend, a state pushed a long text in chunks (the model's own tokens between, evaluated or
+    still pending when the next bytes arrive) holds one backend sequence, its trunk: the context and its root's
+    tokens, while several rows are live; its next-byte distributions equal those of the same pushes through
+    forks and plain extends."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from r2r.serving.backends.hf import HFBackend
+
+    tokenizer = gpt2_style_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    hf = HFBackend(tmp_path)
+    tree, forks = ByteLevelLM(hf, tokenizer), ByteLevelLM(_ForkingBranches(HFBackend(tmp_path)), tokenizer)
+    rng = random.Random(0)
+    (state,), (ref,) = tree.start([None]), forks.start([None])
+    several, pending = 0, False
+    for _ in range(160):
+        leaf = None if pending else tree.pick_leaf(state)
+        if leaf is not None and rng.random() < 0.3 and tree.piece(state, leaf):
+            tree.commit(state, leaf)
+            forks.commit(ref, leaf)
+            pending = rng.random() < 0.5  # the next bytes arrive while its own token is pending
+            if pending:
+                continue
+            tree.evaluate([state])
+            forks.evaluate([ref])
+        else:
+            chunk = _random_text(rng, ENCODE_CASES["gpt2-bpe"][1], 1)[: rng.randint(1, 6)]
+            tree.push([state], [chunk])
+            forks.push([ref], [chunk])
+            pending = False
+        assert hf.held_lengths == [state.trunk.length] and hf.open_sequences == 1
+        assert state.trunk.length == len(state.context) + len(state.root.ids), "the trunk holds the root"
+        assert sorted(state.rows) == sorted(ref.rows)
+        assert torch.allclose(tree.distribution(state).exp(), forks.distribution(ref).exp(), atol=1e-5)
+        several += len(state.rows) > 1
+    assert several > 30, f"only {several} steps had more than one live row"
+    assert len(state.text) > 200
+    tree.close(state)
+    forks.close(ref)
+    assert hf.open_sequences == 0 and hf.held_lengths == []
+

@@ -13,8 +13,9 @@ import torch
 
 from r2r.router.rows import RowKind  # defined in router/ (the bottom of the import table) so the router can read it
 
-__all__ = ["ALL_ROWS", "Backend", "DraftedBlock", "LAST_ROW", "NO_ROWS", "Positions", "RowKind", "SequenceHandle",
-           "StepOutput", "draft_by_extending", "open_by_extending", "resolve_rows", "select_rows"]
+__all__ = ["ALL_ROWS", "Backend", "Branch", "DraftedBlock", "LAST_ROW", "NO_ROWS", "Positions", "RowKind",
+           "SequenceHandle", "StepOutput", "branch_by_forking", "draft_by_extending", "open_by_extending",
+           "resolve_rows", "select_rows"]
 
 # Which of one sequence's appended positions a pass returns rows for: indices into the tokens that call appends to
 # it (negative ones count from the end, as in Python), rows coming back in that order; None: every appended position.
@@ -55,6 +56,20 @@ class DraftedBlock:
     def __post_init__(self) -> None:
         assert len(self.tokens) == self.out.logits.shape[0] >= 1, \
             f"{len(self.tokens)} drafts for {self.out.logits.shape[0]} rows"
+
+
+@dataclass(frozen=True)
+class Branch:
+    """A continuation of a sequence's first `at` positions by `ids`, computed in a pass and not kept: one row per
+    token of `ids`. A byte-level text's rows are its canonical tokens up to each split, which share all but their
+    last few tokens with the sequence the text's state holds; as branches they cost those few tokens, where a
+    fork per row copies the whole sequence's KV."""
+
+    at: int
+    ids: list[int]
+
+    def __post_init__(self) -> None:
+        assert self.at >= 0 and self.ids, f"a branch at {self.at} with {len(self.ids)} tokens"
 
 
 class SequenceHandle(Protocol):
@@ -103,6 +118,15 @@ class Backend(Protocol):
         d_1..d_{n-1} (d_n is not fed, like a speculative block's last draft); its length plus len(new_ids) plus
         n must fit the context. Equal to `extend(new_ids)` followed by n - 1 one-token extends with each row's
         argmax (`draft_by_extending`, which is how the HF backend does it); SGLang does it in one engine call."""
+        ...
+
+    def extend_with_branches(self, seqs: list[SequenceHandle], new_ids: list[list[int]],
+                             branches: list[list[Branch]], want_hidden: bool = False
+                             ) -> list[tuple[StepOutput, list[StepOutput]]]:
+        """`extend(seqs, new_ids)` with a row for every appended position and, in the same pass, each sequence's
+        branches over what it holds after that: branch b of sequence i continues its first b.at positions (at
+        most its new length) with b.ids and gets a row per token; no branch is kept. Per sequence: (its rows,
+        each branch's rows). Equal to `branch_by_forking`, which is how backends without tree masks do it."""
         ...
 
     def truncate(self, seq: SequenceHandle, length: int) -> None:
@@ -176,3 +200,24 @@ def draft_by_extending(backend, seqs: list, new_ids: list[list[int]], n_tokens: 
     return [DraftedBlock(t, StepOutput(torch.cat([o.logits for o in rows]),
                                        torch.cat([o.hidden for o in rows]) if want_hidden else None, rows[0].kind))
             for t, rows in zip(tokens, outs)]
+
+
+def branch_by_forking(backend, seqs: list, new_ids: list[list[int]], branches: list[list[Branch]],
+                      want_hidden: bool = False) -> list[tuple[StepOutput, list[StepOutput]]]:
+    """`extend_with_branches` as an extend, then a fork per branch extended by its ids and closed: a copy of
+    each branch's prefix (what the HF backend's one-pass tree avoids, and the reference it is tested against)."""
+    assert len(seqs) == len(new_ids) == len(branches), "one token list and one branch list per sequence"
+    outs = backend.extend(seqs, new_ids, want_hidden)
+    jobs = [(i, b) for i, bs in enumerate(branches) for b in bs]
+    for i, b in jobs:
+        assert b.at <= seqs[i].length, f"a branch at {b.at} of a {seqs[i].length}-position sequence"
+    forks = [backend.fork(seqs[i], b.at) for i, b in jobs]
+    try:
+        branch_outs = backend.extend(forks, [b.ids for _, b in jobs], want_hidden) if jobs else []
+    finally:
+        for fork in forks:
+            backend.close(fork)
+    per_seq: list[list[StepOutput]] = [[] for _ in seqs]
+    for (i, _), out in zip(jobs, branch_outs):
+        per_seq[i].append(out)
+    return list(zip(outs, per_seq))

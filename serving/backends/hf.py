@@ -11,6 +11,12 @@ Masks are built here from positions, not left to the model: a query at position 
 take the row's last real position, and their keys land past the row's length, where no real query looks and the
 next real tokens overwrite them. Positions are passed explicitly, so padding never shifts RoPE.
 
+Branches (`extend_with_branches`): a row's pass appends its own tokens at its length, then each branch's tokens
+in the columns after them, under a tree mask: a branch token at position p sees the row's columns before the
+branch point and its own branch's earlier tokens, at their positions (RoPE and sliding windows included). The
+row's length then counts its own tokens only: the branches' columns lie past it, like padding, and the next pass
+overwrites them. So the byte-level rows of a text cost their last few tokens each, and no copy of the sequence.
+
 Rows: the decoder's last hidden states are kept only at the positions the caller asked for (`Positions`), and the
 LM head (`serving/backends/lm_head.py`) is applied to those alone; the rows and hidden states of a pass cross to
 the CPU as one tensor each.
@@ -27,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-from r2r.serving.backends.base import (DraftedBlock, Positions, RowKind, StepOutput, draft_by_extending, open_by_extending,
-                                   resolve_rows)
+from r2r.serving.backends.base import (Branch, DraftedBlock, Positions, RowKind, StepOutput, draft_by_extending,
+                                       open_by_extending, resolve_rows)
 from r2r.serving.backends.fingerprint import model_fingerprint
 from r2r.serving.backends.grouped_attention import GROUPED_MASK, GROUPED_SDPA, KV_SLOTS, grouped_mask, use_grouped_sdpa
 from r2r.serving.backends.kv_pool import KVPool
@@ -56,6 +62,43 @@ def _attend(query_pos: torch.Tensor, columns: int, window: int | None) -> torch.
     if window is not None:
         allowed &= (q - c) < window
     return allowed.unsqueeze(1)
+
+
+def _tree_attend(lengths: list[int], kept: list[int], spans: list[list[tuple[int, int]]], width: int,
+                 columns: int, window: int | None) -> torch.Tensor:
+    """[batch, 1, width, columns] bool for a pass in which row b appends kept[b] tokens of its own at its length
+    lengths[b], then one branch per (at, n) span in spans[b] (n tokens at positions at.., in the columns after
+    the kept ones), then padding. Every column has a position and a group (0: the row's own, g: branch g, -1:
+    padding); a query sees the columns at or before its position of its own group, and a branch's queries also
+    the row's own columns before its branch point. Padding queries see themselves only (no softmax row is
+    fully masked)."""
+    batch = len(lengths)
+    c = torch.arange(columns)
+    col_pos, col_grp = c.repeat(batch, 1), torch.zeros((batch, columns), dtype=torch.long)
+    q_pos, q_grp, q_at = [], [], []
+    for b, (length, k) in enumerate(zip(lengths, kept)):
+        pos, grp, at = list(range(length, length + k)), [0] * k, [columns] * k
+        start = length + k
+        for g, (a, n) in enumerate(spans[b], 1):
+            col_pos[b, start : start + n] = torch.arange(a, a + n)
+            col_grp[b, start : start + n] = g
+            pos += range(a, a + n)
+            grp += [g] * n
+            at += [a] * n
+            start += n
+        col_grp[b, start : length + width] = -1
+        pad = width - len(pos)
+        pos += [max(length + k - 1, 0)] * pad
+        grp += [-2] * pad
+        at += [0] * pad
+        q_pos.append(pos), q_grp.append(grp), q_at.append(at)
+    qp, qg, qa = (torch.tensor(x, dtype=torch.long)[:, :, None] for x in (q_pos, q_grp, q_at))
+    cp, cg = col_pos[:, None, :], col_grp[:, None, :]
+    allowed = (cp <= qp) & ((cg == qg) | ((cg == 0) & (c < qa)))
+    if window is not None:
+        allowed &= (qp - cp) < window
+    own_col = torch.tensor(lengths, dtype=torch.long)[:, None, None] + torch.arange(width)[None, :, None]
+    return (allowed | (c == own_col)).unsqueeze(1)
 
 
 @dataclass
@@ -205,7 +248,36 @@ class HFBackend:
         for seq, ids in zip(seqs, new_ids):
             if seq.length + len(ids) > self.max_length:
                 raise ValueError(f"sequence would reach {seq.length + len(ids)} tokens; the context is {self.max_length}")
-        at = resolve_rows(rows_at, new_ids)
+        return self._run(seqs, new_ids, resolve_rows(rows_at, new_ids), top_k, want_hidden, None)
+
+    def extend_with_branches(self, seqs: list[HFSequence], new_ids: list[list[int]], branches: list[list[Branch]],
+                             want_hidden: bool = False) -> list[tuple[StepOutput, list[StepOutput]]]:
+        """One pass: each sequence's own tokens, then its branches under a tree mask (module docstring)."""
+        assert len(seqs) == len(new_ids) == len(branches), "one token list and one branch list per sequence"
+        assert all(new_ids) and not any(s.closed for s in seqs), "new tokens for each open sequence"
+        for seq, ids, bs in zip(seqs, new_ids, branches):
+            for b in bs:
+                assert b.at <= seq.length + len(ids), f"a branch at {b.at} of {seq.length + len(ids)} positions"
+                if b.at + len(b.ids) > self.max_length:
+                    raise ValueError(f"a branch would reach {b.at + len(b.ids)} tokens; the context is "
+                                     f"{self.max_length}")
+        feeds = [ids + [t for b in bs for t in b.ids] for ids, bs in zip(new_ids, branches)]
+        trees = [[(b.at, len(b.ids)) for b in bs] for bs in branches]
+        outs = self._run(seqs, feeds, [list(range(len(f))) for f in feeds], None, want_hidden, trees)
+        result = []
+        for out, ids, bs in zip(outs, new_ids, branches):
+            cuts, start = [], len(ids)
+            for b in bs:
+                cuts.append(slice(start, start + len(b.ids)))
+                start += len(b.ids)
+            rows = [StepOutput(out.logits[cut], None if out.hidden is None else out.hidden[cut], out.kind)
+                    for cut in [slice(0, len(ids))] + cuts]
+            result.append((rows[0], rows[1:]))
+        return result
+
+    def _run(self, seqs: list[HFSequence], new_ids: list[list[int]], at: list[list[int]], top_k: int | None,
+             want_hidden: bool, trees: list[list[tuple[int, int]]] | None) -> list[StepOutput]:
+        """Admit the new sequences and run one pass (`_forward`) over their rows, in `seqs`' order."""
         with torch.inference_mode():
             admitted = [s for s in seqs if s.slot is None]
             self._pool.admit(admitted)
@@ -213,7 +285,9 @@ class HFBackend:
                 rows = self._pass_rows(sorted(seqs, key=lambda s: s.slot), max(map(len, new_ids)))
                 index = {id(s): i for i, s in enumerate(seqs)}  # rows riding along idle get no ids and no rows
                 outs = self._forward(rows, [new_ids[index[id(r)]] if id(r) in index else [] for r in rows],
-                                     [at[index[id(r)]] if id(r) in index else [] for r in rows], top_k, want_hidden)
+                                     [at[index[id(r)]] if id(r) in index else [] for r in rows], top_k, want_hidden,
+                                     None if trees is None else
+                                     [trees[index[id(r)]] if id(r) in index else [] for r in rows])
             except BaseException:  # a failed prefill holds nothing: the slots it took go back
                 for seq in admitted:
                     self._pool.release(seq)
@@ -274,24 +348,41 @@ class HFBackend:
         """Whether a pass over `seqs`, when their slots are scattered, reads them in place (`IN_PLACE_COLUMNS`)."""
         return self._group is not None and max(s.length for s in seqs) + width >= IN_PLACE_COLUMNS
 
-    def _masks(self, query_pos: torch.Tensor, columns: int) -> torch.Tensor | dict[str, torch.Tensor]:
-        """A 4D mask, or one per layer type for models that mix full and sliding-window layers."""
+    def _masks(self, query_pos: torch.Tensor, columns: int,
+               tree: tuple[list[int], list[int], list[list[tuple[int, int]]]] | None = None
+               ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """A 4D mask, or one per layer type for models that mix full and sliding-window layers; `tree`: the
+        rows' (lengths, kept tokens, branch spans) of a pass with branches (`_tree_attend`)."""
+        def build(window: int | None) -> torch.Tensor:
+            if tree is None:
+                return _attend(query_pos, columns, window)
+            return _tree_attend(*tree, query_pos.shape[1], columns, window).to(query_pos.device)
+
         if not self.layer_types:
-            return _attend(query_pos, columns, None)
-        return {kind: _attend(query_pos, columns, self.sliding_window if "sliding" in kind else None)
-                for kind in self.layer_types}
+            return build(None)
+        return {kind: build(self.sliding_window if "sliding" in kind else None) for kind in self.layer_types}
 
     def _forward(self, seqs: list[HFSequence], new_ids: list[list[int]], at: list[list[int]], top_k: int | None,
-                 want_hidden: bool) -> list[StepOutput]:
-        """One pass over `seqs` (in slot order; a row with no new ids idles): rows at the positions `at` of each."""
+                 want_hidden: bool, trees: list[list[tuple[int, int]]] | None = None) -> list[StepOutput]:
+        """One pass over `seqs` (in slot order; a row with no new ids idles): rows at the positions `at` of each.
+        `trees[b]`: the (at, n) spans of row b's branches, whose tokens end its `new_ids[b]` (not kept)."""
         width, dev = max(len(ids) for ids in new_ids), self.device
         plan = self._pool.plan(seqs, width, in_place=self._in_place(seqs, width))
-        if width == 1 and not self.layer_types and all(new_ids):
+        spans = trees if trees is not None and any(trees) else None
+        kept = [len(ids) - (sum(n for _, n in spans[b]) if spans else 0) for b, ids in enumerate(new_ids)]
+        if spans is not None:
+            input_ids = torch.tensor([ids + [0] * (width - len(ids)) for ids in new_ids], dtype=torch.long)
+            lengths = [seq.length for seq in seqs]
+            position_ids = torch.tensor([list(range(n, n + k)) + [p for a, m in tree for p in range(a, a + m)]
+                                         + [max(n + k - 1, 0)] * (width - len(ids))
+                                         for n, k, tree, ids in zip(lengths, kept, spans, new_ids)], dtype=torch.long)
+            mask: torch.Tensor | dict[str, torch.Tensor] = self._masks(position_ids, plan.used,
+                                                                       tree=(lengths, kept, spans))
+        elif width == 1 and not self.layer_types and all(new_ids):
             # decode: one token per row, whose columns up to its new position are all valid
             position_ids = torch.tensor([[seq.length] for seq in seqs], dtype=torch.long)
             input_ids = torch.tensor(new_ids, dtype=torch.long)
-            mask: torch.Tensor | dict[str, torch.Tensor] = (
-                torch.arange(plan.used, device=dev) <= position_ids.to(dev))[:, None, None, :]
+            mask = (torch.arange(plan.used, device=dev) <= position_ids.to(dev))[:, None, None, :]
         else:
             # built as Python lists and converted once: per-row tensor writes cost more than the SLM's pass at
             # batch 32
@@ -324,8 +415,8 @@ class HFBackend:
                 logits = torch.empty((0, self.vocab_size))
                 kind = RowKind.LOGITS if top_k is None else RowKind.TOPK_LOGPROBS
         self.forward_passes += 1
-        for seq, ids in zip(seqs, new_ids):
-            seq.length += len(ids)
+        for seq, k in zip(seqs, kept):
+            seq.length += k
         hidden_cpu = hidden.float().cpu() if want_hidden else None
         outs, start = [], 0
         for ps in at:

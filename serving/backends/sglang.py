@@ -41,7 +41,8 @@ from pathlib import Path
 
 import torch
 
-from r2r.serving.backends.base import DraftedBlock, Positions, RowKind, StepOutput, open_by_extending, resolve_rows
+from r2r.serving.backends.base import (Branch, DraftedBlock, Positions, RowKind, StepOutput, branch_by_forking,
+                                       open_by_extending, resolve_rows)
 from r2r.serving.backends.fingerprint import model_fingerprint
 from r2r.serving.backends.shared_body import materialize_weights
 
@@ -270,6 +271,12 @@ class SGLangBackend:
         for s, ids, block in zip(seqs, new_ids, blocks):
             s.tokens += ids + block.tokens[:-1]
         return blocks
+
+    def extend_with_branches(self, seqs: list[SGLangSequence], new_ids: list[list[int]],
+                             branches: list[list[Branch]], want_hidden: bool = False
+                             ) -> list[tuple[StepOutput, list[StepOutput]]]:
+        """By forking: a fork is a token list here, and the radix cache shares the prefix's KV."""
+        return branch_by_forking(self, seqs, new_ids, branches, want_hidden)
 
     def truncate(self, seq: SGLangSequence, length: int) -> None:
         assert 0 <= length <= seq.length, f"truncate to {length} outside [0, {seq.length}]"

@@ -8,12 +8,16 @@ sequences encode(x[:i]) + [v] whose last token v starts with x[i:] (and runs pas
 when i < len(x); at i = len(x) every token counts, specials as END). Only i within one token
 length of the end can have a cover, so the sum has few terms.
 
-`ByteState` keeps one *row* per live split i: the canonical tokens of x[:i] as a backend
-sequence, their canonical log-probability and the next-token log-probs after them. x only
-grows, so a row never changes once made; pushing bytes adds rows for the new splits, each a
-`fork` of the row sharing its longest token prefix, all states' new rows in one batched
-pass (the Valid Covering Tree, with KV reuse). Everything else (the next-byte distribution,
-the prefix probability, a leaf to hand off from) is arithmetic over the rows.
+`ByteState` keeps one *row* per live split i: the canonical tokens of x[:i], their canonical
+log-probability and the next-token log-probs after them. x only grows, so a row never changes
+once made. The state holds one backend sequence, its *trunk*: the context and the tokens of its
+*root* (the row of the longest split, the canonical tokens of all of x). Pushing bytes makes the
+new root and extends the trunk with its new tokens; every other new row is a `Branch` off the
+trunk at the last token it shares with the root, computed in the same pass and not kept (the
+Valid Covering Tree, with KV reuse). So a text's rows hold no KV of their own: a new row costs
+its last few tokens, never a copy of the sequence, however long the text. Everything else (the
+next-byte distribution, the prefix probability, a leaf to hand off from) is arithmetic over the
+rows.
 
 The model in control of a routed decode continues token by token from a chosen leaf (which is
 exact: sampling a leaf and continuing token-level samples the continuation of x); only a
@@ -26,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from r2r.serving.backends.base import LAST_ROW
+from r2r.serving.backends.base import LAST_ROW, Branch
 from r2r.serving.decoding.sampling import SamplingParams, processed_probs
 from r2r.serving.byte_level.token_bytes import TokenBytes
 
@@ -35,12 +39,12 @@ N_BINS = 257  # bytes 0..255 and END
 
 @dataclass
 class Row:
-    """The canonical tokens of text[:split], cached in `seq` after the context."""
+    """The canonical tokens of text[:split] after the context."""
 
     split: int
     ids: list[int]
-    seq: object  # the backend's SequenceHandle: context + ids (maybe minus pending tokens)
     cum: list[float]  # cum[j] = log P(ids[:j] | context); len(ids) + 1 entries
+    stem: int = 0  # ids[:stem] are among the tokens the trunk holds after the context (a lower bound)
     next_logp: torch.Tensor | None = None  # [vocab] float64 canonical log-probs after ids; None while pending
     hidden: torch.Tensor | None = None  # the hidden state that predicted next_logp (when asked for)
     logits: torch.Tensor | None = None  # [vocab] the raw logits behind next_logp (router features)
@@ -51,6 +55,7 @@ class ByteState:
     """One model's view of one text: a fixed token context and the bytes after it."""
 
     context: list[int]
+    trunk: object  # the backend's SequenceHandle: context + root.ids[:trunk.length - len(context)]
     text: bytes = b""
     rows: dict[int, Row] = field(default_factory=dict)
     own_boundary: bool = True  # text ends where the model's own last token ended: only that row is needed
@@ -169,9 +174,9 @@ class ByteLevelLM:
         opened = self.backend.open(contexts, want_hidden, rows_at=[LAST_ROW] * len(contexts))
         states = []
         for context, (seq, out) in zip(contexts, opened):
-            row = Row(0, [], seq, [0.0], self._next_logp(out.logits[-1], None),
+            row = Row(0, [], [0.0], 0, self._next_logp(out.logits[-1], None),
                       None if out.hidden is None else out.hidden[-1], out.logits[-1])
-            states.append(ByteState(context, b"", {0: row}))
+            states.append(ByteState(context, seq, b"", {0: row}))
         return states
 
     def push(self, states: list[ByteState], chunks: list[bytes], want_hidden: bool = False) -> None:
@@ -183,28 +188,26 @@ class ByteLevelLM:
         self.evaluate(states, want_hidden)
 
     def evaluate(self, states: list[ByteState], want_hidden: bool = False) -> None:
-        """Bring every needed row up to date in one batched forward pass (none if nothing is stale)."""
-        seqs, feeds, jobs = [], [], []
-        for state in states:
-            for split in self._needed_splits(state):
-                row = state.rows.get(split)
-                if row is not None and row.next_logp is not None:
-                    continue
-                job = self._plan_row(state, split, row)
-                seqs.append(job[1].seq)
-                feeds.append(job[2])
-                jobs.append((state, *job))
-        outs = self.backend.extend(seqs, feeds, want_hidden) if seqs else []
-        for (state, j0, row, _feed), out in zip(jobs, outs):
-            self._finish_row(state, row, j0, out)
+        """Bring every needed row up to date in one batched forward pass (none if nothing is stale): each
+        state's trunk takes its root's new tokens, its other new rows are branches off it (`_plan`)."""
+        plans = [plan for plan in map(self._plan, states) if plan is not None]
+        if plans:
+            outs = self.backend.extend_with_branches([p.state.trunk for p in plans], [p.feed for p in plans],
+                                                     [[b for _, b in p.branches] for p in plans], want_hidden)
+            for p, (root_out, branch_outs) in zip(plans, outs):
+                self._finish_row(p.state, p.root, p.j0, root_out)
+                p.root.stem = len(p.root.ids)
+                for (row, branch), out in zip(p.branches, branch_outs):
+                    j0 = branch.at + 1 - len(p.state.context)
+                    row.cum = p.root.cum[: j0 + 1]  # the log-probs of the tokens it shares with the root
+                    self._finish_row(p.state, row, j0, out)
         for state in states:
             keep = set(self._needed_splits(state))
             for split in [s for s in state.rows if s not in keep]:
-                self.backend.close(state.rows.pop(split).seq)
+                del state.rows[split]
 
     def close(self, state: ByteState) -> None:
-        for row in state.rows.values():
-            self.backend.close(row.seq)
+        self.backend.close(state.trunk)
         state.rows.clear()
 
     # -- arithmetic over the rows --------------------------------------------------------------
@@ -260,39 +263,38 @@ class ByteLevelLM:
         row = state.rows[leaf.split]
         added = self.piece(state, leaf)
         lp = float(row.next_logp[leaf.token])
+        # the trunk keeps what it shares with this row, which becomes the root
+        self.backend.truncate(state.trunk, min(state.trunk.length, len(state.context) + row.stem))
         # the row's lists grow in place (O(1) per token, not a copy of the text's tokens): no other row holds
         # them (forks and new rows copy), and this row leaves the state here
         row.ids.append(leaf.token)
         row.cum.append(row.cum[-1] + lp)
-        new_row = Row(leaf.split + len(self.vocab.table[leaf.token]), row.ids, row.seq, row.cum)
-        for split, other in state.rows.items():
-            if split != leaf.split:
-                self.backend.close(other.seq)
+        new_row = Row(leaf.split + len(self.vocab.table[leaf.token]), row.ids, row.cum, row.stem)
         state.rows = {new_row.split: new_row}
         state.text += added
         state.own_boundary = True
         return added
 
     def fork_state(self, state: ByteState) -> ByteState:
-        """An independent copy (each row's sequence forked; the shared prefix's KV is copied, not recomputed)."""
-        rows = {split: Row(row.split, list(row.ids), self.backend.fork(row.seq, row.seq.length), list(row.cum),
-                           row.next_logp, row.hidden, row.logits) for split, row in state.rows.items()}
-        return ByteState(list(state.context), state.text, rows, state.own_boundary)
+        """An independent copy (the trunk forked: its KV is copied, not recomputed)."""
+        rows = {split: Row(row.split, list(row.ids), list(row.cum), row.stem, row.next_logp, row.hidden, row.logits)
+                for split, row in state.rows.items()}
+        return ByteState(list(state.context), self.backend.fork(state.trunk, state.trunk.length), state.text, rows,
+                         state.own_boundary)
 
     def resync_naive(self, state: ByteState, chunk: bytes) -> None:
         """The biased baseline: re-encode the whole text and condition on that token boundary.
 
         (What a decode-to-text, re-encode, continue handoff does; the KV of the shared token
         prefix is kept.) Evaluate the state afterwards."""
-        root = state.rows.pop(state.root.split)
-        self.close(state)
+        root, ctx = state.root, len(state.context)
         state.text += chunk
         ids = self.vocab.encode(state.text)
         lcp = _common_prefix(ids, root.ids)
-        lcp = min(lcp, root.seq.length - len(state.context) + 1, len(ids))
-        self.backend.truncate(root.seq, len(state.context) + lcp - 1)
+        lcp = min(lcp, state.trunk.length - ctx + 1, len(ids))
+        self.backend.truncate(state.trunk, ctx + lcp - 1)
         cum = root.cum[: lcp + 1] + [0.0] * (len(ids) - lcp)  # the tail is recomputed by evaluate()
-        state.rows = {len(state.text): Row(len(state.text), ids, root.seq, cum)}
+        state.rows = {len(state.text): Row(len(state.text), ids, cum, max(0, lcp - 1))}
         state.own_boundary = True
 
     # -- internals -----------------------------------------------------------------------------
@@ -306,27 +308,45 @@ class ByteLevelLM:
                 splits.append(i)
         return sorted(splits)
 
-    def _plan_row(self, state: ByteState, split: int, row: Row | None) -> tuple[int, Row, list[int]]:
-        """(first token index whose log-prob the pass yields, the row to fill, tokens to feed)."""
-        ctx = len(state.context)
-        if row is not None:  # own tokens pending: feed them in place
-            fed = row.seq.length - ctx
-            start = min(fed, len(row.ids) - 1) if row.ids else None
-            if start is None:
-                raise AssertionError("a stale row with no tokens")
-            if fed > start:
-                self.backend.truncate(row.seq, ctx + start)
-            return start + 1, row, _tokens_from(state.context, row.ids, ctx + start)
-        # the new row forks the longest one: its tokens were encoded from that row's, so they share all but the
-        # last few (and the work here is O(those few), whatever the text's length)
-        source = state.root
-        ids, shared = self.vocab.encode_reusing(state.text, split, source.ids, source.split)
-        lcp = shared + _common_prefix(ids[shared:], source.ids[shared:])
-        fork_at = min(ctx + lcp - 1, source.seq.length)  # re-feed one shared token to get the next-token row
-        seq = self.backend.fork(source.seq, fork_at)
-        j0 = fork_at + 1 - ctx  # the pass predicts ids[j0:], each after ids[:j]
-        new = Row(split, ids, seq, source.cum[: j0 + 1])
-        return j0, new, _tokens_from(state.context, ids, fork_at)
+    def _plan(self, state: ByteState) -> _Plan | None:
+        """The pass a state's stale rows need, or None. The root (the longest split) is stale whenever any row
+        is: bytes pushed make a new one, and a state's own pending tokens (after `commit`) are its root's until
+        bytes arrive. The root's tokens extend the trunk from the last one the trunk shares with them (re-fed:
+        its row gives the next token's log-prob); every other stale row (new, or the old root with its pending
+        tokens) branches off at the last token it shares with the root."""
+        splits = self._needed_splits(state)
+        stale = [s for s in splits if s not in state.rows or state.rows[s].next_logp is None]
+        if not stale:
+            return None
+        ctx, old, n = len(state.context), state.root, max(splits)
+        assert n in stale and all(s not in state.rows or s == old.split for s in stale), \
+            f"stale rows {stale}: only the old root may be pending"
+        if n in state.rows:  # the model's own tokens, pending
+            root, lcp = old, len(old.ids)
+        else:  # encoded from the old root's tokens: they share all but the last few (O(those few) here)
+            ids, shared = self.vocab.encode_reusing(state.text, n, old.ids, old.split)
+            lcp = shared + _common_prefix(ids[shared:], old.ids[shared:])
+            root = Row(n, ids, [])
+        at = min(state.trunk.length, ctx + lcp - 1, ctx + len(root.ids) - 1)
+        self.backend.truncate(state.trunk, at)
+        for row in state.rows.values():
+            row.stem = max(0, min(row.stem, at - ctx))
+        j0 = at + 1 - ctx  # the pass predicts root.ids[j0:], each after root.ids[:j]
+        if root is not old:
+            root.cum = old.cum[: j0 + 1]
+        branches = []
+        for split in stale[:-1]:
+            if split == old.split:
+                row, common = old, lcp
+            else:
+                ids, shared = self.vocab.encode_reusing(state.text, split, old.ids, old.split)
+                common = min(shared, lcp)
+                common += _common_prefix(ids[common:], root.ids[common:])
+                row = Row(split, ids, [])
+            row.stem = common
+            fork_at = min(ctx + common - 1, ctx + len(row.ids) - 1)  # a shared token re-fed for the next's log-prob
+            branches.append((row, Branch(fork_at, _tokens_from(state.context, row.ids, fork_at))))
+        return _Plan(state, root, j0, _tokens_from(state.context, root.ids, at), branches)
 
     def _finish_row(self, state: ByteState, row: Row, j0: int, out) -> None:
         # output k is the distribution after (context + ids)[: seq_len_before + k + 1]; the row owns its cum (new
@@ -353,6 +373,18 @@ class ByteLevelLM:
         order = head.indices
         lp = lp.masked_fill(~self.vocab.valid_after(left, order[:n_check]), float("-inf"))
         return lp - torch.logsumexp(lp, 0)
+
+
+@dataclass
+class _Plan:
+    """One state's part of an `evaluate` pass: its root's tokens fed to the trunk from `j0` (root.ids[j0:] are
+    predicted), and its other stale rows' branches."""
+
+    state: ByteState
+    root: Row
+    j0: int
+    feed: list[int]
+    branches: list[tuple[Row, Branch]]
 
 
 def _tokens_from(context: list[int], ids: list[int], at: int) -> list[int]:

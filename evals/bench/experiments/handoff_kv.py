@@ -4,7 +4,7 @@ A model that receives bytes written by the other model (a different tokenizer) e
 one row per split within a token length of the end. Rows used to be backend sequences, each new one a fork of
 the longest (a copy of the whole sequence's KV); now a state holds one sequence and its other rows are branches
 of one pass (`Backend.extend_with_branches`). This runs the same pushes on either code: this file imports only
-what both have, so `before` is the same file run on an older tree (bench/experiments/README or the command below).
+what both have, so `before` is the same file run on an older tree.
 
 Model: random weights of the testbed LLM-x's shape (36 layers, hidden 256, 4 key/value heads of 32, float32: 36 KB
 of KV per position) and its tokenizer, the context window widened. Text: testbed math solutions; the first
@@ -12,7 +12,9 @@ of KV per position) and its tokenizer, the context window widened. Text: testbed
 handoffs). Per context length: median ms per push (its pass included), the rows live after it, and the largest
 KV pool and positions held over the pushes.
 
-    .venv/bin/python evals/bench/experiments/handoff_kv.py --out runs/handoff_kv_after.json
+    .venv/bin/python evals/bench/experiments/handoff_kv.py --out runs/handoff_kv/after.json
+
+bench/reproduce_handoff_kv.sh runs it on both trees and writes bench/experiments/handoff_kv.json.
 """
 from __future__ import annotations
 

@@ -125,8 +125,9 @@ class Backend(Protocol):
                              ) -> list[tuple[StepOutput, list[StepOutput]]]:
         """`extend(seqs, new_ids)` with a row for every appended position and, in the same pass, each sequence's
         branches over what it holds after that: branch b of sequence i continues its first b.at positions (at
-        most its new length) with b.ids and gets a row per token; no branch is kept. Per sequence: (its rows,
-        each branch's rows). Equal to `branch_by_forking`, which is how backends without tree masks do it."""
+        most its new length) with b.ids and gets a row per token; no branch is kept. new_ids[i] may be empty
+        where branches[i] is not (a sequence only read). Per sequence: (its rows, each branch's rows). Equal to
+        `branch_by_forking`, which is how backends without tree masks do it."""
         ...
 
     def truncate(self, seq: SequenceHandle, length: int) -> None:
@@ -207,7 +208,9 @@ def branch_by_forking(backend, seqs: list, new_ids: list[list[int]], branches: l
     """`extend_with_branches` as an extend, then a fork per branch extended by its ids and closed: a copy of
     each branch's prefix (what the HF backend's one-pass tree avoids, and the reference it is tested against)."""
     assert len(seqs) == len(new_ids) == len(branches), "one token list and one branch list per sequence"
-    outs = backend.extend(seqs, new_ids, want_hidden)
+    growing = [i for i, ids in enumerate(new_ids) if ids]
+    grown = dict(zip(growing, backend.extend([seqs[i] for i in growing], [new_ids[i] for i in growing], want_hidden)
+                     if growing else []))
     jobs = [(i, b) for i, bs in enumerate(branches) for b in bs]
     for i, b in jobs:
         assert b.at <= seqs[i].length, f"a branch at {b.at} of a {seqs[i].length}-position sequence"
@@ -220,4 +223,7 @@ def branch_by_forking(backend, seqs: list, new_ids: list[list[int]], branches: l
     per_seq: list[list[StepOutput]] = [[] for _ in seqs]
     for (i, _), out in zip(jobs, branch_outs):
         per_seq[i].append(out)
-    return list(zip(outs, per_seq))
+    kind = RowKind.LOGITS if backend.exact_full_distribution else RowKind.TOPK_LOGPROBS
+    none = StepOutput(torch.empty((0, backend.vocab_size)),
+                      torch.empty((0, backend.hidden_size)) if want_hidden else None, kind)
+    return [(grown.get(i, none), per_seq[i]) for i in range(len(seqs))]

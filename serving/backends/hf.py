@@ -254,7 +254,8 @@ class HFBackend:
                              want_hidden: bool = False) -> list[tuple[StepOutput, list[StepOutput]]]:
         """One pass: each sequence's own tokens, then its branches under a tree mask (module docstring)."""
         assert len(seqs) == len(new_ids) == len(branches), "one token list and one branch list per sequence"
-        assert all(new_ids) and not any(s.closed for s in seqs), "new tokens for each open sequence"
+        assert all(ids or bs for ids, bs in zip(new_ids, branches)), "new tokens or branches for each sequence"
+        assert not any(s.closed for s in seqs), "extend_with_branches on a closed sequence"
         for seq, ids, bs in zip(seqs, new_ids, branches):
             for b in bs:
                 assert b.at <= seq.length + len(ids), f"a branch at {b.at} of {seq.length + len(ids)} positions"

@@ -19,7 +19,7 @@ joining a round in progress and riding along, the commit order); what differs is
 judged (`PieceSpeculator`). The SLM drafts up to k pieces; at a flagged draft it assumes the LLM will write the
 same bytes and goes on conditioned on them *as bytes* (exactly what it would see after an LLM piece),
 keeping a snapshot to roll back to. One LLM pass then gives the LLM's
-distribution over pieces at every flagged prefix (a forked LLM state each), and the block is
+distribution over pieces at every flagged prefix (a copy of the LLM state each, sharing its KV), and the block is
 accepted up to the first flagged position where the LLM writes other bytes, which it writes
 instead: greedy, the LLM's most probable leaf; sampling, the speculative test over pieces
 (accept the draft piece s with min(1, p(s)/q(s)), else draw from norm(max(p - q, 0))), p and q
@@ -269,7 +269,8 @@ class PieceSpeculator:
     The SLM drafts pieces; at a flagged draft it assumes the LLM will write the same bytes and goes on
     conditioned on them as bytes, keeping a snapshot to roll back to. A flagged draft right after a flagged
     one is not drafted on: it is carried to open the next block (its LLM piece needs the LLM's own token path
-    after the first). One LLM pass gives the LLM's leaves at every flagged prefix (a forked LLM state each)."""
+    after the first). One LLM pass gives the LLM's leaves at every flagged prefix (a copy of the LLM state each,
+    sharing its KV: `ByteLevelLM.fork_state`)."""
 
     engine: CrossEngine
 

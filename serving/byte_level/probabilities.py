@@ -10,7 +10,7 @@ length of the end can have a cover, so the sum has few terms.
 
 `ByteState` keeps one *row* per live split i: the canonical tokens of x[:i], their canonical
 log-probability and the next-token log-probs after them. x only grows, so a row never changes
-once made. The state holds one backend sequence, its *trunk*: the context and the tokens of its
+once made. The state reads one backend sequence, its *trunk*: the context and the tokens of its
 *root* (the row of the longest split, the canonical tokens of all of x). Pushing bytes makes the
 new root and extends the trunk with its new tokens; every other new row is a `Branch` off the
 trunk at the last token it shares with the root, computed in the same pass and not kept (the
@@ -18,6 +18,12 @@ Valid Covering Tree, with KV reuse). So a text's rows hold no KV of their own: a
 its last few tokens, never a copy of the sequence, however long the text. Everything else (the
 next-byte distribution, the prefix probability, a leaf to hand off from) is arithmetic over the
 rows.
+
+Copies (`fork_state`: a rollback point, the other model's state at each of several prefixes)
+share the trunk instead of copying it. Each state trusts the trunk's first `held` positions: a
+state that writes the trunk (truncates it, then appends its root's tokens) lowers every other
+reader's `held` to where it wrote, and a reader re-feeds what it lost the next time it writes.
+States sharing a trunk that are evaluated in the same pass all read it as branches; none writes.
 
 The model in control of a routed decode continues token by token from a chosen leaf (which is
 exact: sampling a leaf and continuing token-level samples the continuation of x); only a
@@ -55,7 +61,8 @@ class ByteState:
     """One model's view of one text: a fixed token context and the bytes after it."""
 
     context: list[int]
-    trunk: object  # the backend's SequenceHandle: context + root.ids[:trunk.length - len(context)]
+    trunk: Trunk
+    held: int  # trunk positions that are this state's: trunk.seq[:held] holds (context + root.ids)[:held]
     text: bytes = b""
     rows: dict[int, Row] = field(default_factory=dict)
     own_boundary: bool = True  # text ends where the model's own last token ended: only that row is needed
@@ -63,6 +70,14 @@ class ByteState:
     @property
     def root(self) -> Row:
         return self.rows[max(self.rows)]
+
+
+@dataclass(eq=False)
+class Trunk:
+    """A backend sequence and the states that read it (see the module docstring)."""
+
+    seq: object  # the backend's SequenceHandle
+    readers: list[ByteState] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -176,7 +191,9 @@ class ByteLevelLM:
         for context, (seq, out) in zip(contexts, opened):
             row = Row(0, [], [0.0], 0, self._next_logp(out.logits[-1], None),
                       None if out.hidden is None else out.hidden[-1], out.logits[-1])
-            states.append(ByteState(context, seq, b"", {0: row}))
+            state = ByteState(context, Trunk(seq), len(context), b"", {0: row})
+            state.trunk.readers.append(state)
+            states.append(state)
         return states
 
     def push(self, states: list[ByteState], chunks: list[bytes], want_hidden: bool = False) -> None:
@@ -188,26 +205,40 @@ class ByteLevelLM:
         self.evaluate(states, want_hidden)
 
     def evaluate(self, states: list[ByteState], want_hidden: bool = False) -> None:
-        """Bring every needed row up to date in one batched forward pass (none if nothing is stale): each
-        state's trunk takes its root's new tokens, its other new rows are branches off it (`_plan`)."""
-        plans = [plan for plan in map(self._plan, states) if plan is not None]
-        if plans:
-            outs = self.backend.extend_with_branches([p.state.trunk for p in plans], [p.feed for p in plans],
-                                                     [[b for _, b in p.branches] for p in plans], want_hidden)
-            for p, (root_out, branch_outs) in zip(plans, outs):
-                self._finish_row(p.state, p.root, p.j0, root_out)
-                p.root.stem = len(p.root.ids)
-                for (row, branch), out in zip(p.branches, branch_outs):
-                    j0 = branch.at + 1 - len(p.state.context)
-                    row.cum = p.root.cum[: j0 + 1]  # the log-probs of the tokens it shares with the root
-                    self._finish_row(p.state, row, j0, out)
+        """Bring every needed row up to date in one batched forward pass (none if nothing is stale): a state's
+        trunk takes its root's new tokens, its other stale rows are branches off it (`_plan`); where several
+        states of the pass share a trunk, every row of theirs is a branch."""
+        stale = [s for s in states if self._stale(s)]
+        by_trunk: dict[int, list[ByteState]] = {}
+        for state in stale:
+            by_trunk.setdefault(id(state.trunk), []).append(state)
+        groups = [[self._plan(s, writes=len(group) == 1) for s in group] for group in by_trunk.values()]
+        if groups:
+            outs = self.backend.extend_with_branches(
+                [g[0].state.trunk.seq for g in groups], [g[0].feed for g in groups],
+                [[b for p in g for _, b in p.branches] for g in groups], want_hidden)
+            for group, (own, branch_outs) in zip(groups, outs):
+                rest = iter(branch_outs)
+                for p in group:
+                    ctx = len(p.state.context)
+                    # a writer's root rows are the trunk's own; a reader's root is its first branch
+                    self._finish_row(p.state, p.root, p.j0, own if p.feed else next(rest))
+                    for row, branch in p.branches[0 if p.feed else 1:]:
+                        j0 = branch.at + 1 - ctx
+                        row.cum = p.root.cum[: j0 + 1]  # the log-probs of the tokens it shares with the root
+                        self._finish_row(p.state, row, j0, next(rest))
         for state in states:
             keep = set(self._needed_splits(state))
             for split in [s for s in state.rows if s not in keep]:
                 del state.rows[split]
 
     def close(self, state: ByteState) -> None:
-        self.backend.close(state.trunk)
+        """Free the state (its trunk with its last reader)."""
+        readers = state.trunk.readers
+        if any(r is state for r in readers):
+            readers[:] = [r for r in readers if r is not state]
+            if not readers:
+                self.backend.close(state.trunk.seq)
         state.rows.clear()
 
     # -- arithmetic over the rows --------------------------------------------------------------
@@ -263,8 +294,8 @@ class ByteLevelLM:
         row = state.rows[leaf.split]
         added = self.piece(state, leaf)
         lp = float(row.next_logp[leaf.token])
-        # the trunk keeps what it shares with this row, which becomes the root
-        self.backend.truncate(state.trunk, min(state.trunk.length, len(state.context) + row.stem))
+        # what the state holds of the trunk: what it shares with this row, which becomes the root
+        state.held = min(state.held, len(state.context) + row.stem)
         # the row's lists grow in place (O(1) per token, not a copy of the text's tokens): no other row holds
         # them (forks and new rows copy), and this row leaves the state here
         row.ids.append(leaf.token)
@@ -276,11 +307,12 @@ class ByteLevelLM:
         return added
 
     def fork_state(self, state: ByteState) -> ByteState:
-        """An independent copy (the trunk forked: its KV is copied, not recomputed)."""
+        """An independent copy that reads the same trunk (no KV is copied; see the module docstring)."""
         rows = {split: Row(row.split, list(row.ids), list(row.cum), row.stem, row.next_logp, row.hidden, row.logits)
                 for split, row in state.rows.items()}
-        return ByteState(list(state.context), self.backend.fork(state.trunk, state.trunk.length), state.text, rows,
-                         state.own_boundary)
+        copy = ByteState(list(state.context), state.trunk, state.held, state.text, rows, state.own_boundary)
+        state.trunk.readers.append(copy)
+        return copy
 
     def resync_naive(self, state: ByteState, chunk: bytes) -> None:
         """The biased baseline: re-encode the whole text and condition on that token boundary.
@@ -291,8 +323,8 @@ class ByteLevelLM:
         state.text += chunk
         ids = self.vocab.encode(state.text)
         lcp = _common_prefix(ids, root.ids)
-        lcp = min(lcp, state.trunk.length - ctx + 1, len(ids))
-        self.backend.truncate(state.trunk, ctx + lcp - 1)
+        lcp = min(lcp, state.held - ctx + 1, len(ids))
+        state.held = ctx + lcp - 1
         cum = root.cum[: lcp + 1] + [0.0] * (len(ids) - lcp)  # the tail is recomputed by evaluate()
         state.rows = {len(state.text): Row(len(state.text), ids, cum, max(0, lcp - 1))}
         state.own_boundary = True
@@ -308,18 +340,20 @@ class ByteLevelLM:
                 splits.append(i)
         return sorted(splits)
 
-    def _plan(self, state: ByteState) -> _Plan | None:
-        """The pass a state's stale rows need, or None. The root (the longest split) is stale whenever any row
-        is: bytes pushed make a new one, and a state's own pending tokens (after `commit`) are its root's until
-        bytes arrive. The root's tokens extend the trunk from the last one the trunk shares with them (re-fed:
-        its row gives the next token's log-prob); every other stale row (new, or the old root with its pending
-        tokens) branches off at the last token it shares with the root."""
-        splits = self._needed_splits(state)
-        stale = [s for s in splits if s not in state.rows or state.rows[s].next_logp is None]
-        if not stale:
-            return None
-        ctx, old, n = len(state.context), state.root, max(splits)
-        assert n in stale and all(s not in state.rows or s == old.split for s in stale), \
+    def _stale(self, state: ByteState) -> list[int]:
+        """The needed splits whose rows are missing or pending."""
+        return [s for s in self._needed_splits(state) if s not in state.rows or state.rows[s].next_logp is None]
+
+    def _plan(self, state: ByteState, writes: bool) -> _Plan:
+        """The pass a state's stale rows need. The root (the longest split) is stale whenever any row is: bytes
+        pushed make a new one, and a state's own pending tokens (after `commit`) are its root's until bytes
+        arrive. The root's tokens follow the last one the state holds of the trunk and shares with them
+        (re-fed: its row gives the next token's log-prob): written to the trunk when the state `writes`, else a
+        branch. Every other stale row (new, or the old root with its pending tokens) branches off at the last
+        token it shares with the root."""
+        stale = self._stale(state)
+        ctx, old, n = len(state.context), state.root, stale[-1]
+        assert n == max(self._needed_splits(state)) and all(s not in state.rows or s == old.split for s in stale), \
             f"stale rows {stale}: only the old root may be pending"
         if n in state.rows:  # the model's own tokens, pending
             root, lcp = old, len(old.ids)
@@ -327,14 +361,21 @@ class ByteLevelLM:
             ids, shared = self.vocab.encode_reusing(state.text, n, old.ids, old.split)
             lcp = shared + _common_prefix(ids[shared:], old.ids[shared:])
             root = Row(n, ids, [])
-        at = min(state.trunk.length, ctx + lcp - 1, ctx + len(root.ids) - 1)
-        self.backend.truncate(state.trunk, at)
-        for row in state.rows.values():
-            row.stem = max(0, min(row.stem, at - ctx))
+        at = min(state.held, ctx + lcp - 1, ctx + len(root.ids) - 1)
+        state.held = at
         j0 = at + 1 - ctx  # the pass predicts root.ids[j0:], each after root.ids[:j]
         if root is not old:
             root.cum = old.cum[: j0 + 1]
-        branches = []
+        feed = _tokens_from(state.context, root.ids, at)
+        branches = [] if writes else [(root, Branch(at, feed))]
+        if writes:
+            self.backend.truncate(state.trunk.seq, at)
+            for reader in state.trunk.readers:
+                reader.held = min(reader.held, at)
+            for row in state.rows.values():  # the trunk's tokens past `at` are about to be the new root's
+                row.stem = max(0, min(row.stem, at - ctx))
+            state.held = ctx + len(root.ids)
+        root.stem = max(0, state.held - ctx)
         for split in stale[:-1]:
             if split == old.split:
                 row, common = old, lcp
@@ -343,10 +384,11 @@ class ByteLevelLM:
                 common = min(shared, lcp)
                 common += _common_prefix(ids[common:], root.ids[common:])
                 row = Row(split, ids, [])
-            row.stem = common
-            fork_at = min(ctx + common - 1, ctx + len(row.ids) - 1)  # a shared token re-fed for the next's log-prob
+            row.stem = min(common, root.stem)
+            # at the last token it shares with the root that the state holds, re-fed for the next one's log-prob
+            fork_at = min(ctx + common - 1, ctx + len(row.ids) - 1, state.held)
             branches.append((row, Branch(fork_at, _tokens_from(state.context, row.ids, fork_at))))
-        return _Plan(state, root, j0, _tokens_from(state.context, root.ids, at), branches)
+        return _Plan(state, root, j0, feed if writes else [], branches)
 
     def _finish_row(self, state: ByteState, row: Row, j0: int, out) -> None:
         # output k is the distribution after (context + ids)[: seq_len_before + k + 1]; the row owns its cum (new
@@ -377,8 +419,9 @@ class ByteLevelLM:
 
 @dataclass
 class _Plan:
-    """One state's part of an `evaluate` pass: its root's tokens fed to the trunk from `j0` (root.ids[j0:] are
-    predicted), and its other stale rows' branches."""
+    """One state's part of an `evaluate` pass: its root, whose tokens root.ids[j0:] the pass predicts, as the
+    trunk's new tokens (`feed`) or, for a state that does not write the trunk (no feed), as the first branch;
+    then its other stale rows' branches."""
 
     state: ByteState
     root: Row

@@ -9,8 +9,9 @@ what both have, so `before` is the same file run on an older tree.
 Model: random weights of the testbed LLM-x's shape (36 layers, hidden 256, 4 key/value heads of 32, float32: 36 KB
 of KV per position) and its tokenizer, the context window widened. Text: testbed math solutions; the first
 `n` tokens are the state's context, then `PUSHES` pushes of 8-40 bytes each (what an SLM writes between two
-handoffs). Per context length: median ms per push (its pass included), the rows live after it, and the largest
-KV pool and positions held over the pushes.
+handoffs). Per context length: median ms per push (its pass included), the rows live after it, the largest KV
+pool and positions held over the pushes, and what a copy of the state (`fork_state`: the speculative round's
+rollback point and verification state) costs in ms and in KV pool growth.
 
     .venv/bin/python evals/bench/experiments/handoff_kv.py --out runs/handoff_kv/after.json
 
@@ -65,11 +66,15 @@ def run_length(blm, backend, n_tokens: int) -> dict:
         rows.append(len(state.rows))
         held, pool = max(held, sum(backend.held_lengths)), max(pool, backend.kv_bytes)
     distribution = blm.distribution(state)
+    before, start = backend.kv_bytes, time.perf_counter()
+    copy = blm.fork_state(state)  # what the speculative round takes per flagged draft
+    copy_ms, copy_bytes = (time.perf_counter() - start) * 1e3, backend.kv_bytes - before
+    blm.close(copy)
     blm.close(state)
     return {"context_tokens": n_tokens, "ms_per_push": round(statistics.median(ms), 1),
             "rows_live": round(statistics.mean(rows), 2), "positions_held_max": held,
-            "kv_pool_gib_max": round(pool / 2**30, 3),
-            "next_byte_argmax": int(torch.argmax(distribution))}
+            "kv_pool_gib_max": round(pool / 2**30, 3), "copy_ms": round(copy_ms, 1),
+            "copy_kv_gib": round(copy_bytes / 2**30, 3), "next_byte_argmax": int(torch.argmax(distribution))}
 
 
 def main() -> None:

@@ -259,9 +259,9 @@ class HFBackend:
         for seq, ids, bs in zip(seqs, new_ids, branches):
             for b in bs:
                 assert b.at <= seq.length + len(ids), f"a branch at {b.at} of {seq.length + len(ids)} positions"
-                if b.at + len(b.ids) > self.max_length:
-                    raise ValueError(f"a branch would reach {b.at + len(b.ids)} tokens; the context is "
-                                     f"{self.max_length}")
+            reach = max([seq.length + len(ids)] + [b.at + len(b.ids) for b in bs])
+            if reach > self.max_length:
+                raise ValueError(f"a sequence or branch would reach {reach} tokens; the context is {self.max_length}")
         feeds = [ids + [t for b in bs for t in b.ids] for ids, bs in zip(new_ids, branches)]
         trees = [[(b.at, len(b.ids)) for b in bs] for bs in branches]
         outs = self._run(seqs, feeds, [list(range(len(f))) for f in feeds], None, want_hidden, trees)

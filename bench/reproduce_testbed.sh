@@ -17,6 +17,10 @@
 #   r2r testbed train --size llm-base --seed 36 --ckpt-every 20 --threads 2 --ckpt-dir runs/tb36/ckpt-llm-base
 #       --out runs/tb36/llm-base
 #   (held-out math 83.6%, code 82.0% after those 1,500 steps, 108 min; the old text's 6-layer model: 93.6 / 88.0)
+#   r2r testbed train --size llm-base --init-from runs/tb36/llm-base --steps 1200 --lr 1e-3 --warmup 20 --seed 38
+#       --family-weights math=3,code=2 --ckpt-every 20 --threads 2 --ckpt-dir runs/tb36/ckpt-llm-base2
+#       --out runs/tb36/llm-base2
+#   (the 6-layer model trained on: the new text is harder to learn at this size, and math is further from its target)
 #   r2r testbed train --size llm --init-from runs/tb36/llm-base --seed 37 --steps 120 --warmup 20 --ckpt-every 10
 #       --threads 2 --ckpt-dir runs/tb36/ckpt-llm --out runs/tb36/llm
 #   (120 of the recipe's 240 steps: what the session had left; more stages follow from runs/tb36/llm)

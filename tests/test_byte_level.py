@@ -330,11 +330,12 @@ def _tiny_llama(path, tokenizer):
 
     from r2r.serving.backends.hf import HFBackend
 
-    torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
                          initializer_range=0.5)
-    LlamaForCausalLM(config).save_pretrained(path)
+    with torch.random.fork_rng():  # the same weights every run, the global generator left as it was
+        torch.manual_seed(0)
+        LlamaForCausalLM(config).save_pretrained(path)
     return HFBackend(path)
 
 

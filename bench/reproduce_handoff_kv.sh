@@ -9,12 +9,10 @@ BEFORE=${BEFORE:-../r2r-before-handoff}
 PY=$PWD/.venv/bin/python
 mkdir -p runs/handoff_kv
 [ -d "$BEFORE" ] || git worktree add --detach "$BEFORE" d7cb424
-# the before's packages under the import name r2r, as its pyproject maps them (r2r/ itself, and each folder as a
-# subpackage), run from outside this tree so that neither this tree nor its editable install shadows them
-SHIM=$(mktemp -d)
-mkdir "$SHIM/r2r"
-ln -s "$(realpath "$BEFORE")"/r2r/* "$SHIM/r2r/"
-for d in serving router testbed data_gen evals models; do ln -s "$(realpath "$BEFORE/$d")" "$SHIM/r2r/$d"; done
+# the before's packages under the import name r2r, run from outside this tree so that neither this tree nor its
+# editable install shadows them (scripts/ab_versions.py's import_root)
+SHIM=$("$PY" -c 'import sys; from pathlib import Path; sys.path.insert(0, "scripts"); from ab_versions import import_root
+print(import_root(Path(sys.argv[1]).resolve(), Path(sys.argv[2])))' "$BEFORE" "$(mktemp -d)")
 (cd "$SHIM" && OMP_NUM_THREADS=1 PYTHONPATH=$SHIM taskset -c 0 "$PY" "$OLDPWD/evals/bench/experiments/handoff_kv.py" \
   --model "$OLDPWD/models/testbed/llm-x" --out "$OLDPWD/runs/handoff_kv/before.json" > "$OLDPWD/runs/handoff_kv/before.log" 2>&1) &
 OMP_NUM_THREADS=1 taskset -c 1 "$PY" evals/bench/experiments/handoff_kv.py --out runs/handoff_kv/after.json \

@@ -208,11 +208,13 @@ class ByteLevelLM:
         """Bring every needed row up to date in one batched forward pass (none if nothing is stale): a state's
         trunk takes its root's new tokens, its other stale rows are branches off it (`_plan`); where several
         states of the pass share a trunk, every row of theirs is a branch."""
-        stale = [s for s in states if self._stale(s)]
-        by_trunk: dict[int, list[ByteState]] = {}
-        for state in stale:
-            by_trunk.setdefault(id(state.trunk), []).append(state)
-        groups = [[self._plan(s, writes=len(group) == 1) for s in group] for group in by_trunk.values()]
+        needed = [self._needed_splits(state) for state in states]  # the text does not change here
+        by_trunk: dict[int, list[tuple[ByteState, list[int]]]] = {}
+        for state, splits in zip(states, needed):
+            if _stale(state, splits):
+                by_trunk.setdefault(id(state.trunk), []).append((state, splits))
+        groups = [[self._plan(s, splits, writes=len(group) == 1) for s, splits in group]
+                  for group in by_trunk.values()]
         if groups:
             outs = self.backend.extend_with_branches(
                 [g[0].state.trunk.seq for g in groups], [g[0].feed for g in groups],
@@ -227,8 +229,8 @@ class ByteLevelLM:
                         j0 = branch.at + 1 - ctx
                         row.cum = p.root.cum[: j0 + 1]  # the log-probs of the tokens it shares with the root
                         self._finish_row(p.state, row, j0, next(rest))
-        for state in states:
-            keep = set(self._needed_splits(state))
+        for state, splits in zip(states, needed):
+            keep = set(splits)
             for split in [s for s in state.rows if s not in keep]:
                 del state.rows[split]
 
@@ -340,20 +342,16 @@ class ByteLevelLM:
                 splits.append(i)
         return sorted(splits)
 
-    def _stale(self, state: ByteState) -> list[int]:
-        """The needed splits whose rows are missing or pending."""
-        return [s for s in self._needed_splits(state) if s not in state.rows or state.rows[s].next_logp is None]
-
-    def _plan(self, state: ByteState, writes: bool) -> _Plan:
-        """The pass a state's stale rows need. The root (the longest split) is stale whenever any row is: bytes
+    def _plan(self, state: ByteState, splits: list[int], writes: bool) -> _Plan:
+        """The pass a state's stale rows (of its needed `splits`) need. The root (the longest split) is stale whenever any row is: bytes
         pushed make a new one, and a state's own pending tokens (after `commit`) are its root's until bytes
         arrive. The root's tokens follow the last one the state holds of the trunk and shares with them
         (re-fed: its row gives the next token's log-prob): written to the trunk when the state `writes`, else a
         branch. Every other stale row (new, or the old root with its pending tokens) branches off at the last
         token it shares with the root."""
-        stale = self._stale(state)
+        stale = _stale(state, splits)
         ctx, old, n = len(state.context), state.root, stale[-1]
-        assert n == max(self._needed_splits(state)) and all(s not in state.rows or s == old.split for s in stale), \
+        assert n == splits[-1] and all(s not in state.rows or s == old.split for s in stale), \
             f"stale rows {stale}: only the old root may be pending"
         if n in state.rows:  # the model's own tokens, pending
             root, lcp = old, len(old.ids)
@@ -428,6 +426,11 @@ class _Plan:
     j0: int
     feed: list[int]
     branches: list[tuple[Row, Branch]]
+
+
+def _stale(state: ByteState, splits: list[int]) -> list[int]:
+    """The splits whose rows are missing or pending."""
+    return [s for s in splits if s not in state.rows or state.rows[s].next_logp is None]
 
 
 def _tokens_from(context: list[int], ids: list[int], at: int) -> list[int]:
